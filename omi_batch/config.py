@@ -1,0 +1,108 @@
+"""Configuration from the environment (a job file may set the same names).
+
+Secrets are wrapped in :class:`Secret` so that no ``repr``, log line or exception shows them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from omi_batch.errors import ConfigError
+
+PRODUCTION_URL = "https://public-v1.omicall.com"
+STAGING_URL = "https://public-v1-stg.omicall.com"
+
+
+class Secret:
+    """A string that never shows itself: ``repr``/``str`` give ``'***'``; ``.value`` gives it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str):
+        self._value = value
+
+    @property
+    def value(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    def __str__(self) -> str:
+        return "***"
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __reduce__(self):  # never pickled or copied into another process by accident
+        raise TypeError("a Secret cannot be pickled")
+
+
+@dataclass(frozen=True)
+class Settings:
+    base_url: str | None = None
+    api_key: Secret | None = field(default=None, repr=False)
+    webhook_url: str | None = None
+    webhook_secret: Secret | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+
+        def get(name: str) -> str | None:
+            value = (env.get(name) or "").strip()
+            return value or None
+
+        key = get("OMI_API_KEY")
+        secret = get("OMI_WEBHOOK_SECRET")
+        base = get("OMI_BASE_URL")
+        return cls(
+            base_url=base.rstrip("/") if base else None,
+            api_key=Secret(key) if key else None,
+            webhook_url=(get("OMI_WEBHOOK_URL") or "").rstrip("/") or None,
+            webhook_secret=Secret(secret) if secret else None,
+        )
+
+    def secrets(self) -> list[str]:
+        """The secret values, for scrubbing text before it is written anywhere."""
+        return [s.value for s in (self.api_key, self.webhook_secret) if s]
+
+    def require_api(self) -> None:
+        """Raise ConfigError naming the first missing variable needed to call OMI."""
+        if not self.base_url:
+            raise ConfigError(
+                f"OMI_BASE_URL is not set: use {PRODUCTION_URL} (or {STAGING_URL} for staging)"
+            )
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"OMI_BASE_URL must start with http:// or https://: {self.base_url!r}"
+            )
+        if not self.api_key:
+            raise ConfigError(
+                "OMI_API_KEY is not set: create a key in the OMI web app "
+                "(Account > Settings > API management)"
+            )
+
+    def require_webhook_secret(self) -> Secret:
+        if not self.webhook_secret:
+            raise ConfigError(
+                "OMI_WEBHOOK_SECRET is not set: the receiver needs it to check "
+                "callbacks (any long random string, the same for runner and receiver)"
+            )
+        return self.webhook_secret
+
+
+def scrub(text: str, secrets: list[str]) -> str:
+    """Replace every secret value in ``text`` with ``***``."""
+    for value in secrets:
+        if value:
+            text = text.replace(value, "***")
+    return text

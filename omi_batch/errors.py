@@ -1,0 +1,58 @@
+"""One error hierarchy. Each class carries the exit code the CLI turns it into.
+
+The library raises these and never calls ``sys.exit``; ``cli.py`` prints one clean line on
+stderr (a traceback only with ``-v``) and exits with ``exit_code``.
+"""
+
+from __future__ import annotations
+
+# Exit codes, as PRODUCT.md lists them.
+EXIT_OK = 0
+EXIT_INCOMPLETE = 1  # finished, but some rows failed or are unconfirmed
+EXIT_USAGE = 2  # bad input or usage: nothing was sent
+EXIT_CONFIG = 3  # configuration, authentication or API unreachable: nothing was changed
+EXIT_INTERRUPTED = 130
+
+
+class OmiBatchError(Exception):
+    """Base of every error omi-batch raises on purpose."""
+
+    exit_code = EXIT_INCOMPLETE
+
+
+class UsageError(OmiBatchError):
+    """Bad input or usage; nothing was sent."""
+
+    exit_code = EXIT_USAGE
+
+
+class InputError(UsageError):
+    """The input file has problems. ``problems`` lists every one (each has a row and a code)."""
+
+    def __init__(self, message: str, problems: list | None = None):
+        super().__init__(message)
+        self.problems = list(problems or [])
+
+
+class NotFound(UsageError):
+    """A batch, row or file the user named does not exist."""
+
+
+class ConfigError(OmiBatchError):
+    """Missing or bad configuration; nothing was changed."""
+
+    exit_code = EXIT_CONFIG
+
+
+class LedgerError(OmiBatchError):
+    """The ledger could not be read or written, or a state change was illegal."""
+
+
+class IllegalTransition(LedgerError):
+    """A row state change the state machine does not allow. Nothing was written."""
+
+
+class LockedError(OmiBatchError):
+    """Another process holds the lock (a job tick, for example)."""
+
+    exit_code = EXIT_OK

@@ -1,0 +1,53 @@
+"""Shared fixtures: a real simulator on a free loopback port, a fresh ledger file, secrets
+that tests can grep for."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+# Distinctive values so a test can grep every output, log, ledger and report for them.
+API_KEY = "test-api-key-5b8e1f0c9d7a"
+WEBHOOK_SECRET = "test-webhook-secret-c41d77a2e9"
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture
+def ledger_path(tmp_path):
+    return tmp_path / "ledger.db"
+
+
+@pytest.fixture
+def reports_dir(tmp_path):
+    path = tmp_path / "reports"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def make_simulator():
+    """Start simulators with chosen options; each is stopped at the end of the test."""
+    from omi_batch.simulator import Simulator
+
+    running = []
+
+    def start(**options):
+        options.setdefault("api_key", API_KEY)
+        sim = Simulator(**options)
+        server = sim.start(host="127.0.0.1", port=0)
+        running.append(server)
+        return sim, server
+
+    yield start
+    for server in running:
+        server.stop()
+
+
+@pytest.fixture
+def simulator(make_simulator):
+    """A simulator with the sample fixture and no faults: ``(sim, server)``."""
+    return make_simulator()
