@@ -1,0 +1,1316 @@
+"""The audit ledger: one SQLite file holding batches, rows, attempts, callbacks, approvals and a
+hash-chained audit log of events. The only code in omi-batch that speaks SQL.
+
+Why it is built this way:
+
+- WAL, ``synchronous=FULL`` and a 10 s busy timeout, because the runner and the webhook receiver
+  (two processes, many threads) write at the same time and a confirmed write must survive a crash.
+- Every write is one short ``BEGIN IMMEDIATE … COMMIT`` that also appends its audit event(s), so
+  a row change and its event are never seen apart. ``BEGIN IMMEDIATE`` takes the write lock up
+  front, so a read-then-write (a state check) can never be overtaken by another writer.
+- One connection per thread (``threading.local``): the receiver and the pipeline share one
+  :class:`Ledger` object across their threads.
+- Each event's ``hash`` is ``sha256(prev_hash + canonical JSON of {id, at, kind, batch_id, row,
+  data})``; the last one is also kept in ``<ledger>.head`` so that cutting the tail of the chain
+  is noticed too. ``verify()`` recomputes the whole chain.
+- The schema is versioned (``PRAGMA user_version`` + :data:`MIGRATIONS`) so a ledger written by
+  an older omi-batch opens in a newer one.
+
+No secret is ever stored: callback headers lose every credential before they are written, and
+attempts keep only what the client's ``Attempt`` says (never a key).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import getpass
+import hashlib
+import json
+import os
+import random
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from omi_batch.errors import IllegalTransition, LedgerError, NotFound, UsageError
+
+try:  # the head file is guarded by flock where there is one (every POSIX system)
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+STATES = (
+    "planned",
+    "previewed",
+    "preview_failed",
+    "approved",
+    "skipped",
+    "submitted",
+    "succeeded",
+    "failed",
+    "unconfirmed",
+)
+TRANSITIONS: dict[str, set[str]] = {
+    "planned": {"previewed", "preview_failed", "skipped"},
+    "previewed": {"previewed", "preview_failed", "approved", "skipped"},
+    "preview_failed": {"previewed", "preview_failed", "skipped"},
+    "approved": {"previewed", "preview_failed", "skipped", "submitted"},
+    "skipped": {"approved", "previewed", "preview_failed"},
+    "submitted": {"submitted", "succeeded", "failed", "unconfirmed"},
+    "unconfirmed": {"submitted", "succeeded", "failed", "unconfirmed"},
+    "succeeded": set(),
+    "failed": set(),
+}
+GENESIS = "0" * 64
+BUSY_RETRIES = 2  # extra BEGIN IMMEDIATE tries after the busy handler itself gave up
+
+# Callback verdicts that count as the row's result (callbacks.applied = 1).
+_APPLIED_VERDICTS = ("applied", "late", "confirmed")
+
+# Row columns a caller may set through set_state / update_row (never the identity, the state
+# or updated_at, which the ledger writes itself).
+ROW_FIELDS = frozenset(
+    {
+        "source_email",
+        "target_email",
+        "requested_target",
+        "via",
+        "conv_ids",
+        "replace_existing_members",
+        "note",
+        "conversations_previewed",
+        "preview_request_id",
+        "preview_error",
+        "previewed_at",
+        "approved_at",
+        "approved_by",
+        "approved_how",
+        "request_id",
+        "submitted_at",
+        "completed_at",
+        "updated_records",
+        "callback_status",
+        "error",
+        "attempts",
+        "needs_review",
+        "verified_by",
+    }
+)
+_JSON_ROW_FIELDS = ("via", "conv_ids")
+_BOOL_ROW_FIELDS = ("replace_existing_members", "needs_review")
+_ATTEMPT_FIELDS = (
+    "endpoint",
+    "number",
+    "started_at",
+    "elapsed_ms",
+    "http_status",
+    "vendor_code",
+    "error",
+    "request_id",
+    "wait_s",
+    "message",
+    "outcome_unknown",
+)
+# A header is dropped before storage when its lower-cased name contains any of these.
+_CREDENTIAL_WORDS = ("token", "secret", "key", "authorization", "cookie", "password", "signature")
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+def now() -> str:
+    """The current time as ISO 8601 UTC with milliseconds, e.g. ``2026-11-25T09:30:00.123Z``."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def new_batch_id() -> str:
+    """A sortable batch id: ``YYYYMMDD-HHMMSS-xxxx`` (UTC, 4 random hex)."""
+    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+
+
+def os_user() -> str:
+    """The operating-system user running this process, for ``created_by`` / ``approved_by``."""
+    try:
+        return getpass.getuser()
+    except Exception:  # no login name (some containers): still say something
+        return f"uid:{os.getuid()}" if hasattr(os, "getuid") else "unknown"
+
+
+def canonical_json(value: Any) -> str:
+    """The one JSON spelling that is hashed: sorted keys, no spaces, UTF-8 kept as is."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def event_text(
+    event_id: int, at: str, kind: str, batch_id: str | None, row: int | None, data_text: str
+) -> str:
+    """Canonical JSON of ``{id, at, kind, batch_id, row, data}`` with ``data_text`` (already
+    canonical) spliced in as is, so verify hashes the stored bytes without re-encoding them."""
+
+    def dumps(value: Any) -> str:
+        return json.dumps(value, ensure_ascii=False)
+
+    return (
+        f'{{"at":{dumps(at)},"batch_id":{dumps(batch_id)},"data":{data_text},'
+        f'"id":{int(event_id)},"kind":{dumps(kind)},"row":{dumps(row)}}}'
+    )
+
+
+def event_hash(prev_hash: str, text: str) -> str:
+    return hashlib.sha256((prev_hash + text).encode("utf-8")).hexdigest()
+
+
+def clean_headers(headers: Mapping[str, Any] | None) -> dict[str, str]:
+    """``headers`` without any credential: X-Omi-Batch-Token, x-api-key, authorization, cookie
+    and every header whose name contains token, secret or key are dropped, not masked."""
+    cleaned: dict[str, str] = {}
+    for name, value in (headers or {}).items():
+        lowered = str(name).lower()
+        if any(word in lowered for word in _CREDENTIAL_WORDS):
+            continue
+        cleaned[str(name)] = str(value)
+    return cleaned
+
+
+def _as_dict(item: Any) -> dict:
+    """A mapping or dataclass instance as a plain dict (rows may be roster ``Transfer``s)."""
+    if isinstance(item, Mapping):
+        return dict(item)
+    if dataclasses.is_dataclass(item) and not isinstance(item, type):
+        return {f.name: getattr(item, f.name) for f in dataclasses.fields(item)}
+    raise TypeError(f"expected a dict or a dataclass, got {type(item).__name__}")
+
+
+def _count(value: Any) -> int | None:
+    """An ``updatedRecords`` value as an int, or None when it is absent or not a count."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return None
+
+
+def _encode_field(name: str, value: Any) -> Any:
+    if name in _JSON_ROW_FIELDS:
+        return json.dumps(list(value or ()), ensure_ascii=False)
+    if name in _BOOL_ROW_FIELDS:
+        return 1 if value else 0
+    return value
+
+
+def _row_out(record: dict) -> dict:
+    """A ``rows`` record as callers see it: lists decoded, flags as bools."""
+    for name in _JSON_ROW_FIELDS:
+        record[name] = json.loads(record[name]) if record.get(name) else []
+    for name in _BOOL_ROW_FIELDS:
+        if name in record:
+            record[name] = bool(record[name])
+    return record
+
+
+def _batch_out(record: dict) -> dict:
+    record["options"] = json.loads(record["options"]) if record.get("options") else {}
+    record["warnings"] = json.loads(record["warnings"]) if record.get("warnings") else []
+    return record
+
+
+def _callback_out(record: dict) -> dict:
+    record["headers"] = json.loads(record["headers"]) if record.get("headers") else {}
+    record["applied"] = bool(record.get("applied"))
+    return record
+
+
+def _is_busy(error: sqlite3.Error) -> bool:
+    text = str(error).lower()
+    return "locked" in text or "busy" in text
+
+
+# --------------------------------------------------------------------------- migrations
+
+
+def _migration_1_tables(db: sqlite_utils.Database) -> None:
+    """The tables of the first ledger."""
+    db.executescript(
+        """
+        CREATE TABLE batches (
+            id TEXT PRIMARY KEY,
+            created_at TEXT NOT NULL,
+            created_by TEXT,
+            source_file TEXT,
+            source_sha256 TEXT,
+            base_url TEXT,
+            options TEXT,
+            row_count INTEGER NOT NULL,
+            input_rows INTEGER,
+            warnings TEXT
+        );
+        CREATE TABLE "rows" (
+            batch_id TEXT NOT NULL REFERENCES batches(id),
+            "row" INTEGER NOT NULL,
+            seq INTEGER NOT NULL,
+            source_email TEXT NOT NULL,
+            target_email TEXT NOT NULL,
+            requested_target TEXT,
+            via TEXT,
+            conv_ids TEXT,
+            replace_existing_members INTEGER NOT NULL DEFAULT 0,
+            note TEXT,
+            state TEXT NOT NULL,
+            conversations_previewed INTEGER,
+            preview_request_id TEXT,
+            preview_error TEXT,
+            previewed_at TEXT,
+            approved_at TEXT,
+            approved_by TEXT,
+            approved_how TEXT,
+            request_id TEXT,
+            submitted_at TEXT,
+            completed_at TEXT,
+            updated_records INTEGER,
+            callback_status TEXT,
+            error TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            verified_by TEXT,
+            updated_at TEXT,
+            PRIMARY KEY (batch_id, "row")
+        );
+        CREATE TABLE attempts (
+            id INTEGER PRIMARY KEY,
+            batch_id TEXT,
+            "row" INTEGER,
+            phase TEXT,
+            endpoint TEXT,
+            number INTEGER,
+            started_at TEXT,
+            elapsed_ms REAL,
+            http_status INTEGER,
+            vendor_code TEXT,
+            error TEXT,
+            request_id TEXT,
+            wait_s REAL
+        );
+        CREATE TABLE callbacks (
+            id INTEGER PRIMARY KEY,
+            received_at TEXT NOT NULL,
+            batch_id TEXT,
+            "row" INTEGER,
+            phase TEXT,
+            request_id TEXT,
+            status TEXT,
+            updated_records INTEGER,
+            raw_body TEXT,
+            headers TEXT,
+            remote TEXT,
+            verdict TEXT NOT NULL,
+            applied INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE TABLE approvals (
+            id INTEGER PRIMARY KEY,
+            batch_id TEXT NOT NULL,
+            "row" INTEGER NOT NULL,
+            decision TEXT NOT NULL,
+            "by" TEXT,
+            "at" TEXT NOT NULL,
+            how TEXT
+        );
+        CREATE TABLE events (
+            id INTEGER PRIMARY KEY,
+            "at" TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            batch_id TEXT,
+            "row" INTEGER,
+            data TEXT NOT NULL,
+            prev_hash TEXT NOT NULL,
+            hash TEXT NOT NULL
+        );
+        """
+    )
+
+
+def _migration_2_review_and_indexes(db: sqlite_utils.Database) -> None:
+    """``rows.needs_review`` (a conflicting callback flags the row), the attempt's message and
+    whether its outcome is unknown (sent, no answer), and the lookup indexes."""
+    db.executescript(
+        """
+        ALTER TABLE "rows" ADD COLUMN needs_review INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE attempts ADD COLUMN message TEXT;
+        ALTER TABLE attempts ADD COLUMN outcome_unknown INTEGER;
+        CREATE INDEX rows_by_state ON "rows" (batch_id, state);
+        CREATE INDEX attempts_by_row ON attempts (batch_id, "row");
+        CREATE INDEX callbacks_by_row ON callbacks (batch_id, "row", phase);
+        CREATE INDEX approvals_by_row ON approvals (batch_id, "row");
+        CREATE INDEX events_by_batch ON events (batch_id);
+        """
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+    _migration_1_tables,
+    _migration_2_review_and_indexes,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def migrate(db: sqlite_utils.Database, target: int | None = None) -> int:
+    """Bring ``db`` (autocommit connection) up to schema ``target`` (default: the newest) in
+    one ``BEGIN IMMEDIATE`` transaction; return the version it is at afterwards."""
+    target = SCHEMA_VERSION if target is None else target
+    conn = db.conn
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise LedgerError(
+                f"the ledger has schema version {version}, newer than this omi-batch knows "
+                f"({SCHEMA_VERSION}): upgrade omi-batch"
+            )
+        for number in range(version + 1, target + 1):
+            MIGRATIONS[number - 1](db)
+            version = number
+        conn.execute(f"PRAGMA user_version = {int(version)}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return version
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """What ``verify()`` found. ``problem`` is a warning when ``ok`` is true."""
+
+    ok: bool
+    events: int
+    head: str | None
+    first_bad: int | None = None
+    problem: str = ""
+
+
+class _Tx:
+    """One open write transaction: runs SQL and appends hash-chained events."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+        self.head: tuple[int, str] | None = None  # the last event appended here
+        self._last: tuple[int, str] | None = None
+
+    def execute(self, sql: str, params: Iterable[Any] | Mapping[str, Any] = ()) -> sqlite3.Cursor:
+        return self.conn.execute(sql, params)  # type: ignore[arg-type]
+
+    def one(self, sql: str, params: Iterable[Any] = ()) -> dict | None:
+        cursor = self.conn.execute(sql, tuple(params))
+        found = cursor.fetchone()
+        if found is None:
+            return None
+        return dict(zip([d[0] for d in cursor.description], found, strict=True))
+
+    def event(self, kind: str, batch_id: str | None, row: int | None, data: Mapping) -> int:
+        """Append one audit event chained to the last one; return its id."""
+        if self._last is None:
+            last = self.conn.execute(
+                "SELECT id, hash FROM events ORDER BY id DESC LIMIT 1"
+            ).fetchone()
+            self._last = (last[0], last[1]) if last else (0, GENESIS)
+        last_id, prev_hash = self._last
+        event_id = last_id + 1
+        at = now()
+        data_text = canonical_json(dict(data))
+        row = None if row is None else int(row)
+        digest = event_hash(prev_hash, event_text(event_id, at, kind, batch_id, row, data_text))
+        self.conn.execute(
+            'INSERT INTO events (id, "at", kind, batch_id, "row", data, prev_hash, hash) '
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (event_id, at, kind, batch_id, row, data_text, prev_hash, digest),
+        )
+        self._last = self.head = (event_id, digest)
+        return event_id
+
+
+# --------------------------------------------------------------------------- the ledger
+
+
+class Ledger:
+    """The SQLite audit ledger at ``path``; safe to share across threads and processes."""
+
+    def __init__(self, path: str | os.PathLike, *, busy_timeout: float = 10.0, create: bool = True):
+        """Open (``create``: and create, with its folder) the ledger and migrate it.
+
+        ``create=False`` raises NotFound when the file does not exist: ``ledger verify`` must
+        not conjure an empty, "intact" ledger out of a typo.
+        """
+        self.path = Path(path)
+        self.busy_timeout = float(busy_timeout)
+        self.head_path = Path(f"{self.path}.head")
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._head_lock = threading.Lock()
+        self._connections: list[tuple[int, sqlite3.Connection]] = []  # (pid, connection)
+        self._generation = 0
+        if not self.path.exists():
+            if not create:
+                raise NotFound(f"no ledger at {self.path}")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            migrate(self._db())
+        except sqlite3.DatabaseError as error:
+            self.close()
+            raise LedgerError(f"{self.path} is not a usable ledger: {error}") from None
+
+    def __repr__(self) -> str:
+        return f"Ledger({str(self.path)!r})"
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------- connections
+
+    def _open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            str(self.path),
+            timeout=self.busy_timeout,
+            isolation_level=None,
+            check_same_thread=False,  # only close() touches it from another thread
+        )
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            for attempt in range(BUSY_RETRIES + 1):  # switching to WAL needs a moment alone
+                try:
+                    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                    break
+                except sqlite3.OperationalError as error:
+                    if not _is_busy(error) or attempt == BUSY_RETRIES:
+                        raise
+                    time.sleep(random.uniform(0.05, 0.25))
+            if str(mode).lower() != "wal":
+                raise LedgerError(f"{self.path}: SQLite refused WAL mode ({mode})")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _db(self) -> sqlite_utils.Database:
+        """This thread's Database (opened on first use, again after fork or close)."""
+        local = self._local
+        pid = os.getpid()
+        if (
+            getattr(local, "db", None) is None
+            or local.pid != pid
+            or local.generation != self._generation
+        ):
+            conn = self._open()
+            with self._lock:
+                self._connections.append((pid, conn))
+                local.generation = self._generation
+            local.pid = pid
+            local.db = sqlite_utils.Database(conn, execute_plugins=False)
+        return local.db
+
+    def close(self) -> None:
+        """Close every connection this object opened (in any thread of this process). The
+        object stays usable: the next call opens a fresh connection."""
+        with self._lock:
+            connections, self._connections = self._connections, []
+            self._generation += 1
+        pid = os.getpid()
+        for owner, conn in connections:
+            if owner == pid:  # a connection inherited through fork is not ours to close
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[_Tx]:
+        """One short ``BEGIN IMMEDIATE … COMMIT``; publishes the new head after the commit."""
+        conn = self._db().conn
+        for attempt in range(BUSY_RETRIES + 1):
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                break
+            except sqlite3.OperationalError as error:
+                if not _is_busy(error):
+                    raise LedgerError(f"ledger {self.path}: {error}") from None
+                if attempt == BUSY_RETRIES:
+                    raise LedgerError(
+                        f"ledger {self.path} stayed locked by another writer; try again"
+                    ) from None
+                time.sleep(random.uniform(0.01, 0.1 * 2**attempt))
+        tx = _Tx(conn)
+        try:
+            yield tx
+            conn.execute("COMMIT")
+        except BaseException as error:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            if isinstance(error, sqlite3.Error):
+                raise LedgerError(f"ledger {self.path}: {error}") from None
+            raise
+        if tx.head is not None:
+            self._publish_head(*tx.head)
+
+    def _query(self, sql: str, params: Iterable[Any] = ()) -> list[dict]:
+        try:
+            return list(self._db().query(sql, tuple(params)))
+        except sqlite3.Error as error:
+            raise LedgerError(f"ledger {self.path}: {error}") from None
+
+    # ----------------------------------------------------------------- head sidecar
+
+    def _publish_head(self, event_id: int, digest: str) -> None:
+        """Write ``<ledger>.head`` unless it already names a later event (two processes race:
+        a lower id never overwrites a higher one). Atomic: temp file + os.replace."""
+        with self._head_lock:
+            lock_fd = os.open(f"{self.head_path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                if fcntl is not None:
+                    fcntl.flock(lock_fd, fcntl.LOCK_EX)
+                current = self.read_head_file()
+                if current is not None and current[0] >= event_id:
+                    return
+                temp = f"{self.head_path}.{os.getpid()}.{threading.get_ident()}.tmp"
+                with open(temp, "w", encoding="utf-8") as handle:
+                    handle.write(canonical_json({"id": event_id, "hash": digest}))
+                os.replace(temp, self.head_path)
+            finally:
+                os.close(lock_fd)  # also releases the flock
+
+    def read_head_file(self) -> tuple[int, str] | None:
+        """``(event id, hash)`` from ``<ledger>.head``, or None when there is none."""
+        try:
+            data = json.loads(self.head_path.read_text(encoding="utf-8"))
+            return int(data["id"]), str(data["hash"])
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError):
+            return (-1, "")  # present but unreadable: verify says so
+
+    # ----------------------------------------------------------------- batches and rows
+
+    def create_batch(
+        self,
+        *,
+        source_file: str,
+        source_sha256: str,
+        created_by: str,
+        base_url: str | None,
+        options: Mapping[str, Any],
+        input_rows: int,
+        warnings: list[Any],
+        rows: list[Any],
+    ) -> str:
+        """Create a batch and its rows (state ``planned``, ``seq`` = position) in one
+        transaction; return the new batch id. ``rows`` are Transfer-like dicts or dataclasses."""
+        plan = [_as_dict(item) for item in rows]
+        warning_list = [
+            {k: w.get(k) for k in ("row", "code", "message")} for w in map(_as_dict, warnings)
+        ]
+        options_text = canonical_json(dict(options))
+        stamp = now()
+        with self._write() as tx:
+            batch_id = new_batch_id()
+            while tx.one("SELECT 1 AS x FROM batches WHERE id = ?", (batch_id,)):
+                batch_id = new_batch_id()
+            tx.execute(
+                "INSERT INTO batches (id, created_at, created_by, source_file, source_sha256, "
+                "base_url, options, row_count, input_rows, warnings) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    batch_id,
+                    stamp,
+                    created_by,
+                    str(source_file),
+                    source_sha256,
+                    base_url,
+                    options_text,
+                    len(plan),
+                    int(input_rows),
+                    canonical_json(warning_list),
+                ),
+            )
+            seen: set[int] = set()
+            for seq, item in enumerate(plan):
+                row = int(item["row"])
+                if row in seen:
+                    raise UsageError(f"row {row} appears twice in the plan")
+                seen.add(row)
+                tx.execute(
+                    'INSERT INTO "rows" (batch_id, "row", seq, source_email, target_email, '
+                    "requested_target, via, conv_ids, replace_existing_members, note, state, "
+                    "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'planned', ?)",
+                    (
+                        batch_id,
+                        row,
+                        seq,
+                        item["source_email"],
+                        item["target_email"],
+                        item.get("requested_target") or item["target_email"],
+                        _encode_field("via", item.get("via")),
+                        _encode_field("conv_ids", item.get("conv_ids")),
+                        _encode_field(
+                            "replace_existing_members", item.get("replace_existing_members")
+                        ),
+                        item.get("note") or "",
+                        stamp,
+                    ),
+                )
+            tx.event(
+                "batch_created",
+                batch_id,
+                None,
+                {
+                    "source_file": str(source_file),
+                    "source_sha256": source_sha256,
+                    "created_by": created_by,
+                    "base_url": base_url,
+                    "options": json.loads(options_text),
+                    "input_rows": int(input_rows),
+                    "row_count": len(plan),
+                    "warnings": len(warning_list),
+                    "plan_sha256": hashlib.sha256(canonical_json(plan).encode("utf-8")).hexdigest(),
+                },
+            )
+        return batch_id
+
+    def batches(self) -> list[dict]:
+        """Every batch, newest first, each with ``states``: {state: row count}."""
+        found = [_batch_out(b) for b in self._query("SELECT * FROM batches ORDER BY id DESC")]
+        counts: dict[str, dict[str, int]] = {}
+        for item in self._query(
+            'SELECT batch_id, state, count(*) AS n FROM "rows" GROUP BY batch_id, state'
+        ):
+            counts.setdefault(item["batch_id"], {})[item["state"]] = item["n"]
+        for batch in found:
+            batch["states"] = counts.get(batch["id"], {})
+        return found
+
+    def batch(self, batch_id: str) -> dict:
+        """One batch (with ``states``); NotFound when there is no such batch."""
+        found = self._query("SELECT * FROM batches WHERE id = ?", (batch_id,))
+        if not found:
+            raise NotFound(f"no batch {batch_id} in {self.path}")
+        batch = _batch_out(found[0])
+        batch["states"] = {
+            item["state"]: item["n"]
+            for item in self._query(
+                'SELECT state, count(*) AS n FROM "rows" WHERE batch_id = ? GROUP BY state',
+                (batch_id,),
+            )
+        }
+        return batch
+
+    def rows(self, batch_id: str, states: Iterable[str] | None = None) -> list[dict]:
+        """The batch's rows in run order (``seq``), optionally only those in ``states``."""
+        self.batch(batch_id)
+        sql = 'SELECT * FROM "rows" WHERE batch_id = ?'
+        params: list[Any] = [batch_id]
+        if states is not None:
+            wanted = list(states)
+            if not wanted:
+                return []
+            sql += f" AND state IN ({', '.join('?' for _ in wanted)})"
+            params += wanted
+        return [_row_out(r) for r in self._query(sql + " ORDER BY seq", params)]
+
+    def row(self, batch_id: str, row: int) -> dict:
+        """One row; NotFound when the batch or the row does not exist."""
+        found = self._query(
+            'SELECT * FROM "rows" WHERE batch_id = ? AND "row" = ?', (batch_id, int(row))
+        )
+        if not found:
+            self.batch(batch_id)
+            raise NotFound(f"no row {row} in batch {batch_id}")
+        return _row_out(found[0])
+
+    @staticmethod
+    def _check_fields(fields: Mapping[str, Any]) -> None:
+        unknown = sorted(set(fields) - ROW_FIELDS)
+        if unknown:
+            raise LedgerError(f"not a row field the ledger lets callers set: {', '.join(unknown)}")
+
+    def _locked_row(self, tx: _Tx, batch_id: str, row: int) -> dict:
+        found = tx.one('SELECT * FROM "rows" WHERE batch_id = ? AND "row" = ?', (batch_id, row))
+        if found is None:
+            if tx.one("SELECT 1 AS x FROM batches WHERE id = ?", (batch_id,)) is None:
+                raise NotFound(f"no batch {batch_id} in {self.path}")
+            raise NotFound(f"no row {row} in batch {batch_id}")
+        return found
+
+    @staticmethod
+    def _write_row(tx: _Tx, batch_id: str, row: int, fields: Mapping[str, Any]) -> None:
+        columns = dict(fields)
+        columns["updated_at"] = now()
+        assignments = ", ".join(f'"{name}" = ?' for name in columns)
+        tx.execute(
+            f'UPDATE "rows" SET {assignments} WHERE batch_id = ? AND "row" = ?',
+            [_encode_field(name, value) for name, value in columns.items()] + [batch_id, row],
+        )
+
+    def set_state(
+        self,
+        batch_id: str,
+        row: int,
+        state: str,
+        *,
+        event: str,
+        expect: Iterable[str] | None = None,
+        **fields: Any,
+    ) -> dict:
+        """Move a row to ``state`` (checked against TRANSITIONS, and against ``expect`` — the
+        states the caller believes the row is in — inside the transaction), writing ``fields``
+        and an audit event ``event``. IllegalTransition, and nothing written, otherwise."""
+        self._check_fields(fields)
+        if state not in STATES:
+            raise IllegalTransition(f"{state!r} is not a row state")
+        expected = None if expect is None else set(expect)
+        row = int(row)
+        with self._write() as tx:
+            current = self._locked_row(tx, batch_id, row)["state"]
+            if expected is not None and current not in expected:
+                raise IllegalTransition(
+                    f"row {row} of batch {batch_id} is {current}, "
+                    f"not {' or '.join(sorted(expected))}"
+                )
+            if state not in TRANSITIONS.get(current, set()):
+                raise IllegalTransition(
+                    f"row {row} of batch {batch_id} cannot go from {current} to {state}"
+                )
+            self._write_row(tx, batch_id, row, {**fields, "state": state})
+            tx.event(event, batch_id, row, {**fields, "from": current, "to": state})
+        return self.row(batch_id, row)
+
+    def update_row(self, batch_id: str, row: int, *, event: str, **fields: Any) -> dict:
+        """Write ``fields`` on a row without changing its state, with an audit event."""
+        self._check_fields(fields)
+        row = int(row)
+        with self._write() as tx:
+            current = self._locked_row(tx, batch_id, row)["state"]
+            if fields:
+                self._write_row(tx, batch_id, row, fields)
+            tx.event(event, batch_id, row, {**fields, "state": current})
+        return self.row(batch_id, row)
+
+    def record_attempt(
+        self, batch_id: str | None, row: int | None, phase: str, attempt: Any
+    ) -> None:
+        """Store one HTTP attempt (the client's ``Attempt`` fields; its ``context`` is not
+        kept) and its audit event; an ``execute`` attempt also counts in ``rows.attempts``."""
+        values = _as_dict(attempt)
+        record = {name: values.get(name) for name in _ATTEMPT_FIELDS}
+        row = None if row is None else int(row)
+        with self._write() as tx:
+            if batch_id is not None and row is not None:
+                self._locked_row(tx, batch_id, row)
+            cursor = tx.execute(
+                'INSERT INTO attempts (batch_id, "row", phase, '
+                + ", ".join(_ATTEMPT_FIELDS)
+                + ") VALUES (?, ?, ?, "
+                + ", ".join("?" for _ in _ATTEMPT_FIELDS)
+                + ")",
+                [batch_id, row, phase, *record.values()],
+            )
+            if phase == "execute" and batch_id is not None and row is not None:
+                tx.execute(
+                    'UPDATE "rows" SET attempts = attempts + 1, updated_at = ? '
+                    'WHERE batch_id = ? AND "row" = ?',
+                    (now(), batch_id, row),
+                )
+            tx.event(
+                "attempt", batch_id, row, {"attempt_id": cursor.lastrowid, "phase": phase, **record}
+            )
+
+    def approve(
+        self,
+        batch_id: str,
+        *,
+        approve: Iterable[int],
+        skip: Iterable[int] = (),
+        by: str,
+        how: str,
+    ) -> int:
+        """In one transaction, approve the rows in ``approve`` and skip those in ``skip``;
+        return how many rows became approved. A row already in the wanted state is left as it
+        is (running approve twice is harmless); any illegal change refuses the whole call."""
+        to_approve = [int(r) for r in approve]
+        to_skip = [int(r) for r in skip]
+        both = sorted(set(to_approve) & set(to_skip))
+        if both:
+            raise UsageError(f"rows both approved and skipped: {', '.join(map(str, both))}")
+        changed = 0
+        with self._write() as tx:
+            if tx.one("SELECT 1 AS x FROM batches WHERE id = ?", (batch_id,)) is None:
+                raise NotFound(f"no batch {batch_id} in {self.path}")
+            stamp = now()
+            for decision, wanted in (("approved", to_approve), ("skipped", to_skip)):
+                for row in dict.fromkeys(wanted):
+                    current = self._locked_row(tx, batch_id, row)["state"]
+                    if current == decision:
+                        continue
+                    if decision not in TRANSITIONS[current]:
+                        raise IllegalTransition(
+                            f"row {row} of batch {batch_id} is {current}: it cannot be "
+                            f"{'approved' if decision == 'approved' else 'skipped'}"
+                        )
+                    approval = {
+                        "approved_at": stamp if decision == "approved" else None,
+                        "approved_by": by if decision == "approved" else None,
+                        "approved_how": how if decision == "approved" else None,
+                    }
+                    self._write_row(tx, batch_id, row, {**approval, "state": decision})
+                    tx.execute(
+                        'INSERT INTO approvals (batch_id, "row", decision, "by", "at", how) '
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        (batch_id, row, decision, by, stamp, how),
+                    )
+                    tx.event(
+                        decision,
+                        batch_id,
+                        row,
+                        {"by": by, "how": how, "from": current, "to": decision},
+                    )
+                    changed += decision == "approved"
+        return changed
+
+    # ----------------------------------------------------------------- callbacks
+
+    def receive_callback(
+        self,
+        *,
+        batch_id: str,
+        row: int,
+        phase: str,
+        raw_body: bytes,
+        headers: Mapping[str, Any] | None,
+        remote: str | None,
+        body: Mapping[str, Any] | None,
+        refused: str | None = None,
+    ) -> str:
+        """Store a received callback and apply it to its row, all in one transaction; return
+        the verdict (refused:<why>, unknown, duplicate, stored, applied, late, confirmed,
+        conflict, unexpected). The raw callback is kept whatever the verdict."""
+        raw = (raw_body or b"").decode("utf-8", errors="replace")
+        with contextlib.suppress(TypeError, ValueError):
+            row = int(row)
+        cleaned = canonical_json(clean_headers(headers))
+        try:
+            return self._receive(batch_id, row, phase, raw, cleaned, remote, body, refused)
+        except LedgerError:
+            raise  # the ledger itself cannot be written: nothing more to try here
+        except Exception as error:
+            # Keep the raw callback even when applying it failed, then let the caller answer 5xx.
+            with contextlib.suppress(Exception), self._write() as tx:
+                callback_id = self._insert_callback(
+                    tx, batch_id, row, phase, raw, cleaned, remote, {}, "error", False
+                )
+                tx.event(
+                    "callback_error",
+                    batch_id,
+                    row,
+                    {"callback_id": callback_id, "phase": phase, "error": type(error).__name__},
+                )
+            raise
+
+    @staticmethod
+    def _insert_callback(
+        tx: _Tx,
+        batch_id: Any,
+        row: Any,
+        phase: Any,
+        raw: str,
+        headers_text: str,
+        remote: str | None,
+        result: Mapping[str, Any],
+        verdict: str,
+        applied: bool,
+    ) -> int:
+        cursor = tx.execute(
+            'INSERT INTO callbacks (received_at, batch_id, "row", phase, request_id, status, '
+            "updated_records, raw_body, headers, remote, verdict, applied) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                now(),
+                batch_id,
+                row,
+                phase,
+                result.get("request_id"),
+                result.get("status"),
+                result.get("updated_records"),
+                raw,
+                headers_text,
+                remote,
+                verdict,
+                1 if applied else 0,
+            ),
+        )
+        return int(cursor.lastrowid or 0)
+
+    def _receive(
+        self,
+        batch_id: str,
+        row: int,
+        phase: str,
+        raw: str,
+        headers_text: str,
+        remote: str | None,
+        body: Mapping[str, Any] | None,
+        refused: str | None,
+    ) -> str:
+        if refused is None and not isinstance(body, Mapping):
+            refused = "bad_json"
+        result = self._parse_result(body) if isinstance(body, Mapping) else {}
+        with self._write() as tx:
+            if refused is not None:
+                verdict = f"refused:{refused}"
+                callback_id = self._insert_callback(
+                    tx, batch_id, row, phase, raw, headers_text, remote, result, verdict, False
+                )
+                tx.event(
+                    "callback_refused",
+                    batch_id,
+                    row,
+                    {"callback_id": callback_id, "phase": phase, "verdict": verdict},
+                )
+                return verdict
+            current = tx.one(
+                'SELECT * FROM "rows" WHERE batch_id = ? AND "row" = ?', (batch_id, row)
+            )
+            changes: dict[str, Any] = {}
+            extra: dict[str, Any] = {}
+            if current is None or phase not in ("preview", "execute"):
+                verdict = "unknown"
+            elif self._is_duplicate(tx, batch_id, row, phase, result):
+                verdict = "duplicate"
+            elif phase == "preview":
+                verdict = "stored"
+            else:
+                verdict, changes, extra = self._judge_execute(current, result)
+            callback_id = self._insert_callback(
+                tx,
+                batch_id,
+                row,
+                phase,
+                raw,
+                headers_text,
+                remote,
+                result,
+                verdict,
+                verdict in _APPLIED_VERDICTS,
+            )
+            if changes:
+                self._write_row(tx, batch_id, row, changes)
+            data = {"callback_id": callback_id, "phase": phase, "verdict": verdict, **result}
+            if changes.get("state"):
+                data.update({"from": current["state"] if current else None, "to": changes["state"]})
+            tx.event(f"callback_{verdict}", batch_id, row, {**data, **extra})
+            return verdict
+
+    @staticmethod
+    def _parse_result(body: Mapping[str, Any]) -> dict[str, Any]:
+        """requestId, status and payload.updatedRecords (and an ERROR's message) of a body."""
+        payload = body.get("payload")
+        payload = payload if isinstance(payload, Mapping) else {}
+        status = body.get("status")
+        request_id = body.get("requestId")
+        message = payload.get("message") or payload.get("error") or body.get("message")
+        result: dict[str, Any] = {
+            "request_id": None if request_id is None else str(request_id),
+            "status": status.strip().upper() if isinstance(status, str) else None,
+            "updated_records": _count(payload.get("updatedRecords")),
+        }
+        if result["status"] == "ERROR":
+            result["error"] = str(message)[:500] if message else "OMI reported ERROR"
+        return result
+
+    @staticmethod
+    def _is_duplicate(
+        tx: _Tx, batch_id: str, row: int, phase: str, result: Mapping[str, Any]
+    ) -> bool:
+        return (
+            tx.one(
+                'SELECT id FROM callbacks WHERE batch_id = ? AND "row" = ? AND phase = ? '
+                "AND verdict NOT LIKE 'refused:%' AND verdict NOT IN ('unknown', 'error') "
+                "AND request_id IS ? AND status IS ? AND updated_records IS ? LIMIT 1",
+                (
+                    batch_id,
+                    row,
+                    phase,
+                    result.get("request_id"),
+                    result.get("status"),
+                    result.get("updated_records"),
+                ),
+            )
+            is not None
+        )
+
+    @staticmethod
+    def _judge_execute(
+        current: Mapping[str, Any], result: Mapping[str, Any]
+    ) -> tuple[str, dict[str, Any], dict[str, Any]]:
+        """The verdict of an execute callback on ``current`` and the row changes it brings."""
+        status = result.get("status")
+        updated = result.get("updated_records")
+        state = current["state"]
+        if status not in ("SUCCESS", "ERROR"):
+            return "unexpected", {}, {"reason": "status is neither SUCCESS nor ERROR"}
+        if state in ("submitted", "unconfirmed"):
+            changes: dict[str, Any] = {
+                "callback_status": status,
+                "updated_records": updated,
+                "completed_at": now(),
+                "verified_by": "callback",
+            }
+            if not current.get("request_id") and result.get("request_id"):
+                changes["request_id"] = result["request_id"]
+            if status == "SUCCESS":
+                changes.update(state="succeeded", error=None)
+            else:
+                changes.update(state="failed", error=result.get("error"))
+            return ("late" if state == "unconfirmed" else "applied"), changes, {}
+        if state in ("succeeded", "failed"):
+            applied_status = current.get("callback_status")
+            if applied_status is not None:  # a callback already gave this row its result
+                same = status == applied_status and updated == current.get("updated_records")
+                if same:
+                    return "confirmed", {}, {}
+                return (
+                    "conflict",
+                    {"needs_review": 1},
+                    {
+                        "applied_status": applied_status,
+                        "applied_records": current.get("updated_records"),
+                    },
+                )
+            expected = "SUCCESS" if state == "succeeded" else "ERROR"
+            if status == expected:  # settled by a verifying preview or by the HTTP answer
+                changes = {"callback_status": status}
+                if updated is not None:
+                    changes["updated_records"] = updated
+                return "confirmed", changes, {}
+            return "conflict", {"needs_review": 1}, {"row_state": state}
+        return "unexpected", {}, {"row_state": state}
+
+    def find_callback(
+        self, batch_id: str, row: int, phase: str, request_id: str | None = None
+    ) -> dict | None:
+        """The first stored, accepted (not refused, not unknown) callback for that row and
+        phase, and that ``request_id`` if given; None when there is none yet."""
+        sql = (
+            'SELECT * FROM callbacks WHERE batch_id = ? AND "row" = ? AND phase = ? '
+            "AND verdict NOT LIKE 'refused:%' AND verdict NOT IN ('unknown', 'error')"
+        )
+        params: list[Any] = [batch_id, int(row), phase]
+        if request_id is not None:
+            sql += " AND request_id = ?"
+            params.append(request_id)
+        found = self._query(sql + " ORDER BY id LIMIT 1", params)
+        return _callback_out(found[0]) if found else None
+
+    def callbacks(self, batch_id: str | None = None) -> list[dict]:
+        """Every stored callback (of one batch, if given), in the order received."""
+        if batch_id is None:
+            found = self._query("SELECT * FROM callbacks ORDER BY id")
+        else:
+            found = self._query(
+                "SELECT * FROM callbacks WHERE batch_id = ? ORDER BY id", (batch_id,)
+            )
+        return [_callback_out(c) for c in found]
+
+    # ----------------------------------------------------------------- audit log
+
+    def log(
+        self, kind: str, *, batch_id: str | None = None, row: int | None = None, **data: Any
+    ) -> int:
+        """Append an audit event on its own; return its id."""
+        with self._write() as tx:
+            return tx.event(kind, batch_id, row, data)
+
+    def events(self, batch_id: str | None = None) -> list[dict]:
+        """The audit events (of one batch, if given) in order, ``data`` decoded."""
+        if batch_id is None:
+            found = self._query("SELECT * FROM events ORDER BY id")
+        else:
+            found = self._query("SELECT * FROM events WHERE batch_id = ? ORDER BY id", (batch_id,))
+        for item in found:
+            item["data"] = json.loads(item["data"])
+        return found
+
+    def head(self) -> str | None:
+        """The last event's hash (None for an empty log)."""
+        found = self._query("SELECT hash FROM events ORDER BY id DESC LIMIT 1")
+        return found[0]["hash"] if found else None
+
+    def verify(self) -> VerifyResult:
+        """Recompute the chain in id order; name the first event edited, deleted, inserted or
+        reordered, and compare the end of the chain with ``<ledger>.head``."""
+        sidecar = self.read_head_file()  # read before the snapshot: it never runs ahead of it
+        conn = self._db().conn
+        try:
+            conn.execute("BEGIN")
+            try:
+                return self._verify_chain(conn, sidecar)
+            finally:
+                conn.execute("ROLLBACK")
+        except sqlite3.Error as error:
+            raise LedgerError(f"ledger {self.path}: {error}") from None
+
+    def _verify_chain(
+        self, conn: sqlite3.Connection, sidecar: tuple[int, str] | None
+    ) -> VerifyResult:
+        count = 0
+        prev_id = 0
+        prev_hash = GENESIS
+        prev_prev_hash = GENESIS
+        sha256 = hashlib.sha256
+        cursor = conn.execute(
+            'SELECT id, "at", kind, batch_id, "row", data, prev_hash, hash FROM events ORDER BY id'
+        )
+        for event_id, at, kind, batch_id, row, data, stored_prev, stored_hash in cursor:
+            if event_id <= prev_id:  # only possible for an id below 1
+                return VerifyResult(
+                    False, 0, None, event_id, f"event {event_id} was inserted (ids start at 1)"
+                )
+            if event_id != prev_id + 1:
+                missing = (
+                    f"event {prev_id + 1} was deleted"
+                    if event_id == prev_id + 2
+                    else f"events {prev_id + 1} to {event_id - 1} were deleted"
+                )
+                return VerifyResult(
+                    False,
+                    count,
+                    prev_hash if count else None,
+                    prev_id + 1,
+                    f"{missing} (the chain jumps from {prev_id} to {event_id})",
+                )
+            if stored_prev != prev_hash:
+                bad, problem = self._diagnose_link(conn, event_id, stored_prev, prev_prev_hash)
+                return VerifyResult(False, count, prev_hash if count else None, bad, problem)
+            try:
+                text = event_text(event_id, at, kind, batch_id, row, data)
+            except (TypeError, ValueError):
+                text = ""
+            if sha256((stored_prev + text).encode("utf-8")).hexdigest() != stored_hash:
+                return VerifyResult(
+                    False,
+                    count,
+                    prev_hash if count else None,
+                    event_id,
+                    f"event {event_id} was edited (its hash does not match its content)",
+                )
+            count += 1
+            prev_id, prev_prev_hash, prev_hash = event_id, prev_hash, stored_hash
+        head = prev_hash if count else None
+        if sidecar is None:
+            if count:
+                return VerifyResult(
+                    True,
+                    count,
+                    head,
+                    None,
+                    f"no head file {self.head_path.name}: a cut at the end of the chain "
+                    "cannot be detected",
+                )
+            return VerifyResult(True, 0, None)
+        side_id, side_hash = sidecar
+        if side_id < 0:
+            return VerifyResult(
+                False, count, head, None, f"the head file {self.head_path.name} is unreadable"
+            )
+        if side_id > prev_id:
+            return VerifyResult(
+                False,
+                count,
+                head,
+                prev_id + 1,
+                f"the chain was cut after event {prev_id} (the head file names event {side_id})",
+            )
+        if side_id:
+            stored = conn.execute("SELECT hash FROM events WHERE id = ?", (side_id,)).fetchone()
+            if stored is None or stored[0] != side_hash:
+                return VerifyResult(
+                    False,
+                    count,
+                    head,
+                    side_id,
+                    f"event {side_id} does not match the head file: the chain was rewritten",
+                )
+        return VerifyResult(True, count, head)
+
+    @staticmethod
+    def _diagnose_link(
+        conn: sqlite3.Connection, event_id: int, stored_prev: str, prev_prev_hash: str
+    ) -> tuple[int, str]:
+        """Why event ``event_id`` does not follow the one before it."""
+        later = conn.execute(
+            "SELECT id FROM events WHERE hash = ? AND id > ? ORDER BY id LIMIT 1",
+            (stored_prev, event_id),
+        ).fetchone()
+        if later is not None:
+            return event_id, f"event {event_id} is out of order (it follows event {later[0]})"
+        if event_id > 1 and stored_prev == prev_prev_hash:
+            return (
+                event_id - 1,
+                f"event {event_id - 1} was inserted (event {event_id} follows the one before it)",
+            )
+        return (
+            event_id,
+            f"event {event_id} does not follow event {event_id - 1}: an event before it was "
+            "edited, deleted or inserted",
+        )
+
+    # ----------------------------------------------------------------- export
+
+    def export(self, batch_id: str) -> Iterator[dict]:
+        """The batch's whole audit trail as JSON-able dicts with a ``type``: batch, row,
+        approval, attempt, callback, event. NotFound at once for an unknown batch; the items
+        come from one consistent snapshot."""
+        self.batch(batch_id)
+        return self._export(batch_id)
+
+    def _export(self, batch_id: str) -> Iterator[dict]:
+        conn = self._open()
+        try:
+            conn.execute("BEGIN")
+            db = sqlite_utils.Database(conn, execute_plugins=False)
+            by_batch = (batch_id,)
+            for batch in db.query("SELECT * FROM batches WHERE id = ?", by_batch):
+                yield {"type": "batch", **_batch_out(batch)}
+            for row in db.query('SELECT * FROM "rows" WHERE batch_id = ? ORDER BY seq', by_batch):
+                yield {"type": "row", **_row_out(row)}
+            for table, kind in (("approvals", "approval"), ("attempts", "attempt")):
+                for item in db.query(
+                    f"SELECT * FROM {table} WHERE batch_id = ? ORDER BY id", by_batch
+                ):
+                    yield {"type": kind, **item}
+            for item in db.query(
+                "SELECT * FROM callbacks WHERE batch_id = ? ORDER BY id", by_batch
+            ):
+                yield {"type": "callback", **_callback_out(item)}
+            for item in db.query("SELECT * FROM events WHERE batch_id = ? ORDER BY id", by_batch):
+                item["data"] = json.loads(item["data"])
+                yield {"type": "event", **item}
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            conn.close()
