@@ -1,0 +1,38 @@
+"""A built-in stand-in for OMICall's API, for demos, tests and benchmarks. Never talks to OMI.
+
+It plays the four endpoints omi-batch knows (``new_room``, ``guest_send_message``, message
+``list`` and the conversation ``transfer``) over a fixture of agents and conversations, with
+the vendor's envelope, the 6-month window, preview and execute, result callbacks from a worker
+thread, every assumed variant of the preview answer, and fault knobs (latency, 5xx, 429,
+slow answers, connection resets, dropped / duplicated / late / reordered / failed callbacks).
+It shares nothing with ``omi_batch.client`` but the wire format.
+
+Example::
+
+    sim = Simulator(api_key="sim-key", faults=Faults(rate_limit_rate=0.1), seed=1)
+    running = sim.start()          # http://127.0.0.1:PORT, waitress in a daemon thread
+    ...                            # POST to running.url + "/api/v3/agent/conversation/transfer"
+    sim.wait_idle()
+    running.stop()
+
+The sample fixture (12 agents, 300 conversations over 12 months) is ``fixture.json`` beside
+this file; ``make_fixture.py`` rebuilds it.
+"""
+
+from __future__ import annotations
+
+from omi_batch.simulator.app import envelope, make_app
+from omi_batch.simulator.core import FIXTURE_PATH, PREVIEW_FIELDS, PREVIEW_MODES, Faults, Simulator
+from omi_batch.simulator.server import Running, serve
+
+__all__ = [
+    "FIXTURE_PATH",
+    "PREVIEW_FIELDS",
+    "PREVIEW_MODES",
+    "Faults",
+    "Running",
+    "Simulator",
+    "envelope",
+    "make_app",
+    "serve",
+]

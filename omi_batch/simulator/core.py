@@ -1,0 +1,674 @@
+"""The simulator's state: agents, conversations, transfers, faults, scripted answers, events,
+and the worker that applies transfers and sends their callbacks.
+
+Everything mutable sits behind one lock (``Simulator._cond``) so the WSGI app can run in many
+threads. Random faults come from ``random.Random(seed)`` so a run can be repeated; request ids
+are real UUIDs so two runs never share one (a ledger may outlive a simulator).
+"""
+
+from __future__ import annotations
+
+import heapq
+import hmac
+import itertools
+import json
+import logging
+import random
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from omi_batch.config import Secret
+from omi_batch.errors import NotFound, UsageError
+
+log = logging.getLogger("omi_batch.simulator")
+
+FIXTURE_PATH = Path(__file__).with_name("fixture.json")
+PREVIEW_MODES = ("sync", "async")
+PREVIEW_FIELDS = ("updatedRecords", "totalRecords", "total", "count", "number")
+ACTION = "CONVERSATION_AGENT_TRANSFER"
+CALLBACK_TIMEOUT = 2.0  # OMI gives the partner's endpoint 2 seconds
+QUEUE_LIMIT = 20_000  # jobs waiting for the worker; a full queue makes the API wait
+EVENT_LIMIT = 200_000  # oldest events are forgotten beyond this
+REORDER_WINDOW = 0.25  # seconds callbacks are held back when reorder_callbacks is on
+REORDER_GROUP = 64  # at most this many callbacks shuffled together
+SCRIPT_KEYS = frozenset({"status", "body", "headers", "delay", "reset", "apply"})
+
+
+@dataclass
+class Faults:
+    """What goes wrong, and how often. Everything is off by default; fractions are 0..1.
+
+    May be changed while the simulator runs (``sim.faults.error_rate = 1.0``).
+    """
+
+    latency_ms: float = 0  # added before every API answer
+    error_rate: float = 0  # answered 500 or 503; nothing applied
+    rate_limit_rate: float = 0  # answered 429 with Retry-After; nothing applied
+    retry_after: float = 1.0  # seconds put in Retry-After
+    slow_rate: float = 0  # answered only after slow_seconds; the transfer IS applied first
+    slow_seconds: float = 35.0
+    reset_rate: float = 0  # connection closed with no answer; nothing applied
+    drop_callbacks: float = 0  # callbacks never sent
+    duplicate_callbacks: float = 0  # callbacks sent twice
+    callback_delay: float = 0  # seconds before each callback is sent
+    reorder_callbacks: bool = False  # hold callbacks back and send them shuffled
+    callback_error_rate: float = 0  # executes whose callback says ERROR (nothing moved)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "reorder_callbacks":
+                continue
+            if not isinstance(value, int | float) or value < 0:
+                raise UsageError(f"fault {f.name} must be a number >= 0, not {value!r}")
+            if f.name.endswith(("_rate", "_callbacks")) and value > 1:
+                raise UsageError(f"fault {f.name} is a fraction: 0 to 1, not {value!r}")
+
+
+@dataclass(frozen=True)
+class TransferRequest:
+    """One parsed ``/api/v3/agent/conversation/transfer`` body."""
+
+    source: str
+    target: str
+    preview: bool
+    replace: bool
+    conv_ids: tuple[str, ...] | None
+    callback: dict | None  # {"url", "headers"}
+    request_time_ms: int
+
+
+class Rejected(Exception):
+    """A request the API refuses with the vendor's -9999 envelope (HTTP 200 unless said)."""
+
+    def __init__(self, code: str, error: str | None = None, http_status: int = 200):
+        super().__init__(code)
+        self.code = code
+        self.error = error
+        self.http_status = http_status
+
+
+def _parse_time(value: Any, what: str) -> datetime:
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise UsageError(f"{what} is not an ISO date-time: {value!r}") from None
+    else:
+        raise UsageError(f"{what} is not an ISO date-time: {value!r}")
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _ms(moment: datetime | None = None) -> int:
+    return int((moment.timestamp() if moment else time.time()) * 1000)
+
+
+def _new_id() -> str:
+    """A 24-hex id shaped like OMI's (Mongo ObjectId: time, then random)."""
+    return f"{int(time.time()):08x}{uuid.uuid4().int & (2**64 - 1):016x}"
+
+
+def load_fixture(fixture: str | Path | dict | None, now: datetime) -> tuple[dict, list[dict]]:
+    """Agents (email → name) and conversations from a fixture file or dict.
+
+    A fixture with ``as_of`` has relative dates: they move by whole days so that ``as_of`` is
+    ``now``, and the sample keeps the same conversations inside the 6-month window every day.
+    """
+    where = "the fixture"
+    if fixture is None:
+        fixture = FIXTURE_PATH
+    if isinstance(fixture, str | Path):
+        where = f"fixture {fixture}"
+        try:
+            data = json.loads(Path(fixture).read_text(encoding="utf-8"))
+        except OSError as error:
+            raise UsageError(f"cannot read {where}: {error.strerror or error}") from None
+        except ValueError as error:
+            raise UsageError(f"{where} is not JSON: {error}") from None
+    else:
+        data = fixture
+    if not isinstance(data, dict) or not isinstance(data.get("agents"), list):
+        raise UsageError(f"{where} needs an 'agents' list")
+    shift = timedelta(0)
+    if data.get("as_of"):
+        shift = timedelta(days=(now - _parse_time(data["as_of"], f"{where}: as_of")).days)
+    agents: dict[str, str] = {}
+    for number, agent in enumerate(data["agents"], 1):
+        email = agent.get("email") if isinstance(agent, dict) else None
+        if not isinstance(email, str) or "@" not in email:
+            raise UsageError(f"{where}: agent {number} has no email")
+        agents[email.strip().lower()] = str(agent.get("name") or email)
+    conversations: list[dict] = []
+    seen: set[str] = set()
+    for number, raw in enumerate(data.get("conversations") or [], 1):
+        conv_id = raw.get("id") if isinstance(raw, dict) else None
+        if not isinstance(conv_id, str) or not conv_id or conv_id in seen:
+            raise UsageError(f"{where}: conversation {number} has no id, or a repeated one")
+        seen.add(conv_id)
+        members = [str(m).strip().lower() for m in raw.get("members") or []]
+        unknown = [m for m in members if m not in agents]
+        if unknown:
+            raise UsageError(f"{where}: conversation {conv_id} names unknown agents {unknown}")
+        created = _parse_time(raw.get("created_at"), f"{where}: conversation {conv_id}")
+        conversations.append(
+            {
+                "id": conv_id,
+                "uuid": str(raw.get("uuid") or conv_id),
+                "channel": str(raw.get("channel") or "livetalk"),
+                "guest_info": dict(raw.get("guest_info") or {}),
+                "members": members,
+                "created": created + shift,
+            }
+        )
+    return agents, conversations
+
+
+class _Worker(threading.Thread):
+    """Applies executed transfers and sends callbacks, each at its due time, one at a time."""
+
+    def __init__(self, sim: Simulator):
+        super().__init__(name="omi-simulator-callbacks", daemon=True)
+        self.sim = sim
+        self.stopping = False
+
+    def run(self) -> None:
+        import requests
+
+        session = requests.Session()
+        cond = self.sim._cond
+        try:
+            while True:
+                with cond:
+                    while not self.stopping:
+                        if self.sim._jobs:
+                            wait = self.sim._jobs[0][0] - time.monotonic()
+                            if wait <= 0:
+                                break
+                            cond.wait(wait)
+                        else:
+                            cond.wait()
+                    if self.stopping:
+                        return
+                    job = heapq.heappop(self.sim._jobs)[-1]
+                    self.sim._in_flight += 1
+                    cond.notify_all()  # room in the queue
+                try:
+                    if job["kind"] == "apply":
+                        self.sim._finish_transfer(job["request"], job["request_id"])
+                    else:
+                        self.sim._deliver(session, job)
+                except Exception:  # a bug here must not kill the worker
+                    log.exception("simulator worker failed on a %s job", job["kind"])
+                finally:
+                    with cond:
+                        self.sim._in_flight -= 1
+                        cond.notify_all()
+        finally:
+            session.close()
+
+
+class Simulator:
+    """A stand-in for OMI's API: agents, conversations, transfers and their callbacks.
+
+    ``fixture`` is a path or a dict (None: the built-in sample); ``api_key`` is the only
+    accepted ``x-api-key``; ``preview_mode`` "sync" puts the count in the response, "async"
+    sends it in a callback; ``preview_field`` is where a sync preview puts it ("number": the
+    payload itself). ``now`` pins the clock (default: the real time).
+    """
+
+    def __init__(
+        self,
+        fixture: str | Path | dict | None = None,
+        api_key: str | Secret = "sim-key",
+        preview_mode: str = "sync",
+        preview_field: str = "updatedRecords",
+        faults: Faults | None = None,
+        seed: int = 0,
+        window_days: int = 183,
+        now: datetime | str | None = None,
+    ):
+        if preview_mode not in PREVIEW_MODES:
+            raise UsageError(f"preview_mode must be one of {', '.join(PREVIEW_MODES)}")
+        if preview_field not in PREVIEW_FIELDS:
+            raise UsageError(f"preview_field must be one of {', '.join(PREVIEW_FIELDS)}")
+        if window_days < 1:
+            raise UsageError("window_days must be at least 1")
+        self._api_key = api_key if isinstance(api_key, Secret) else Secret(api_key)
+        self.preview_mode = preview_mode
+        self.preview_field = preview_field
+        self.faults = faults if faults is not None else Faults()
+        self.window_days = window_days
+        self._fixed_now = None if now is None else _parse_time(now, "now")
+        self._agents, self._conversations = load_fixture(fixture, self.now())
+        self._by_id = {c["id"]: c for c in self._conversations}
+        self._by_uuid = {c["uuid"]: c for c in self._conversations}
+        self._messages: dict[str, list[dict]] = {}
+        self._rng = random.Random(seed)
+        self._cond = threading.Condition(threading.RLock())
+        self._events: deque[dict] = deque(maxlen=EVENT_LIMIT)
+        self._script: deque[dict] = deque()
+        self._jobs: list[tuple] = []
+        self._seq = itertools.count()
+        self._in_flight = 0
+        self._group_due = 0.0  # when the current group of reordered callbacks goes out
+        self._group_size = 0
+        self._worker: _Worker | None = None
+        self._stopping = threading.Event()
+
+    def __repr__(self) -> str:
+        return (
+            f"Simulator(agents={len(self._agents)}, conversations={len(self._conversations)}, "
+            f"preview_mode={self.preview_mode!r}, preview_field={self.preview_field!r})"
+        )
+
+    # ----------------------------------------------------------------- public API
+
+    def now(self) -> datetime:
+        """The simulator's clock: ``now`` if pinned, else the real UTC time."""
+        return self._fixed_now or datetime.now(UTC)
+
+    @property
+    def agents(self) -> dict[str, str]:
+        """email → name of every agent OMI knows."""
+        return dict(self._agents)
+
+    @property
+    def conversations(self) -> list[dict]:
+        """A copy of every conversation: ``{"id", "members", "created_at"}``."""
+        with self._cond:
+            return [
+                {"id": c["id"], "members": list(c["members"]), "created_at": _iso(c["created"])}
+                for c in self._conversations
+            ]
+
+    @property
+    def events(self) -> list[dict]:
+        """Every request and callback so far, in order (a copy)."""
+        with self._cond:
+            return [dict(e) for e in self._events]
+
+    def script(self, *answers: dict) -> None:
+        """Queue exact answers for the next API requests, in order, whatever the endpoint.
+
+        Keys: ``status`` (default 200), ``body`` (dict → JSON, str, bytes), ``headers``,
+        ``delay`` (seconds), ``reset`` (close the connection, no answer), ``apply`` (process
+        the request for real first: an execute is applied and its callback sent).
+        """
+        for answer in answers:
+            if not isinstance(answer, dict) or not set(answer) <= SCRIPT_KEYS:
+                raise UsageError(f"a scripted answer is a dict with keys {sorted(SCRIPT_KEYS)}")
+        with self._cond:
+            self._script.extend(dict(a) for a in answers)
+
+    def count(
+        self,
+        source: str,
+        target: str,
+        conv_ids: list[str] | tuple[str, ...] | None = None,
+        replace: bool = False,
+    ) -> int:
+        """How many conversations a preview of this transfer would count right now."""
+        source, target = source.strip().lower(), target.strip().lower()
+        for email in (source, target):
+            if email not in self._agents:
+                raise NotFound(f"no agent {email} in the simulator")
+        with self._cond:
+            return len(
+                self._changes(source, target, tuple(conv_ids) if conv_ids else None, replace)
+            )
+
+    def wait_idle(self, timeout: float = 10) -> bool:
+        """True once no transfer or callback is pending or in flight; False after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._jobs or self._in_flight:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 0.5))
+            return True
+
+    def start(self, host: str = "127.0.0.1", port: int = 0, *, threads: int = 32):
+        """Serve the API with waitress in a daemon thread; returns a handle with ``url``, ``stop()``."""
+        from omi_batch.simulator.server import start
+
+        return start(self, host, port, threads=threads)
+
+    def close(self) -> None:
+        """Stop the worker (pending callbacks are dropped) and wake every sleeping answer."""
+        self._stopping.set()
+        with self._cond:
+            worker, self._worker = self._worker, None
+            self._jobs.clear()
+            if worker:
+                worker.stopping = True
+            self._cond.notify_all()
+        if worker and worker is not threading.current_thread():
+            worker.join(timeout=CALLBACK_TIMEOUT + 3)
+
+    # ----------------------------------------------------------------- used by the app
+
+    @property
+    def lock(self) -> threading.Condition:
+        """The one lock over all state (re-entrant)."""
+        return self._cond
+
+    def check_key(self, presented: str | None) -> str | None:
+        """None if the key is right, else the vendor's error code."""
+        if not presented:
+            return "api_key_is_required"
+        if not hmac.compare_digest(presented.encode(), self._api_key.value.encode()):
+            return "api_key_invalid"
+        return None
+
+    def next_scripted(self) -> dict | None:
+        with self._cond:
+            return self._script.popleft() if self._script else None
+
+    def draw(self, rate: float) -> bool:
+        """One repeatable coin toss; a rate of 0 draws nothing, so it shifts no other fault."""
+        if rate <= 0:
+            return False
+        with self._cond:
+            return self._rng.random() < rate
+
+    def choice(self, options: list) -> Any:
+        with self._cond:
+            return self._rng.choice(options)
+
+    def sleep(self, seconds: float) -> None:
+        """Wait, but wake at once when the simulator stops."""
+        if seconds > 0:
+            self._stopping.wait(seconds)
+
+    def record(self, event: dict) -> None:
+        event.setdefault("at", datetime.now(UTC).isoformat(timespec="milliseconds"))
+        with self._cond:
+            self._events.append(event)
+
+    def agent(self, email: str, field: str) -> str:
+        email = email.strip().lower()
+        if email not in self._agents:
+            raise Rejected("user_not_found", f"{field}: no agent with email {email}")
+        return email
+
+    def new_room(self, channel: str, body: dict) -> dict:
+        """Create (or return, if ``uuid`` exists) a conversation. ``members`` is a simulator
+        extension: agent emails, so a test can make conversations a transfer will find."""
+        room_uuid = body.get("uuid") or ""
+        guest = body.get("guest_info") or {}
+        if not isinstance(room_uuid, str) or not isinstance(guest, dict):
+            raise Rejected("request_body_required", "uuid is a string, guest_info an object")
+        members = body.get("members") or []
+        if not isinstance(members, list):
+            raise Rejected("request_body_required", "members is a list of agent emails")
+        members = [self.agent(str(m), "members") for m in members]
+        with self._cond:
+            conversation = self._by_uuid.get(room_uuid) if room_uuid else None
+            if conversation is None:
+                conv_id = _new_id()
+                conversation = {
+                    "id": conv_id,
+                    "uuid": room_uuid or conv_id,
+                    "channel": channel,
+                    "guest_info": dict(guest),
+                    "members": members,
+                    "created": self.now(),
+                }
+                self._conversations.append(conversation)
+                self._by_id[conv_id] = conversation
+                self._by_uuid[conversation["uuid"]] = conversation
+            return {"conversation": self._room_view(conversation)}
+
+    def guest_send_message(self, body: dict) -> dict:
+        room_uuid, content = body.get("uuid"), body.get("content")
+        if not isinstance(room_uuid, str) or not room_uuid:
+            raise Rejected("uuid_required", "uuid: the conversation's uuid is required")
+        if not isinstance(content, str) or not content:
+            raise Rejected("content_required", "content: the message text is required")
+        multimedias = body.get("multimedias")
+        if multimedias is not None and not isinstance(multimedias, list):
+            raise Rejected("request_body_required", "multimedias is a list")
+        with self._cond:
+            conversation = self._by_uuid.get(room_uuid)
+            if conversation is None:
+                raise Rejected("resource_not_found", f"no conversation with uuid {room_uuid}")
+            stamp = _ms()
+            message = {
+                "created_date": stamp,
+                "last_updated_date": stamp,
+                "_id": _new_id(),
+                "room_id": conversation["id"],
+                "member_type": "guest",
+                "type": "chat",
+                "content": content,
+                "multimedias": multimedias,
+                "kind": "normal",
+                "uuid": str(uuid.uuid4()),
+                "conv_uuid": conversation["uuid"],
+                "guest_info": conversation["guest_info"] or None,
+            }
+            self._messages.setdefault(conversation["id"], []).append(message)
+            return dict(message)
+
+    def list_messages(self, body: dict, page: int, size: int) -> list[dict]:
+        """A page of a conversation's messages, newest first. ``conv_id`` may be id or uuid."""
+        conv_id = body.get("conv_id")
+        if not isinstance(conv_id, str) or not conv_id:
+            raise Rejected("conv_id_required", "conv_id: the conversation id is required")
+        with self._cond:
+            conversation = self._by_id.get(conv_id) or self._by_uuid.get(conv_id)
+            if conversation is None:
+                raise Rejected("resource_not_found", f"no conversation {conv_id}")
+            messages = list(reversed(self._messages.get(conversation["id"], [])))
+            return [dict(m) for m in messages[(page - 1) * size : page * size]]
+
+    def parse_transfer(self, body: dict) -> TransferRequest:
+        """Check a transfer body the way OMI would; raise Rejected with the first problem."""
+        source, target = body.get("sourceEmail"), body.get("targetEmail")
+        if not isinstance(source, str) or not source.strip():
+            raise Rejected("source_email_required", "sourceEmail is required")
+        if not isinstance(target, str) or not target.strip():
+            raise Rejected("target_email_required", "targetEmail is required")
+        for name in ("previewChanges", "replaceExistingMembers"):
+            if body.get(name) is not None and not isinstance(body[name], bool):
+                raise Rejected("request_body_required", f"{name} must be true or false")
+        conv_ids = body.get("convIds")
+        if conv_ids is not None and (
+            not isinstance(conv_ids, list) or not all(isinstance(c, str) for c in conv_ids)
+        ):
+            raise Rejected("request_body_required", "convIds must be a list of strings")
+        callback = body.get("callbackResultConfig")
+        if callback is not None:
+            url = callback.get("url") if isinstance(callback, dict) else None
+            headers = callback.get("headers") if isinstance(callback, dict) else None
+            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+                raise Rejected("request_body_required", "callbackResultConfig.url is required")
+            if headers is not None and not isinstance(headers, dict):
+                raise Rejected("request_body_required", "callbackResultConfig.headers is an object")
+            callback = {"url": url, "headers": {str(k): str(v) for k, v in (headers or {}).items()}}
+        return TransferRequest(
+            source=self.agent(source, "sourceEmail"),
+            target=self.agent(target, "targetEmail"),
+            preview=bool(body.get("previewChanges")),
+            replace=bool(body.get("replaceExistingMembers")),
+            conv_ids=tuple(conv_ids) if conv_ids else None,
+            callback=callback,
+            request_time_ms=_ms(),
+        )
+
+    def transfer(
+        self, request: TransferRequest, *, apply_now: bool = False, request_id: str | None = None
+    ) -> tuple[int, Any]:
+        """Handle a parsed transfer; returns (HTTP status, payload) and queues what follows.
+
+        A preview counts (sync: in the answer; async: in a callback). An execute is applied by
+        the worker, which then sends the callback; ``apply_now`` applies it here instead
+        (the slow fault and scripted ``apply``: the work is done even if the answer is late).
+        """
+        request_id = request_id or str(uuid.uuid4())
+        if request.preview:
+            with self._cond:
+                count = len(
+                    self._changes(request.source, request.target, request.conv_ids, request.replace)
+                )
+            if self.preview_mode == "sync":
+                if self.preview_field == "number":
+                    return 200, count
+                return 200, {self.preview_field: count, "requestId": request_id}
+            if request.callback:
+                self._schedule_callback(request, request_id, "SUCCESS", count)
+            return 202, {"requestId": request_id}
+        if apply_now:
+            self._finish_transfer(request, request_id)
+        else:
+            self._enqueue(
+                {"kind": "apply", "request": request, "request_id": request_id}, time.monotonic()
+            )
+        return 202, {"requestId": request_id}
+
+    # ----------------------------------------------------------------- internals
+
+    def _room_view(self, conversation: dict) -> dict:
+        stamp = _ms(conversation["created"])
+        return {
+            "created_date": stamp,
+            "last_updated_date": stamp,
+            "_id": conversation["id"],
+            "guest_info": conversation["guest_info"] or None,
+            "status": "active",
+            "uuid": conversation["uuid"],
+            "name": conversation["guest_info"].get("full_name"),
+            "members": list(conversation["members"]),
+            "last_message": None,
+        }
+
+    def _changes(
+        self, source: str, target: str, conv_ids: tuple[str, ...] | None, replace: bool
+    ) -> list[dict]:
+        """The conversations this transfer would change now (call with the lock held)."""
+        since = self.now() - timedelta(days=self.window_days)
+        wanted = set(conv_ids) if conv_ids else None
+        changes = []
+        for conversation in self._conversations:
+            members = conversation["members"]
+            if source not in members or conversation["created"] < since:
+                continue
+            if wanted is not None and conversation["id"] not in wanted:
+                continue
+            if (members != [target]) if replace else (target not in members):
+                changes.append(conversation)
+        return changes
+
+    def _finish_transfer(self, request: TransferRequest, request_id: str) -> None:
+        """Apply an executed transfer (or fail it, by the callback_error_rate fault), then
+        queue its callback."""
+        failed = self.draw(self.faults.callback_error_rate)
+        updated = 0
+        if not failed:
+            with self._cond:
+                changes = self._changes(
+                    request.source, request.target, request.conv_ids, request.replace
+                )
+                for conversation in changes:
+                    if request.replace:
+                        conversation["members"] = [request.target]
+                    else:
+                        conversation["members"].append(request.target)
+                updated = len(changes)
+        if request.callback:
+            self._schedule_callback(request, request_id, "ERROR" if failed else "SUCCESS", updated)
+
+    def _schedule_callback(
+        self, request: TransferRequest, request_id: str, status: str, updated: int
+    ) -> None:
+        body = {
+            "requestId": request_id,
+            "requestTimeMs": request.request_time_ms,
+            "action": ACTION,
+            "status": status,
+            "responseTimeMs": _ms(),
+            "payload": {"updatedRecords": updated},
+        }
+        job = {
+            "kind": "callback",
+            "url": request.callback["url"],
+            "headers": request.callback["headers"],
+            "request_id": request_id,
+            "body": body,
+            "duplicate": False,
+        }
+        if self.draw(self.faults.drop_callbacks):
+            self.record(
+                {
+                    "kind": "callback",
+                    "url": job["url"],
+                    "request_id": request_id,
+                    "body": body,
+                    "delivery": None,
+                    "duplicate": False,
+                    "dropped": True,
+                }
+            )
+            return
+        copies = [job]
+        if self.draw(self.faults.duplicate_callbacks):
+            copies.append(dict(job, duplicate=True))
+        due = time.monotonic() + self.faults.callback_delay
+        for copy in copies:
+            self._enqueue(copy, due)
+
+    def _enqueue(self, job: dict, due: float) -> None:
+        with self._cond:
+            if self._worker is None:
+                if self._stopping.is_set():
+                    return  # stopped: nothing more goes out
+                self._worker = _Worker(self)
+                self._worker.start()
+            worker = threading.current_thread() is self._worker  # must never wait on itself
+            while len(self._jobs) >= QUEUE_LIMIT and not worker and not self._stopping.is_set():
+                self._cond.wait(0.5)
+            order: float = 0
+            if job["kind"] == "callback" and self.faults.reorder_callbacks:
+                if due > self._group_due or self._group_size >= REORDER_GROUP:
+                    self._group_due, self._group_size = due + REORDER_WINDOW, 0
+                due, order = self._group_due, self._rng.random()
+                self._group_size += 1
+            heapq.heappush(self._jobs, (due, order, next(self._seq), job))
+            self._cond.notify_all()
+
+    def _deliver(self, session: Any, job: dict) -> None:
+        headers = {"Content-Type": "application/json", **job["headers"]}
+        data = json.dumps(job["body"]).encode()
+        try:
+            response = session.post(
+                job["url"], data=data, headers=headers, timeout=CALLBACK_TIMEOUT
+            )
+            response.close()
+            delivery: int | str = response.status_code
+        except Exception as error:  # any transport failure is the outcome, not a crash
+            delivery = f"{type(error).__name__}: {error}"[:300]
+        log.info("callback %s -> %s", job["request_id"], delivery)
+        self.record(
+            {
+                "kind": "callback",
+                "url": job["url"],
+                "request_id": job["request_id"],
+                "body": job["body"],
+                "delivery": delivery,
+                "duplicate": job["duplicate"],
+                "dropped": False,
+            }
+        )
