@@ -1,0 +1,752 @@
+"""The only code that speaks HTTP to OMI: envelope, errors, retries and the attempt hook.
+
+One ``requests.Session`` (safe to share between the pipeline's threads) sends JSON with the
+``x-api-key`` header. A call succeeds only on HTTP 2xx with ``status_code == 9999``; everything
+else becomes one of the error classes below, each knowing whether it is worth retrying.
+Retries (tenacity) happen here and nowhere else: transport errors, 429 and 5xx only, with full
+jitter, a cap per wait, a cap on total time, and ``Retry-After`` as the minimum wait.
+
+An *execute* that timed out or was reset may have been applied by OMI. Retrying it is safe (a
+transfer applied twice moves nothing the second time), so it is retried like anything else, and
+every attempt is reported to ``on_attempt`` with ``outcome_unknown=True`` so the ledger says so.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import http.client
+import json
+import logging
+import math
+import random
+import re
+import socket
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import requests
+import tenacity
+import urllib3.exceptions
+from requests.adapters import HTTPAdapter
+
+from omi_batch import __version__ as _version
+from omi_batch.config import Secret, scrub
+from omi_batch.errors import EXIT_CONFIG, ConfigError, OmiBatchError, UsageError
+
+log = logging.getLogger("omi_batch.client")
+
+TRANSFER_PATH = "/api/v3/agent/conversation/transfer"
+SUCCESS = 9999
+
+# Vendor codes that mean "your key or its rights": an operator has to act, retrying is useless.
+AUTH_CODES = frozenset(
+    {"api_key_invalid", "api_key_is_required", "token_expired", "permission_denied"}
+)
+RATE_LIMIT_CODES = frozenset({"rate_limit_exceeded"})
+# Where a preview may carry its count (see docs/design.md, "client"); first match wins.
+COUNT_FIELDS = ("updatedRecords", "totalRecords", "total", "count")
+
+_EXCERPT = 160  # characters of a non-JSON answer quoted in an error
+_CHANNEL = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class ApiError(OmiBatchError):
+    """OMI answered, but not with success: HTTP >= 400, a non-9999 envelope, or no JSON.
+
+    ``http_status`` is None when no answer came (see TransportError). ``code`` is the vendor's
+    code (``api_key_invalid``, ``user_not_found``, ...) or ours (``not_json``, ``bad_count``).
+    """
+
+    retryable = False
+    kind = "api"
+
+    def __init__(
+        self,
+        http_status: int | None,
+        code: str | None,
+        text: str = "",
+        *,
+        endpoint: str | None = None,
+        retry_after: float | None = None,
+    ):
+        self.http_status = http_status
+        self.code = code
+        self.text = text
+        self.endpoint = endpoint
+        self.retry_after = retry_after
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        status = "" if self.http_status is None else f" {self.http_status}"
+        code = f" {self.code}" if self.code else ""
+        text = f": {self.text}" if self.text and self.text != self.code else ""
+        return f"OMI answered{status}{code}{text}"
+
+
+class AuthError(ApiError):
+    """The API key is missing, wrong, expired or lacks the right. Nothing was changed."""
+
+    exit_code = EXIT_CONFIG
+    kind = "auth"
+
+
+class RateLimited(ApiError):
+    """OMI asked us to slow down (429 or ``rate_limit_exceeded``); ``retry_after`` in seconds."""
+
+    retryable = True
+    kind = "rate_limited"
+
+
+class ServerError(ApiError):
+    """OMI (or a load balancer before it) failed with a 5xx."""
+
+    retryable = True
+    kind = "server"
+
+
+class TransportError(ApiError):
+    """No answer: timeout, connection refused or reset, DNS failure. OMI may be unreachable.
+
+    ``code`` says which (``timeout``, ``connect_timeout``, ``connection_refused``,
+    ``connection_reset``, ``dns``, ``connection``). ``outcome_unknown`` is True when the request
+    may have reached OMI (a read timeout or a reset), so a transfer may have been applied.
+    """
+
+    exit_code = EXIT_CONFIG
+    retryable = True
+    kind = "transport"
+
+    def __init__(
+        self,
+        code: str,
+        text: str,
+        *,
+        endpoint: str | None = None,
+        outcome_unknown: bool = False,
+    ):
+        self.outcome_unknown = outcome_unknown
+        super().__init__(None, code, text, endpoint=endpoint)
+
+    def _message(self) -> str:
+        return f"OMI unreachable ({self.code}): {self.text}"
+
+
+# --------------------------------------------------------------------------- values
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How long to keep trying. Waits use full jitter: uniform(0, min(max_wait, base * 2**(n-1)))
+    before attempt n+1, raised to ``Retry-After`` when OMI sent one. The attempts' own time plus
+    the waits never exceed ``max_total`` seconds: a wait that would pass it stops the retries."""
+
+    max_attempts: int = 5
+    base: float = 0.5
+    max_wait: float = 30.0
+    max_total: float = 120.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if self.base < 0 or self.max_wait < 0 or self.max_total < 0:
+            raise ValueError("base, max_wait and max_total must not be negative")
+
+    def wait(
+        self, attempt_number: int, rng: random.Random, retry_after: float | None = None
+    ) -> float:
+        """Seconds to wait after attempt ``attempt_number`` (1-based) failed."""
+        ceiling = min(self.max_wait, self.base * 2 ** min(attempt_number - 1, 60))
+        wait = rng.uniform(0.0, ceiling)
+        if retry_after is not None:
+            wait = max(wait, retry_after)
+        return wait
+
+
+NO_RETRY = RetryPolicy(max_attempts=1)
+
+
+@dataclass(frozen=True)
+class TransferResult:
+    """What a transfer call returned. ``count`` is None when only a requestId came back (the
+    count then arrives in the callback). ``envelope`` is OMI's answer as parsed (no headers)."""
+
+    request_id: str | None
+    count: int | None
+    http_status: int
+    envelope: dict
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One HTTP attempt, passed to ``on_attempt`` after it ends, success or not. No secrets."""
+
+    endpoint: str
+    number: int
+    started_at: str
+    elapsed_ms: float
+    http_status: int | None
+    vendor_code: str | None
+    error: str | None  # None on success, else auth/rate_limited/server/transport/api/config
+    request_id: str | None
+    wait_s: float | None  # wait before the next attempt; None when this was the last
+    context: dict = field(default_factory=dict)
+    message: str | None = None  # the error's one-line message (never holds a secret)
+    outcome_unknown: bool = False  # sent, but no answer: OMI may have applied it
+
+
+# --------------------------------------------------------------------------- the envelope
+
+
+def _excerpt(content: bytes, secrets: Sequence[str]) -> str:
+    """A short, printable, secret-free quote of an answer body."""
+    text = content[: _EXCERPT * 4].decode("utf-8", errors="replace")
+    text = scrub(text, list(secrets))
+    text = " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
+    if len(text) > _EXCERPT:
+        text = text[: _EXCERPT - 1] + "…"
+    return text or "(empty body)"
+
+
+def _short(value: Any, secrets: Sequence[str], limit: int = 300) -> str | None:
+    if value is None or value == "":
+        return None
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    text = " ".join(scrub(text, list(secrets)).split())
+    return text[: limit - 1] + "…" if len(text) > limit else text
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds from a ``Retry-After`` header: a number of seconds or an HTTP date. None if absent
+    or unreadable; never negative."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    if not math.isfinite(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+def check_envelope(
+    http_status: int,
+    content: bytes,
+    headers: Mapping[str, str] | None = None,
+    *,
+    endpoint: str | None = None,
+    secrets: Sequence[str] = (),
+) -> dict:
+    """The parsed envelope of a successful answer, or the matching ApiError raised.
+
+    Success is HTTP 2xx with ``status_code == 9999``. The vendor code is the top-level
+    ``message``, else ``payload.error`` / ``payload.message``.
+    """
+    headers = headers or {}
+    retry_after = parse_retry_after(headers.get("Retry-After"))
+    try:
+        envelope = json.loads(content) if content else None
+    except (ValueError, UnicodeDecodeError):
+        envelope = None
+        parsed = False
+    else:
+        parsed = isinstance(envelope, dict)
+
+    code: str | None = None
+    text = ""
+    if parsed:
+        payload = envelope.get("payload")
+        inner = payload if isinstance(payload, dict) else {}
+        candidates = [
+            _short(envelope.get("message"), secrets, 100),
+            _short(inner.get("error"), secrets),
+            _short(inner.get("message"), secrets),
+        ]
+        found = [c for c in candidates if c]
+        code = found[0] if found else None
+        text = "; ".join(c for c in found[1:] if c != code)
+        ok_envelope = envelope.get("status_code") == SUCCESS
+    elif content and envelope is not None:
+        text = f"not an OMI envelope: {_excerpt(content, secrets)}"
+        ok_envelope = False
+    else:
+        text = f"answer is not JSON: {_excerpt(content, secrets)}"
+        ok_envelope = False
+
+    if 200 <= http_status < 300 and ok_envelope:
+        return envelope
+
+    if not parsed:
+        code = "not_json" if envelope is None else "bad_envelope"
+    elif code is None:
+        code = "bad_envelope" if "status_code" not in envelope else None
+        if code is None and 200 <= http_status < 300:
+            code = f"status_code_{envelope.get('status_code')}"
+
+    kwargs = {"endpoint": endpoint, "retry_after": retry_after}
+    if http_status == 429 or code in RATE_LIMIT_CODES:
+        raise RateLimited(http_status, code, text, **kwargs)
+    if http_status in (401, 403) or code in AUTH_CODES:
+        raise AuthError(http_status, code, text or _auth_hint(code), **kwargs)
+    if http_status >= 500:
+        raise ServerError(http_status, code, text, **kwargs)
+    if 300 <= http_status < 400 and not text:
+        location = headers.get("Location")
+        text = f"redirected to {scrub(location, list(secrets))}" if location else "redirected"
+    raise ApiError(http_status, code, text, **kwargs)
+
+
+def _auth_hint(code: str | None) -> str:
+    if code == "api_key_is_required":
+        return "no API key was sent (set OMI_API_KEY)"
+    if code == "api_key_invalid":
+        return "the API key was refused (check OMI_API_KEY and OMI_BASE_URL)"
+    if code == "token_expired":
+        return "the credential has expired"
+    return "the API key may not do this (check its rights in the OMI web app)"
+
+
+def read_count(payload: Any) -> int | None:
+    """The preview count in a transfer's payload, or None when there is none (it will come by
+    callback). Raises ApiError("bad_count") for a negative or non-integer count."""
+    if isinstance(payload, dict):
+        value = next((payload[k] for k in COUNT_FIELDS if payload.get(k) is not None), None)
+    else:
+        value = payload
+    if value is None:
+        return None
+    count: int | None = None
+    if isinstance(value, bool):
+        count = None
+    elif isinstance(value, int):
+        count = value
+    elif isinstance(value, float) and value.is_integer():
+        count = int(value)
+    elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        count = int(value.strip())
+    if count is None or count < 0:
+        shown = json.dumps(value, ensure_ascii=False)[:40]
+        raise ApiError(None, "bad_count", f"the count is not a whole number >= 0: {shown}")
+    return count
+
+
+def _transfer_result(http_status: int, envelope: dict, secrets: Sequence[str]) -> TransferResult:
+    payload = envelope.get("payload")
+    try:
+        count = read_count(payload)
+    except ApiError as exc:
+        text = scrub(exc.text, list(secrets))
+        raise ApiError(http_status, exc.code, text, endpoint=TRANSFER_PATH) from None
+    return TransferResult(_request_id(payload), count, http_status, envelope)
+
+
+def _request_id(payload: Any) -> str | None:
+    if isinstance(payload, dict):
+        value = payload.get("requestId", payload.get("request_id"))
+        if value is not None and value != "":
+            return str(value)
+    return None
+
+
+# --------------------------------------------------------------------------- transport errors
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """Every exception wrapped inside a requests exception (args, .reason, causes), bounded."""
+    seen: list[BaseException] = []
+    todo: list[BaseException] = [exc]
+    while todo and len(seen) < 20:
+        current = todo.pop()
+        if any(current is s for s in seen):
+            continue
+        seen.append(current)
+        for nxt in (getattr(current, "reason", None), current.__cause__, current.__context__):
+            if isinstance(nxt, BaseException):
+                todo.append(nxt)
+        todo.extend(a for a in current.args if isinstance(a, BaseException))
+    return seen
+
+
+def _transport_error(
+    exc: requests.RequestException, endpoint: str, timeouts: tuple[float, float]
+) -> TransportError:
+    """Our own words for a requests failure (its text may carry URLs; we never quote it)."""
+    chain = _chain(exc)
+    types = tuple(type(e) for e in chain)
+
+    def has(*classes: type) -> bool:
+        return any(issubclass(t, classes) for t in types)
+
+    text = str(exc)
+    if isinstance(exc, requests.exceptions.SSLError):
+        return TransportError("tls", "the TLS handshake failed", endpoint=endpoint)
+    if isinstance(exc, requests.ConnectTimeout) and not has(ConnectionRefusedError):
+        return TransportError(
+            "connect_timeout",
+            f"no connection within {timeouts[0]:g} s",
+            endpoint=endpoint,
+        )
+    if has(ConnectionRefusedError) or "Connection refused" in text:
+        return TransportError("connection_refused", "connection refused", endpoint=endpoint)
+    if has(socket.gaierror, urllib3.exceptions.NameResolutionError):
+        return TransportError("dns", "the host name could not be resolved", endpoint=endpoint)
+    if isinstance(exc, requests.ReadTimeout) or (
+        has(TimeoutError, urllib3.exceptions.TimeoutError)
+        and not has(urllib3.exceptions.NewConnectionError)
+    ):
+        return TransportError(
+            "timeout",
+            f"no answer within {timeouts[1]:g} s (it may have been applied)",
+            endpoint=endpoint,
+            outcome_unknown=True,
+        )
+    if has(urllib3.exceptions.NewConnectionError):  # never connected: nothing was sent
+        return TransportError("connection", "no connection could be made", endpoint=endpoint)
+    if (
+        has(ConnectionResetError, ConnectionAbortedError, BrokenPipeError)
+        or has(http.client.RemoteDisconnected, http.client.IncompleteRead)
+        or isinstance(exc, requests.exceptions.ChunkedEncodingError)
+        or "Connection aborted" in text
+    ):
+        return TransportError(
+            "connection_reset",
+            "the connection was closed without an answer (it may have been applied)",
+            endpoint=endpoint,
+            outcome_unknown=True,
+        )
+    return TransportError(
+        "connection",
+        f"{type(exc).__name__} (it may have been applied)",
+        endpoint=endpoint,
+        outcome_unknown=True,
+    )
+
+
+# --------------------------------------------------------------------------- the client
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class _Call:
+    """Bookkeeping for one logical call across its attempts (one per call: thread-safe)."""
+
+    __slots__ = ("endpoint", "context", "pending", "spent", "attempts")
+
+    def __init__(self, endpoint: str, context: dict):
+        self.endpoint = endpoint
+        self.context = context
+        self.attempts = 0
+        self.pending: dict | None = None  # the attempt not yet reported to on_attempt
+        self.spent = 0.0  # seconds spent inside attempts (waits are counted by tenacity)
+
+
+class OmiClient:
+    """A client for the OMI endpoints omi-batch uses. Share one between threads; close it once.
+
+    ``timeout`` is the read timeout per request, ``connect_timeout`` the connect timeout.
+    ``on_attempt`` is called in the calling thread after every attempt; a failing hook is logged
+    and ignored. ``sleep`` and ``rng`` are injectable so tests neither wait nor guess.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: Secret,
+        *,
+        timeout: float = 30.0,
+        connect_timeout: float = 5.0,
+        retry: RetryPolicy = RetryPolicy(),  # noqa: B008 (frozen, so a shared default is safe)
+        on_attempt: Callable[[Attempt], None] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        pool_size: int = 16,
+        rng: random.Random | None = None,
+    ):
+        base_url = (base_url or "").strip().rstrip("/")
+        if not base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"the OMI base URL must start with http:// or https://: {base_url!r}")
+        if isinstance(api_key, str):
+            api_key = Secret(api_key)
+        if not isinstance(api_key, Secret) or not api_key:
+            raise ConfigError("no OMI API key given (set OMI_API_KEY)")
+        if timeout <= 0 or connect_timeout <= 0:
+            raise ValueError("timeouts must be positive")
+        self.base_url = base_url
+        self._api_key = api_key
+        self.timeout = float(timeout)
+        self.connect_timeout = float(connect_timeout)
+        self.retry = retry
+        self.on_attempt = on_attempt
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self._session = requests.Session()
+        # max_retries=0: urllib3 never retries on its own, so every attempt is one we record.
+        adapter = HTTPAdapter(
+            pool_connections=2, pool_maxsize=max(1, pool_size), max_retries=0, pool_block=True
+        )
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
+        self._session.headers.update(
+            {"Accept": "application/json", "User-Agent": f"omi-batch/{_version}"}
+        )
+
+    def __repr__(self) -> str:
+        return f"OmiClient(base_url={self.base_url!r})"
+
+    def __enter__(self) -> OmiClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self._session.close()
+
+    # ----------------------------------------------------------------------- endpoints
+
+    def transfer_conversations(
+        self,
+        source_email: str,
+        target_email: str,
+        *,
+        preview: bool,
+        replace_existing_members: bool = False,
+        conv_ids: Sequence[str] | None = None,
+        callback: dict | None = None,
+        context: dict | None = None,
+    ) -> TransferResult:
+        """Preview (count only) or execute one transfer. Execute answers 202 with a requestId;
+        the result comes later by callback to ``callback["url"]``."""
+        body: dict[str, Any] = {
+            "sourceEmail": source_email,
+            "targetEmail": target_email,
+            "previewChanges": bool(preview),
+            "replaceExistingMembers": bool(replace_existing_members),
+        }
+        if conv_ids:
+            body["convIds"] = [str(c) for c in conv_ids]
+        if callback:
+            body["callbackResultConfig"] = callback
+        return self._post(TRANSFER_PATH, body, context=context, parse=_transfer_result)
+
+    def new_room(
+        self,
+        channel: str = "livetalk",
+        *,
+        uuid: str = "",
+        guest_info: dict | None = None,
+        context: dict | None = None,
+    ) -> dict:
+        """Open a conversation as a guest (test data); returns the payload."""
+        body = {"uuid": uuid, "guest_info": guest_info or {}}
+        path = f"/api/social/{_channel(channel)}/new_room"
+        return self._post(path, body, context=context, parse=_dict_payload)
+
+    def guest_send_message(
+        self,
+        channel: str = "livetalk",
+        *,
+        uuid: str,
+        content: str,
+        multimedias: list[dict] | None = None,
+        context: dict | None = None,
+    ) -> dict:
+        """Send a message as the guest of conversation ``uuid``; returns the stored message."""
+        body: dict[str, Any] = {"uuid": uuid, "content": content}
+        if multimedias:
+            body["multimedias"] = multimedias
+        path = f"/api/social/{_channel(channel)}/guest_send_message"
+        return self._post(path, body, context=context, parse=_dict_payload)
+
+    def list_messages(
+        self, conv_id: str, *, page: int = 1, size: int = 15, context: dict | None = None
+    ) -> list:
+        """One page of a conversation's messages."""
+        return self._post(
+            "/api/social/message/list",
+            {"conv_id": conv_id},
+            params={"page": int(page), "size": int(size)},
+            context=context,
+            parse=_list_payload,
+        )
+
+    # ----------------------------------------------------------------------- machinery
+
+    def _post(
+        self,
+        path: str,
+        body: dict,
+        *,
+        params: dict | None = None,
+        context: dict | None = None,
+        parse: Callable[[int, dict, Sequence[str]], Any] | None = None,
+    ) -> Any:
+        """POST with retries; returns ``parse(status, envelope, secrets)`` (default: the pair)
+        or raises the last error. ``parse`` runs inside the attempt, so its errors are recorded
+        too; ``secrets`` are the values it must scrub from any text it raises."""
+        call = _Call(path, dict(context or {}))
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(lambda e: getattr(e, "retryable", False)),
+            wait=self._wait,
+            stop=lambda rs: self._stop(rs, call),
+            before_sleep=lambda rs: self._report(call, wait_s=rs.upcoming_sleep),
+            sleep=self._sleep,
+            reraise=True,
+        )
+        try:
+            return retrying(self._attempt, call, path, body, params, parse)
+        finally:
+            self._report(call, wait_s=None)
+
+    def _wait(self, rs: tenacity.RetryCallState) -> float:
+        exc = rs.outcome.exception() if rs.outcome else None
+        return self.retry.wait(rs.attempt_number, self._rng, getattr(exc, "retry_after", None))
+
+    def _stop(self, rs: tenacity.RetryCallState, call: _Call) -> bool:
+        if rs.attempt_number >= self.retry.max_attempts:
+            return True
+        # rs.idle_for is the sum of the waits so far; the next one must fit in what is left.
+        return call.spent + rs.idle_for + (rs.upcoming_sleep or 0.0) > self.retry.max_total
+
+    def _attempt(
+        self,
+        call: _Call,
+        path: str,
+        body: dict,
+        params: dict | None,
+        parse: Callable[[int, dict, Sequence[str]], Any] | None,
+    ) -> Any:
+        call.attempts += 1
+        number = call.attempts
+        started_at = _now_iso()
+        start = time.monotonic()
+        record: dict[str, Any] = {
+            "number": number,
+            "started_at": started_at,
+            "http_status": None,
+            "vendor_code": None,
+            "error": None,
+            "request_id": None,
+            "message": None,
+            "outcome_unknown": False,
+        }
+        try:
+            try:
+                response = self._session.post(
+                    self.base_url + path,
+                    json=body,
+                    params=params,
+                    headers={"x-api-key": self._api_key.value},
+                    timeout=(self.connect_timeout, self.timeout),
+                    allow_redirects=False,
+                )
+            except (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema) as exc:
+                raise ConfigError(f"the OMI base URL is not usable: {self.base_url!r}") from exc
+            except requests.RequestException as exc:
+                raise _transport_error(exc, path, (self.connect_timeout, self.timeout)) from None
+            record["http_status"] = response.status_code
+            envelope = check_envelope(
+                response.status_code,
+                response.content,
+                response.headers,
+                endpoint=path,
+                secrets=[self._api_key.value],
+            )
+            record["request_id"] = _request_id(envelope.get("payload"))
+            if parse is None:
+                return response.status_code, envelope
+            return parse(response.status_code, envelope, [self._api_key.value])
+        except ApiError as exc:
+            record.update(
+                vendor_code=exc.code,
+                error=exc.kind,
+                message=str(exc),
+                outcome_unknown=getattr(exc, "outcome_unknown", False),
+            )
+            raise
+        except ConfigError as exc:
+            record.update(error="config", message=str(exc))
+            raise
+        except Exception as exc:  # a bug of ours: still recorded, never with its text
+            record.update(error="internal", message=type(exc).__name__)
+            raise
+        finally:
+            elapsed = time.monotonic() - start
+            call.spent += elapsed
+            record["elapsed_ms"] = round(elapsed * 1000.0, 3)
+            call.pending = record
+            log.debug(
+                "POST %s attempt %d: %s in %.0f ms%s",
+                path,
+                number,
+                record["http_status"] if record["http_status"] is not None else "no answer",
+                record["elapsed_ms"],
+                f" ({record['error']} {record['vendor_code']})" if record["error"] else "",
+            )
+
+    def _report(self, call: _Call, *, wait_s: float | None) -> None:
+        """Hand the pending attempt to on_attempt, once; never let the hook break the call."""
+        record, call.pending = call.pending, None
+        if record is None:
+            return
+        if self.on_attempt is None:
+            return
+        attempt = Attempt(
+            endpoint=call.endpoint,
+            wait_s=wait_s,
+            context=dict(call.context),
+            **record,
+        )
+        try:
+            self.on_attempt(attempt)
+        except Exception:  # noqa: BLE001 - the hook is the caller's; the request goes on
+            log.warning(
+                "on_attempt hook failed for %s attempt %d",
+                call.endpoint,
+                record["number"],
+                exc_info=True,
+            )
+
+
+def _channel(channel: str) -> str:
+    if not _CHANNEL.match(channel or ""):
+        raise UsageError(f"not a channel name: {channel!r}")
+    return channel
+
+
+def _dict_payload(http_status: int, envelope: dict, secrets: Sequence[str]) -> dict:
+    payload = envelope.get("payload")
+    if not isinstance(payload, dict):
+        raise ApiError(http_status, "bad_payload", "the answer's payload is not an object")
+    return payload
+
+
+def _list_payload(http_status: int, envelope: dict, secrets: Sequence[str]) -> list:
+    """A message list: the payload itself, or the list inside it (shapes vary by channel)."""
+    payload = envelope.get("payload")
+    if payload is None:
+        return []
+    if isinstance(payload, list):
+        return payload
+    if isinstance(payload, dict):
+        for key in ("items", "messages", "data", "docs"):
+            if isinstance(payload.get(key), list):
+                return payload[key]
+    raise ApiError(http_status, "bad_payload", "the message list is not a list")
