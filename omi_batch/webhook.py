@@ -1,0 +1,564 @@
+"""The webhook receiver: where OMI reports each transfer's result.
+
+``make_app`` builds a small WSGI app; ``serve`` runs it on waitress until SIGTERM or Ctrl-C (the
+CLI), ``start`` runs it in a background thread (``--listen`` and tests). The app checks each
+callback's per-transfer credential (see ``omi_batch.callbacks``), writes the raw callback to the
+ledger and only then answers 2xx, so a callback is never acknowledged and lost. Checks run in a
+fixed order: path (not a callback path: 404), method (405), size (413), credential (401), JSON
+(400), then the ledger's verdict (unknown transfer: 404). Every refusal that names a transfer
+is recorded in the ledger too, and no refusal changes a row.
+
+waitress reads each request in full on its I/O thread before a worker thread sees it, so a
+slow client costs a socket, not a worker. Ledger writes go through one thread in arrival
+order and are given ``answer_within`` seconds (1.5): past that the answer is 503, so OMI
+always has its answer inside its 2 seconds, even while a runner holds the ledger.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from http import HTTPStatus
+from typing import Any
+
+from omi_batch import callbacks
+from omi_batch.callbacks import CallbackTarget
+from omi_batch.config import Secret
+from omi_batch.errors import ConfigError
+
+MAX_BODY = 65536
+REFUSED_BODY_KEPT = 4096  # bytes of an uncredentialed body kept in the ledger
+ANSWER_WITHIN = 1.5  # seconds the ledger gets before we answer 503: OMI allows 2
+LOGGER_NAME = "omi_batch.webhook"
+HEALTH_PATH = "/healthz"
+
+# What the ledger's verdict means for OMI. A stored callback is always 2xx, so OMI never
+# retries something we already keep; only "unknown" (no such batch or row) is a 404.
+_VERDICT_STATUS = {
+    "stored": 200,
+    "applied": 200,
+    "late": 200,
+    "confirmed": 200,
+    "duplicate": 200,
+    "conflict": 200,
+    "unexpected": 200,
+    "unknown": 404,
+}
+
+# Header values that are credentials: recorded as present, never by value.
+_SECRET_HEADERS = frozenset(
+    {callbacks.HEADER.lower(), "authorization", "proxy-authorization", "cookie", "x-api-key"}
+)
+
+StartResponse = Callable[..., Any]
+
+
+class _TooSlow(Exception):
+    """The ledger did not finish storing the callback within ``answer_within``."""
+
+
+class _Refusal(Exception):
+    """A callback we answer with a 4xx; ``reason`` becomes the verdict ``refused:<reason>``."""
+
+    def __init__(self, status: int, reason: str, headers: list[tuple[str, str]] | None = None):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.headers = headers or []
+
+
+class WebhookApp:
+    """The WSGI app: ``GET /healthz`` and ``POST …/callbacks/{batch}/{row}/{phase}``."""
+
+    def __init__(
+        self,
+        ledger: Any,
+        secret: Secret,
+        *,
+        max_body: int = MAX_BODY,
+        logger: logging.Logger | None = None,
+        answer_within: float | None = ANSWER_WITHIN,
+    ):
+        if not isinstance(secret, Secret):
+            secret = Secret(str(secret))
+        if not secret:
+            raise ConfigError("the webhook receiver needs a non-empty OMI_WEBHOOK_SECRET")
+        if max_body < 1:
+            raise ValueError("max_body must be at least 1 byte")
+        self.ledger = ledger
+        self._secret = secret
+        self.max_body = max_body
+        self.logger = logger or logging.getLogger(LOGGER_NAME)
+        self.answer_within = answer_within
+        self._write_lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"WebhookApp(ledger={self.ledger!r}, max_body={self.max_body})"
+
+    # ------------------------------------------------------------------ WSGI entry point
+
+    def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO") or "/"
+        method = environ.get("REQUEST_METHOD", "GET").upper()
+        if path.rstrip("/") == HEALTH_PATH:
+            return self._health(method, start_response)
+        target = callbacks.parse_path(path)
+        if target is None:
+            return self._not_found(path, start_response)
+        # A wrong method on a callback path is a refused callback, recorded like the others.
+        return self._callback(environ, target, start_response, method_ok=method == "POST")
+
+    # ------------------------------------------------------------------ callbacks
+
+    def _callback(
+        self,
+        environ: dict,
+        target: CallbackTarget,
+        start_response: StartResponse,
+        *,
+        method_ok: bool = True,
+    ) -> Iterable[bytes]:
+        started = time.monotonic()
+        headers = _headers(environ)
+        remote = environ.get("REMOTE_ADDR") or None
+        raw_body = b""
+        body: dict | None = None
+        try:
+            if not method_ok:
+                raise _Refusal(405, "method", [("Allow", "POST")])
+            raw_body = self._read_body(environ)
+            presented = environ.get("HTTP_" + callbacks.HEADER.upper().replace("-", "_"))
+            if not callbacks.check(self._secret, target, presented):
+                raise _Refusal(401, "missing_credential" if not presented else "bad_credential")
+            body = _parse_json(raw_body)
+        except _Refusal as refusal:
+            if refusal.status == 401:  # anyone can send these: keep enough to see what it was
+                raw_body = raw_body[:REFUSED_BODY_KEPT]
+            verdict = self._record_refusal(target, refusal, raw_body, headers, remote)
+            return self._answer(
+                start_response, target, refusal.status, verdict, started, refusal.headers
+            )
+
+        try:
+            verdict = self._store(
+                target,
+                batch_id=target.batch_id,
+                row=target.row,
+                phase=target.phase,
+                raw_body=raw_body,
+                headers=headers,
+                remote=remote,
+                body=body,
+            )
+        except _TooSlow:  # still being written: not stored yet as far as OMI may know
+            return self._answer(
+                start_response, target, 503, "busy", started, [("Retry-After", "5")]
+            )
+        except Exception as error:  # the ledger could not store it: OMI may retry
+            self.logger.error(
+                "callback batch=%s row=%s phase=%s verdict=error status=503 ms=%.1f "
+                "error=%s (the ledger could not store the callback)",
+                target.batch_id,
+                target.row,
+                target.phase,
+                (time.monotonic() - started) * 1000,
+                type(error).__name__,
+            )
+            return _respond(start_response, 503, {"verdict": "error"}, [("Retry-After", "5")])
+        status = _VERDICT_STATUS.get(verdict, 409 if verdict.startswith("refused:") else 200)
+        return self._answer(start_response, target, status, verdict, started)
+
+    def _store(self, target: CallbackTarget, **callback: Any) -> str:
+        """``ledger.receive_callback``, given up on after ``answer_within`` seconds so that OMI
+        always has its answer in time. A write still queued is cancelled; one already running
+        finishes on its own (its verdict is logged), and a retry of it is then a duplicate.
+
+        Writes go through one thread, in arrival order: SQLite takes one writer at a time
+        anyway, and threads queued on a Python lock wake at once where threads contending for
+        the SQLite lock sleep and poll (which made the slowest answers ten times slower)."""
+        if self.answer_within is None:
+            with self._write_lock:
+                return self.ledger.receive_callback(**callback)
+        future = self._executor().submit(self.ledger.receive_callback, **callback)
+        try:
+            return future.result(timeout=self.answer_within)
+        except TimeoutError:
+            if future.done():  # the ledger itself raised TimeoutError
+                raise
+            if not future.cancel():
+                future.add_done_callback(lambda done: self._log_finished_late(target, done))
+            raise _TooSlow from None
+
+    def _log_finished_late(self, target: CallbackTarget, future: Future) -> None:
+        error = future.exception()
+        outcome = f"error={type(error).__name__}" if error else f"verdict={future.result()}"
+        self.logger.warning(
+            "callback batch=%s row=%s phase=%s: stored after its 503 answer, %s",
+            target.batch_id,
+            target.row,
+            target.phase,
+            outcome,
+        )
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="omi-batch-webhook-ledger")
+            return self._pool
+
+    def close(self) -> None:
+        """Let the ledger writes in progress finish; a later request starts afresh."""
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _read_body(self, environ: dict) -> bytes:
+        """At most ``max_body`` bytes of the body; a longer one is refused with 413.
+
+        A declared Content-Length over the limit is refused without reading; a body without
+        one (chunked, which waitress de-chunks) is read to ``max_body + 1`` bytes and no more.
+        """
+        declared = environ.get("CONTENT_LENGTH") or ""
+        stream = environ["wsgi.input"]
+        if declared.strip():
+            try:
+                length = int(declared)
+            except ValueError:
+                raise _Refusal(400, "bad_content_length") from None
+            if length < 0:
+                raise _Refusal(400, "bad_content_length")
+            if length > self.max_body:
+                raise _Refusal(413, "too_large")
+            raw = stream.read(length) if length else b""
+        else:
+            raw = stream.read(self.max_body + 1)
+        if len(raw) > self.max_body:
+            raise _Refusal(413, "too_large")
+        return raw
+
+    def _record_refusal(
+        self,
+        target: CallbackTarget,
+        refusal: _Refusal,
+        raw_body: bytes,
+        headers: dict,
+        remote: str | None,
+    ) -> str:
+        """Record a refused callback; the ledger changes no row for it. Never raises: the
+        caller is answered with its 4xx even if the ledger cannot take the record."""
+        verdict = f"refused:{refusal.reason}"
+        try:
+            recorded = self._store(
+                target,
+                batch_id=target.batch_id,
+                row=target.row,
+                phase=target.phase,
+                raw_body=raw_body,
+                headers=headers,
+                remote=remote,
+                body=None,
+                refused=refusal.reason,
+            )
+        except Exception as error:
+            self.logger.error(
+                "callback batch=%s row=%s phase=%s: refusal %s not recorded (%s)",
+                target.batch_id,
+                target.row,
+                target.phase,
+                refusal.reason,
+                type(error).__name__,
+            )
+            return verdict
+        return recorded or verdict
+
+    def _answer(
+        self,
+        start_response: StartResponse,
+        target: CallbackTarget,
+        status: int,
+        verdict: str,
+        started: float,
+        extra: list[tuple[str, str]] | None = None,
+    ) -> Iterable[bytes]:
+        self.logger.info(
+            "callback batch=%s row=%s phase=%s verdict=%s status=%d ms=%.1f",
+            target.batch_id,
+            target.row,
+            target.phase,
+            verdict,
+            status,
+            (time.monotonic() - started) * 1000,
+        )
+        return _respond(start_response, status, {"verdict": verdict}, extra)
+
+    # ------------------------------------------------------------------ the rest
+
+    def _health(self, method: str, start_response: StartResponse) -> Iterable[bytes]:
+        if method not in ("GET", "HEAD"):
+            return _respond(start_response, 405, {"ok": False}, [("Allow", "GET, HEAD")])
+        try:
+            _check_readable(self.ledger)
+        except Exception as error:
+            self.logger.error("healthz: the ledger is not readable (%s)", type(error).__name__)
+            return _respond(start_response, 503, {"ok": False, "error": "ledger not readable"})
+        body = _respond(start_response, 200, {"ok": True})
+        return [] if method == "HEAD" else body
+
+    def _not_found(self, path: str, start_response: StartResponse) -> Iterable[bytes]:
+        self.logger.debug("not a callback path: %.200s", path)
+        return _respond(start_response, 404, {"error": "not found"})
+
+
+def make_app(
+    ledger: Any,
+    secret: Secret,
+    *,
+    max_body: int = MAX_BODY,
+    logger: logging.Logger | None = None,
+    answer_within: float | None = ANSWER_WITHIN,
+) -> WebhookApp:
+    """The receiver's WSGI app over ``ledger`` (an ``omi_batch.ledger.Ledger``).
+
+    ``answer_within``: seconds the ledger gets to store a callback before the answer is 503
+    (None: wait as long as the ledger does).
+    """
+    return WebhookApp(ledger, secret, max_body=max_body, logger=logger, answer_within=answer_within)
+
+
+def _check_readable(ledger: Any) -> None:
+    """Raise unless the ledger answers a read (the cheapest one it offers)."""
+    for name in ("head", "batches"):
+        method = getattr(ledger, name, None)
+        if callable(method):
+            method()
+            return
+    raise TypeError("the ledger offers no read to check")
+
+
+def _headers(environ: dict) -> dict[str, str]:
+    """The request headers as a dict, with credentials replaced by ``***``."""
+    headers: dict[str, str] = {}
+    for key, value in environ.items():
+        if key.startswith("HTTP_"):
+            name = key[5:].replace("_", "-").title()
+        elif key in ("CONTENT_TYPE", "CONTENT_LENGTH") and value:
+            name = key.replace("_", "-").title()
+        else:
+            continue
+        headers[name] = "***" if name.lower() in _SECRET_HEADERS else str(value)[:1000]
+    return headers
+
+
+def _parse_json(raw: bytes) -> dict:
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise _Refusal(400, "bad_json") from None
+    if not isinstance(body, dict):
+        raise _Refusal(400, "bad_json")
+    request_id = body.get("requestId")
+    if not isinstance(request_id, str) or not request_id.strip():
+        raise _Refusal(400, "no_request_id")
+    return body
+
+
+def _respond(
+    start_response: StartResponse,
+    status: int,
+    payload: dict,
+    extra: list[tuple[str, str]] | None = None,
+) -> list[bytes]:
+    data = json.dumps(payload).encode()
+    headers = [
+        ("Content-Type", "application/json"),
+        ("Content-Length", str(len(data))),
+        ("Cache-Control", "no-store"),
+        *(extra or []),
+    ]
+    start_response(f"{status} {HTTPStatus(status).phrase}", headers)
+    return [data]
+
+
+# ---------------------------------------------------------------------- serving on waitress
+
+
+class _QuietQueueLog:
+    """waitress warns for every request that waits for a worker; here a short wait is normal
+    (the ledger takes one writer at a time), so that is said at DEBUG."""
+
+    def __init__(self) -> None:
+        self._log = logging.getLogger(LOGGER_NAME + ".queue")
+
+    def warning(self, message: str, *args: Any) -> None:
+        self._log.debug(message, *args)
+
+
+class _Server:
+    """A waitress server we drive ourselves, so that a stop finishes requests in flight."""
+
+    def __init__(self, app: Callable, host: str, port: int, threads: int):
+        from waitress.server import BaseWSGIServer, create_server
+
+        max_body = getattr(app, "max_body", MAX_BODY)
+        try:
+            server = create_server(
+                app,
+                host=host,
+                port=port,
+                threads=threads,
+                ident="omi-batch",
+                # waitress's own cap only guards memory; the app answers 413 (and records it)
+                # for anything over max_body, so this is set well above it.
+                max_request_body_size=max(1 << 20, 4 * max_body),
+                connection_limit=1000,
+                channel_timeout=30,
+                asyncore_use_poll=True,
+                expose_tracebacks=False,
+            )
+        except (OSError, ValueError) as error:
+            reason = getattr(error, "strerror", None) or str(error)
+            raise ConfigError(f"cannot listen on {host}:{port}: {reason}") from None
+        self.app = app
+        self.map: dict = getattr(server, "map", None) or server._map
+        self.listeners = [s for s in self.map.values() if isinstance(s, BaseWSGIServer)]
+        first = self.listeners[0]
+        self.dispatcher = first.task_dispatcher
+        self.dispatcher.queue_logger = _QuietQueueLog()
+        self.host = str(first.effective_host)
+        self.port = int(first.effective_port)
+        shown = f"[{self.host}]" if ":" in self.host else self.host
+        self.url = f"http://{shown}:{self.port}"
+
+    def run(self, stop: threading.Event, grace: float) -> None:
+        """Serve until ``stop`` is set, then finish what is in flight (up to ``grace`` s)."""
+        from waitress import wasyncore
+
+        try:
+            while not stop.is_set():
+                wasyncore.loop(timeout=0.2, map=self.map, use_poll=True, count=1)
+            self._drain(grace)
+        finally:
+            self.close(grace)
+
+    def wake(self) -> None:
+        for listener in self.listeners:
+            try:
+                listener.pull_trigger()
+            except OSError:
+                pass
+
+    def _busy(self) -> bool:
+        if self.dispatcher.queue:
+            return True
+        for listener in self.listeners:
+            for channel in list(listener.active_channels.values()):
+                if channel.requests or channel.total_outbufs_len or channel.request is not None:
+                    return True
+        return False
+
+    def _drain(self, grace: float) -> None:
+        from waitress import wasyncore
+
+        for listener in self.listeners:  # stop accepting; keep the trigger for the loop
+            wasyncore.dispatcher.close(listener)
+        deadline = time.monotonic() + grace
+        while self._busy() and time.monotonic() < deadline:
+            wasyncore.loop(timeout=0.05, map=self.map, use_poll=True, count=1)
+
+    def close(self, grace: float) -> None:
+        from waitress import wasyncore
+
+        for listener in self.listeners:
+            try:
+                listener.close()
+            except OSError:
+                pass
+        wasyncore.close_all(self.map)
+        self.dispatcher.shutdown(timeout=grace)
+        close_app = getattr(self.app, "close", None)
+        if callable(close_app):  # let ledger writes still running finish
+            close_app()
+
+
+class Running:
+    """A receiver serving in a background thread: ``.url``, ``.stop()``; a context manager."""
+
+    def __init__(self, server: _Server, grace: float):
+        self._server = server
+        self._stop = threading.Event()
+        self._grace = grace
+        self.host = server.host
+        self.port = server.port
+        self.url = server.url
+        self._thread = threading.Thread(
+            target=server.run, args=(self._stop, grace), name="omi-batch-webhook", daemon=True
+        )
+        self._thread.start()
+
+    def __repr__(self) -> str:
+        return f"Running(url={self.url!r})"
+
+    def stop(self) -> None:
+        """Stop accepting, finish requests in flight, then close. Safe to call twice."""
+        self._stop.set()
+        self._server.wake()
+        self._thread.join(self._grace + 10)
+
+    def __enter__(self) -> Running:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start(
+    app: Callable, host: str = "127.0.0.1", port: int = 0, *, threads: int = 16, grace: float = 10.0
+) -> Running:
+    """Serve ``app`` in a background thread; the port is bound when this returns."""
+    return Running(_Server(app, host, port, threads), grace)
+
+
+def serve(
+    app: Callable,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    *,
+    threads: int = 16,
+    ready: Callable[[str], None] | None = None,
+    grace: float = 10.0,
+) -> None:
+    """Serve ``app`` until SIGTERM or Ctrl-C, then finish requests in flight and return.
+
+    ``ready(url)`` is called once the port is bound. A second signal stops at once.
+    """
+    server = _Server(app, host, port, threads)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.signal(signum, on_signal)
+    try:
+        if ready is not None:
+            try:
+                ready(server.url)
+            except BaseException:
+                server.close(grace)
+                raise
+        server.run(stop, grace)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
