@@ -65,7 +65,8 @@ TRANSITIONS: dict[str, set[str]] = {
     "preview_failed": {"previewed", "preview_failed", "skipped"},
     "approved": {"previewed", "preview_failed", "skipped", "submitted"},
     "skipped": {"approved", "previewed", "preview_failed"},
-    "submitted": {"submitted", "succeeded", "failed", "unconfirmed"},
+    # submitted -> approved: OMI refused the request (key, never connected), so nothing started.
+    "submitted": {"submitted", "succeeded", "failed", "unconfirmed", "approved"},
     "unconfirmed": {"submitted", "succeeded", "failed", "unconfirmed"},
     "succeeded": set(),
     "failed": set(),
@@ -120,6 +121,8 @@ _ATTEMPT_FIELDS = (
     "message",
     "outcome_unknown",
 )
+# The keys of a record_steps step that are not row fields.
+_STEP_KEYS = frozenset({"batch_id", "row", "event", "state", "expect", "phase", "reason"})
 # A header is dropped before storage when its lower-cased name contains any of these.
 _CREDENTIAL_WORDS = ("token", "secret", "key", "authorization", "cookie", "password", "signature")
 
@@ -694,7 +697,10 @@ class Ledger:
 
     def batches(self) -> list[dict]:
         """Every batch, newest first, each with ``states``: {state: row count}."""
-        found = [_batch_out(b) for b in self._query("SELECT * FROM batches ORDER BY id DESC")]
+        found = [
+            _batch_out(b)
+            for b in self._query("SELECT * FROM batches ORDER BY created_at DESC, id DESC")
+        ]
         counts: dict[str, dict[str, int]] = {}
         for item in self._query(
             'SELECT batch_id, state, count(*) AS n FROM "rows" GROUP BY batch_id, state'
@@ -838,6 +844,125 @@ class Ledger:
             tx.event(
                 "attempt", batch_id, row, {"attempt_id": cursor.lastrowid, "phase": phase, **record}
             )
+
+    def record_step(
+        self,
+        batch_id: str,
+        row: int,
+        *,
+        event: str,
+        state: str | None = None,
+        expect: Iterable[str] | None = None,
+        phase: str | None = None,
+        attempts: Iterable[Any] = (),
+        reason: str | None = None,
+        **fields: Any,
+    ) -> None:
+        """One pipeline step in ONE transaction (added for issue 5, by the pipeline's owner):
+        store ``attempts`` (HTTP attempts of ``phase``, as :meth:`record_attempt` does), then
+        write ``fields`` and, when ``state`` is given, move the row there (checked like
+        :meth:`set_state`, ``expect`` included), with the audit event ``event``. ``reason`` goes
+        into that event only (a why with no row column). IllegalTransition, and nothing written
+        (not even the attempts), when the move is not allowed."""
+        step = dict(fields, batch_id=batch_id, row=row, event=event, state=state, expect=expect,
+                    phase=phase, attempts=attempts, reason=reason)  # fmt: skip
+        error = self.record_steps([step])[0]
+        if error is not None:
+            raise error
+
+    def record_steps(self, steps: list[Mapping[str, Any]]) -> list[Exception | None]:
+        """Several :meth:`record_step` calls (each a dict of its arguments) in ONE transaction:
+        a group commit, so threads that wrote at the same moment share one fsync. Each step
+        runs in its own savepoint: a refused one (IllegalTransition, NotFound, LedgerError) is
+        rolled back alone and returned in its place; the others are kept. Returns, per step,
+        None or the error it raised."""
+        prepared: list[tuple[dict, list[dict]] | Exception] = []
+        for step in steps:
+            step = dict(step)
+            try:
+                attempts = step.pop("attempts", ()) or ()
+                fields = {k: v for k, v in step.items() if k not in _STEP_KEYS}
+                self._check_fields(fields)
+                if step.get("state") is not None and step["state"] not in STATES:
+                    raise IllegalTransition(f"{step['state']!r} is not a row state")
+                records = [
+                    {name: _as_dict(a).get(name) for name in _ATTEMPT_FIELDS} for a in attempts
+                ]
+                prepared.append((step, records))
+            except (LedgerError, TypeError) as error:
+                prepared.append(
+                    error if isinstance(error, LedgerError) else LedgerError(str(error))
+                )
+        results: list[Exception | None] = []
+        with self._write() as tx:
+            for item in prepared:
+                if isinstance(item, Exception):
+                    results.append(item)
+                    continue
+                tx.execute("SAVEPOINT step")
+                try:
+                    self._step_in(tx, *item)
+                except (LedgerError, NotFound, sqlite3.Error) as error:
+                    tx.execute("ROLLBACK TO step")
+                    tx._last = None  # the chain's tail is read again from the table
+                    if isinstance(error, sqlite3.Error):
+                        error = LedgerError(f"ledger {self.path}: {error}")
+                    results.append(error)
+                else:
+                    results.append(None)
+                finally:
+                    tx.execute("RELEASE step")
+            if tx.head is not None and any(r is not None for r in results):
+                last = tx.conn.execute("SELECT id, hash FROM events ORDER BY id DESC LIMIT 1")
+                found = last.fetchone()
+                tx.head = (found[0], found[1]) if found else None
+        return results
+
+    def _step_in(self, tx: _Tx, step: dict, records: list[dict]) -> None:
+        """One step of :meth:`record_steps`, inside its transaction."""
+        batch_id, row = step["batch_id"], int(step["row"])
+        state, phase, reason = step.get("state"), step.get("phase"), step.get("reason")
+        expect = step.get("expect")
+        fields = {k: v for k, v in step.items() if k not in _STEP_KEYS}
+        current = self._locked_row(tx, batch_id, row)["state"]
+        if expect is not None and current not in set(expect):
+            raise IllegalTransition(
+                f"row {row} of batch {batch_id} is {current}, not {' or '.join(sorted(expect))}"
+            )
+        if state is not None and state not in TRANSITIONS.get(current, set()):
+            raise IllegalTransition(
+                f"row {row} of batch {batch_id} cannot go from {current} to {state}"
+            )
+        for record in records:
+            cursor = tx.execute(
+                'INSERT INTO attempts (batch_id, "row", phase, '
+                + ", ".join(_ATTEMPT_FIELDS)
+                + ") VALUES (?, ?, ?, "
+                + ", ".join("?" for _ in _ATTEMPT_FIELDS)
+                + ")",
+                [batch_id, row, phase, *record.values()],
+            )
+            tx.event(
+                "attempt", batch_id, row, {"attempt_id": cursor.lastrowid, "phase": phase, **record}
+            )
+        columns = dict(fields)
+        if phase == "execute" and records:
+            tx.execute(
+                'UPDATE "rows" SET attempts = attempts + ? WHERE batch_id = ? AND "row" = ?',
+                (len(records), batch_id, row),
+            )
+        if state is not None:
+            columns["state"] = state
+        if columns:
+            self._write_row(tx, batch_id, row, columns)
+        data: dict[str, Any] = dict(fields)
+        if reason is not None:
+            data["reason"] = reason
+        if state is not None:
+            data.update({"from": current, "to": state})
+        else:
+            data["state"] = current
+        tx.event(step["event"], batch_id, row, data)
 
     def approve(
         self,

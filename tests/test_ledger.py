@@ -243,8 +243,8 @@ def test_every_illegal_transition_is_refused_and_writes_nothing(led, start, targ
 
 def test_the_state_machine_has_exactly_the_documented_transitions():
     legal = sum(len(targets) for targets in TRANSITIONS.values())
-    assert legal == 25
-    assert len(ILLEGAL) == 81 - 25
+    assert legal == 26  # incl. submitted → approved: OMI refused the key, nothing started
+    assert len(ILLEGAL) == 81 - 26
     assert set(TRANSITIONS) == set(STATES)
 
 
