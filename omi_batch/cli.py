@@ -167,6 +167,212 @@ def main() -> None:
     cli(prog_name="omi-batch")
 
 
+# --------------------------------------------------------------------------- pipeline plumbing
+
+
+class _RichProgress:
+    """Progress bars on stderr, only when stderr is a terminal (a job's log stays clean)."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+        self._bars = Progress(
+            "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), console=Console(stderr=True), transient=False,
+        )  # fmt: skip
+        self._tasks: dict[str, Any] = {}
+
+    def start(self, phase: str, total: int) -> None:
+        if not self._tasks:
+            self._bars.start()
+        self._tasks[phase] = self._bars.add_task(phase, total=total)
+
+    def advance(self, phase: str, n: int = 1) -> None:
+        if phase in self._tasks:
+            self._bars.advance(self._tasks[phase], n)
+
+    def done(self, phase: str) -> None:
+        self._tasks.pop(phase, None)
+        if not self._tasks:
+            self._bars.stop()
+
+
+def _progress():
+    return _RichProgress() if sys.stderr.isatty() else None
+
+
+def _open_ledger(path: str, *, create: bool = False):
+    from pathlib import Path
+
+    from omi_batch.errors import NotFound
+    from omi_batch.ledger import Ledger
+
+    if not create and not Path(path).exists():
+        raise NotFound(f"no ledger at {path} (use --ledger, or preview a file first)")
+    return Ledger(path)
+
+
+def _parse_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise click.BadParameter(f"{listen!r} is not HOST:PORT", param_hint="--listen")
+    return host.strip("[]"), int(port)
+
+
+class _NotifyingLedger:
+    """The ledger as an in-process receiver sees it: every stored callback calls
+    ``notify(batch_id, row)``, and its write takes the pipeline's write lock."""
+
+    def __init__(self, ledger: Any, notify: Callable[[str, int], None], lock: Any = None) -> None:
+        import contextlib
+
+        self._ledger = ledger
+        self._notify = notify
+        self._lock = lock or contextlib.nullcontext()  # the pipeline's write lock, if given
+
+    def receive_callback(self, **callback: Any) -> str:
+        try:
+            with self._lock:
+                return self._ledger.receive_callback(**callback)
+        finally:
+            try:
+                self._notify(callback.get("batch_id"), callback.get("row"))
+            except AttributeError:  # a callback before the pipeline exists: nothing waits yet
+                pass
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ledger, name)
+
+    def __repr__(self) -> str:
+        return repr(self._ledger)
+
+
+class _Session:
+    """The settings, ledger, receiver (--listen) and pipeline one command works with."""
+
+    def __init__(self, ledger_path: str, *, listen: str | None = None, create: bool = False,
+                 **options: Any) -> None:  # fmt: skip
+        import secrets
+
+        from omi_batch.config import Secret, Settings
+        from omi_batch.pipeline import Pipeline, SerialLedger
+
+        self.settings = Settings.from_env()
+        self.ledger = _open_ledger(ledger_path, create=create)
+        serial = SerialLedger(self.ledger)  # the pipeline and the receiver take turns writing
+        lock = serial.write_lock
+        self.receiver = None
+        webhook_url, secret = self.settings.webhook_url, self.settings.webhook_secret
+        if listen:
+            from omi_batch import webhook
+
+            host, port = _parse_listen(listen)
+            if secret is None:
+                secret = Secret(secrets.token_urlsafe(32))
+                click.echo("OMI_WEBHOOK_SECRET is not set: using a one-off secret, so only this "
+                           "command's receiver can check these callbacks.", err=True)  # fmt: skip
+            # The receiver wakes the pipeline's waits the moment a callback is stored.
+            notifying = _NotifyingLedger(self.ledger, lambda *key: self.pipeline.notify(*key), lock)
+            self.receiver = webhook.start(webhook.make_app(notifying, secret), host, port)
+            webhook_url = webhook_url or self.receiver.url
+            click.echo(f"Webhook receiver listening on {self.receiver.url}", err=True)
+        self.pipeline = Pipeline(serial, self.settings, webhook_url=webhook_url,
+                                 webhook_secret=secret, progress=_progress(), **options)  # fmt: skip
+
+    def __enter__(self) -> _Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.pipeline.close()
+        if self.receiver is not None:
+            self.receiver.stop()
+
+
+def _print_plan_summary(rows: list[dict]) -> None:
+    previewed = [r for r in rows if r["conversations_previewed"] is not None]
+    targets = {r["target_email"] for r in previewed}
+    total = sum(r["conversations_previewed"] for r in previewed)
+    failed = [r for r in rows if r["state"] == "preview_failed"]
+    click.echo(f"{len(previewed)} row(s) previewed: {total} conversation(s) to "
+               f"{len(targets)} target agent(s); {len(failed)} failed their preview.", err=True)  # fmt: skip
+    for row in failed:
+        click.echo(f"  row {row['row']}: {row['source_email']} → {row['target_email']}: "
+                   f"{row['preview_error']}", err=True)  # fmt: skip
+
+
+def _print_results(rows: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from omi_batch.reports import result_status
+
+    table = Table(title=None, show_edge=False)
+    for column in ("row", "source", "target", "previewed", "status", "updated", "error"):
+        table.add_column(column, overflow="fold")
+    for r in rows:
+        table.add_row(
+            str(r["row"]), r["source_email"], r["target_email"],
+            "" if r["conversations_previewed"] is None else str(r["conversations_previewed"]),
+            result_status(r), "" if r["updated_records"] is None else str(r["updated_records"]),
+            r["error"] or r["preview_error"] or "",
+        )  # fmt: skip
+    Console(width=160 if not sys.stdout.isatty() else None).print(table)
+
+
+def _print_reports(written: dict) -> None:
+    for kind, path in written.items():
+        click.echo(f"{kind} report: {path}", err=True)
+
+
+def _exit_for(rows: list[dict], approved_only: bool = True) -> None:
+    from omi_batch.reports import result_status
+
+    relevant = [r for r in rows if r["approved_at"]] if approved_only else rows
+    if any(result_status(r) in ("failed", "unconfirmed", "preview_failed") or
+           r["state"] == "approved" for r in relevant):  # fmt: skip
+        sys.exit(1)
+
+
+def _execute(session: _Session, batch_id: str, reports_dir: str, yes: bool,
+             approved_only: bool = True) -> None:  # fmt: skip
+    rows = session.ledger.rows(batch_id, states=["approved", "submitted", "unconfirmed"])
+    if not rows:
+        click.echo(
+            f"Batch {batch_id}: nothing to execute (no approved, unconfirmed row).", err=True
+        )
+    else:
+        conversations = sum(r["conversations_previewed"] or 0 for r in rows)
+        targets = len({r["target_email"] for r in rows})
+        if not yes and sys.stdin.isatty():
+            click.confirm(f"Execute {len(rows)} transfer(s): {conversations} conversation(s) to "
+                          f"{targets} target agent(s)?", err=True, abort=True)  # fmt: skip
+        click.echo(f"Batch {batch_id}: executing {len(rows)} row(s)", err=True)
+        session.pipeline.execute(batch_id)
+    _execute_done(session, batch_id, reports_dir, approved_only)
+
+
+def _execute_done(session: _Session, batch_id: str, reports_dir: str,
+                  approved_only: bool = True) -> None:  # fmt: skip
+    written = session.pipeline.write_reports(batch_id, reports_dir)
+    rows = session.ledger.rows(batch_id)
+    _print_results(rows)
+    _print_reports(written)
+    _exit_for(rows, approved_only)
+
+
+def _table(headers: list[str], rows: list[list]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_edge=False)
+    for header in headers:
+        table.add_column(header, overflow="fold")
+    for row in rows:
+        table.add_row(*["" if v is None else str(v) for v in row])
+    Console(width=160 if not sys.stdout.isatty() else None).print(table)
+
+
 # --------------------------------------------------------------------------- validate
 
 
@@ -186,7 +392,102 @@ def validate(file: str, limit: int | None, as_json: bool) -> None:
         omi-batch validate departures.csv
         omi-batch validate departures.xlsx --json
     """
-    raise click.ClickException("validate: not built yet (issue 3)")
+    from omi_batch.roster import read_plan
+
+    plan = read_plan(file, limit=limit)
+    if as_json:
+        for piece in plan.iter_json():  # streamed: a big plan is never one huge string
+            click.echo(piece, nl=False)
+        return
+    for warning in plan.warnings:
+        click.echo(f"Warning: {warning}", err=True)
+    print_plan(plan)
+
+
+PLAN_COLUMNS = ("row", "source_email", "target_email", "via", "conversations", "replace", "note")
+RICH_TABLE_MAX = 2000  # rich takes ~0.5 ms a row: past this, plain columns print at once
+
+
+def plan_rows(plan: Any) -> list[tuple[str, ...]]:
+    """The cells of the plan table, one tuple of PLAN_COLUMNS per transfer."""
+
+    def cut(text: str, most: int = 40) -> str:
+        text = " ".join(text.split())
+        return text if len(text) <= most else text[: most - 1] + "…"
+
+    splitting = {t.source_email for t in plan.transfers if t.conv_ids}
+    rows = []
+    for t in plan.transfers:
+        if t.conv_ids:
+            more = len(t.conv_ids) - 3
+            conversations = ", ".join(t.conv_ids[:3]) + (f" (+{more})" if more > 0 else "")
+        else:
+            conversations = "all the others" if t.source_email in splitting else "all"
+        rows.append(
+            (
+                str(t.row),
+                t.source_email,
+                t.target_email,
+                ", ".join(t.via),
+                cut(conversations),
+                "yes" if t.replace_existing_members else "no",
+                cut(t.note),
+            )
+        )
+    return rows
+
+
+def print_plan(plan: Any) -> None:
+    """A roster Plan as a table on stdout, then one summary line. rich draws it on a terminal;
+    elsewhere (a pipe, a log) and for big plans it is plain aligned columns."""
+    rows = plan_rows(plan)
+    stdout = sys.stdout
+    if stdout.isatty() and len(rows) <= RICH_TABLE_MAX:
+        from rich import box
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+        for name in PLAN_COLUMNS:
+            if name in ("source_email", "target_email", "via"):  # an email is never cut short
+                table.add_column(name, overflow="fold", min_width=12)
+            else:
+                short = name in ("row", "replace")
+                table.add_column(
+                    name,
+                    justify="right" if name == "row" else "left",
+                    no_wrap=True,
+                    min_width=len(name) if short else None,
+                )
+        for row in rows:
+            table.add_row(*row)
+        Console(file=stdout, highlight=False).print(table)
+    else:
+        widths = [
+            max([len(name), *(len(row[i]) for row in rows)]) for i, name in enumerate(PLAN_COLUMNS)
+        ]
+
+        def line(cells: tuple[str, ...]) -> str:
+            padded = [
+                c.rjust(w) if i == 0 else c.ljust(w)
+                for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+            ]
+            return "  ".join(padded).rstrip()
+
+        lines = [line(PLAN_COLUMNS), "  ".join("-" * w for w in widths)]
+        lines.extend(line(row) for row in rows)
+        click.echo("\n".join(lines))
+    total = plan.to_dict_head()["total_transfers"]
+    shown = len(plan.transfers)
+    counted = (
+        f"the first {shown} of {total} transfers (--limit)"
+        if shown < total
+        else f"{total} transfers"
+    )
+    click.echo(
+        f"{counted} from {len(plan.sources())} sources to {len(plan.targets())} targets; "
+        f"{plan.input_rows} rows read, {len(plan.warnings)} warnings. Nothing was sent."
+    )
 
 
 # --------------------------------------------------------------------------- pipeline
@@ -223,7 +524,26 @@ def preview(
     Example:
         omi-batch preview departures.csv --limit 5
     """
-    raise click.ClickException("preview: not built yet (issue 5)")
+    from omi_batch.roster import read_plan
+
+    plan = read_plan(file, limit=limit)
+    options = {"concurrency": concurrency, "rate": rate, "timeout": timeout, "wait": wait}
+    with _Session(ledger_path, listen=listen, create=True, **options) as session:
+        batch_id = session.pipeline.create_batch(plan, options={"command": "preview", **options})
+        click.echo(f"Batch {batch_id}: previewing {len(plan.transfers)} row(s)", err=True)
+        session.pipeline.preview(batch_id)
+        summary = session.pipeline.preview_summary(batch_id, reports_dir)
+        rows = session.ledger.rows(batch_id)
+    _print_plan_summary(rows)
+    _print_reports(summary.reports)
+    if as_json:
+        echo_json({"batch": batch_id, "counts": summary.counts,
+                   "reports": {k: str(v) for k, v in summary.reports.items()}})  # fmt: skip
+    else:
+        click.echo(batch_id)
+    click.echo(f"Next: fill the `approved` column, then omi-batch approve {batch_id} --report "
+               f"{summary.reports['preview']}", err=True)  # fmt: skip
+    _exit_for(rows, approved_only=False)
 
 
 @cli.command()
@@ -254,7 +574,19 @@ def approve(
         omi-batch approve 20261125-093000-ab12 --report data/reports/20261125-093000-ab12-preview.csv
         omi-batch approve 20261125-093000-ab12 --all
     """
-    raise click.ClickException("approve: not built yet (issue 5)")
+    from omi_batch.config import Settings
+    from omi_batch.pipeline import Pipeline
+
+    if approve_all and report_file:
+        raise click.UsageError("--all and --report cannot be used together")
+    if not approve_all and not report_file:
+        raise click.UsageError("say which rows: --all, or --report FILE")
+    ledger = _open_ledger(ledger_path)
+    pipeline = Pipeline(ledger, Settings.from_env())
+    chosen, skipped = pipeline.approve(batch, approve_all=approve_all, report_file=report_file,
+                                       max_age_hours=max_age)  # fmt: skip
+    click.echo(f"Batch {batch}: {len(chosen)} row(s) approved, {len(skipped)} skipped.", err=True)
+    click.echo(f"Next: omi-batch execute {batch}", err=True)
 
 
 @cli.command()
@@ -285,7 +617,9 @@ def execute(
     Example:
         omi-batch execute 20261125-093000-ab12 --listen 127.0.0.1:8080
     """
-    raise click.ClickException("execute: not built yet (issue 5)")
+    options = {"concurrency": concurrency, "rate": rate, "timeout": timeout, "wait": wait}
+    with _Session(ledger_path, listen=listen, **options) as session:
+        _execute(session, batch, reports_dir, yes)
 
 
 @cli.command()
@@ -317,7 +651,34 @@ def run(
         omi-batch run departures.csv --listen 127.0.0.1:8080
         omi-batch run departures.csv --yes --limit 3
     """
-    raise click.ClickException("run: not built yet (issue 5)")
+    from omi_batch.roster import read_plan
+
+    plan = read_plan(file, limit=limit)
+    for warning in plan.warnings:
+        click.echo(f"Warning: {warning}", err=True)
+    options = {"concurrency": concurrency, "rate": rate, "timeout": timeout, "wait": wait}
+    with _Session(ledger_path, listen=listen, create=True, **options) as session:
+        pipeline = session.pipeline
+        batch_id = pipeline.create_batch(plan, options={"command": "run", **options})
+        click.echo(f"Batch {batch_id}: previewing {len(plan.transfers)} row(s)", err=True)
+        pipeline.preview(batch_id)
+        _print_reports(pipeline.preview_summary(batch_id, reports_dir).reports)
+        rows = session.ledger.rows(batch_id)
+        _print_plan_summary(rows)
+        if not any(r["state"] == "previewed" for r in rows):
+            click.echo("No row previewed ok: nothing to execute.", err=True)
+            _execute_done(session, batch_id, reports_dir, approved_only=False)
+            return
+        if not yes:
+            if not sys.stdin.isatty():
+                raise click.UsageError("confirm with --yes when not at a terminal")
+            if not click.confirm("Execute every row that previewed ok?", err=True):
+                click.echo(
+                    f"Nothing executed. Approve later: omi-batch approve {batch_id}", err=True
+                )
+                return
+        pipeline.approve(batch_id, approve_all=True)
+        _execute(session, batch_id, reports_dir, yes=True, approved_only=False)
 
 
 @cli.command()
@@ -344,7 +705,12 @@ def reconcile(
     Example:
         omi-batch reconcile 20261125-093000-ab12
     """
-    raise click.ClickException("reconcile: not built yet (issue 5)")
+    options = {"concurrency": concurrency, "rate": rate, "timeout": timeout, "wait": wait}
+    with _Session(ledger_path, listen=listen, **options) as session:
+        before = session.ledger.rows(batch, states=["unconfirmed", "submitted"])
+        click.echo(f"Batch {batch}: reconciling {len(before)} unconfirmed row(s)", err=True)
+        session.pipeline.reconcile(batch)
+        _execute_done(session, batch, reports_dir)
 
 
 @cli.command()
@@ -360,7 +726,45 @@ def status(batch: str | None, ledger_path: str, as_json: bool) -> None:
         omi-batch status
         omi-batch status 20261125-093000-ab12 --json
     """
-    raise click.ClickException("status: not built yet (issue 5)")
+    from omi_batch.pipeline import batch_state
+    from omi_batch.reports import result_status
+
+    ledger = _open_ledger(ledger_path)
+    if batch is None:
+        batches = [
+            {"batch": b["id"], "created_at": b["created_at"], "row_count": b["row_count"],
+             "state": batch_state(b["states"]), "source_file": b["source_file"]}
+            for b in ledger.batches()
+        ]  # fmt: skip
+        if as_json:
+            echo_json({"batches": batches})
+            return
+        _table(["batch", "created_at", "rows", "state", "file"],
+               [[b["batch"], b["created_at"], b["row_count"], b["state"], b["source_file"]]
+                for b in batches])  # fmt: skip
+        return
+    info, rows = ledger.batch(batch), ledger.rows(batch)
+    word = {"planned", "previewed", "approved", "submitted"}
+    data = {
+        "batch": info["id"], "created_at": info["created_at"], "row_count": info["row_count"],
+        "state": batch_state(info["states"]),
+        "rows": [
+            {"row": r["row"], "source_email": r["source_email"],
+             "target_email": r["target_email"],
+             "state": r["state"] if r["state"] in word else result_status(r),
+             "request_id": r["request_id"],
+             "conversations_previewed": r["conversations_previewed"],
+             "updated_records": r["updated_records"]}
+            for r in rows
+        ],
+    }  # fmt: skip
+    if as_json:
+        echo_json(data)
+        return
+    _table(["row", "source", "target", "state", "previewed", "updated", "request_id"],
+           [[r["row"], r["source_email"], r["target_email"], r["state"],
+             r["conversations_previewed"], r["updated_records"], r["request_id"]]
+            for r in data["rows"]])  # fmt: skip
 
 
 @cli.command()
@@ -375,7 +779,12 @@ def report(batch: str, ledger_path: str, reports_dir: str) -> None:
     Example:
         omi-batch report 20261125-093000-ab12 --reports out/
     """
-    raise click.ClickException("report: not built yet (issue 5)")
+    from omi_batch.config import Settings
+    from omi_batch.pipeline import Pipeline
+
+    ledger = _open_ledger(ledger_path)
+    ledger.batch(batch)
+    _print_reports(Pipeline(ledger, Settings.from_env()).write_reports(batch, reports_dir))
 
 
 # --------------------------------------------------------------------------- webhook
@@ -407,7 +816,23 @@ def webhook_serve(host: str, port: int, threads: int, ledger_path: str) -> None:
     Example:
         OMI_WEBHOOK_SECRET=... omi-batch webhook serve --port 8080
     """
-    raise click.ClickException("webhook serve: not built yet (issue 6)")
+    from omi_batch.config import Settings
+    from omi_batch.ledger import Ledger
+    from omi_batch.webhook import LOGGER_NAME, make_app, serve
+
+    secret = Settings.from_env().require_webhook_secret()
+    verbose = click.get_current_context().find_root().params.get("verbose", 0)
+    # One line per callback is the service's log, so it shows without -v.
+    logging.getLogger(LOGGER_NAME).setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
+    ledger = Ledger(ledger_path)
+    serve(
+        make_app(ledger, secret),
+        host,
+        port,
+        threads=threads,
+        ready=lambda url: click.echo(f"Webhook receiver listening on {url}"),
+    )
+    click.echo("Webhook receiver stopped.", err=True)
 
 
 # --------------------------------------------------------------------------- ledger
@@ -428,7 +853,17 @@ def ledger_verify(ledger_path: str) -> None:
     Example:
         omi-batch ledger verify --ledger data/ledger.db
     """
-    raise click.ClickException("ledger verify: not built yet (issue 4)")
+    from omi_batch.ledger import Ledger
+
+    with Ledger(ledger_path, create=False) as led:
+        result = led.verify()
+    if not result.ok:
+        click.echo(f"Ledger tampered: {result.problem}")
+        sys.exit(1)
+    if result.problem:
+        click.echo(f"Warning: {result.problem}", err=True)
+    head = result.head[:16] if result.head else "none"
+    click.echo(f"Ledger intact: {result.events} events, head {head}")
 
 
 @ledger_group.command("export")
@@ -442,7 +877,11 @@ def ledger_export(batch: str, ledger_path: str) -> None:
     Example:
         omi-batch ledger export 20261125-093000-ab12 > trail.jsonl
     """
-    raise click.ClickException("ledger export: not built yet (issue 4)")
+    from omi_batch.ledger import Ledger
+
+    with Ledger(ledger_path, create=False) as led:
+        for item in led.export(batch):
+            click.echo(json.dumps(item, ensure_ascii=False, sort_keys=True, default=str))
 
 
 # --------------------------------------------------------------------------- simulator
@@ -468,15 +907,175 @@ def simulator() -> None:
     default=None,
     help="Agents and conversations (default: the built-in sample fixture).",
 )
+@click.option(
+    "--api-key",
+    envvar="OMI_API_KEY",
+    default="sim-key",
+    show_default=False,
+    help="The only x-api-key accepted (default: sim-key, or OMI_API_KEY). Never printed.",
+)
+@click.option(
+    "--preview-mode",
+    type=click.Choice(["sync", "async"]),
+    default="sync",
+    show_default=True,
+    help="sync: a preview's count is in the answer; async: 202, the count comes in a callback.",
+)
+@click.option(
+    "--preview-field",
+    type=click.Choice(["updatedRecords", "totalRecords", "total", "count", "number"]),
+    default="updatedRecords",
+    show_default=True,
+    help="Where a sync preview puts its count (number: the payload is the count itself).",
+)
+@click.option(
+    "--latency-ms", type=click.FloatRange(min=0), default=0, help="Added before every answer."
+)
+@click.option(
+    "--error-rate",
+    type=click.FloatRange(0, 1),
+    default=0,
+    help="Fraction of requests answered 500 or 503 (nothing applied).",
+)
+@click.option(
+    "--rate-limit-rate",
+    type=click.FloatRange(0, 1),
+    default=0,
+    help="Fraction of requests answered 429 with Retry-After (nothing applied).",
+)
+@click.option(
+    "--retry-after",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="Seconds put in Retry-After.",
+)
+@click.option(
+    "--slow-rate",
+    type=click.FloatRange(0, 1),
+    default=0,
+    help="Fraction answered only after --slow-seconds (the transfer is applied first).",
+)
+@click.option(
+    "--slow-seconds",
+    type=click.FloatRange(min=0),
+    default=35.0,
+    show_default=True,
+    help="How late a slow answer is.",
+)
+@click.option(
+    "--reset-rate",
+    type=click.FloatRange(0, 1),
+    default=0,
+    help="Fraction of connections closed with no answer (nothing applied).",
+)
+@click.option(
+    "--drop-callbacks",
+    type=click.FloatRange(0, 1),
+    default=0,
+    help="Fraction of callbacks never sent.",
+)
+@click.option(
+    "--duplicate-callbacks",
+    type=click.FloatRange(0, 1),
+    default=0,
+    help="Fraction of callbacks sent twice.",
+)
+@click.option(
+    "--callback-delay",
+    type=click.FloatRange(min=0),
+    default=0,
+    help="Seconds before each callback is sent.",
+)
+@click.option(
+    "--reorder-callbacks", is_flag=True, help="Hold callbacks back and send them shuffled."
+)
+@click.option(
+    "--callback-error-rate",
+    type=click.FloatRange(0, 1),
+    default=0,
+    help="Fraction of executes whose callback says ERROR (nothing moved).",
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed of the random faults (repeatable)."
+)
+@click.option("-v", "--verbose", count=True, help="Log one line per request on stderr.")
 @handle_errors
-def simulator_serve(host: str, port: int, fixture: str | None) -> None:
-    """Run the OMI simulator and print the address it listens on.
+def simulator_serve(
+    host: str,
+    port: int,
+    fixture: str | None,
+    api_key: str,
+    preview_mode: str,
+    preview_field: str,
+    latency_ms: float,
+    error_rate: float,
+    rate_limit_rate: float,
+    retry_after: float,
+    slow_rate: float,
+    slow_seconds: float,
+    reset_rate: float,
+    drop_callbacks: float,
+    duplicate_callbacks: float,
+    callback_delay: float,
+    reorder_callbacks: bool,
+    callback_error_rate: float,
+    seed: int,
+    verbose: int,
+) -> None:
+    """Run the OMI simulator until Ctrl-C or SIGTERM; print the address it listens on.
+
+    It answers OMI's endpoints (transfer, new_room, guest_send_message, message list) over a
+    fixture of agents and conversations, and POSTs each transfer's callback like OMI does.
+    Point OMI_BASE_URL at the printed address.
 
     \b
     Example:
         omi-batch simulator serve --port 0
+        omi-batch simulator serve --port 9000 --rate-limit-rate 0.1 --drop-callbacks 0.05 -v
     """
-    raise click.ClickException("simulator serve: not built yet (issue 2)")
+    import signal
+
+    from omi_batch.simulator import Faults, Simulator, serve
+
+    faults = Faults(
+        latency_ms=latency_ms,
+        error_rate=error_rate,
+        rate_limit_rate=rate_limit_rate,
+        retry_after=retry_after,
+        slow_rate=slow_rate,
+        slow_seconds=slow_seconds,
+        reset_rate=reset_rate,
+        drop_callbacks=drop_callbacks,
+        duplicate_callbacks=duplicate_callbacks,
+        callback_delay=callback_delay,
+        reorder_callbacks=reorder_callbacks,
+        callback_error_rate=callback_error_rate,
+    )
+    sim = Simulator(
+        fixture=fixture,
+        api_key=api_key,
+        preview_mode=preview_mode,
+        preview_field=preview_field,
+        faults=faults,
+        seed=seed,
+    )
+    if verbose:
+        logging.getLogger("omi_batch.simulator").setLevel(logging.INFO)
+
+    def ready(url: str) -> None:
+        click.echo(f"OMI simulator listening on {url}")
+        sys.stdout.flush()
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        serve(sim, host, port, ready=ready)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    click.echo("OMI simulator stopped.", err=True)
 
 
 # --------------------------------------------------------------------------- jobs
@@ -493,8 +1092,26 @@ def job() -> None:
 def job_run(jobfile: str) -> None:
     """Run one tick of the job JOBFILE: safe to run every few minutes.
 
+    New files in the inbox are validated and previewed (their reports go to the review
+    folder, or are approved at once under an auto policy within its ceilings); edited preview
+    reports in the approved folder are executed; finished batches move to the archive. One
+    log line per step on stderr. A tick that finds another one running says so and exits 0.
+
     \b
     Example:
         omi-batch job run jobs/offboarding.toml
     """
-    raise click.ClickException("job run: not built yet (issue 7)")
+    from omi_batch.errors import LockedError
+    from omi_batch.jobs import load_job, run_tick
+
+    verbose = click.get_current_context().find_root().params.get("verbose", 0)
+    # The job's log is its one line per step, so it shows without -v.
+    logging.getLogger("omi_batch.jobs").setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
+    job = load_job(jobfile)
+    try:
+        result = run_tick(job)
+    except LockedError as busy:
+        click.echo(str(busy), err=True)
+        return
+    if result.exit_code:
+        sys.exit(result.exit_code)

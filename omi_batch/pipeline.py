@@ -1,0 +1,734 @@
+"""Preview, approve, execute, wait and reconcile over a batch.
+
+Knows nothing of click or of report layout. Talks to OMI only through ``OmiClient`` and keeps
+every step in the ``Ledger``; callbacks reach the ledger through the webhook receiver (in this
+process with ``--listen``, or a separate ``webhook serve``), and this module reads them back.
+
+Honesty rules: a row is ``succeeded`` only by a SUCCESS callback or by a verifying preview that
+finds nothing left to move; a row whose callback never came is ``unconfirmed``.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from omi_batch import callbacks, reports
+from omi_batch.client import ApiError, Attempt, AuthError, OmiClient, RetryPolicy, TransportError
+from omi_batch.config import Secret, Settings
+from omi_batch.errors import ConfigError, IllegalTransition, InputError, UsageError
+from omi_batch.ledger import Ledger
+from omi_batch.roster import Plan
+
+log = logging.getLogger("omi_batch.pipeline")
+
+FINAL = ("succeeded", "failed")
+TO_EXECUTE = ("approved", "submitted", "unconfirmed")
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def who() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no login name (some containers): still record something
+        return "unknown"
+
+
+class Progress:
+    """What the pipeline tells about long work; the CLI draws bars, a job logs, tests ignore."""
+
+    def start(self, phase: str, total: int) -> None: ...
+
+    def advance(self, phase: str, n: int = 1) -> None: ...
+
+    def done(self, phase: str) -> None: ...
+
+
+class RateLimiter:
+    """At most ``rate`` acquisitions per second across threads (evenly spaced)."""
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep):  # fmt: skip
+        self.interval = 1.0 / rate
+        self._next = 0.0
+        self._lock = threading.Lock()
+        self._clock, self._sleep = clock, sleep
+
+    def acquire(self) -> None:
+        with self._lock:
+            now = self._clock()
+            slot = max(now, self._next)
+            self._next = slot + self.interval
+        if slot > now:
+            self._sleep(slot - now)
+
+
+@dataclass
+class Summary:
+    """What a command did, for the CLI to print and to choose the exit code."""
+
+    batch_id: str
+    counts: dict[str, int] = field(default_factory=dict)
+    reports: dict[str, Path] = field(default_factory=dict)
+    messages: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing failed, nothing is unconfirmed and nothing approved was held."""
+        return not any(
+            self.counts.get(s) for s in ("failed", "unconfirmed", "preview_failed", "submitted")
+        )
+
+
+class SerialLedger:
+    """The ledger with this process's writes taken one at a time on a Python lock, and the
+    pipeline's row steps committed in groups.
+
+    SQLite takes one writer at a time anyway; threads queued on a Python lock wake the moment
+    it is free, where threads contending for SQLite's lock sleep in its busy handler (1, 2, 5,
+    10 … ms). And a commit costs an fsync: steps that several threads write at the same moment
+    go into one transaction (``Ledger.record_steps``), each still committed before its
+    ``record_step`` call returns, so "the intent is saved before the request" holds. Reads pass
+    through. The in-process receiver shares ``write_lock`` (see ``cli._NotifyingLedger``).
+    """
+
+    WRITES = frozenset({"create_batch", "set_state", "update_row", "record_attempt", "approve",
+                        "log", "receive_callback", "record_steps"})  # fmt: skip
+
+    def __init__(self, ledger: Ledger, lock: threading.Lock | None = None):
+        self._ledger = ledger
+        self.write_lock = lock or threading.Lock()
+        self._queue: list[dict] = []
+        self._queue_lock = threading.Lock()
+
+    def record_step(self, batch_id: str, row: int, **step: object) -> None:
+        """Ledger.record_step, committed with whatever other steps are waiting (group commit)."""
+        item = {"step": dict(step, batch_id=batch_id, row=row), "done": False, "error": None}
+        with self._queue_lock:
+            self._queue.append(item)
+        with self.write_lock:
+            if not item["done"]:  # nobody committed it meanwhile: commit every waiting step
+                with self._queue_lock:
+                    group, self._queue = self._queue, []
+                try:
+                    errors = self._ledger.record_steps([i["step"] for i in group])
+                except BaseException as error:
+                    errors = [error] * len(group)
+                for waiting, error in zip(group, errors, strict=True):
+                    waiting["error"], waiting["done"] = error, True
+        if item["error"] is not None:
+            raise item["error"]
+
+    def __getattr__(self, name: str) -> object:
+        found = getattr(self._ledger, name)
+        if name not in self.WRITES:
+            return found
+
+        def write(*args: object, **kwargs: object) -> object:
+            with self.write_lock:
+                return found(*args, **kwargs)
+
+        return write
+
+    def __repr__(self) -> str:
+        return repr(self._ledger)
+
+
+class Unreachable(ConfigError):
+    """OMI kept failing before anything was done (exit 3)."""
+
+
+class Pipeline:
+    """One batch's work against OMI. Thread-safe; one instance per command."""
+
+    def __init__(
+        self,
+        ledger: Ledger | SerialLedger,
+        settings: Settings,
+        *,
+        client: OmiClient | None = None,
+        concurrency: int = 4,
+        rate: float = 5.0,
+        timeout: float = 30.0,
+        wait: float = 60.0,
+        webhook_url: str | None = None,
+        webhook_secret: Secret | None = None,
+        progress: Progress | None = None,
+        poll_interval: float = 0.05,
+        retry: RetryPolicy | None = None,
+        sleep: Callable[[float], None] | None = None,
+    ):
+        self.ledger = ledger if isinstance(ledger, SerialLedger) else SerialLedger(ledger)
+        self.settings = settings
+        self.concurrency = concurrency
+        self.wait = wait
+        self.timeout = timeout
+        self.progress = progress or Progress()
+        self.poll_interval = poll_interval
+        self.limiter = RateLimiter(rate)
+        self.webhook_url = webhook_url or settings.webhook_url
+        self.webhook_secret = webhook_secret or settings.webhook_secret
+        self._client = client
+        self._client_options: dict = {}
+        if retry is not None:
+            self._client_options["retry"] = retry
+        if sleep is not None:
+            self._client_options["sleep"] = sleep
+        self._stop = threading.Event()
+        self._stop_reason: BaseException | None = None
+        # Woken by notify() when a callback lands (an in-process receiver calls it), so a wait
+        # ends at once instead of at the next poll; polling stays for an external receiver.
+        self._changed = threading.Condition()
+        self._generation = 0
+        self._row_generations: dict[tuple, int] = {}
+        self._pending = threading.local()  # successful attempts waiting for their row's step
+
+    # ------------------------------------------------------------------ plumbing
+
+    @property
+    def client(self) -> OmiClient:
+        if self._client is None:
+            self.settings.require_api()
+            self._client = OmiClient(
+                self.settings.base_url, self.settings.api_key, timeout=self.timeout,
+                on_attempt=self._record_attempt, pool_size=max(4, self.concurrency),
+                **self._client_options,
+            )  # fmt: skip
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+    def _record_attempt(self, attempt: Attempt) -> None:
+        """Store a failed attempt at once; hold a successful one (always a call's last) so the
+        step that follows writes it in the same transaction (see :meth:`_step`)."""
+        context = attempt.context or {}
+        batch_id = context.get("batch_id")
+        if not batch_id:
+            return
+        data = asdict(attempt)
+        data.pop("context", None)
+        if attempt.error is None and context.get("row") is not None:
+            pending = getattr(self._pending, "attempts", None)
+            if pending is None:
+                pending = self._pending.attempts = []
+            pending.append((batch_id, context["row"], context.get("phase"), data))
+            return
+        self.ledger.record_attempt(batch_id, context.get("row"), context.get("phase"), data)
+
+    def _take_attempts(self) -> list[tuple]:
+        """This thread's held attempts, handed over (and forgotten here)."""
+        pending = getattr(self._pending, "attempts", None) or []
+        self._pending.attempts = []
+        return pending
+
+    def _flush_attempts(self) -> None:
+        """Store held attempts on their own (a step that would have carried them failed)."""
+        for batch_id, row, phase, data in self._take_attempts():
+            self.ledger.record_attempt(batch_id, row, phase, data)
+
+    def _step(self, batch_id: str, number: int, *, event: str, **options: object) -> None:
+        """One row step and this thread's held attempts for that row, in one transaction."""
+        held = self._take_attempts()
+        mine = [a for a in held if a[0] == batch_id and a[1] == number]
+        self._pending.attempts = [a for a in held if a not in mine]
+        phase = mine[-1][2] if mine else options.pop("phase", None)
+        options.pop("phase", None)
+        try:
+            self.ledger.record_step(batch_id, number, event=event, phase=phase,
+                                    attempts=[a[3] for a in mine], **options)  # fmt: skip
+        except BaseException:
+            self._pending.attempts = mine + self._pending.attempts
+            raise
+
+    def _callback(self, batch_id: str, row: int, phase: str) -> dict | None:
+        if not (self.webhook_url and self.webhook_secret):
+            return None
+        return callbacks.callback_config(
+            self.webhook_url, self.webhook_secret, batch_id, row, phase
+        )
+
+    def _map(self, work: Callable[[dict], None], rows: Iterable[dict], phase: str) -> None:
+        """Run ``work`` over rows on ``concurrency`` threads; stop early when OMI refuses the key or stops answering."""
+        rows = list(rows)
+        self.progress.start(phase, len(rows))
+        try:
+            with ThreadPoolExecutor(self.concurrency, thread_name_prefix=phase) as pool:
+                futures = [pool.submit(self._guarded, work, row, phase) for row in rows]
+                try:
+                    for future in futures:
+                        future.result()
+                except BaseException:
+                    self.stop()
+                    for future in futures:
+                        future.cancel()
+                    raise
+        finally:
+            self.progress.done(phase)
+        if self._stop_reason is not None:
+            raise self._stop_reason
+
+    def _guarded(self, work: Callable[[dict], None], row: dict, phase: str) -> None:
+        if self._stop.is_set():
+            return
+        try:
+            work(row)
+        except (AuthError, TransportError) as error:
+            if self._stop_reason is None:
+                self._stop_reason = error
+            self.stop()
+        finally:
+            self.progress.advance(phase)
+
+    def notify(self, batch_id: str | None = None, row: int | None = None) -> None:
+        """A callback was stored for ``(batch_id, row)`` (None: for anything): the wait for that
+        row looks at the ledger again now; the other waits go back to sleep without a read."""
+        with self._changed:
+            if row is None:
+                self._generation += 1
+            else:
+                key = (batch_id, int(row))
+                self._row_generations[key] = self._row_generations.get(key, 0) + 1
+            self._changed.notify_all()
+
+    def stop(self) -> None:
+        """Ask every worker to stop at its next check (Ctrl-C); waits end at once."""
+        self._stop.set()
+        self.notify()
+
+    def _wait_for(self, check: Callable[[], object], seconds: float, key: tuple) -> object:
+        """Check until ``check`` returns something truthy or ``seconds`` pass; woken early by
+        :meth:`notify` for ``key`` (batch, row), and polling every ``poll_interval`` for a
+        receiver in another process."""
+        deadline = time.monotonic() + seconds
+
+        def mark() -> tuple[int, int]:
+            return self._generation, self._row_generations.get(key, 0)
+
+        while True:
+            seen = mark()
+            result = check()
+            left = deadline - time.monotonic()
+            if result or left <= 0 or self._stop.is_set():
+                return result
+            with self._changed:
+                poll_at = time.monotonic() + min(left, self.poll_interval)
+                while mark() == seen and not self._stop.is_set():  # nothing for us yet
+                    remaining = poll_at - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._changed.wait(remaining)
+
+    # ------------------------------------------------------------------ preview
+
+    def create_batch(self, plan: Plan, *, options: dict | None = None) -> str:
+        """Check the key and that OMI answers (one preview, nothing moves), then the batch."""
+        self.settings.require_api()
+        if not plan.transfers:
+            raise UsageError("the plan has no transfers")
+        self.preflight(asdict(plan.transfers[0]))
+        return self.ledger.create_batch(
+            source_file=plan.source_file,
+            source_sha256=plan.sha256,
+            created_by=who(),
+            base_url=self.settings.base_url,
+            options=options or {},
+            input_rows=plan.input_rows,
+            warnings=[asdict(w) for w in plan.warnings],
+            rows=[asdict(t) for t in plan.transfers],
+        )
+
+    def preflight(self, row: dict) -> None:
+        """One preview of ``row`` (nothing moves, nothing is written) to learn, before anything
+        changes, that the key is accepted and OMI answers: AuthError, TransportError or
+        Unreachable (all exit 3) otherwise."""
+        self.settings.require_api()
+        self.limiter.acquire()
+        try:
+            self.client.transfer_conversations(
+                row["source_email"], row["target_email"], preview=True,
+                replace_existing_members=bool(row["replace_existing_members"]),
+                conv_ids=list(row["conv_ids"]) or None, context={"phase": "preflight"},
+            )  # fmt: skip
+        except (AuthError, TransportError):
+            raise
+        except ApiError as error:
+            if error.retryable:  # OMI kept answering 429/5xx: treat it as unreachable
+                raise Unreachable(f"OMI is not answering: {error}") from None
+            # Anything else is about this row; its own preview will record it.
+
+    def preview(self, batch_id: str, *, rows: list[dict] | None = None) -> Summary:
+        """Preview every planned row (or ``rows``) and write the preview reports."""
+        rows = rows if rows is not None else self.ledger.rows(batch_id, states=["planned"])
+        self._map(lambda row: self._preview_row(batch_id, row), rows, "preview")
+        return self.preview_summary(batch_id)
+
+    def _preview_count(self, batch_id: str, row: dict, phase: str) -> tuple[int | None, str | None]:
+        """Ask OMI how many conversations this row would move: (count, error)."""
+        self.limiter.acquire()
+        try:
+            result = self.client.transfer_conversations(
+                row["source_email"], row["target_email"], preview=True,
+                replace_existing_members=bool(row["replace_existing_members"]),
+                conv_ids=row["conv_ids"] or None,
+                callback=self._callback(batch_id, row["row"], "preview"),
+                context={"batch_id": batch_id, "row": row["row"], "phase": phase},
+            )  # fmt: skip
+        except AuthError:
+            raise
+        except TransportError as error:
+            if not error.outcome_unknown:  # never reached OMI: stop the command (exit 3)
+                raise
+            return None, str(error)  # reached OMI, no answer: this row only
+        except ApiError as error:
+            return None, str(error)
+        if result.count is not None:
+            return result.count, None
+        if not result.request_id:
+            return None, "OMI answered the preview with neither a count nor a requestId"
+        self._step(batch_id, row["row"], event="preview_requested",
+                   preview_request_id=result.request_id)  # fmt: skip
+        if not self._callback(batch_id, row["row"], "preview"):
+            return None, ("OMI sends this preview's count by callback, and no webhook is set "
+                          "(set OMI_WEBHOOK_URL and OMI_WEBHOOK_SECRET, or use --listen)")  # fmt: skip
+        found = self._wait_for(
+            lambda: self.ledger.find_callback(batch_id, row["row"], "preview", result.request_id),
+            self.wait,
+            (batch_id, row["row"]),
+        )
+        if not found:
+            return None, f"no preview callback within {self.wait:g} s"
+        if found.get("status") != "SUCCESS" or found.get("updated_records") is None:
+            return None, f"OMI reported {found.get('status') or 'no status'} for the preview"
+        return int(found["updated_records"]), None
+
+    def _preview_row(self, batch_id: str, row: dict) -> None:
+        try:
+            count, error = self._preview_count(batch_id, row, "preview")
+            if error is None:
+                self._step(batch_id, row["row"], state="previewed", event="previewed",
+                           conversations_previewed=count, previewed_at=now_iso(),
+                           preview_error=None)  # fmt: skip
+            else:
+                self._step(batch_id, row["row"], state="preview_failed", event="preview_failed",
+                           preview_error=error, previewed_at=now_iso())  # fmt: skip
+        finally:
+            self._flush_attempts()
+
+    def preview_summary(self, batch_id: str, reports_dir: str | Path | None = None) -> Summary:
+        rows = self.ledger.rows(batch_id)
+        summary = Summary(batch_id, counts=count_states(rows))
+        if reports_dir is not None:
+            summary.reports = reports.write_preview_reports(rows, batch_id, reports_dir)
+        return summary
+
+    # ------------------------------------------------------------------ approve
+
+    def approve(
+        self,
+        batch_id: str,
+        *,
+        approve_all: bool = False,
+        report_file: str | Path | None = None,
+        max_age_hours: float = 24.0,
+        now: datetime | None = None,
+    ) -> tuple[list[int], list[int]]:
+        """Record approvals; return (approved rows, skipped rows)."""
+        if approve_all == (report_file is not None):
+            raise UsageError("say either --all or --report FILE")
+        rows = {r["row"]: r for r in self.ledger.rows(batch_id)}
+        approvable = ("previewed", "approved", "skipped")
+        if approve_all:
+            chosen = [n for n, r in rows.items() if r["state"] in approvable]
+            skipped: list[int] = []
+            how = "all"
+        else:
+            chosen, skipped = self._approvals_from_report(batch_id, rows, Path(report_file))
+            how = f"report {Path(report_file).name}"
+        stale = _stale(rows, chosen, max_age_hours, now or datetime.now(UTC))
+        if stale:
+            raise UsageError(
+                f"the preview of row {stale[0]} is older than --max-age {max_age_hours:g} h: "
+                "preview the file again and approve the new batch"
+            )
+        if not chosen and not skipped:
+            raise UsageError(f"batch {batch_id} has no previewed row to approve")
+        self.ledger.approve(batch_id, approve=chosen, skip=skipped, by=who(), how=how)
+        return chosen, skipped
+
+    def _approvals_from_report(
+        self, batch_id: str, rows: dict[int, dict], path: Path
+    ) -> tuple[list[int], list[int]]:
+        problems = []
+        chosen, skipped = [], []
+        for entry in reports.read_approvals(path):
+            row = rows.get(entry["row"])
+            if row is None:
+                problems.append(f"row {entry['row']}: not in batch {batch_id} (rows were added)")
+                continue
+            for key in ("source_email", "target_email", "conv_ids"):
+                if entry[key] != row[key]:
+                    problems.append(f"row {entry['row']}: {key} is {_show(entry[key])} in the "
+                                    f"report but {_show(row[key])} in the ledger")  # fmt: skip
+                    break
+            else:
+                if not entry["approved"]:
+                    if row["state"] in ("previewed", "approved", "skipped"):
+                        skipped.append(row["row"])
+                elif row["state"] not in ("previewed", "approved", "skipped"):
+                    problems.append(f"row {row['row']}: is {row['state']}; only previewed rows "
+                                    "can be approved")  # fmt: skip
+                else:
+                    chosen.append(row["row"])
+        if problems:
+            raise InputError(
+                f"{path.name} no longer matches batch {batch_id}: nothing was approved", problems
+            )
+        return chosen, skipped
+
+    # ------------------------------------------------------------------ execute
+
+    def execute(self, batch_id: str) -> Summary:
+        """Submit approved, not yet confirmed rows; each source's rows in order, each confirmed
+        before the next starts; wait for callbacks; never resubmit a confirmed row."""
+        self.ledger.batch(batch_id)  # NotFound early
+        every = self.ledger.rows(batch_id)
+        rows = [r for r in every if r["state"] in TO_EXECUTE]
+        by_source: dict[str, list[dict]] = {}
+        sources = {r["source_email"] for r in rows}
+        for row in every:  # every row, so that an earlier failed row of a source still holds
+            if row["source_email"] in sources:
+                by_source.setdefault(row["source_email"], []).append(row)
+        if rows:
+            self.preflight(rows[0])  # a refused key or a dead API: exit 3, nothing changed
+            if not self._callback(batch_id, rows[0]["row"], "execute"):
+                log.warning("no webhook (OMI_WEBHOOK_URL/--listen): transfers will end unconfirmed")
+        self.progress.start("execute", len(rows))
+        try:
+            with ThreadPoolExecutor(self.concurrency, thread_name_prefix="execute") as pool:
+                futures = [pool.submit(self._execute_source, batch_id, group)
+                           for group in by_source.values()]  # fmt: skip
+                try:
+                    for future in futures:
+                        future.result()
+                except BaseException:
+                    self.stop()
+                    for future in futures:
+                        future.cancel()
+                    raise
+        finally:
+            self.progress.done("execute")
+        if self._stop_reason is not None:
+            raise self._stop_reason
+        return Summary(batch_id, counts=count_states(self.ledger.rows(batch_id)))
+
+    def _execute_source(self, batch_id: str, group: list[dict]) -> None:
+        """One source's rows in run order. A row that did not succeed (now, or in an earlier
+        run: failed, preview_failed) holds the rows after it: a catch-all row must not take
+        conversations an earlier ``conv_ids`` row was meant to route elsewhere."""
+        blocker: dict | None = None
+        for row in group:
+            if self._stop.is_set():
+                return
+            if row["state"] not in TO_EXECUTE:
+                if row["state"] in ("failed", "preview_failed") and blocker is None:
+                    blocker = row
+                continue
+            if blocker is not None:
+                self.ledger.update_row(
+                    batch_id, row["row"], event="held",
+                    error=f"held: row {blocker['row']} of the same source is {blocker['state']}",
+                )  # fmt: skip
+                self.progress.advance("execute")
+                continue
+            try:
+                final = self._execute_row(batch_id, row)
+            except (AuthError, TransportError) as error:
+                if self._stop_reason is None:
+                    self._stop_reason = error
+                self.stop()
+                return
+            finally:
+                self.progress.advance("execute")
+            if final["state"] != "succeeded":
+                blocker = final
+
+    def _execute_row(self, batch_id: str, row: dict) -> dict:
+        """Save the intent, submit, then wait for the callback; returns the row as it ends."""
+        number = row["row"]
+        resubmit = row["state"] in ("submitted", "unconfirmed")
+        reason = None
+        if resubmit:
+            reason = (f"the row was {row['state']} with request {row['request_id'] or 'unknown'}"
+                      ": its outcome is unknown (no callback came); submitting again is safe, a "
+                      "transfer applied twice moves nothing the second time")  # fmt: skip
+        # The intent is saved before the request: a crash from here on leaves it submitted.
+        self._step(batch_id, number, state="submitted",
+                   event="resubmitted" if resubmit else "submitted", reason=reason,
+                   expect=[row["state"]], submitted_at=now_iso(), request_id=None,
+                   error=None)  # fmt: skip
+        try:
+            return self._submit_and_wait(batch_id, row)
+        finally:
+            self._flush_attempts()
+
+    def _submit_and_wait(self, batch_id: str, row: dict) -> dict:
+        number = row["row"]
+        callback = self._callback(batch_id, number, "execute")
+        self.limiter.acquire()
+        try:
+            result = self.client.transfer_conversations(
+                row["source_email"], row["target_email"], preview=False,
+                replace_existing_members=bool(row["replace_existing_members"]),
+                conv_ids=row["conv_ids"] or None, callback=callback,
+                context={"batch_id": batch_id, "row": number, "phase": "execute"},
+            )  # fmt: skip
+        except AuthError as error:
+            self._unsubmit(batch_id, row, f"not started: OMI refused the key: {error}")
+            raise
+        except TransportError as error:
+            if not error.outcome_unknown:  # never reached OMI: nothing started; stop (exit 3)
+                self._unsubmit(batch_id, row, f"not sent: {error}")
+                raise
+            return self._settle(batch_id, number, "unconfirmed",
+                                f"outcome unknown: {error}")  # fmt: skip
+        except ApiError as error:
+            if error.retryable:  # retries ran out on 429/5xx: OMI may or may not have started it
+                return self._settle(batch_id, number, "unconfirmed", f"outcome unknown: {error}")
+            return self._settle(batch_id, number, "failed", str(error))
+        self._step(batch_id, number, event="accepted", phase="execute",
+                   **({"request_id": result.request_id} if result.request_id else {}))  # fmt: skip
+        if callback is None:
+            return self._settle(batch_id, number, "unconfirmed",
+                                "no webhook: OMI cannot report the result; run reconcile")  # fmt: skip
+        done = self._wait_for(
+            lambda: self._finished(batch_id, number), self.wait, (batch_id, number)
+        )
+        if done:
+            return done
+        if self._stop.is_set():  # interrupted: the row stays submitted; a re-run resumes it
+            return self.ledger.row(batch_id, number)
+        return self._settle(batch_id, number, "unconfirmed",
+                            f"no callback within {self.wait:g} s")  # fmt: skip
+
+    def _unsubmit(self, batch_id: str, row: dict, error: str) -> None:
+        """OMI surely started nothing: put the row back where it was before this submit."""
+        number, before = row["row"], row["state"]
+        try:
+            if before == "submitted":  # an earlier run's outcome is still unknown: keep saying so
+                self._step(batch_id, number, event="submit_refused", error=error)
+            else:
+                self._step(batch_id, number, state=before, event="submit_refused",
+                           expect=["submitted"], error=error)  # fmt: skip
+        except IllegalTransition:  # a callback decided it meanwhile
+            self._step(batch_id, number, event="submit_refused", error=error)
+
+    def _finished(self, batch_id: str, number: int) -> dict | None:
+        row = self.ledger.row(batch_id, number)
+        return row if row["state"] != "submitted" else None
+
+    def _settle(self, batch_id: str, number: int, state: str, error: str) -> dict:
+        """Move a submitted row to ``state`` unless a callback decided it meanwhile."""
+        done = {"completed_at": now_iso()} if state == "failed" else {}
+        try:
+            self._step(batch_id, number, state=state, event=state, expect=["submitted"],
+                       error=error, **done)  # fmt: skip
+        except IllegalTransition:
+            self._flush_attempts()
+        return self.ledger.row(batch_id, number)
+
+    # ------------------------------------------------------------------ reconcile
+
+    def reconcile(self, batch_id: str) -> Summary:
+        """Preview unconfirmed rows again: nothing left to move means the transfer happened."""
+        self.ledger.batch(batch_id)
+        rows = self.ledger.rows(batch_id, states=["unconfirmed", "submitted"])
+        if rows:
+            self.preflight(rows[0])  # a refused key or a dead API: exit 3, nothing changed
+        self._map(lambda row: self._reconcile_row(batch_id, row), rows, "reconcile")
+        return Summary(batch_id, counts=count_states(self.ledger.rows(batch_id)))
+
+    def _reconcile_row(self, batch_id: str, row: dict) -> None:
+        number = row["row"]
+        try:
+            count, error = self._preview_count(batch_id, row, "reconcile")
+            if error is not None:
+                self._step(batch_id, number, event="reconcile_failed",
+                           error=f"reconcile: {error}")  # fmt: skip
+            elif count == 0:
+                try:
+                    self._step(batch_id, number, state="succeeded", event="verified_by_preview",
+                               expect=[row["state"]], verified_by="preview",
+                               completed_at=now_iso(), error=None)  # fmt: skip
+                except IllegalTransition:
+                    pass  # a callback decided it meanwhile
+            else:
+                self._step(batch_id, number, event="reconcile_pending",
+                           error=f"reconcile: {count} conversation(s) still to move")  # fmt: skip
+        finally:
+            self._flush_attempts()
+
+    # ------------------------------------------------------------------ reports
+
+    def write_reports(self, batch_id: str, reports_dir: str | Path) -> dict[str, Path]:
+        rows = self.ledger.rows(batch_id)
+        written = reports.write_preview_reports(rows, batch_id, reports_dir)
+        if any(r["state"] in ("submitted", *FINAL, "unconfirmed") for r in rows) or any(
+            r["approved_at"] for r in rows
+        ):
+            written |= reports.write_result_reports(rows, batch_id, reports_dir)
+        return written
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def count_states(rows: Iterable[dict]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["state"]] = counts.get(row["state"], 0) + 1
+    return counts
+
+
+def batch_state(states: dict[str, int]) -> str:
+    """One word for a batch, from its rows' states."""
+    if not states:
+        return "empty"
+    if states.get("submitted"):
+        return "executing"
+    if states.get("approved"):
+        return "approved"
+    if states.get("planned"):
+        return "planned"
+    if any(states.get(s) for s in ("succeeded", "failed", "unconfirmed")):
+        return "unconfirmed" if states.get("unconfirmed") else "done"
+    return "previewed"
+
+
+def _stale(rows: dict[int, dict], chosen: list[int], max_age_hours: float, now: datetime) -> list:
+    stale = []
+    for number in chosen:
+        previewed_at = rows[number].get("previewed_at")
+        if not previewed_at:
+            continue
+        at = datetime.fromisoformat(previewed_at.replace("Z", "+00:00"))
+        if (now - at).total_seconds() > max_age_hours * 3600:
+            stale.append(number)
+    return stale
+
+
+def _show(value: object) -> str:
+    if isinstance(value, list):
+        return repr(";".join(value))
+    return repr(value)

@@ -1,0 +1,932 @@
+"""The pipeline end to end: preview, approve, execute, wait, reconcile and the reports, over real
+loopback HTTP against the simulator, with a real SQLite ledger and the real webhook receiver.
+
+The rule every test keeps: a row is ``succeeded`` only with a SUCCESS callback stored in the
+ledger or a verifying preview (``verified_by='preview'``); anything else ends failed or
+unconfirmed, honestly.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest import API_KEY, WEBHOOK_SECRET
+
+from omi_batch import callbacks, webhook
+from omi_batch.cli import cli
+from omi_batch.client import RetryPolicy
+from omi_batch.config import Secret, Settings
+from omi_batch.errors import UsageError
+from omi_batch.ledger import Ledger
+from omi_batch.pipeline import Pipeline, RateLimiter, SerialLedger
+from omi_batch.reports import RESULTS_COLUMNS, escape_cell
+from omi_batch.roster import read_plan
+from omi_batch.simulator import Faults
+
+ROOT = Path(__file__).resolve().parent.parent
+TRANSFER = "/api/v3/agent/conversation/transfer"
+VIP = "6a92a56ca95c2c0b07465834;6ac43424980ae047cc1ebe17"
+
+# Every agent here is in the simulator's sample fixture; rows 2-6 preview ok.
+CSV = f"""source_email,target_email,replace_existing_members,conv_ids,note
+lan.nguyen@example.vn,tuan.ho@example.vn,false,,=HYPERLINK("http://x")
+bao.pham@example.vn,mai.hoang@example.vn,true,{VIP},Phạm Quốc Bảo: 2 khách VIP
+bao.pham@example.vn,anh.vu@example.vn,false,,the rest of Bảo's
+hung.bui@example.vn,ngoc.do@example.vn,true,,
+minh.tran@example.vn,hong.le@example.vn,false,,
+"""
+ROWS = [2, 3, 4, 5, 6]
+# The sample's last row names an agent OMI does not know: it fails its preview.
+UNKNOWN_TARGET = "thu.dang@example.vn,long.ly@example.vn,false,,no OMI account yet\n"
+
+FAST_RETRY = RetryPolicy(max_attempts=8, base=0.0, max_wait=0.0, max_total=20)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@pytest.fixture
+def csv_file(tmp_path):
+    path = tmp_path / "departures.csv"
+    path.write_text(CSV, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def env(monkeypatch, simulator):
+    """OMI_* pointing at the sample simulator; no OMI_WEBHOOK_URL (tests use --listen)."""
+    sim, server = simulator
+    monkeypatch.setenv("OMI_BASE_URL", server.url)
+    monkeypatch.setenv("OMI_API_KEY", API_KEY)
+    monkeypatch.setenv("OMI_WEBHOOK_SECRET", WEBHOOK_SECRET)
+    monkeypatch.delenv("OMI_WEBHOOK_URL", raising=False)
+    monkeypatch.delenv("OMI_BATCH_LEDGER", raising=False)
+    return sim, server
+
+
+def invoke(runner, *args):
+    result = runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    return result
+
+
+def common(ledger_path, reports_dir):
+    return ["--ledger", ledger_path, "--reports", reports_dir]
+
+
+def fast(wait="5"):
+    return ["--rate", "1000", "--concurrency", "4", "--listen", "127.0.0.1:0", "--wait", wait]
+
+
+def batch_of(ledger_path) -> str:
+    with Ledger(ledger_path) as ledger:
+        return ledger.batches()[0]["id"]
+
+
+def read_report(path: Path) -> list[dict]:
+    data = path.read_bytes()
+    assert data.startswith(b"\xef\xbb\xbf"), f"{path.name} has no UTF-8 BOM"
+    return list(csv.DictReader(io.StringIO(data.decode("utf-8-sig"))))
+
+
+def execute_requests(sim) -> Counter:
+    """How many execute requests (previewChanges false) each row received, by callback URL."""
+    counts: Counter = Counter()
+    for event in sim.events:
+        body = event.get("body")
+        request = event["kind"] == "request" and event["path"] == TRANSFER
+        if request and isinstance(body, dict) and not body.get("previewChanges"):
+            url = (body.get("callbackResultConfig") or {}).get("url", "")
+            match = re.search(r"/callbacks/[^/]+/(\d+)/execute$", url)
+            counts[int(match.group(1)) if match else None] += 1
+    return counts
+
+
+def assert_honest(ledger: Ledger, batch_id: str) -> None:
+    """No row is succeeded without a stored SUCCESS callback or a verifying preview."""
+    good = {
+        c["row"]
+        for c in ledger.callbacks(batch_id)
+        if c["phase"] == "execute" and c["status"] == "SUCCESS" and c["applied"]
+    }
+    for row in ledger.rows(batch_id):
+        if row["state"] == "succeeded":
+            assert row["row"] in good or row["verified_by"] == "preview", row
+            if row["verified_by"] == "callback":
+                assert row["row"] in good, row
+        if row["state"] == "failed" and row["callback_status"] == "ERROR":
+            assert any(
+                c["row"] == row["row"] and c["status"] == "ERROR"
+                for c in ledger.callbacks(batch_id)
+            )
+
+
+class Stack:
+    """Library-level set-up: a ledger, an in-process receiver and a pipeline."""
+
+    def __init__(self, tmp_path, server, *, webhook_url: bool = True, **options):
+        self.ledger = Ledger(tmp_path / "ledger.db")
+        serial = SerialLedger(self.ledger)
+        self.receiver = None
+        url = None
+        self.pipeline: Pipeline | None = None
+        if webhook_url:
+            from omi_batch.cli import _NotifyingLedger
+
+            app = webhook.make_app(
+                _NotifyingLedger(
+                    self.ledger, lambda *key: self.pipeline.notify(*key), serial.write_lock
+                ),
+                Secret(WEBHOOK_SECRET),
+            )
+            self.receiver = webhook.start(app, "127.0.0.1", 0)
+            url = self.receiver.url
+        settings = Settings(
+            base_url=server.url,
+            api_key=Secret(API_KEY),
+            webhook_url=url,
+            webhook_secret=Secret(WEBHOOK_SECRET),
+        )
+        options.setdefault("rate", 1000)
+        options.setdefault("wait", 5)
+        options.setdefault("retry", FAST_RETRY)
+        self.pipeline = Pipeline(serial, settings, **options)
+
+    def run(self, csv_path) -> str:
+        batch_id = self.pipeline.create_batch(read_plan(csv_path))
+        self.pipeline.preview(batch_id)
+        self.pipeline.approve(batch_id, approve_all=True)
+        self.pipeline.execute(batch_id)
+        return batch_id
+
+    def close(self):
+        self.pipeline.close()
+        if self.receiver:
+            self.receiver.stop()
+        self.ledger.close()
+
+
+@pytest.fixture
+def stacks():
+    made = []
+    yield made
+    for stack in made:
+        stack.close()
+
+
+# --------------------------------------------------------------------------- run
+
+
+def test_run_moves_every_row_and_confirms_each_by_callback(
+    runner, env, csv_file, ledger_path, reports_dir
+):
+    sim, _ = env
+    with csv_file.open("a", encoding="utf-8") as handle:
+        handle.write(UNKNOWN_TARGET)
+    result = invoke(runner, "run", csv_file, "--yes", *fast(), *common(ledger_path, reports_dir))
+    assert result.exit_code == 1, result.output  # row 7 failed its preview
+    batch_id = batch_of(ledger_path)
+    with Ledger(ledger_path) as ledger:
+        states = {r["row"]: r["state"] for r in ledger.rows(batch_id)}
+        assert states == {2: "succeeded", 3: "succeeded", 4: "succeeded", 5: "succeeded",
+                          6: "succeeded", 7: "preview_failed"}  # fmt: skip
+        assert_honest(ledger, batch_id)
+        assert all(r["verified_by"] == "callback" for r in ledger.rows(batch_id, ["succeeded"]))
+    assert execute_requests(sim) == Counter({2: 1, 3: 1, 4: 1, 5: 1, 6: 1})
+    assert sorted(p.name for p in reports_dir.iterdir()) == [
+        f"{batch_id}-{kind}.csv" for kind in ("preview", "results", "retry", "targets")
+    ]
+    results = read_report(reports_dir / f"{batch_id}-results.csv")
+    assert list(results[0]) == RESULTS_COLUMNS
+    by_row = {int(r["row"]): r for r in results}
+    assert by_row[7]["status"] == "preview_failed"
+    for number in ROWS:
+        r = by_row[number]
+        assert r["status"] == "succeeded"
+        assert int(r["difference"]) == int(r["updated_records"]) - int(r["conversations_previewed"])
+        assert r["attempts"] == "1" and r["request_id"] and r["completed_at"]
+    retry = read_report(reports_dir / f"{batch_id}-retry.csv")
+    assert [(r["source_email"], r["target_email"]) for r in retry] == [
+        ("thu.dang@example.vn", "long.ly@example.vn")
+    ]
+    assert f"Batch {batch_id}: executing 5 row(s)" in result.stderr
+
+
+def test_run_without_yes_off_a_terminal_is_refused_before_anything_moves(
+    runner, env, csv_file, ledger_path, reports_dir
+):
+    sim, _ = env
+    result = invoke(runner, "run", csv_file, *fast(), *common(ledger_path, reports_dir))
+    assert result.exit_code == 2
+    assert "Error: confirm with --yes when not at a terminal" in result.stderr
+    assert execute_requests(sim) == Counter()
+
+
+def test_run_limit_takes_only_the_first_rows(runner, env, csv_file, ledger_path, reports_dir):
+    sim, _ = env
+    result = invoke(runner, "run", csv_file, "--yes", "--limit", "2", *fast(),
+                    *common(ledger_path, reports_dir))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    with Ledger(ledger_path) as ledger:
+        rows = ledger.rows(batch_of(ledger_path))
+    assert [(r["row"], r["state"]) for r in rows] == [(2, "succeeded"), (3, "succeeded")]
+    assert execute_requests(sim) == Counter({2: 1, 3: 1})
+
+
+def test_rows_of_one_source_run_in_order_each_confirmed_before_the_next(
+    make_simulator, tmp_path, csv_file, stacks
+):
+    sim, server = make_simulator(faults=Faults(callback_delay=0.2))
+    stack = Stack(tmp_path, server)
+    stacks.append(stack)
+    batch_id = stack.run(csv_file)
+    assert {r["state"] for r in stack.ledger.rows(batch_id)} == {"succeeded"}
+    events = sim.events
+    position = {}
+    for index, event in enumerate(events):
+        body = event.get("body") or {}
+        url = (
+            (body.get("callbackResultConfig") or {}).get("url", "")
+            if event["kind"] == "request"
+            else event.get("url", "")
+        )
+        if url.endswith("/execute"):
+            row = int(url.rsplit("/", 2)[1])
+            position.setdefault((event["kind"], row), index)
+    # Bảo's conv_ids row (3) is confirmed before his catch-all row (4) is even sent.
+    assert position[("request", 3)] < position[("callback", 3)] < position[("request", 4)]
+
+
+def test_an_earlier_failed_row_holds_the_rest_of_its_source(
+    make_simulator, tmp_path, csv_file, stacks
+):
+    sim, server = make_simulator(faults=Faults(callback_error_rate=1.0))
+    stack = Stack(tmp_path, server)
+    stacks.append(stack)
+    batch_id = stack.run(csv_file)
+    rows = {r["row"]: r for r in stack.ledger.rows(batch_id)}
+    assert rows[3]["state"] == "failed"
+    assert rows[4]["state"] == "approved"
+    assert rows[4]["error"] == "held: row 3 of the same source is failed"
+    # Run again: the failed row still holds its source's catch-all row.
+    stack.pipeline.execute(batch_id)
+    assert stack.ledger.row(batch_id, 4)["state"] == "approved"
+    assert execute_requests(sim)[4] == 0
+
+
+# --------------------------------------------------------------------------- preview
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_preview_counts_every_row_in_both_preview_modes(
+    runner, make_simulator, monkeypatch, csv_file, ledger_path, reports_dir, mode
+):
+    sim, server = make_simulator(preview_mode=mode)
+    monkeypatch.setenv("OMI_BASE_URL", server.url)
+    monkeypatch.setenv("OMI_API_KEY", API_KEY)
+    monkeypatch.setenv("OMI_WEBHOOK_SECRET", WEBHOOK_SECRET)
+    monkeypatch.delenv("OMI_WEBHOOK_URL", raising=False)
+    result = invoke(runner, "preview", csv_file, *fast(), *common(ledger_path, reports_dir))
+    assert result.exit_code == 0, result.output
+    batch_id = result.stdout.strip()
+    assert re.fullmatch(r"\d{8}-\d{6}-[0-9a-f]{4}", batch_id)
+    report = read_report(reports_dir / f"{batch_id}-preview.csv")
+    plan = read_plan(csv_file)
+    expected = {
+        t.row: sim.count(t.source_email, t.target_email, list(t.conv_ids) or None,
+                         t.replace_existing_members)
+        for t in plan.transfers
+    }  # fmt: skip
+    assert {int(r["row"]): int(r["conversations"]) for r in report} == expected
+    assert {r["preview_status"] for r in report} == {"previewed"}
+    assert execute_requests(sim) == Counter()  # a preview moves nothing
+    targets = read_report(reports_dir / f"{batch_id}-targets.csv")
+    assert list(targets[0]) == ["target_email", "sources", "conversations"]
+    assert sum(int(t["conversations"]) for t in targets) == sum(expected.values())
+
+
+def test_async_preview_without_a_webhook_fails_each_row_saying_why(
+    runner, make_simulator, monkeypatch, csv_file, ledger_path, reports_dir
+):
+    sim, server = make_simulator(preview_mode="async")
+    monkeypatch.setenv("OMI_BASE_URL", server.url)
+    monkeypatch.setenv("OMI_API_KEY", API_KEY)
+    monkeypatch.delenv("OMI_WEBHOOK_SECRET", raising=False)
+    monkeypatch.delenv("OMI_WEBHOOK_URL", raising=False)
+    result = invoke(runner, "preview", csv_file, "--rate", "1000",
+                    *common(ledger_path, reports_dir))  # fmt: skip
+    assert result.exit_code == 1
+    with Ledger(ledger_path) as ledger:
+        rows = ledger.rows(batch_of(ledger_path))
+    assert {r["state"] for r in rows} == {"preview_failed"}
+    assert rows[0]["preview_error"] == (
+        "OMI sends this preview's count by callback, and no webhook is set "
+        "(set OMI_WEBHOOK_URL and OMI_WEBHOOK_SECRET, or use --listen)"
+    )
+
+
+def test_preview_report_escapes_formula_cells(runner, env, csv_file, ledger_path, reports_dir):
+    result = invoke(runner, "preview", csv_file, *fast(), *common(ledger_path, reports_dir))
+    assert result.exit_code == 0, result.output
+    report = read_report(reports_dir / f"{result.stdout.strip()}-preview.csv")
+    assert report[0]["note"] == '\'=HYPERLINK("http://x")'
+    assert report[1]["note"] == "Phạm Quốc Bảo: 2 khách VIP"
+
+
+@pytest.mark.parametrize("text", ["=1+1", "+1", "-1", "@SUM(A1)", "\tx", "\rx"])
+def test_cells_that_excel_would_run_are_escaped(text):
+    assert escape_cell(text) == "'" + text
+    assert escape_cell("a" + text) == "a" + text
+
+
+def test_rate_limiter_spaces_requests_evenly():
+    clock = [100.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    limiter = RateLimiter(5, clock=lambda: clock[0], sleep=sleep)
+    for _ in range(6):
+        limiter.acquire()
+    assert slept == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
+
+
+# --------------------------------------------------------------------------- approve
+
+
+@pytest.fixture
+def previewed(runner, env, csv_file, ledger_path, reports_dir):
+    """A previewed batch: (batch id, its preview report's rows)."""
+    result = invoke(runner, "preview", csv_file, *fast(), *common(ledger_path, reports_dir))
+    assert result.exit_code == 0, result.output
+    batch_id = result.stdout.strip()
+    return batch_id, read_report(reports_dir / f"{batch_id}-preview.csv")
+
+
+def write_report(path: Path, rows: list[dict], *, delimiter: str = ",", bom: bool = True) -> Path:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]), delimiter=delimiter)
+    writer.writeheader()
+    writer.writerows(rows)
+    path.write_text(out.getvalue(), encoding="utf-8-sig" if bom else "utf-8")
+    return path
+
+
+def test_approve_from_the_edited_report(runner, previewed, ledger_path, tmp_path):
+    batch_id, report = previewed
+    words = {2: "Yes", 3: "x", 4: "TRUE", 5: "", 6: "no"}
+    for r in report:
+        r["approved"] = words[int(r["row"])]
+    edited = write_report(tmp_path / "edited.csv", report, delimiter=";", bom=False)
+    result = invoke(runner, "approve", batch_id, "--report", edited, "--ledger", ledger_path)
+    assert result.exit_code == 0, result.output
+    assert f"Batch {batch_id}: 3 row(s) approved, 2 skipped." in result.stderr
+    with Ledger(ledger_path) as ledger:
+        rows = {r["row"]: r for r in ledger.rows(batch_id)}
+    assert {n: r["state"] for n, r in rows.items()} == {
+        2: "approved",
+        3: "approved",
+        4: "approved",
+        5: "skipped",
+        6: "skipped",
+    }
+    assert rows[2]["approved_how"] == "report edited.csv"
+    assert rows[2]["approved_by"]
+
+
+@pytest.mark.parametrize(
+    "edit,problem",
+    [
+        (lambda rows: rows[1].update(source_email="lan.nguyen@example.vn"),
+         "row 3: source_email is 'lan.nguyen@example.vn' in the report but "
+         "'bao.pham@example.vn' in the ledger"),
+        (lambda rows: rows[2].update(target_email="hong.le@example.vn"),
+         "row 4: target_email is 'hong.le@example.vn' in the report but "
+         "'anh.vu@example.vn' in the ledger"),
+        (lambda rows: rows[1].update(conv_ids="6a92a56ca95c2c0b07465834"),
+         "row 3: conv_ids is '6a92a56ca95c2c0b07465834' in the report but "
+         f"'{VIP}' in the ledger"),
+        (lambda rows: rows.append(dict(rows[0], row="9")),
+         "row 9: not in batch {batch} (rows were added)"),
+    ],
+    ids=["source changed", "target changed", "conv_ids changed", "row added"],
+)  # fmt: skip
+def test_approve_refuses_a_report_that_no_longer_matches(
+    runner, previewed, ledger_path, tmp_path, edit, problem
+):
+    batch_id, report = previewed
+    for r in report:
+        r["approved"] = "yes"
+    edit(report)
+    edited = write_report(tmp_path / "edited.csv", report)
+    result = invoke(runner, "approve", batch_id, "--report", edited, "--ledger", ledger_path)
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"Error: edited.csv no longer matches batch {batch_id}: nothing was approved\n"
+        f"  {problem.format(batch=batch_id)}\n"
+    )
+    with Ledger(ledger_path) as ledger:
+        assert {r["state"] for r in ledger.rows(batch_id)} == {"previewed"}
+
+
+def test_approve_refuses_an_unknown_approved_word(runner, previewed, ledger_path, tmp_path):
+    batch_id, report = previewed
+    report[0]["approved"] = "maybe"
+    edited = write_report(tmp_path / "edited.csv", report)
+    result = invoke(runner, "approve", batch_id, "--report", edited, "--ledger", ledger_path)
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "Error: edited.csv has 1 problem(s)\n"
+        "  report line 2: approved is 'maybe'; use yes / y / true / 1 / x, or leave it empty\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        ([], "Error: say which rows: --all, or --report FILE"),
+        (["--all", "--report", "REPORT"], "Error: --all and --report cannot be used together"),
+    ],
+)
+def test_approve_needs_exactly_one_way(runner, previewed, ledger_path, reports_dir, args, message):
+    batch_id, _ = previewed
+    args = [str(reports_dir / f"{batch_id}-preview.csv") if a == "REPORT" else a for a in args]
+    result = invoke(runner, "approve", batch_id, *args, "--ledger", ledger_path)
+    assert result.exit_code == 2
+    assert message in result.stderr
+
+
+def test_a_stale_preview_must_be_refreshed_before_approval(runner, previewed, ledger_path):
+    batch_id, _ = previewed
+    result = invoke(runner, "approve", batch_id, "--all", "--max-age", "0", "--ledger", ledger_path)
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "Error: the preview of row 2 is older than --max-age 0 h: preview the file again and "
+        "approve the new batch\n"
+    )
+    with Ledger(ledger_path) as ledger:
+        assert {r["state"] for r in ledger.rows(batch_id)} == {"previewed"}
+    result = invoke(runner, "approve", batch_id, "--all", "--ledger", ledger_path)
+    assert result.exit_code == 0
+    assert f"Batch {batch_id}: 5 row(s) approved, 0 skipped." in result.stderr
+
+
+def test_default_max_age_is_24_hours(make_simulator, tmp_path, csv_file, stacks):
+    from datetime import UTC, datetime, timedelta
+
+    _, server = make_simulator()
+    stack = Stack(tmp_path, server)
+    stacks.append(stack)
+    batch_id = stack.pipeline.create_batch(read_plan(csv_file))
+    stack.pipeline.preview(batch_id)
+    later = datetime.now(UTC) + timedelta(hours=24, minutes=1)
+    with pytest.raises(UsageError, match="older than --max-age 24 h"):
+        stack.pipeline.approve(batch_id, approve_all=True, now=later)
+    approved, skipped = stack.pipeline.approve(
+        batch_id, approve_all=True, now=later - timedelta(minutes=2)
+    )
+    assert (approved, skipped) == (ROWS, [])
+
+
+# --------------------------------------------------------------------------- faults
+
+
+FAULTS = {
+    "5xx": dict(error_rate=0.4),
+    "429 with Retry-After": dict(rate_limit_rate=0.4, retry_after=0.01),
+    "connection resets": dict(reset_rate=0.3),
+    "slow answers": dict(slow_rate=0.3, slow_seconds=0.6),
+    "dropped callbacks": dict(drop_callbacks=0.5),
+    "duplicated callbacks": dict(duplicate_callbacks=1.0),
+    "late callbacks": dict(callback_delay=0.4),
+    "reordered callbacks": dict(reorder_callbacks=True),
+    "ERROR callbacks": dict(callback_error_rate=0.5),
+    "everything": dict(error_rate=0.2, rate_limit_rate=0.2, retry_after=0.01, reset_rate=0.1,
+                       drop_callbacks=0.3, duplicate_callbacks=0.3, callback_error_rate=0.3),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("faults", FAULTS.values(), ids=FAULTS.keys())
+def test_under_faults_every_row_ends_succeeded_or_honestly_not(
+    make_simulator, tmp_path, csv_file, stacks, faults
+):
+    sim, server = make_simulator(faults=Faults(**faults), seed=3)
+    wait = 0.15 if "callback_delay" in faults else 1.5
+    stack = Stack(tmp_path, server, wait=wait, timeout=0.3)
+    stacks.append(stack)
+    batch_id = stack.run(csv_file)
+    sim.wait_idle(5)  # late callbacks land after execute gave up waiting
+    rows = stack.ledger.rows(batch_id)
+    assert {r["state"] for r in rows} <= {"succeeded", "failed", "unconfirmed", "approved"}
+    assert_honest(stack.ledger, batch_id)
+    held = [r for r in rows if r["state"] == "approved"]
+    for row in held:  # only a catch-all row behind its source's unfinished conv_ids row
+        assert row["row"] == 4 and row["error"].startswith("held: row 3 of the same source")
+    for row in rows:
+        if row["state"] == "failed":
+            assert row["error"]
+    if "callback_delay" in faults:  # every callback came, late: each is kept and applied
+        assert {r["state"] for r in rows} <= {"succeeded", "approved"}
+        verdicts = {c["verdict"] for c in stack.ledger.callbacks(batch_id)}
+        assert "late" in verdicts
+    if "duplicate_callbacks" in faults and len(faults) == 1:
+        assert {r["state"] for r in rows} == {"succeeded"}
+        verdicts = Counter(c["verdict"] for c in stack.ledger.callbacks(batch_id))
+        assert verdicts["duplicate"] == verdicts["applied"] == 5
+
+
+def test_dropped_callbacks_end_unconfirmed_and_reconcile_verifies_them(
+    runner, make_simulator, monkeypatch, csv_file, ledger_path, reports_dir
+):
+    sim, server = make_simulator(faults=Faults(drop_callbacks=1.0))
+    monkeypatch.setenv("OMI_BASE_URL", server.url)
+    monkeypatch.setenv("OMI_API_KEY", API_KEY)
+    monkeypatch.setenv("OMI_WEBHOOK_SECRET", WEBHOOK_SECRET)
+    monkeypatch.delenv("OMI_WEBHOOK_URL", raising=False)
+    result = invoke(
+        runner, "run", csv_file, "--yes", *fast("0.3"), *common(ledger_path, reports_dir)
+    )
+    assert result.exit_code == 1
+    batch_id = batch_of(ledger_path)
+    with Ledger(ledger_path) as ledger:
+        states = {r["row"]: r["state"] for r in ledger.rows(batch_id)}
+    # Bảo's catch-all row waits behind his unconfirmed conv_ids row.
+    assert states == {2: "unconfirmed", 3: "unconfirmed", 4: "approved", 5: "unconfirmed",
+                      6: "unconfirmed"}  # fmt: skip
+    retry = read_report(reports_dir / f"{batch_id}-retry.csv")
+    assert len(retry) == 5
+    result = invoke(runner, "reconcile", batch_id, "--rate", "1000",
+                    *common(ledger_path, reports_dir))  # fmt: skip
+    assert result.exit_code == 1  # row 4 is still to execute
+    with Ledger(ledger_path) as ledger:
+        rows = {r["row"]: r for r in ledger.rows(batch_id)}
+        assert_honest(ledger, batch_id)
+    for number in (2, 3, 5, 6):
+        assert rows[number]["state"] == "succeeded"
+        assert rows[number]["verified_by"] == "preview"
+    assert rows[4]["state"] == "approved"
+    results = {int(r["row"]): r for r in read_report(reports_dir / f"{batch_id}-results.csv")}
+    assert results[2]["status"] == "succeeded"
+
+
+def test_reconcile_never_turns_a_failed_row_into_a_success(
+    make_simulator, tmp_path, csv_file, stacks
+):
+    sim, server = make_simulator(faults=Faults(callback_error_rate=1.0))
+    stack = Stack(tmp_path, server)
+    stacks.append(stack)
+    batch_id = stack.run(csv_file)
+    assert {r["state"] for r in stack.ledger.rows(batch_id)} == {"failed", "approved"}
+    stack.pipeline.reconcile(batch_id)
+    assert {r["state"] for r in stack.ledger.rows(batch_id)} == {"failed", "approved"}
+    assert_honest(stack.ledger, batch_id)
+
+
+def test_reconcile_keeps_a_row_unconfirmed_while_something_is_left_to_move(
+    make_simulator, tmp_path, csv_file, stacks
+):
+    sim, server = make_simulator()
+    stack = Stack(tmp_path, server, wait=0.2)
+    stacks.append(stack)
+    plan = read_plan(csv_file, limit=1)
+    batch_id = stack.pipeline.create_batch(plan)
+    stack.pipeline.preview(batch_id)
+    stack.pipeline.approve(batch_id, approve_all=True)
+    # OMI accepts the transfer but never does it, and never calls back.
+    sim.script({"status": 202, "body": {"instance_id": "stg", "status_code": 9999,
+                                        "payload": {"requestId": "never-done"}}})  # fmt: skip
+    stack.pipeline.preflight = lambda row: None  # the scripted answer is for the execute
+    stack.pipeline.execute(batch_id)
+    assert stack.ledger.row(batch_id, 2)["state"] == "unconfirmed"
+    stack.pipeline.reconcile(batch_id)
+    row = stack.ledger.row(batch_id, 2)
+    assert row["state"] == "unconfirmed"
+    assert (
+        row["error"] == f"reconcile: {row['conversations_previewed']} conversation(s) still to move"
+    )
+
+
+def test_without_a_webhook_execute_still_runs_and_rows_end_unconfirmed(
+    runner, env, csv_file, ledger_path, reports_dir
+):
+    sim, _ = env
+    result = invoke(
+        runner, "preview", csv_file, "--rate", "1000", *common(ledger_path, reports_dir)
+    )
+    batch_id = result.stdout.strip()
+    assert invoke(runner, "approve", batch_id, "--all", "--ledger", ledger_path).exit_code == 0
+    result = invoke(
+        runner, "execute", batch_id, "--rate", "1000", *common(ledger_path, reports_dir)
+    )
+    assert result.exit_code == 1
+    with Ledger(ledger_path) as ledger:
+        rows = {r["row"]: r for r in ledger.rows(batch_id)}
+    assert rows[2]["state"] == "unconfirmed"
+    assert rows[2]["error"] == "no webhook: OMI cannot report the result; run reconcile"
+    assert rows[4]["state"] == "approved"  # held behind row 3
+    bodies = [e["body"] for e in sim.events if e["kind"] == "request" and e["body"]]
+    assert not any("callbackResultConfig" in b for b in bodies)
+
+
+def test_each_transfer_gets_its_own_callback_url_and_credential(
+    runner, env, csv_file, ledger_path, reports_dir
+):
+    sim, _ = env
+    result = invoke(runner, "run", csv_file, "--yes", *fast(), *common(ledger_path, reports_dir))
+    assert result.exit_code == 0, result.output
+    batch_id = batch_of(ledger_path)
+    seen = {}
+    for event in sim.events:
+        body = event.get("body") or {}
+        if event["kind"] == "request" and body.get("previewChanges") is False:
+            config = body["callbackResultConfig"]
+            row = int(config["url"].rsplit("/", 2)[1])
+            assert config["url"].endswith(f"/callbacks/{batch_id}/{row}/execute")
+            assert config["headers"] == {
+                callbacks.HEADER: callbacks.token(Secret(WEBHOOK_SECRET), batch_id, row, "execute")
+            }
+            seen[row] = config["headers"][callbacks.HEADER]
+    assert sorted(seen) == ROWS and len(set(seen.values())) == len(ROWS)
+
+
+# --------------------------------------------------------------------------- exit 3
+
+
+def test_a_rejected_key_stops_preview_with_exit_3_and_creates_no_batch(
+    runner, env, csv_file, ledger_path, reports_dir, monkeypatch
+):
+    monkeypatch.setenv("OMI_API_KEY", "not-the-key")
+    result = invoke(runner, "preview", csv_file, *fast(), *common(ledger_path, reports_dir))
+    assert result.exit_code == 3
+    assert result.stderr.splitlines()[-1].startswith("Error: OMI answered 401 api_key_invalid")
+    with Ledger(ledger_path) as ledger:
+        assert ledger.batches() == []
+        assert ledger.events() == []
+    assert list(reports_dir.iterdir()) == []
+
+
+def test_a_rejected_key_stops_execute_with_exit_3_and_changes_no_row(
+    runner, previewed, ledger_path, reports_dir, monkeypatch
+):
+    batch_id, _ = previewed
+    sim_url = os.environ["OMI_BASE_URL"]
+    assert invoke(runner, "approve", batch_id, "--all", "--ledger", ledger_path).exit_code == 0
+    with Ledger(ledger_path) as ledger:
+        before_rows = ledger.rows(batch_id)
+        before_events = len(ledger.events())
+    monkeypatch.setenv("OMI_API_KEY", "revoked-key")
+    result = invoke(runner, "execute", batch_id, *fast(), *common(ledger_path, reports_dir))
+    assert result.exit_code == 3
+    assert result.stderr.splitlines()[-1].startswith("Error: OMI answered 401 api_key_invalid")
+    with Ledger(ledger_path) as ledger:
+        assert ledger.rows(batch_id) == before_rows
+        assert len(ledger.events()) == before_events
+    assert sim_url
+
+
+def test_an_unreachable_api_stops_with_exit_3(
+    runner, csv_file, ledger_path, reports_dir, monkeypatch
+):
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("OMI_BASE_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("OMI_API_KEY", API_KEY)
+    result = invoke(
+        runner, "preview", csv_file, "--rate", "1000", *common(ledger_path, reports_dir)
+    )
+    assert result.exit_code == 3
+    assert result.stderr.splitlines()[-1] == (
+        "Error: OMI unreachable (connection_refused): connection refused"
+    )
+    with Ledger(ledger_path) as ledger:
+        assert ledger.batches() == []
+
+
+def test_a_key_revoked_mid_execute_puts_the_row_back_and_stops(
+    make_simulator, tmp_path, csv_file, stacks
+):
+    sim, server = make_simulator()
+    stack = Stack(tmp_path, server, concurrency=1)
+    stacks.append(stack)
+    batch_id = stack.pipeline.create_batch(read_plan(csv_file))
+    stack.pipeline.preview(batch_id)
+    stack.pipeline.approve(batch_id, approve_all=True)
+    refused = {"status": 401, "body": {"instance_id": "stg", "status_code": -9999,
+                                       "message": "api_key_invalid"}}  # fmt: skip
+    sim.script(
+        {"status": 200, "body": {"status_code": 9999, "payload": {"updatedRecords": 1}}}, refused
+    )  # fmt: skip  (preflight ok, then the first execute is refused)
+    from omi_batch.client import AuthError
+
+    with pytest.raises(AuthError):
+        stack.pipeline.execute(batch_id)
+    rows = stack.ledger.rows(batch_id)
+    assert {r["state"] for r in rows} == {"approved"}
+    assert rows[0]["error"].startswith("not started: OMI refused the key: OMI answered 401")
+    kinds = [e["kind"] for e in stack.ledger.events(batch_id) if e["row"] == 2]
+    assert kinds[-2:] == ["submitted", "submit_refused"] or kinds[-3:-1] == ["submitted", "attempt"]
+
+
+# --------------------------------------------------------------------------- resume
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
+def test_execute_resumes_after_a_kill_and_never_resubmits_a_confirmed_row(
+    runner, make_simulator, monkeypatch, tmp_path, csv_file, ledger_path, reports_dir, sig
+):
+    sim, server = make_simulator(faults=Faults(callback_delay=0.4))
+    stack = Stack(tmp_path, server, webhook_url=False)
+    try:
+        batch_id = stack.pipeline.create_batch(read_plan(csv_file))
+        stack.pipeline.preview(batch_id)
+        stack.pipeline.approve(batch_id, approve_all=True)
+    finally:
+        stack.close()
+    child_env = dict(os.environ, OMI_BASE_URL=server.url, OMI_API_KEY=API_KEY,
+                     OMI_WEBHOOK_SECRET=WEBHOOK_SECRET, PYTHONPATH=str(ROOT))  # fmt: skip
+    child_env.pop("OMI_WEBHOOK_URL", None)
+    command = [sys.executable, "-m", "omi_batch", "execute", batch_id, "--yes",
+               "--concurrency", "2", *fast("30")[:2], "--listen", "127.0.0.1:0",
+               *common(ledger_path, reports_dir)]  # fmt: skip
+    process = subprocess.Popen(command, env=child_env, cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        with Ledger(ledger_path) as watch:
+            while time.monotonic() < deadline:
+                states = Counter(r["state"] for r in watch.rows(batch_id))
+                if states["succeeded"] >= 1 and states["submitted"] >= 1:
+                    break
+                time.sleep(0.02)
+            else:
+                pytest.fail(f"the child never got going: {states}")
+            process.send_signal(sig)
+            _, stderr = process.communicate(timeout=20)
+            confirmed = {r["row"] for r in watch.rows(batch_id, ["succeeded"])}
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+    if sig == signal.SIGINT:
+        assert process.returncode == 130, stderr
+        assert b"Interrupted: state is saved; run the same command again to resume." in stderr
+    else:
+        assert process.returncode == -signal.SIGKILL
+    sent_before = execute_requests(sim)
+    assert confirmed and all(sent_before[n] == 1 for n in confirmed)
+
+    monkeypatch.setenv("OMI_BASE_URL", server.url)
+    monkeypatch.setenv("OMI_API_KEY", API_KEY)
+    monkeypatch.setenv("OMI_WEBHOOK_SECRET", WEBHOOK_SECRET)
+    monkeypatch.delenv("OMI_WEBHOOK_URL", raising=False)
+    result = invoke(runner, "execute", batch_id, *fast(), *common(ledger_path, reports_dir))
+    assert result.exit_code == 0, result.output
+    sent = execute_requests(sim)
+    with Ledger(ledger_path) as ledger:
+        rows = ledger.rows(batch_id)
+        assert {r["state"] for r in rows} == {"succeeded"}
+        assert_honest(ledger, batch_id)
+        reasons = {e["row"]: e["data"] for e in ledger.events(batch_id)
+                   if e["kind"] == "resubmitted"}  # fmt: skip
+    for number in confirmed:
+        assert sent[number] == 1, f"confirmed row {number} was submitted again"
+    for number, data in reasons.items():  # the intent was saved: the outcome is unknown
+        assert number not in confirmed
+        assert sent[number] == sent_before[number] + 1
+        assert "its outcome is unknown" in data["reason"]
+    assert set(reasons) >= {n for n in ROWS if sent_before[n] and n not in confirmed}
+    assert all(sent[n] == sent_before[n] + 1 for n in ROWS if n not in confirmed)
+
+
+# --------------------------------------------------------------------------- status, report
+
+
+def test_status_json_lists_batches_and_one_batch_rows(
+    runner, env, csv_file, ledger_path, reports_dir
+):
+    result = invoke(runner, "run", csv_file, "--yes", *fast(), *common(ledger_path, reports_dir))
+    assert result.exit_code == 0
+    batch_id = batch_of(ledger_path)
+    listing = json.loads(invoke(runner, "status", "--json", "--ledger", ledger_path).stdout)
+    assert list(listing) == ["batches"]
+    assert len(listing["batches"]) == 1
+    entry = listing["batches"][0]
+    assert {k: entry[k] for k in ("batch", "row_count", "state")} == {
+        "batch": batch_id,
+        "row_count": 5,
+        "state": "done",
+    }
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", entry["created_at"])
+    one = json.loads(invoke(runner, "status", batch_id, "--json", "--ledger", ledger_path).stdout)
+    assert {k: one[k] for k in ("batch", "row_count", "state")} == {
+        "batch": batch_id,
+        "row_count": 5,
+        "state": "done",
+    }
+    assert [list(r) for r in one["rows"]] == [[
+        "row", "source_email", "target_email", "state", "request_id", "conversations_previewed",
+        "updated_records"]] * 5  # fmt: skip
+    assert [(r["row"], r["state"]) for r in one["rows"]] == [(n, "succeeded") for n in ROWS]
+    assert all(r["request_id"] and r["updated_records"] is not None for r in one["rows"])
+
+
+def test_status_of_an_unknown_batch_is_exit_2(runner, env, csv_file, ledger_path, reports_dir):
+    invoke(runner, "preview", csv_file, *fast(), *common(ledger_path, reports_dir))
+    result = invoke(runner, "status", "19990101-000000-abcd", "--ledger", ledger_path)
+    assert result.exit_code == 2
+    assert result.stderr == f"Error: no batch 19990101-000000-abcd in {ledger_path}\n"
+
+
+def test_report_rewrites_the_same_reports_from_the_ledger(
+    runner, env, csv_file, ledger_path, reports_dir, tmp_path
+):
+    result = invoke(runner, "run", csv_file, "--yes", *fast(), *common(ledger_path, reports_dir))
+    assert result.exit_code == 0
+    batch_id = batch_of(ledger_path)
+    again = tmp_path / "again"
+    result = invoke(runner, "report", batch_id, "--ledger", ledger_path, "--reports", again)
+    assert result.exit_code == 0
+    for path in reports_dir.iterdir():
+        assert (again / path.name).read_bytes() == path.read_bytes(), path.name
+
+
+def test_retry_report_validates_and_runs(
+    runner, make_simulator, monkeypatch, csv_file, ledger_path, reports_dir, tmp_path
+):
+    sim, server = make_simulator(faults=Faults(callback_error_rate=1.0))
+    monkeypatch.setenv("OMI_BASE_URL", server.url)
+    monkeypatch.setenv("OMI_API_KEY", API_KEY)
+    monkeypatch.setenv("OMI_WEBHOOK_SECRET", WEBHOOK_SECRET)
+    monkeypatch.delenv("OMI_WEBHOOK_URL", raising=False)
+    result = invoke(runner, "run", csv_file, "--yes", *fast(), *common(ledger_path, reports_dir))
+    assert result.exit_code == 1
+    batch_id = batch_of(ledger_path)
+    retry = reports_dir / f"{batch_id}-retry.csv"
+    rows = read_report(retry)
+    # Every row not done, in the input format and run order (the held catch-all row too).
+    assert [(r["source_email"], r["target_email"], r["conv_ids"]) for r in rows] == [
+        ("lan.nguyen@example.vn", "tuan.ho@example.vn", ""),
+        ("bao.pham@example.vn", "mai.hoang@example.vn", VIP),
+        ("bao.pham@example.vn", "anh.vu@example.vn", ""),
+        ("hung.bui@example.vn", "ngoc.do@example.vn", ""),
+        ("minh.tran@example.vn", "hong.le@example.vn", ""),
+    ]
+    assert invoke(runner, "validate", retry).exit_code == 0
+    sim.faults.callback_error_rate = 0
+    result = invoke(runner, "run", retry, "--yes", *fast(), *common(ledger_path, reports_dir))
+    assert result.exit_code == 0, result.output
+    with Ledger(ledger_path) as ledger:
+        (newest,) = [b["id"] for b in ledger.batches() if b["id"] != batch_id]
+        assert {r["state"] for r in ledger.rows(newest)} == {"succeeded"}
+
+
+# --------------------------------------------------------------------------- secrets
+
+
+def test_no_secret_or_callback_token_is_printed_logged_stored_or_reported(
+    runner, env, csv_file, ledger_path, reports_dir, caplog
+):
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    with csv_file.open("a", encoding="utf-8") as handle:
+        handle.write(UNKNOWN_TARGET)
+    outputs = []
+    result = invoke(runner, "-vv", "run", csv_file, "--yes", *fast(),
+                    *common(ledger_path, reports_dir))  # fmt: skip
+    outputs += [result.stdout, result.stderr]
+    batch_id = batch_of(ledger_path)
+    for args in (["status", batch_id, "--json"], ["status"], ["report", batch_id]):
+        extra = ["--reports", reports_dir] if args[0] == "report" else []
+        result = invoke(runner, *args, "--ledger", ledger_path, *extra)
+        outputs += [result.stdout, result.stderr]
+    secrets = [API_KEY, WEBHOOK_SECRET] + [
+        callbacks.token(Secret(WEBHOOK_SECRET), batch_id, row, phase)
+        for row in [*ROWS, 7]
+        for phase in callbacks.PHASES
+    ]
+    blobs = {"output": "\n".join(outputs), "log": caplog.text}
+    for path in reports_dir.iterdir():
+        blobs[path.name] = path.read_text(encoding="utf-8-sig")
+    for suffix in ("", "-wal", ".head"):
+        path = Path(f"{ledger_path}{suffix}")
+        if path.exists():
+            blobs[path.name] = path.read_bytes().decode("latin-1")
+    assert len(blobs) >= 6
+    for name, text in blobs.items():
+        for secret in secrets:
+            assert secret not in text, f"a secret is in {name}"
