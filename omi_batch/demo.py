@@ -1,0 +1,243 @@
+"""``make demo``: the whole flow against the built-in OMI simulator, with no configuration.
+
+It starts ``omi-batch simulator serve --port 0`` as a real subprocess and reads its address,
+runs ``omi-batch run data/sample_offboarding.csv --yes --listen 127.0.0.1:0`` against it with a
+random API key and webhook secret, in a fresh folder (``data/demo/<time>/``: ledger, reports,
+logs), checks the outcome in the ledger, and stops the simulator whatever happens.
+
+The sample has a chain (a→b, b→c), a source split by ``conv_ids``, Vietnamese names, and one
+row whose target agent has no OMI account: that row fails its preview, honestly. The demo exits
+0 when the flow behaved as designed (that failure included), 1 when anything else happened,
+130 on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import queue
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+
+ADDRESS = re.compile(r"OMI simulator listening on (http://\S+)")
+START_TIMEOUT = 30.0  # seconds for the simulator to print its address
+RUN_TIMEOUT = 180.0  # seconds for the whole `omi-batch run`
+STOP_TIMEOUT = 15.0
+# The variables the demo sets itself; anything the caller has under these names is ignored.
+OMI_VARIABLES = ("OMI_BASE_URL", "OMI_API_KEY", "OMI_WEBHOOK_URL", "OMI_WEBHOOK_SECRET",
+                 "OMI_BATCH_LEDGER")  # fmt: skip
+
+
+class DemoFailed(Exception):
+    """The flow did not behave as designed; the message says how."""
+
+
+def project_root() -> Path:
+    """The folder holding ``data/``: the current one when it has the sample, else the source tree."""
+    here = Path.cwd()
+    if (here / "data" / "sample_offboarding.csv").exists():
+        return here
+    return Path(__file__).resolve().parent.parent
+
+
+def command(*args: str) -> list[str]:
+    """``omi-batch ARGS`` run with this interpreter (works from a venv without activating it)."""
+    return [sys.executable, "-m", "omi_batch", *args]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in OMI_VARIABLES}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+class SimulatorProcess:
+    """``omi-batch simulator serve --port 0`` in a subprocess; ``url`` once it listens."""
+
+    def __init__(self, api_key: str, log_path: Path):
+        self.log_path = log_path
+        self._log = open(log_path, "w", encoding="utf-8")  # noqa: SIM115 (closed in stop)
+        self.process = subprocess.Popen(
+            command("simulator", "serve", "--host", "127.0.0.1", "--port", "0"),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+            env=clean_env(OMI_API_KEY=api_key),
+        )
+        self.url = self._read_address()
+
+    def _read_address(self) -> str:
+        lines: queue.Queue[str | None] = queue.Queue()
+
+        def pump() -> None:
+            assert self.process.stdout is not None
+            for line in self.process.stdout:
+                lines.put(line)
+            lines.put(None)
+
+        threading.Thread(target=pump, daemon=True).start()
+        try:
+            line = lines.get(timeout=START_TIMEOUT)
+        except queue.Empty:
+            raise DemoFailed(f"the simulator printed no address within {START_TIMEOUT:g} s "
+                             f"(its log: {self.log_path})") from None  # fmt: skip
+        match = ADDRESS.search(line or "")
+        if not match:
+            raise DemoFailed(f"the simulator did not start (its log: {self.log_path})")
+        return match.group(1)
+
+    def stop(self) -> None:
+        """SIGTERM (the simulator stops cleanly on it), then SIGKILL if it lingers."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(STOP_TIMEOUT)
+        self._log.close()
+
+
+def check_outcome(ledger_path: Path, reports_dir: Path, run_code: int) -> tuple[list, list]:
+    """(succeeded rows, honest failures); DemoFailed when anything else happened.
+
+    An honest failure is a row that failed its preview because its target agent is not in
+    OMI (``user_not_found``): the demo's sample has one on purpose.
+    """
+    from omi_batch.ledger import Ledger
+
+    if run_code not in (0, 1):
+        raise DemoFailed(f"omi-batch run exited {run_code}")
+    if not ledger_path.exists():
+        raise DemoFailed("omi-batch run wrote no ledger")
+    with Ledger(ledger_path) as ledger:
+        batches = ledger.batches()
+        if len(batches) != 1:
+            raise DemoFailed(f"expected one batch in the ledger, found {len(batches)}")
+        batch_id = batches[0]["id"]
+        rows = ledger.rows(batch_id)
+        verified = ledger.verify()
+    succeeded = [r for r in rows if r["state"] == "succeeded"]
+    honest = [r for r in rows if r["state"] == "preview_failed"
+              and "user_not_found" in (r["preview_error"] or "")]  # fmt: skip
+    others = [r for r in rows if r not in succeeded and r not in honest]
+    if others:
+        listed = "; ".join(f"row {r['row']} is {r['state']}: {r['error'] or r['preview_error']}"
+                           for r in others)  # fmt: skip
+        raise DemoFailed(f"unexpected outcome: {listed}")
+    if not succeeded:
+        raise DemoFailed("no transfer succeeded")
+    if (run_code == 1) != bool(honest):
+        raise DemoFailed(f"omi-batch run exited {run_code} with {len(honest)} failed row(s)")
+    for kind in ("preview", "targets", "results", "retry"):
+        if not (reports_dir / f"{batch_id}-{kind}.csv").exists():
+            raise DemoFailed(f"the {kind} report was not written")
+    if not verified.ok:
+        raise DemoFailed(f"the ledger does not verify (first bad event {verified.first_bad})")
+    return succeeded, honest
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m omi_batch.demo",
+        description="Run the whole offboarding flow against the built-in OMI simulator.",
+    )
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder for the ledger, reports and logs "
+                             "(default: data/demo/<UTC time>/)")  # fmt: skip
+    parser.add_argument("--csv", type=Path, default=None,
+                        help="input file (default: data/sample_offboarding.csv)")  # fmt: skip
+    args = parser.parse_args(argv)
+
+    root = project_root()
+    csv_path = (args.csv or root / "data" / "sample_offboarding.csv").resolve()
+    out = args.out
+    if out is None:
+        demo_dir = root / "data" / "demo"
+        demo_dir.mkdir(parents=True, exist_ok=True)
+        ignore = demo_dir / ".gitignore"
+        if not ignore.exists():  # demo output never ends up in a commit
+            ignore.write_text("*\n", encoding="utf-8")
+        out = demo_dir / datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    ledger_path, reports_dir = out / "ledger.db", out / "reports"
+    api_key = "demo-" + secrets.token_hex(8)
+
+    def say(text: str = "") -> None:
+        print(text, flush=True)
+
+    say(f"omi-batch demo: the whole flow on {_show(csv_path)} against the built-in OMI "
+        "simulator (no configuration, no network).")  # fmt: skip
+    say(f"Everything goes to {_show(out)}")
+    simulator = None
+    try:
+        simulator = SimulatorProcess(api_key, out / "simulator.log")
+        say(f"OMI simulator listening on {simulator.url} (sample fixture: 12 agents, "
+            "300 conversations)")  # fmt: skip
+        run_args = ["run", str(csv_path), "--yes", "--listen", "127.0.0.1:0",
+                    "--ledger", str(ledger_path), "--reports", str(reports_dir),
+                    "--wait", "30"]  # fmt: skip
+        say("$ omi-batch " + " ".join(_show(a) for a in run_args))
+        env = clean_env(OMI_BASE_URL=simulator.url, OMI_API_KEY=api_key,
+                        OMI_WEBHOOK_SECRET=secrets.token_urlsafe(32))  # fmt: skip
+        try:
+            finished = subprocess.run(command(*run_args), env=env, stdin=subprocess.DEVNULL,
+                                      timeout=RUN_TIMEOUT, check=False)  # fmt: skip
+        except subprocess.TimeoutExpired:
+            raise DemoFailed(f"omi-batch run took longer than {RUN_TIMEOUT:g} s") from None
+        succeeded, honest = check_outcome(ledger_path, reports_dir, finished.returncode)
+    except KeyboardInterrupt:
+        say("Interrupted: the simulator is stopped.")
+        return 130
+    except DemoFailed as error:
+        say(f"The demo did not behave as designed: {error}.")
+        say(f"Look at {_show(out)} (ledger.db, reports/, simulator.log).")
+        return 1
+    finally:
+        if simulator is not None:
+            simulator.stop()
+
+    say()
+    say(f"Reports in {_show(reports_dir)}:")
+    for path in sorted(reports_dir.glob("*.csv")):
+        say(f"  {path.name}")
+    say(f"Ledger: {_show(ledger_path)}   (omi-batch status --ledger {_show(ledger_path)})")
+    moved = sum(r["updated_records"] or 0 for r in succeeded)
+    say(f"{len(succeeded)} transfer(s) succeeded, confirmed by OMI's callbacks: {moved} "
+        "conversation(s) moved.")  # fmt: skip
+    for row in succeeded:
+        if row["via"]:
+            say(f"Row {row['row']} was a chain: {row['requested_target']} is leaving too, so "
+                f"{row['source_email']}'s conversations went straight to {row['target_email']}.")  # fmt: skip
+        if row["conv_ids"]:
+            say(f"Row {row['row']} moved only {len(row['conv_ids'])} chosen conversation(s) of "
+                f"{row['source_email']} to {row['target_email']}, before the row that takes "
+                "the rest.")  # fmt: skip
+    for row in honest:
+        say(f"Row {row['row']} ({row['source_email']} → {row['target_email']}) failed its "
+            "preview, as designed: that agent has no OMI account, so nothing was sent for it; "
+            "the retry report lists it.")  # fmt: skip
+    say("Demo finished as designed" + (" (the one failure above is expected)." if honest else "."))
+    return 0
+
+
+def _show(value: object) -> str:
+    """A path relative to the current folder when it is inside it (shorter to read)."""
+    text = str(value)
+    try:
+        return str(Path(text).relative_to(Path.cwd()))
+    except ValueError:
+        return text
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""`make demo` (python -m omi_batch.demo) as a real subprocess, and `make offboard`'s
+configuration messages."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from omi_batch.cli import cli
+from omi_batch.ledger import Ledger
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE = REPO / "data" / "sample_offboarding.csv"
+DEMO_TIMEOUT = 120
+
+
+def run_demo(tmp_path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "omi_batch.demo", "--out", str(tmp_path / "demo"), *args],
+        cwd=REPO, env={**os.environ, **env}, stdin=subprocess.DEVNULL, capture_output=True,
+        text=True, timeout=DEMO_TIMEOUT, check=False,
+    )  # fmt: skip
+
+
+def refused(url: str) -> bool:
+    host, port = re.match(r"http://([\d.]+):(\d+)", url).groups()
+    try:
+        socket.create_connection((host, int(port)), timeout=2).close()
+    except OSError:
+        return True
+    return False
+
+
+def test_the_demo_runs_the_whole_flow_and_stops_the_simulator(tmp_path):
+    # The caller's configuration is ignored: the demo needs none and touches no real OMI.
+    done = run_demo(tmp_path, OMI_BASE_URL="http://127.0.0.1:9", OMI_API_KEY="not-this-one",
+                    OMI_WEBHOOK_URL="http://127.0.0.1:9")  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == ("omi-batch demo: the whole flow on data/sample_offboarding.csv against "
+                        "the built-in OMI simulator (no configuration, no network).")  # fmt: skip
+    address = re.search(
+        r"^OMI simulator listening on (http://127\.0\.0\.1:\d+) ", done.stdout, re.M
+    )
+    assert address
+    # The results table, from `omi-batch run`.
+    for row, status in [(2, "succeeded"), (3, "succeeded"), (4, "succeeded"), (5, "succeeded"),
+                        (6, "succeeded"), (7, "preview_failed")]:  # fmt: skip
+        assert re.search(rf"^ {row} .*│ {status} ", done.stdout, re.M), row
+    assert lines[-5].startswith("5 transfer(s) succeeded, confirmed by OMI's callbacks: ")
+    assert lines[-4] == ("Row 2 was a chain: minh.tran@example.vn is leaving too, so "
+                         "lan.nguyen@example.vn's conversations went straight to "
+                         "hong.le@example.vn.")  # fmt: skip
+    assert lines[-3] == ("Row 4 moved only 2 chosen conversation(s) of bao.pham@example.vn to "
+                         "mai.hoang@example.vn, before the row that takes the rest.")  # fmt: skip
+    assert lines[-2].startswith("Row 7 (thu.dang@example.vn → long.ly@example.vn) failed its "
+                                "preview, as designed")  # fmt: skip
+    assert lines[-1] == "Demo finished as designed (the one failure above is expected)."
+    assert "Nguyễn Thị Lan" not in done.stdout  # names are in the reports, not the table
+    out = tmp_path / "demo"
+    reports = sorted(p.name.split("-", 3)[-1] for p in (out / "reports").iterdir())
+    assert reports == ["preview.csv", "results.csv", "retry.csv", "targets.csv"]
+    preview = next((out / "reports").glob("*-preview.csv")).read_text(encoding="utf-8-sig")
+    assert "Nguyễn Thị Lan nghỉ việc" in preview
+    with Ledger(out / "ledger.db") as ledger:
+        [batch] = ledger.batches()
+        assert batch["base_url"] == address.group(1)
+        assert ledger.verify().ok
+    assert refused(address.group(1))  # the simulator was stopped
+
+
+def test_the_demo_fails_loudly_when_the_flow_does_not_behave(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("source_email,target_email\nan.nguyen@example,binh.tran@example.vn\n")
+    done = run_demo(tmp_path, "--csv", str(bad))
+    assert done.returncode == 1
+    lines = done.stdout.splitlines()
+    assert lines[-2] == "The demo did not behave as designed: omi-batch run exited 2."
+    assert lines[-1].startswith("Look at ")
+    address = re.search(r"^OMI simulator listening on (http://\S+) ", done.stdout, re.M)
+    assert refused(address.group(1))
+
+
+# --------------------------------------------------------------------------- make offboard
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"OMI_API_KEY": "k"},
+     "OMI_BASE_URL is not set: use https://public-v1.omicall.com (or "
+     "https://public-v1-stg.omicall.com for staging)"),
+    ({"OMI_BASE_URL": "http://127.0.0.1:9"},
+     "OMI_API_KEY is not set: create a key in the OMI web app (Account > Settings > API "
+     "management)"),
+    ({"OMI_BASE_URL": "public-v1.omicall.com", "OMI_API_KEY": "k"},
+     "OMI_BASE_URL must start with http:// or https://: 'public-v1.omicall.com'"),
+])  # fmt: skip
+def test_offboard_names_the_missing_variable_and_exits_3(tmp_path, runner, env, message):
+    """`make offboard CSV=…` runs `omi-batch run CSV`: configuration from the environment."""
+    blank = dict.fromkeys(("OMI_BASE_URL", "OMI_API_KEY", "OMI_WEBHOOK_URL", "OMI_WEBHOOK_SECRET"))
+    ledger = tmp_path / "ledger.db"
+    result = runner.invoke(
+        cli, ["run", str(SAMPLE), "--ledger", str(ledger), "--reports", str(tmp_path / "r")],
+        env={**blank, **env},
+    )  # fmt: skip
+    assert result.exit_code == 3
+    assert f"Error: {message}\n" in result.output
+    assert not (tmp_path / "r").exists()
+    if ledger.exists():
+        with Ledger(ledger) as opened:
+            assert opened.batches() == []  # nothing was changed

@@ -1,0 +1,574 @@
+"""Scheduled pipeline jobs: the job file, and ticks against the simulator over real folders."""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import API_KEY, WEBHOOK_SECRET
+
+from omi_batch.cli import cli
+from omi_batch.errors import UsageError
+from omi_batch.jobs import load_job, looks_like_secret, run_tick
+from omi_batch.ledger import Ledger
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE = REPO / "data" / "sample_offboarding.csv"
+# The sample without its last row (whose target has no OMI account): every row can succeed.
+GOOD_CSV = "".join(SAMPLE.read_text(encoding="utf-8").splitlines(keepends=True)[:-1])
+BAD_CSV = "source_email,target_email\nan.nguyen@example,binh.tran@example.vn\n"
+
+JOB = """\
+ledger = "work/ledger.db"
+[folders]
+inbox = "work/inbox"
+review = "work/review"
+approved = "work/approved"
+archive = "work/archive"
+reports = "work/reports"
+[approval]
+policy = "{policy}"
+max_conversations_per_row = {per_row}
+max_conversations_per_batch = {per_batch}
+[run]
+rate = 100.0
+wait = {wait}
+listen = "127.0.0.1:0"
+"""
+
+
+@pytest.fixture(autouse=True)
+def job_log(caplog):
+    caplog.set_level(logging.INFO, logger="omi_batch.jobs")
+    return caplog
+
+
+def make_job(tmp_path, policy="manual", per_row=1000, per_batch=10000, wait=10):
+    path = tmp_path / "offboarding.toml"
+    path.write_text(JOB.format(policy=policy, per_row=per_row, per_batch=per_batch, wait=wait))
+    return load_job(path)
+
+
+def env_for(server) -> dict[str, str]:
+    return {"OMI_BASE_URL": server.url, "OMI_API_KEY": API_KEY}
+
+
+def drop(folder: Path, name: str, text: str) -> Path:
+    """Put a file in a folder the way a person should: write elsewhere, then rename in."""
+    folder.mkdir(parents=True, exist_ok=True)
+    temporary = folder.parent / f".{name}.tmp"
+    temporary.write_text(text, encoding="utf-8")
+    return temporary.replace(folder / name)
+
+
+def names(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+
+
+def approve_in_report(job, batch_id: str) -> Path:
+    """What a person does: fill `approved` for every previewed row, save into approved/."""
+    source = job.review / f"{batch_id}-preview.csv"
+    with open(source, encoding="utf-8-sig", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        row["approved"] = "yes" if row["preview_status"] == "previewed" else ""
+    target = job.approved / source.name
+    with open(target, "w", encoding="utf-8-sig", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return target
+
+
+def job_batches(job) -> list[dict]:
+    with Ledger(job.ledger) as ledger:
+        return [b for b in ledger.batches() if b["options"].get("job") == job.name]
+
+
+def states(job, batch_id: str) -> dict[int, str]:
+    with Ledger(job.ledger) as ledger:
+        return {r["row"]: r["state"] for r in ledger.rows(batch_id)}
+
+
+def messages(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "omi_batch.jobs"]
+
+
+# --------------------------------------------------------------------------- the job file
+
+
+def test_the_example_job_file_parses():
+    job = load_job(REPO / "jobs" / "offboarding.toml")
+    assert job.name == "offboarding"
+    assert job.root == REPO
+    assert job.ledger == REPO / "data" / "ledger.db"
+    base = REPO / "data" / "jobs" / "offboarding"
+    assert (job.inbox, job.review, job.approved, job.archive, job.rejected, job.reports) == (
+        base / "inbox", base / "review", base / "approved", base / "archive",
+        base / "rejected", base / "reports",
+    )  # fmt: skip
+    assert job.lock_path == base / "inbox" / ".omi-batch-job.lock"
+    assert (job.policy, job.max_conversations_per_row, job.max_conversations_per_batch) == (
+        "manual", 200, 2000,
+    )  # fmt: skip
+    assert (job.concurrency, job.rate, job.timeout, job.wait, job.listen) == (
+        4,
+        5.0,
+        30.0,
+        300.0,
+        None,
+    )
+    assert (job.api_key_env, job.webhook_secret_env) == ("OMI_API_KEY", "OMI_WEBHOOK_SECRET")
+
+
+def test_relative_paths_are_taken_from_root_relative_to_the_job_file(tmp_path):
+    (tmp_path / "jobs").mkdir()
+    path = tmp_path / "jobs" / "nightly.toml"
+    path.write_text(JOB.format(policy="manual", per_row=1, per_batch=1, wait=1)
+                    .replace('ledger = "work/ledger.db"', 'root = ".."\nledger = "work/ledger.db"'))  # fmt: skip
+    job = load_job(path)
+    assert job.name == "nightly"
+    assert job.inbox == tmp_path / "work" / "inbox"
+    assert job.rejected == tmp_path / "work" / "rejected"  # the default: beside the inbox
+    assert job.listen == ("127.0.0.1", 0)
+
+
+HEX_SECRET = "9f3c1a7e5b2d4f6a8c0e1b3d5f7a9c2e"
+
+BAD_JOB_FILES = [
+    (
+        "[run]\nspeed = 3\n",
+        "unknown key run.speed (known here: concurrency, listen, rate, timeout, wait)",
+    ),
+    ("[later]\nx = 1\n", "unknown section [later] (known: [folders], [approval], [run], [omi])"),
+    (
+        'TOP:colour = "blue"\n',
+        "unknown key colour (known here: ledger, name, root, folders, approval, run, omi)",
+    ),
+    (
+        '[approval]\npolicy = "sometimes"\n',
+        'approval.policy must be "manual" or "auto", not \'sometimes\'',
+    ),
+    (
+        '[approval]\npolicy = "auto"\nmax_conversations_per_batch = 9\n',
+        'approval.max_conversations_per_row is required when approval.policy is "auto" '
+        "(the ceiling above which a batch waits for a person)",
+    ),
+    (
+        "[approval]\nmax_conversations_per_row = 0\n",
+        "approval.max_conversations_per_row must be a whole number of conversations, at least 1, not 0",
+    ),
+    ("[run]\nconcurrency = 0\n", "run.concurrency must be a whole number from 1 to 64, not 0"),
+    (
+        "[run]\nconcurrency = true\n",
+        "run.concurrency must be a whole number from 1 to 64, not True",
+    ),
+    ('[run]\nrate = "fast"\n', "run.rate must be requests per second, at least 0.01, not 'fast'"),
+    ("[run]\nwait = -1\n", "run.wait must be seconds, 0 or more, not -1"),
+    (
+        '[run]\nlisten = "nowhere"\n',
+        "run.listen must be \"HOST:PORT\" (port 0 picks a free one), not 'nowhere'",
+    ),
+    (
+        '[omi]\nbase_url = "public-v1.omicall.com"\n',
+        "omi.base_url must be an http:// or https:// URL, not 'public-v1.omicall.com'",
+    ),
+    (
+        '[omi]\napi_key_env = "OMI API KEY"\n',
+        "omi.api_key_env must be the name of an environment variable, not 'OMI API KEY'",
+    ),
+    ("REVIEW:work/inbox", "folders.review and folders.inbox are the same folder"),
+    ("LEDGER:", "ledger must be a non-empty string, not ''"),
+    ("[approval\n", None),  # not TOML: the parser's own words follow
+]
+
+
+def _job_text(case: str) -> str:
+    if case.startswith("TOP:"):
+        return minimal(top=case[4:])
+    if case.startswith("REVIEW:"):
+        return minimal(review=case[7:])
+    if case.startswith("LEDGER:"):
+        return minimal(ledger=case[7:])
+    return minimal(case)
+
+
+@pytest.mark.parametrize("extra, message", BAD_JOB_FILES)
+def test_a_bad_job_file_is_refused_naming_the_key(tmp_path, extra, message):
+    text = _job_text(extra)
+    path = tmp_path / "job.toml"
+    path.write_text(text)
+    with pytest.raises(UsageError) as refused:
+        load_job(path)
+    if message is None:
+        assert str(refused.value).startswith("job.toml is not valid TOML: ")
+    else:
+        assert str(refused.value) == f"job.toml: {message}"
+    assert refused.value.exit_code == 2
+
+
+def test_a_required_key_missing_is_named(tmp_path):
+    path = tmp_path / "job.toml"
+    path.write_text('ledger = "l.db"\n[folders]\nreview = "r"\napproved = "a"\n')
+    with pytest.raises(UsageError, match=r"^job\.toml: folders\.inbox is required$"):
+        load_job(path)
+
+
+ADVICE = ("keep secrets in the environment and name the variable with omi.api_key_env or "
+          "omi.webhook_secret_env")  # fmt: skip
+
+SECRET_JOB_FILES = [
+    (
+        f'[omi]\napi_key = "{HEX_SECRET}"\n',
+        "omi.api_key: a job file never holds a secret; keep it in the environment and name the "
+        "variable with omi.api_key_env or omi.webhook_secret_env",
+    ),
+    (
+        f'[omi]\napi_key_env = "{HEX_SECRET}"\n',
+        f"omi.api_key_env looks like a secret value; {ADVICE}",
+    ),
+    (
+        f'[omi]\nwebhook_secret_env = "OMI_{HEX_SECRET.upper()}"\n',
+        f"omi.webhook_secret_env looks like a secret value; {ADVICE}",
+    ),
+    (f'TOP:name = "{HEX_SECRET}"\n', f"name looks like a secret value; {ADVICE}"),
+    (f"# OMI_API_KEY={HEX_SECRET}\n", f"line 8 looks like it holds a secret value; {ADVICE}"),
+    (
+        '[omi]\nbase_url = "https://user:hunter2@public-v1.omicall.com"\n',
+        f"omi.base_url carries credentials or a query string; {ADVICE}",
+    ),
+    (
+        '[omi]\nwebhook_url = "https://hooks.example.vn/omi?token=abc"\n',
+        f"omi.webhook_url carries credentials or a query string; {ADVICE}",
+    ),
+]
+
+
+@pytest.mark.parametrize("extra, message", SECRET_JOB_FILES)
+def test_a_job_file_holding_a_secret_is_refused_without_showing_it(
+    tmp_path, runner, extra, message
+):
+    path = tmp_path / "job.toml"
+    path.write_text(_job_text(extra))
+    with pytest.raises(UsageError) as refused:
+        load_job(path)
+    assert str(refused.value) == f"job.toml: {message}"
+    result = runner.invoke(cli, ["job", "run", str(path)])
+    assert result.exit_code == 2
+    assert result.output == f"Error: job.toml: {message}\n"
+    for secret in (HEX_SECRET, HEX_SECRET.upper(), "hunter2", "token=abc"):
+        assert secret not in result.output
+
+
+@pytest.mark.parametrize("text, expected", [
+    (HEX_SECRET, True),
+    (API_KEY, True),
+    (WEBHOOK_SECRET, True),
+    ("550e8400-e29b-41d4-a716-446655440000", True),
+    ("OMI_WEBHOOK_SECRET", False),
+    ("20261125-093000-ab12", False),  # a batch id
+    ("data/jobs/offboarding-2026/inbox", False),
+    ("OffboardingInbox2026", False),
+    ("sim-key", False),
+])  # fmt: skip
+def test_what_looks_like_a_secret(text, expected):
+    assert looks_like_secret(text) is expected
+
+
+def minimal(
+    extra: str = "", *, ledger: str = "work/ledger.db", review: str = "work/review", top: str = ""
+) -> str:
+    """The smallest valid job file, with ``extra`` sections appended."""
+    return (f'{top}ledger = "{ledger}"\n[folders]\ninbox = "work/inbox"\nreview = "{review}"\n'
+            'approved = "work/approved"\narchive = "work/archive"\nreports = "work/reports"\n'
+            + extra)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+@pytest.mark.parametrize("env, extra, message", [
+    ({"OMI_API_KEY": "k"}, "",
+     "OMI_BASE_URL is not set: use https://public-v1.omicall.com (or "
+     "https://public-v1-stg.omicall.com for staging), or set omi.base_url in offboarding.toml"),
+    ({"OMI_BASE_URL": "http://127.0.0.1:9", "OMI_API_KEY": "k"}, '[omi]\napi_key_env = "OMI_PROD_KEY"\n',
+     "OMI_PROD_KEY is not set: job offboarding reads the OMI API key from it (omi.api_key_env); "
+     "create a key in the OMI web app (Account > Settings > API management)"),
+    ({"OMI_BASE_URL": "http://127.0.0.1:9", "OMI_API_KEY": "k"}, "NO_LISTEN",
+     "job offboarding has no webhook receiver: set OMI_WEBHOOK_URL (with `omi-batch webhook "
+     'serve` running on the same ledger), or set listen = "127.0.0.1:0" under [run] in '
+     "offboarding.toml"),
+    ({"OMI_BASE_URL": "http://127.0.0.1:9", "OMI_API_KEY": "k",
+      "OMI_WEBHOOK_URL": "https://hooks.example.vn"}, "NO_LISTEN",
+     "OMI_WEBHOOK_SECRET is not set: the webhook receiver checks callbacks with it "
+     "(omi.webhook_secret_env in offboarding.toml)"),
+    ({"OMI_BASE_URL": "http://127.0.0.1:9", "OMI_API_KEY": "k",
+      "OMI_WEBHOOK_URL": "https://hooks.example.vn"}, "",
+     "OMI_WEBHOOK_SECRET is not set: callbacks go to OMI_WEBHOOK_URL, whose receiver checks "
+     "them with it (omi.webhook_secret_env in offboarding.toml)"),
+])  # fmt: skip
+def test_missing_configuration_is_named_and_exits_3(tmp_path, runner, env, extra, message):
+    text = minimal('[run]\nlisten = "127.0.0.1:0"\n' + extra) if extra != "NO_LISTEN" else minimal()
+    path = tmp_path / "offboarding.toml"
+    path.write_text(text)
+    blank = {name: None for name in ("OMI_BASE_URL", "OMI_API_KEY", "OMI_WEBHOOK_URL",
+                                     "OMI_WEBHOOK_SECRET", "OMI_PROD_KEY")}  # fmt: skip
+    result = runner.invoke(cli, ["job", "run", str(path)], env={**blank, **env})
+    assert result.exit_code == 3
+    assert result.output == f"Error: {message}\n"
+    assert not (tmp_path / "work").exists()  # nothing was changed
+
+
+# --------------------------------------------------------------------------- ticks
+
+
+def test_a_batch_travels_inbox_review_approved_archive(tmp_path, runner, simulator, job_log):
+    sim, server = simulator
+    job = make_job(tmp_path)
+    env = env_for(server)
+
+    result = runner.invoke(cli, ["job", "run", str(job.path)], env=env)
+    assert result.exit_code == 0, result.output
+    assert messages(job_log)[-1] == "job offboarding: nothing to do"
+
+    drop(job.inbox, "departures.csv", SAMPLE.read_text(encoding="utf-8"))
+    result = runner.invoke(cli, ["job", "run", str(job.path)], env=env)
+    assert result.exit_code == 0, result.output
+    [batch] = job_batches(job)
+    batch_id = batch["id"]
+    assert batch["options"]["source_name"] == "departures.csv"
+    assert names(job.inbox) == []
+    assert names(job.review) == [f"{batch_id}-preview.csv", f"{batch_id}-targets.csv"]
+    assert states(job, batch_id) == {2: "previewed", 3: "previewed", 4: "previewed",
+                                     5: "previewed", 6: "previewed", 7: "preview_failed"}  # fmt: skip
+    assert (f"job offboarding: batch {batch_id}: 5 row(s) previewed, 73 conversation(s) to move, "
+            "1 failed their preview") in messages(job_log)  # fmt: skip
+
+    # A tick with nothing new: the batch waits, nothing is duplicated or sent.
+    requests_before = len(sim.events)
+    result = runner.invoke(cli, ["job", "run", str(job.path)], env=env)
+    assert result.exit_code == 0
+    assert len(job_batches(job)) == 1
+    assert len(sim.events) == requests_before
+    assert f"job offboarding: batch {batch_id}: still waiting for review" in messages(job_log)
+
+    approve_in_report(job, batch_id)
+    result = runner.invoke(cli, ["job", "run", str(job.path)], env=env)
+    assert result.exit_code == 1  # the row without an OMI account failed its preview
+    assert states(job, batch_id) == {2: "succeeded", 3: "succeeded", 4: "succeeded",
+                                     5: "succeeded", 6: "succeeded", 7: "preview_failed"}  # fmt: skip
+    assert names(job.review) == names(job.approved) == names(job.reports) == []
+    assert names(job.archive / batch_id) == sorted(
+        f"{batch_id}-{kind}" for kind in ("approved.csv", "preview.csv", "targets.csv",
+                                          "results.csv", "retry.csv", "source-departures.csv")
+    )  # fmt: skip
+    assert f"job offboarding: batch {batch_id}: 5 row(s) approved, 0 skipped" in messages(job_log)
+    retry = (job.archive / batch_id / f"{batch_id}-retry.csv").read_text(encoding="utf-8-sig")
+    assert retry.splitlines()[1].startswith("thu.dang@example.vn,long.ly@example.vn,")
+    with Ledger(job.ledger) as ledger:
+        assert [e["kind"] for e in ledger.events(batch_id) if e["kind"].startswith("job_")] == [
+            "job_review", "job_archived"]  # fmt: skip
+        assert ledger.verify().ok
+
+    # Nothing written anywhere holds the API key.
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert API_KEY.encode() not in path.read_bytes(), path
+
+    result = runner.invoke(cli, ["job", "run", str(job.path)], env=env)
+    assert result.exit_code == 0
+    assert messages(job_log)[-1] == "job offboarding: nothing to do"
+
+
+def test_auto_within_the_ceilings_executes_in_the_same_tick(tmp_path, simulator, job_log):
+    _, server = simulator
+    job = make_job(tmp_path, policy="auto", per_row=20, per_batch=73)
+    drop(job.inbox, "departures.csv", GOOD_CSV)
+    result = run_tick(job, env=env_for(server))
+    assert result.exit_code == 0
+    [batch_id] = result.created
+    assert result.archived == [batch_id] and result.executed == [batch_id]
+    assert set(states(job, batch_id).values()) == {"succeeded"}
+    assert (f"job offboarding: batch {batch_id}: 5 row(s) approved automatically (within the "
+            "ceilings)") in messages(job_log)  # fmt: skip
+    assert names(job.review) == []
+
+
+@pytest.mark.parametrize("per_row, per_batch, reason", [
+    (19, 1000, "row 6 would move 20 conversation(s), over the ceiling of 19 per row "
+               "(approval.max_conversations_per_row)"),
+    (1000, 72, "the batch would move 73 conversation(s), over the ceiling of 72 per batch "
+               "(approval.max_conversations_per_batch)"),
+])  # fmt: skip
+def test_auto_over_a_ceiling_is_left_for_review_saying_why(
+    tmp_path, simulator, job_log, per_row, per_batch, reason
+):
+    _, server = simulator
+    job = make_job(tmp_path, policy="auto", per_row=per_row, per_batch=per_batch)
+    drop(job.inbox, "departures.csv", GOOD_CSV)
+    result = run_tick(job, env=env_for(server))
+    assert result.exit_code == 0
+    [batch_id] = result.created
+    assert result.waiting == [batch_id] and result.executed == []
+    assert set(states(job, batch_id).values()) == {"previewed"}
+    assert f"job offboarding: batch {batch_id}: left for review: {reason}" in messages(job_log)
+    assert names(job.review) == [f"{batch_id}-preview.csv", f"{batch_id}-targets.csv"]
+
+
+def test_a_bad_file_is_set_aside_and_the_others_go_on(tmp_path, simulator, job_log):
+    _, server = simulator
+    job = make_job(tmp_path, policy="auto")
+    drop(job.inbox, "bad.csv", BAD_CSV)
+    drop(job.inbox, "good.csv", GOOD_CSV)
+    result = run_tick(job, env=env_for(server))
+    assert result.exit_code == 1  # something was sent, and a file needs a person
+    assert result.rejected == [job.rejected / "bad.csv"]
+    assert len(result.archived) == 1
+    assert names(job.rejected) == ["bad.csv", "bad.csv.errors.csv"]
+    assert (job.rejected / "bad.csv").read_text(encoding="utf-8") == BAD_CSV
+    report = (job.rejected / "bad.csv.errors.csv").read_text(encoding="utf-8-sig").splitlines()
+    assert report[0] == "row,code,message"
+    assert report[1].startswith("2,bad_email,")
+    assert names(job.inbox) == []
+
+
+def test_only_bad_files_exit_2_and_send_nothing(tmp_path, runner, simulator):
+    sim, server = simulator
+    job = make_job(tmp_path)
+    drop(job.inbox, "bad.csv", BAD_CSV)
+    drop(job.inbox, "bad.csv.tmp", BAD_CSV)  # still being written: left alone
+    result = runner.invoke(cli, ["job", "run", str(job.path)], env=env_for(server))
+    assert result.exit_code == 2
+    assert sim.events == []
+    assert names(job.rejected) == ["bad.csv", "bad.csv.errors.csv"]
+    drop(job.inbox, "bad.csv", BAD_CSV)  # the same name again is kept apart
+    assert runner.invoke(cli, ["job", "run", str(job.path)], env=env_for(server)).exit_code == 2
+    assert len(names(job.rejected)) == 4
+
+
+def test_an_approved_report_that_no_longer_matches_is_rejected(tmp_path, simulator, job_log):
+    _, server = simulator
+    job = make_job(tmp_path)
+    drop(job.inbox, "departures.csv", GOOD_CSV)
+    [batch_id] = run_tick(job, env=env_for(server)).created
+    report = approve_in_report(job, batch_id)
+    report.write_text(report.read_text(encoding="utf-8-sig").replace("hong.le@", "hang.le@"),
+                      encoding="utf-8-sig")  # fmt: skip
+    drop(job.approved, "approved-by-me.csv", "row,approved\n2,yes\n")  # no batch id in the name
+    result = run_tick(job, env=env_for(server))
+    assert result.exit_code == 2
+    assert names(job.rejected) == sorted([
+        report.name, f"{report.name}.errors.csv", "approved-by-me.csv",
+        "approved-by-me.csv.errors.csv"])  # fmt: skip
+    assert set(states(job, batch_id).values()) == {"previewed"}  # nothing approved
+    assert names(job.review) == [f"{batch_id}-preview.csv", f"{batch_id}-targets.csv"]
+
+
+def test_a_second_tick_while_one_runs_says_so_and_exits_0(tmp_path, runner, simulator):
+    sim, server = simulator
+    job = make_job(tmp_path)
+    drop(job.inbox, "departures.csv", GOOD_CSV)
+    job.lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(job.lock_path, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = runner.invoke(cli, ["job", "run", str(job.path)], env=env_for(server))
+    assert result.exit_code == 0
+    assert result.output == (f"another tick of job offboarding is running (it holds "
+                             f"{job.lock_path}): this one does nothing\n")  # fmt: skip
+    assert sim.events == []
+    assert names(job.inbox) == ["departures.csv"]
+    # Released: the next tick works.
+    assert runner.invoke(cli, ["job", "run", str(job.path)], env=env_for(server)).exit_code == 0
+    assert names(job.inbox) == []
+
+
+def test_a_file_whose_batch_exists_already_reuses_it(tmp_path, simulator, job_log):
+    """A tick that died after creating the batch, before moving the file: no second batch."""
+    from omi_batch.pipeline import Pipeline
+    from omi_batch.roster import read_plan
+
+    _, server = simulator
+    job = make_job(tmp_path)
+    path = drop(job.inbox, "departures.csv", GOOD_CSV)
+    settings = job.settings(env_for(server))
+    with Ledger(job.ledger) as ledger:
+        pipeline = Pipeline(ledger, settings)
+        batch_id = pipeline.create_batch(read_plan(path), options={"job": "offboarding"})
+        pipeline.close()
+    result = run_tick(job, env=env_for(server))
+    assert result.created == [] and result.waiting == [batch_id]
+    assert [b["id"] for b in job_batches(job)] == [batch_id]
+    assert set(states(job, batch_id).values()) == {"previewed"}
+    assert (f"job offboarding: departures.csv is batch {batch_id} again (same content): "
+            "resuming it") in messages(job_log)  # fmt: skip
+
+
+def test_a_killed_tick_is_resumed_by_the_next(tmp_path, make_simulator, job_log):
+    """Kill a tick while it waits for callbacks; the next tick submits those rows again."""
+    sim, server = make_simulator()
+    sim.faults.drop_callbacks = 1.0  # the callbacks never come: the tick waits
+    job = make_job(tmp_path, policy="auto", wait=60)
+    drop(job.inbox, "departures.csv", GOOD_CSV)
+    env = {**os.environ, **env_for(server), "PYTHONUNBUFFERED": "1"}
+    env.pop("OMI_WEBHOOK_URL", None)
+    tick = subprocess.Popen(
+        [sys.executable, "-m", "omi_batch", "job", "run", str(job.path)],
+        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        submitted: list = []
+        while time.monotonic() < deadline and not submitted:
+            time.sleep(0.1)
+            if job.ledger.exists() and job_batches(job):
+                batch_id = job_batches(job)[0]["id"]
+                submitted = [n for n, s in states(job, batch_id).items() if s == "submitted"]
+        assert submitted, "the tick never submitted a row"
+        tick.send_signal(signal.SIGKILL)
+        tick.wait(10)
+    finally:
+        if tick.poll() is None:
+            tick.kill()
+            tick.wait(10)
+        tick.stderr.close()
+    assert names(job.archive) == []
+
+    sim.faults.drop_callbacks = 0.0
+    result = run_tick(job, env=env_for(server))  # the lock died with the killed tick
+    assert result.exit_code == 0
+    assert result.archived == [batch_id]
+    assert set(states(job, batch_id).values()) == {"succeeded"}
+    with Ledger(job.ledger) as ledger:
+        resubmitted = {e["row"] for e in ledger.events(batch_id) if e["kind"] == "resubmitted"}
+    assert set(submitted) <= resubmitted
+    assert any(m.startswith(f"job offboarding: batch {batch_id}: executing ") and
+               "resumed after an interrupted tick" in m for m in messages(job_log))  # fmt: skip
+
+
+def test_a_stale_preview_is_previewed_again_instead_of_approved(tmp_path, simulator, job_log):
+    _, server = simulator
+    job = make_job(tmp_path)
+    drop(job.inbox, "departures.csv", GOOD_CSV)
+    [batch_id] = run_tick(job, env=env_for(server)).created
+    with Ledger(job.ledger) as ledger:
+        for row in ledger.rows(batch_id):
+            ledger.update_row(batch_id, row["row"], event="test: an old preview",
+                              previewed_at="2020-01-01T00:00:00.000Z")  # fmt: skip
+    report = approve_in_report(job, batch_id)
+    result = run_tick(job, env=env_for(server))
+    assert result.executed == [] and result.waiting == [batch_id]
+    assert result.rejected == [job.rejected / report.name]
+    errors = (job.rejected / f"{report.name}.errors.csv").read_text(encoding="utf-8-sig")
+    assert "older than 24 h (approval.max_age_hours), so nothing was approved" in errors
+    with Ledger(job.ledger) as ledger:
+        assert all(r["previewed_at"] > "2025" for r in ledger.rows(batch_id))
+    assert set(states(job, batch_id).values()) == {"previewed"}
+    assert names(job.review) == [f"{batch_id}-preview.csv", f"{batch_id}-targets.csv"]
