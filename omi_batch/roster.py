@@ -13,7 +13,7 @@ Problem codes. The file: ``too_big``, ``empty_file``, ``binary_file``, ``bad_enc
 ``bad_xlsx``, ``bad_quotes``, ``missing_column``, ``duplicate_column``, ``no_rows``. A row:
 ``extra_fields``, ``missing_fields``, ``too_long``, ``missing_value``, ``bad_email``,
 ``source_is_target``, ``bad_boolean``. Between rows: ``duplicate_conversation``,
-``two_catch_alls``, ``cycle``. Warning codes: ``duplicate_row``, ``chain``, ``unknown_column``,
+``two_catch_alls``, ``cycle``. Warning codes: ``duplicate_row``, ``chain``, ``shared_split``, ``unknown_column``,
 ``extra_sheets``.
 """
 
@@ -771,6 +771,19 @@ def _resolve(rows: list[_Row], problems: list[Problem], warnings: list[Problem])
                     loop = via[: via.index(source)] if source in via else via
                     add_cycle((source, *loop), [r.row, *(catch_all[a].row for a in loop)])
                     continue
+            if r.conv_ids and not r.replace and source in catch_all:
+                # OMI cannot exclude conversations from a transfer: the source stays a member of
+                # these, so its catch-all row will add its own target to them as well.
+                warnings.append(
+                    Problem(
+                        r.row,
+                        "shared_split",
+                        f"replace_existing_members is false, so {source} stays in these "
+                        f"{len(r.conv_ids)} conversation(s) and the catch-all row "
+                        f"{catch_all[source].row} will also add {catch_all[source].target} to "
+                        "them; set it to true to hand them to this target alone",
+                    )
+                )
             if via:
                 warnings.append(
                     Problem(

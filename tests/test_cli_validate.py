@@ -95,7 +95,7 @@ def test_limit_keeps_the_first_transfers(runner):
     result = runner.invoke(cli, ["validate", path, "--limit", "2"])
     assert result.stdout.splitlines()[-1] == (
         "the first 2 of 5 transfers (--limit) from 1 sources to 2 targets; "
-        "5 rows read, 0 warnings. Nothing was sent."
+        "5 rows read, 3 warnings. Nothing was sent."
     )
 
 

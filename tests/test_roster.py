@@ -34,7 +34,7 @@ GOOD = {
     ),
     "good_tab.csv": (
         [(2, AN, BT, (), ("c1", "c2"), False, ""), (3, AN, DP, (), (), False, "")],
-        [],
+        [(2, "shared_split")],
     ),
     "good_mixed_case_headers.csv": ([(2, AN, BT, (), ("c1",), True, "spaced note")], []),
     "good_quoted_newline.csv": (
@@ -60,7 +60,7 @@ GOOD = {
             (2, AN, BT, (), ("c1", "c2", "c3", "c4", "c5"), False, ""),
             (3, AN, DP, (), (), False, ""),
         ],
-        [],
+        [(2, "shared_split")],
     ),
     "good_booleans.csv": (
         [
@@ -80,7 +80,7 @@ GOOD = {
     ),
     "good_duplicates.csv": (
         [(2, A, B, (), ("c1",), False, "first"), (5, A, B, (), (), False, "")],
-        [(3, "duplicate_row"), (4, "duplicate_row")],
+        [(2, "shared_split"), (3, "duplicate_row"), (4, "duplicate_row")],
     ),
     "good_na_values.csv": (
         [
@@ -106,7 +106,7 @@ GOOD = {
             (3, C, D, (), ("c7",), False, ""),
             (5, C, B, (), (), False, ""),
         ],
-        [],
+        [(3, "shared_split"), (4, "shared_split"), (6, "shared_split")],
     ),
 }
 
@@ -273,7 +273,7 @@ def test_warnings_say_what_happened():
         "dung@acme.vn via chi@acme.vn",
     ]
     plan = read_plan(DATA / "good_duplicates.csv")
-    assert [str(w) for w in plan.warnings] == [
+    assert [str(w) for w in plan.warnings if w.code == "duplicate_row"] == [
         "row 3: duplicate_row: same transfer as row 2: kept once",
         "row 4: duplicate_row: same transfer as row 2: kept once",
     ]
@@ -485,3 +485,21 @@ def test_a_target_that_only_moves_some_conversations_is_not_leaving(tmp_path):
         (B, C, ()),
     ]
     assert plan.warnings == []
+
+
+def test_a_split_that_keeps_the_source_warns_that_the_catch_all_adds_its_target_too(tmp_path):
+    path = tmp_path / "split.csv"
+    path.write_text(
+        "source_email,target_email,conv_ids,replace_existing_members\n"
+        "a@x.vn,b@x.vn,c1;c2,false\n"
+        "a@x.vn,c@x.vn,,false\n"
+        "d@x.vn,e@x.vn,c3,true\n"
+        "d@x.vn,f@x.vn,,false\n",
+        encoding="utf-8",
+    )
+    plan = read_plan(path)
+    assert [str(w) for w in plan.warnings] == [
+        "row 2: shared_split: replace_existing_members is false, so a@x.vn stays in these "
+        "2 conversation(s) and the catch-all row 3 will also add c@x.vn to them; set it to "
+        "true to hand them to this target alone"
+    ]
