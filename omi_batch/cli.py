@@ -259,6 +259,7 @@ class _Session:
         from omi_batch.pipeline import Pipeline, SerialLedger
 
         self.settings = Settings.from_env()
+        self.settings.require_api()  # before anything is created: exit 3, nothing changed
         self.ledger = _open_ledger(ledger_path, create=create)
         serial = SerialLedger(self.ledger)  # the pipeline and the receiver take turns writing
         lock = serial.write_lock

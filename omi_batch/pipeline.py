@@ -687,7 +687,8 @@ class Pipeline:
         if any(r["state"] in ("submitted", *FINAL, "unconfirmed") for r in rows) or any(
             r["approved_at"] for r in rows
         ):
-            written |= reports.write_result_reports(rows, batch_id, reports_dir)
+            head = self.ledger.head()
+            written |= reports.write_result_reports(rows, batch_id, reports_dir, head)
         return written
 
 

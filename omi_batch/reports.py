@@ -24,7 +24,10 @@ TARGETS_COLUMNS = ["target_email", "sources", "conversations"]
 RESULTS_COLUMNS = [
     "row", "source_email", "target_email", "conversations_previewed", "request_id", "status",
     "updated_records", "difference", "attempts", "submitted_at", "completed_at", "error",
+    "ledger_head",
 ]  # fmt: skip
+# ``ledger_head`` (after PRODUCT.md's columns) is the audit log's last hash when the report was
+# written: `ledger verify` on a copy of the ledger must reach it, so cutting the tail shows.
 RETRY_COLUMNS = ["source_email", "target_email", "replace_existing_members", "conv_ids", "note"]
 
 RESULT_STATUSES = ("succeeded", "failed", "unconfirmed", "skipped", "preview_failed")
@@ -112,7 +115,7 @@ def targets_frame(rows: list[dict]) -> pd.DataFrame:
     return grouped[TARGETS_COLUMNS]
 
 
-def results_frame(rows: list[dict]) -> pd.DataFrame:
+def results_frame(rows: list[dict], head: str | None = None) -> pd.DataFrame:
     records = []
     for r in rows:
         previewed, updated = r["conversations_previewed"], r["updated_records"]
@@ -132,6 +135,7 @@ def results_frame(rows: list[dict]) -> pd.DataFrame:
                 "submitted_at": r["submitted_at"] or "",
                 "completed_at": r["completed_at"] or "",
                 "error": r["error"] or r["preview_error"] or "",
+                "ledger_head": head or "",
             }
         )
     frame = pd.DataFrame.from_records(records, columns=RESULTS_COLUMNS)
@@ -199,10 +203,13 @@ def write_preview_reports(rows: list[dict], batch_id: str, reports_dir: str | Pa
     }
 
 
-def write_result_reports(rows: list[dict], batch_id: str, reports_dir: str | Path) -> dict:
+def write_result_reports(
+    rows: list[dict], batch_id: str, reports_dir: str | Path, head: str | None = None
+) -> dict:
     """The results report and the retry report (written even when empty, so a job can tell)."""
+    results = results_frame(rows, head)
     return {
-        "results": write_csv(results_frame(rows), report_path(reports_dir, batch_id, "results")),
+        "results": write_csv(results, report_path(reports_dir, batch_id, "results")),
         "retry": write_csv(retry_frame(rows), report_path(reports_dir, batch_id, "retry")),
     }
 
