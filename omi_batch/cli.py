@@ -131,6 +131,11 @@ def handle_errors(f: Callable) -> Callable:
     return wrapper
 
 
+def plural(count: int, word: str) -> str:
+    """``1 row``, ``2 rows``."""
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
 def echo_json(data: Any) -> None:
     click.echo(json.dumps(data, ensure_ascii=False, indent=2, default=str))
 
@@ -481,13 +486,14 @@ def print_plan(plan: Any) -> None:
     total = plan.to_dict_head()["total_transfers"]
     shown = len(plan.transfers)
     counted = (
-        f"the first {shown} of {total} transfers (--limit)"
+        f"the first {shown} of {plural(total, 'transfer')} (--limit)"
         if shown < total
-        else f"{total} transfers"
+        else plural(total, "transfer")
     )
     click.echo(
-        f"{counted} from {len(plan.sources())} sources to {len(plan.targets())} targets; "
-        f"{plan.input_rows} rows read, {len(plan.warnings)} warnings. Nothing was sent."
+        f"{counted} from {plural(len(plan.sources()), 'source')} to "
+        f"{plural(len(plan.targets()), 'target')}; {plural(plan.input_rows, 'row')} read, "
+        f"{plural(len(plan.warnings), 'warning')}. Nothing was sent."
     )
 
 

@@ -67,7 +67,7 @@ def test_warnings_go_to_stderr_and_the_table_to_stdout(runner):
         "no",
     ]
     assert lines[-1] == (
-        "4 transfers from 4 sources to 1 targets; 4 rows read, 3 warnings. Nothing was sent."
+        "4 transfers from 4 sources to 1 target; 4 rows read, 3 warnings. Nothing was sent."
     )
     assert "Warning" not in result.stdout
 
@@ -94,7 +94,7 @@ def test_limit_keeps_the_first_transfers(runner):
     assert data["total_transfers"] == 5
     result = runner.invoke(cli, ["validate", path, "--limit", "2"])
     assert result.stdout.splitlines()[-1] == (
-        "the first 2 of 5 transfers (--limit) from 1 sources to 2 targets; "
+        "the first 2 of 5 transfers (--limit) from 1 source to 2 targets; "
         "5 rows read, 3 warnings. Nothing was sent."
     )
 
