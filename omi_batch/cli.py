@@ -107,16 +107,42 @@ def wait_option(default: float) -> Callable:
     )
 
 
+def verbosity() -> int:
+    """How many -v were given, before the command (``omi-batch -v run``) or after it."""
+    ctx = click.get_current_context()
+    return max(ctx.find_root().params.get("verbose") or 0, ctx.meta.get("omi_batch.verbose", 0))
+
+
+def _verbose_callback(ctx: click.Context, _param: click.Parameter, value: int) -> None:
+    if value:
+        ctx.meta["omi_batch.verbose"] = value
+        setup_logging(max(value, ctx.find_root().params.get("verbose") or 0))
+
+
+def _add_verbose_option(group: click.Group) -> None:
+    """Every command takes -v too, as PRODUCT.md lists it among the common options."""
+    for command in group.commands.values():
+        if isinstance(command, click.Group):
+            _add_verbose_option(command)
+        elif not any(p.name == "verbose" for p in command.params):
+            command.params.append(click.Option(
+                ["-v", "--verbose"], count=True, expose_value=False, is_eager=True,
+                callback=_verbose_callback, help="More detail on stderr (-vv for debug).",
+            ))  # fmt: skip
+
+
 def handle_errors(f: Callable) -> Callable:
     """Turn library errors into one line on stderr and the exit code they carry."""
 
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        verbose = click.get_current_context().find_root().params.get("verbose", 0)
         try:
             return f(*args, **kwargs)
+        except click.Abort:  # Ctrl-C or end of input at a prompt
+            click.echo("\nInterrupted: nothing more was done.", err=True)
+            sys.exit(EXIT_INTERRUPTED)
         except OmiBatchError as error:
-            if verbose:
+            if verbosity():
                 log.exception("traceback")
             click.echo(f"Error: {error}", err=True)
             for problem in getattr(error, "problems", []):
@@ -257,7 +283,7 @@ class _Session:
     """The settings, ledger, receiver (--listen) and pipeline one command works with."""
 
     def __init__(self, ledger_path: str, *, listen: str | None = None, create: bool = False,
-                 **options: Any) -> None:  # fmt: skip
+                 yes: bool = True, **options: Any) -> None:  # fmt: skip
         import secrets
 
         from omi_batch.config import Secret, Settings
@@ -265,6 +291,8 @@ class _Session:
 
         self.settings = Settings.from_env()
         self.settings.require_api()  # before anything is created: exit 3, nothing changed
+        if not yes:
+            _require_confirmation_means(yes)
         self.ledger = _open_ledger(ledger_path, create=create)
         serial = SerialLedger(self.ledger)  # the pipeline and the receiver take turns writing
         lock = serial.write_lock
@@ -340,21 +368,47 @@ def _exit_for(rows: list[dict], approved_only: bool = True) -> None:
         sys.exit(1)
 
 
+def _require_confirmation_means(yes: bool) -> None:
+    """Refuse, before anything is read or sent, to wait for an answer nobody can give."""
+    if not yes and not sys.stdin.isatty():
+        raise click.UsageError("not at a terminal: confirm with --yes")
+
+
 def _execute(session: _Session, batch_id: str, reports_dir: str, yes: bool,
              approved_only: bool = True) -> None:  # fmt: skip
+    from omi_batch.errors import EXIT_CONFIG, EXIT_INCOMPLETE, OmiBatchError
+    from omi_batch.pipeline import now_iso
+
+    session.ledger.batch(batch_id)
     rows = session.ledger.rows(batch_id, states=["approved", "submitted", "unconfirmed"])
     if not rows:
-        click.echo(
-            f"Batch {batch_id}: nothing to execute (no approved, unconfirmed row).", err=True
-        )
-    else:
-        conversations = sum(r["conversations_previewed"] or 0 for r in rows)
-        targets = len({r["target_email"] for r in rows})
-        if not yes and sys.stdin.isatty():
-            click.confirm(f"Execute {len(rows)} transfer(s): {conversations} conversation(s) to "
-                          f"{targets} target agent(s)?", err=True, abort=True)  # fmt: skip
-        click.echo(f"Batch {batch_id}: executing {len(rows)} row(s)", err=True)
+        click.echo(f"Batch {batch_id}: no row is approved or unconfirmed, so nothing to "
+                   f"execute (approve first: omi-batch approve {batch_id} --all).", err=True)  # fmt: skip
+        _execute_done(session, batch_id, reports_dir, approved_only)
+        return
+    conversations = sum(r["conversations_previewed"] or 0 for r in rows)
+    targets = len({r["target_email"] for r in rows})
+    if not yes and not click.confirm(
+        f"Execute {len(rows)} transfer(s): {conversations} conversation(s) to {targets} "
+        "target agent(s)?", err=True,
+    ):  # fmt: skip
+        click.echo(f"Nothing executed. Run omi-batch execute {batch_id} when ready.", err=True)
+        return
+    click.echo(f"Batch {batch_id}: executing {len(rows)} row(s)", err=True)
+    started = now_iso()
+    try:
         session.pipeline.execute(batch_id)
+    except OmiBatchError as error:
+        # Stopped part-way (key refused, OMI unreachable): still write what happened.
+        session.pipeline.write_reports(batch_id, reports_dir)
+        sent = [r for r in session.ledger.rows(batch_id)
+                if (r["submitted_at"] or "") >= started and r["state"] != "approved"]  # fmt: skip
+        if error.exit_code == EXIT_CONFIG and sent:
+            click.echo(f"Error: {error}", err=True)
+            click.echo(f"Stopped after {len(sent)} transfer(s) were sent; the reports say "
+                       f"which. Run omi-batch execute {batch_id} again to resume.", err=True)  # fmt: skip
+            sys.exit(EXIT_INCOMPLETE)
+        raise
     _execute_done(session, batch_id, reports_dir, approved_only)
 
 
@@ -625,7 +679,7 @@ def execute(
         omi-batch execute 20261125-093000-ab12 --listen 127.0.0.1:8080
     """
     options = {"concurrency": concurrency, "rate": rate, "timeout": timeout, "wait": wait}
-    with _Session(ledger_path, listen=listen, **options) as session:
+    with _Session(ledger_path, listen=listen, yes=yes, **options) as session:
         _execute(session, batch, reports_dir, yes)
 
 
@@ -664,7 +718,7 @@ def run(
     for warning in plan.warnings:
         click.echo(f"Warning: {warning}", err=True)
     options = {"concurrency": concurrency, "rate": rate, "timeout": timeout, "wait": wait}
-    with _Session(ledger_path, listen=listen, create=True, **options) as session:
+    with _Session(ledger_path, listen=listen, create=True, yes=yes, **options) as session:
         pipeline = session.pipeline
         batch_id = pipeline.create_batch(plan, options={"command": "run", **options})
         click.echo(f"Batch {batch_id}: previewing {len(plan.transfers)} row(s)", err=True)
@@ -676,14 +730,9 @@ def run(
             click.echo("No row previewed ok: nothing to execute.", err=True)
             _execute_done(session, batch_id, reports_dir, approved_only=False)
             return
-        if not yes:
-            if not sys.stdin.isatty():
-                raise click.UsageError("confirm with --yes when not at a terminal")
-            if not click.confirm("Execute every row that previewed ok?", err=True):
-                click.echo(
-                    f"Nothing executed. Approve later: omi-batch approve {batch_id}", err=True
-                )
-                return
+        if not yes and not click.confirm("Execute every row that previewed ok?", err=True):
+            click.echo(f"Nothing executed. Approve later: omi-batch approve {batch_id}", err=True)
+            return
         pipeline.approve(batch_id, approve_all=True)
         _execute(session, batch_id, reports_dir, yes=True, approved_only=False)
 
@@ -744,14 +793,15 @@ def status(batch: str | None, ledger_path: str, as_json: bool) -> None:
             for b in ledger.batches()
         ]  # fmt: skip
         if as_json:
-            echo_json({"batches": batches})
+            keys = ("batch", "created_at", "row_count", "state")
+            echo_json({"batches": [{k: b[k] for k in keys} for b in batches]})
             return
         _table(["batch", "created_at", "rows", "state", "file"],
                [[b["batch"], b["created_at"], b["row_count"], b["state"], b["source_file"]]
                 for b in batches])  # fmt: skip
         return
     info, rows = ledger.batch(batch), ledger.rows(batch)
-    word = {"planned", "previewed", "approved", "submitted"}
+    word = {"planned", "previewed", "approved"}  # before a row has a results status
     data = {
         "batch": info["id"], "created_at": info["created_at"], "row_count": info["row_count"],
         "state": batch_state(info["states"]),
@@ -828,7 +878,7 @@ def webhook_serve(host: str, port: int, threads: int, ledger_path: str) -> None:
     from omi_batch.webhook import LOGGER_NAME, make_app, serve
 
     secret = Settings.from_env().require_webhook_secret()
-    verbose = click.get_current_context().find_root().params.get("verbose", 0)
+    verbose = verbosity()
     # One line per callback is the service's log, so it shows without -v.
     logging.getLogger(LOGGER_NAME).setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
     ledger = Ledger(ledger_path)
@@ -1111,7 +1161,7 @@ def job_run(jobfile: str) -> None:
     from omi_batch.errors import LockedError
     from omi_batch.jobs import load_job, run_tick
 
-    verbose = click.get_current_context().find_root().params.get("verbose", 0)
+    verbose = verbosity()
     # The job's log is its one line per step, so it shows without -v.
     logging.getLogger("omi_batch.jobs").setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
     job = load_job(jobfile)
@@ -1122,3 +1172,6 @@ def job_run(jobfile: str) -> None:
         return
     if result.exit_code:
         sys.exit(result.exit_code)
+
+
+_add_verbose_option(cli)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from omi_batch.errors import ConfigError
 
@@ -85,6 +86,11 @@ class Settings:
             raise ConfigError(
                 f"OMI_BASE_URL must start with http:// or https://: {self.base_url!r}"
             )
+        parts = urlsplit(self.base_url)
+        if parts.username or parts.password or parts.query or parts.fragment:
+            raise ConfigError("OMI_BASE_URL must be a plain address such as "
+                              f"{PRODUCTION_URL}: no user, password or query in it "
+                              "(the API key goes in OMI_API_KEY)")  # fmt: skip
         if not self.api_key:
             raise ConfigError(
                 "OMI_API_KEY is not set: create a key in the OMI web app "

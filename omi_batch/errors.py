@@ -47,6 +47,8 @@ class ConfigError(OmiBatchError):
 class LedgerError(OmiBatchError):
     """The ledger could not be read or written, or a state change was illegal."""
 
+    exit_code = EXIT_CONFIG
+
 
 class IllegalTransition(LedgerError):
     """A row state change the state machine does not allow. Nothing was written."""

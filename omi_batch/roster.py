@@ -67,6 +67,14 @@ _ZIP_MAGIC = b"PK\x03\x04"
 _OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # Excel 97-2003 .xls and other old Office files
 
 
+def unescape(cell: str) -> str:
+    """Undo our reports' formula escape (``'=x`` → ``=x``), so a retry report reads back as
+    it was written."""
+    if len(cell) > 1 and cell[0] == "'" and cell[1] in "=+-@\t\r":
+        return cell[1:]
+    return cell
+
+
 @dataclass(frozen=True, slots=True)
 class Problem:
     """One problem (or warning) in the input: where, a short code, and what to do about it."""
@@ -511,13 +519,16 @@ def _check_rows(
         return values
 
     def trim_lower(cell: str) -> str:
-        return cell.strip().lower()
+        return unescape(cell.strip()).lower()
 
     def trim_lines(cell: str) -> str:  # a note written on Windows keeps plain newlines
-        return cell.strip().replace("\r\n", "\n")
+        return unescape(cell.strip()).replace("\r\n", "\n")
+
+    def trim(cell: str) -> str:
+        return unescape(cell.strip())
 
     normalise = {"source_email": trim_lower, "target_email": trim_lower, "note": trim_lines}
-    data = {name: column(index, normalise.get(name, str.strip)) for name, index in columns.items()}
+    data = {name: column(index, normalise.get(name, trim)) for name, index in columns.items()}
     for name in FIELDS:
         data.setdefault(name, [""] * len(good))
     frame = pd.DataFrame(data, index=numbers, dtype=str)

@@ -64,3 +64,10 @@ def test_python_dash_m_runs_the_same_cli():
     done = subprocess.run([sys.executable, "-m", "omi_batch", "--help"], capture_output=True,
                           text=True, check=True)  # fmt: skip
     assert done.stdout.startswith("Usage: omi-batch")
+
+
+def test_verbose_is_taken_after_the_command_too(runner, tmp_path):
+    csv_file = tmp_path / "a.csv"
+    csv_file.write_text("source_email,target_email\na@x.vn,b@x.vn\n")
+    result = runner.invoke(cli, ["validate", str(csv_file), "-v"])
+    assert result.exit_code == 0, result.output

@@ -228,8 +228,19 @@ def test_run_without_yes_off_a_terminal_is_refused_before_anything_moves(
     sim, _ = env
     result = invoke(runner, "run", csv_file, *fast(), *common(ledger_path, reports_dir))
     assert result.exit_code == 2
-    assert "Error: confirm with --yes when not at a terminal" in result.stderr
-    assert execute_requests(sim) == Counter()
+    assert "Error: not at a terminal: confirm with --yes" in result.stderr
+    assert [e for e in sim.events if e["kind"] == "request"] == []  # not even a preview
+    assert not ledger_path.exists()
+
+
+def test_execute_without_yes_off_a_terminal_is_refused_before_anything_moves(
+    runner, env, ledger_path, reports_dir
+):
+    sim, _ = env
+    result = invoke(runner, "execute", "20261125-000000-abcd", *common(ledger_path, reports_dir))
+    assert result.exit_code == 2
+    assert "Error: not at a terminal: confirm with --yes" in result.stderr
+    assert [e for e in sim.events if e["kind"] == "request"] == []
 
 
 def test_run_limit_takes_only_the_first_rows(runner, env, csv_file, ledger_path, reports_dir):
@@ -627,7 +638,7 @@ def test_without_a_webhook_execute_still_runs_and_rows_end_unconfirmed(
     batch_id = result.stdout.strip()
     assert invoke(runner, "approve", batch_id, "--all", "--ledger", ledger_path).exit_code == 0
     result = invoke(
-        runner, "execute", batch_id, "--rate", "1000", *common(ledger_path, reports_dir)
+        runner, "execute", batch_id, "--yes", "--rate", "1000", *common(ledger_path, reports_dir)
     )
     assert result.exit_code == 1
     with Ledger(ledger_path) as ledger:
@@ -686,7 +697,9 @@ def test_a_rejected_key_stops_execute_with_exit_3_and_changes_no_row(
         before_rows = ledger.rows(batch_id)
         before_events = len(ledger.events())
     monkeypatch.setenv("OMI_API_KEY", "revoked-key")
-    result = invoke(runner, "execute", batch_id, *fast(), *common(ledger_path, reports_dir))
+    result = invoke(
+        runner, "execute", batch_id, "--yes", *fast(), *common(ledger_path, reports_dir)
+    )
     assert result.exit_code == 3
     assert result.stderr.splitlines()[-1].startswith("Error: OMI answered 401 api_key_invalid")
     with Ledger(ledger_path) as ledger:
@@ -793,7 +806,9 @@ def test_execute_resumes_after_a_kill_and_never_resubmits_a_confirmed_row(
     monkeypatch.setenv("OMI_API_KEY", API_KEY)
     monkeypatch.setenv("OMI_WEBHOOK_SECRET", WEBHOOK_SECRET)
     monkeypatch.delenv("OMI_WEBHOOK_URL", raising=False)
-    result = invoke(runner, "execute", batch_id, *fast(), *common(ledger_path, reports_dir))
+    result = invoke(
+        runner, "execute", batch_id, "--yes", *fast(), *common(ledger_path, reports_dir)
+    )
     assert result.exit_code == 0, result.output
     sent = execute_requests(sim)
     with Ledger(ledger_path) as ledger:

@@ -503,3 +503,15 @@ def test_a_split_that_keeps_the_source_warns_that_the_catch_all_adds_its_target_
         "2 conversation(s) and the catch-all row 3 will also add c@x.vn to them; set it to "
         "true to hand them to this target alone"
     ]
+
+
+def test_a_retry_report_reads_back_with_its_formula_escapes_undone(tmp_path):
+    path = tmp_path / "retry.csv"
+    path.write_text(
+        "source_email,target_email,replace_existing_members,conv_ids,note\n"
+        "a@x.vn,b@x.vn,true,'-c1;=c2,'=SUM(A1)\n",
+        encoding="utf-8-sig",
+    )
+    (transfer,) = read_plan(path).transfers
+    assert transfer.conv_ids == ("-c1", "=c2")
+    assert transfer.note == "=SUM(A1)"
