@@ -915,3 +915,46 @@ def test_a_payload_of_the_wrong_shape_is_an_api_error(client, sim, attempts, cal
         call(client)
     assert (caught.value.http_status, caught.value.code) == (200, "bad_payload")
     assert [(a.error, a.vendor_code) for a in attempts] == [("api", "bad_payload")]
+
+
+# --------------------------------------------------------------------------- proxies (issue 5)
+
+_PROXY_VARIABLES = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY",
+                    "all_proxy", "NO_PROXY", "no_proxy")  # fmt: skip
+
+
+@pytest.fixture
+def clean_proxy_env(monkeypatch):
+    for name in _PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_an_http_proxy_from_the_environment_carries_the_requests(simulator, clean_proxy_env):
+    sim, server = simulator
+    source, target = pair(sim)
+    clean_proxy_env.setenv("HTTP_PROXY", server.url)  # the simulator stands in for the proxy
+    with OmiClient("http://omi.invalid", Secret(API_KEY), sleep=Sleeps()) as client:
+        result = client.transfer_conversations(source, target, preview=True)
+    assert result.count == sim.count(source, target)
+    assert [r["path"] for r in api_requests(sim)] == [TRANSFER_PATH]
+
+
+def test_no_proxy_sends_requests_straight_to_omi(simulator, clean_proxy_env):
+    sim, server = simulator
+    source, target = pair(sim)
+    clean_proxy_env.setenv("HTTP_PROXY", f"http://127.0.0.1:{closed_port()}")
+    clean_proxy_env.setenv("NO_PROXY", "127.0.0.1")
+    with OmiClient(server.url, Secret(API_KEY), sleep=Sleeps()) as client:
+        result = client.transfer_conversations(source, target, preview=True)
+    assert result.count == sim.count(source, target)
+
+
+def test_the_proxy_environment_is_read_once_when_the_client_is_built(simulator, clean_proxy_env):
+    sim, server = simulator
+    source, target = pair(sim)
+    with OmiClient(server.url, Secret(API_KEY), sleep=Sleeps()) as client:
+        clean_proxy_env.setenv("HTTP_PROXY", f"http://127.0.0.1:{closed_port()}")
+        result = client.transfer_conversations(source, target, preview=True)
+    assert result.count == sim.count(source, target)
+    assert [r["path"] for r in api_requests(sim)] == [TRANSFER_PATH]
