@@ -72,6 +72,8 @@ TRANSITIONS: dict[str, set[str]] = {
     "failed": set(),
 }
 GENESIS = "0" * 64
+HEAD_RECORD = 128  # bytes of the head file's one record: JSON padded with spaces, then \n
+HEAD_READ_LIMIT = 4096  # bytes of a head file read: more than that is not a head file
 BUSY_RETRIES = 2  # extra BEGIN IMMEDIATE tries after the busy handler itself gave up
 
 # Callback verdicts that count as the row's result (callbacks.applied = 1).
@@ -182,6 +184,21 @@ def clean_headers(headers: Mapping[str, Any] | None) -> dict[str, str]:
             continue
         cleaned[str(name)] = str(value)
     return cleaned
+
+
+def _head_record(event_id: int, digest: str) -> bytes:
+    """The head file's record: ``{"hash":…,"id":…}`` padded to :data:`HEAD_RECORD` bytes."""
+    text = canonical_json({"id": int(event_id), "hash": digest}).encode("utf-8")
+    return text.ljust(HEAD_RECORD - 1) + b"\n"
+
+
+def _parse_head(data: bytes) -> tuple[int, str] | None:
+    """``(event id, hash)`` from a head file's bytes; None when they are not a head record."""
+    try:
+        found = json.loads(data.decode("utf-8"))
+        return int(found["id"]), str(found["hash"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _as_dict(item: Any) -> dict:
@@ -464,6 +481,8 @@ class Ledger:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._head_lock = threading.Lock()
+        # (pid, fd, (inode, device)) of this process's open head file
+        self._head_file: tuple[int, int, tuple[int, int]] | None = None
         self._connections: list[tuple[int, sqlite3.Connection]] = []  # (pid, connection)
         self._generation = 0
         if not self.path.exists():
@@ -541,6 +560,8 @@ class Ledger:
             if owner == pid:  # a connection inherited through fork is not ours to close
                 with contextlib.suppress(sqlite3.Error):
                     conn.close()
+        with self._head_lock:
+            self._close_head_fd()
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[_Tx]:
@@ -581,32 +602,99 @@ class Ledger:
     # ----------------------------------------------------------------- head sidecar
 
     def _publish_head(self, event_id: int, digest: str) -> None:
-        """Write ``<ledger>.head`` unless it already names a later event (two processes race:
-        a lower id never overwrites a higher one). Atomic: temp file + os.replace."""
+        """Write ``<ledger>.head`` after a commit, unless it already names a later event (two
+        processes race: a lower id never overwrites a higher one).
+
+        Called on EVERY commit, so it is made cheap rather than rare (issue 5/6): publishing
+        less often would leave a window in which cutting the tail of the chain goes unnoticed.
+        The file is one fixed-width record (:data:`HEAD_RECORD` bytes) in a file kept open per
+        process; under an exclusive ``flock`` (readers take a shared one) we read the current
+        record, compare ids and overwrite it in place with one ``pwrite``: no temp file, no
+        rename, no fsync (the old way did not fsync either). It runs right after COMMIT, never
+        before: a head written before a commit that then failed would name an event that does
+        not exist, a false alarm. A crash between the two leaves the head one commit behind,
+        which ``verify`` accepts (it checks that the event the head names is intact). The file
+        is created whole (temp file + ``os.link``, which never overwrites), so it is never seen
+        empty; one removed or replaced under us is noticed by inode and opened again."""
+        record = _head_record(event_id, digest)
         with self._head_lock:
-            lock_fd = os.open(f"{self.head_path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                if fcntl is not None:
-                    fcntl.flock(lock_fd, fcntl.LOCK_EX)
-                current = self.read_head_file()
-                if current is not None and current[0] >= event_id:
+            for _ in range(3):  # bounded: the file would have to be replaced on every try
+                fd = self._head_fd(record)
+                if fd is None:  # created just now, holding our record
                     return
-                temp = f"{self.head_path}.{os.getpid()}.{threading.get_ident()}.tmp"
-                with open(temp, "w", encoding="utf-8") as handle:
-                    handle.write(canonical_json({"id": event_id, "hash": digest}))
-                os.replace(temp, self.head_path)
-            finally:
-                os.close(lock_fd)  # also releases the flock
+                if fcntl is not None:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                try:
+                    if not self._is_head_file():  # removed or replaced since it was opened
+                        self._close_head_fd()
+                        continue
+                    found = os.pread(fd, HEAD_READ_LIMIT, 0)
+                    current = _parse_head(found)
+                    if current is not None and current[0] >= event_id:
+                        return
+                    os.pwrite(fd, record, 0)
+                    if len(found) > len(record):  # written by someone else, longer
+                        os.ftruncate(fd, len(record))
+                    return
+                finally:
+                    if fcntl is not None and self._head_file is not None:
+                        fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _head_fd(self, record: bytes) -> int | None:
+        """This process's open descriptor of ``<ledger>.head`` (under ``_head_lock``); when
+        there is no such file, create it holding ``record`` and return None. Also None when the
+        file kept vanishing and appearing: this commit's head is skipped, the next one writes."""
+        pid = os.getpid()
+        if self._head_file is not None and self._head_file[0] == pid:
+            return self._head_file[1]
+        self._head_file = None  # inherited through fork: its flock would be the parent's too
+        for _ in range(3):  # each turn opens the file or creates it, unless another races us
+            try:
+                fd = os.open(self.head_path, os.O_RDWR)
+            except FileNotFoundError:
+                temp = f"{self.head_path}.{pid}.{threading.get_ident()}.tmp"
+                with open(temp, "wb") as handle:
+                    handle.write(record)
+                try:
+                    os.link(temp, self.head_path)  # atomic, and never overwrites
+                except FileExistsError:
+                    continue  # another writer created it meanwhile: compare with theirs
+                finally:
+                    os.unlink(temp)
+                return None
+            held = os.fstat(fd)
+            self._head_file = (pid, fd, (held.st_ino, held.st_dev))
+            return fd
+        return None
+
+    def _is_head_file(self) -> bool:
+        """Whether ``<ledger>.head`` is still the file this process holds open."""
+        try:
+            named = os.stat(self.head_path)
+        except FileNotFoundError:
+            return False
+        return self._head_file is not None and (named.st_ino, named.st_dev) == self._head_file[2]
+
+    def _close_head_fd(self) -> None:
+        held, self._head_file = self._head_file, None
+        if held is not None and held[0] == os.getpid():
+            with contextlib.suppress(OSError):
+                os.close(held[1])
 
     def read_head_file(self) -> tuple[int, str] | None:
-        """``(event id, hash)`` from ``<ledger>.head``, or None when there is none."""
+        """``(event id, hash)`` from ``<ledger>.head``, or None when there is none; ``(-1, "")``
+        when it is there but unreadable. Read under a shared ``flock``, so never mid-write."""
         try:
-            data = json.loads(self.head_path.read_text(encoding="utf-8"))
-            return int(data["id"]), str(data["hash"])
+            fd = os.open(self.head_path, os.O_RDONLY)
         except FileNotFoundError:
             return None
-        except (ValueError, KeyError, TypeError):
-            return (-1, "")  # present but unreadable: verify says so
+        try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_SH)
+            found = os.read(fd, HEAD_READ_LIMIT)
+        finally:
+            os.close(fd)  # also releases the flock
+        return _parse_head(found) or (-1, "")
 
     # ----------------------------------------------------------------- batches and rows
 
@@ -699,7 +787,7 @@ class Ledger:
         """Every batch, newest first, each with ``states``: {state: row count}."""
         found = [
             _batch_out(b)
-            for b in self._query("SELECT * FROM batches ORDER BY created_at DESC, id DESC")
+            for b in self._query("SELECT * FROM batches ORDER BY created_at DESC, rowid DESC")
         ]
         counts: dict[str, dict[str, int]] = {}
         for item in self._query(
@@ -893,6 +981,15 @@ class Ledger:
                 prepared.append(
                     error if isinstance(error, LedgerError) else LedgerError(str(error))
                 )
+        if len(prepared) == 1 and not isinstance(prepared[0], Exception):
+            # One step (the usual group): its transaction is its savepoint, two statements
+            # fewer per commit; refused, nothing of it is written, as with a savepoint.
+            try:
+                with self._write() as tx:
+                    self._step_in(tx, *prepared[0])
+            except (LedgerError, NotFound) as error:
+                return [error]
+            return [None]
         results: list[Exception | None] = []
         with self._write() as tx:
             for item in prepared:
@@ -1055,6 +1152,73 @@ class Ledger:
                 )
             raise
 
+    def receive_callbacks(self, received: list[Mapping[str, Any]]) -> list[str | Exception]:
+        """Several :meth:`receive_callback` calls (each a dict of its keyword arguments) in ONE
+        transaction: a group commit, so callbacks that arrived at the same moment share one
+        fsync (issue 6). Each runs in its own savepoint and comes out exactly as it would on
+        its own: its verdict, or the error it raised, in its place. A callback whose applying
+        failed is rolled back alone and kept with the verdict ``error`` (as receive_callback
+        does); a ledger error of one (LedgerError) leaves the others stored. An error of the
+        transaction itself (BEGIN or COMMIT) is raised: then none of them is stored."""
+        prepared = []
+        for item in received:
+            raw = (item.get("raw_body") or b"").decode("utf-8", errors="replace")
+            row = item.get("row")
+            with contextlib.suppress(TypeError, ValueError):
+                row = int(row)  # type: ignore[arg-type]
+            cleaned = canonical_json(clean_headers(item.get("headers")))
+            prepared.append((item.get("batch_id"), row, item.get("phase"), raw, cleaned,
+                             item.get("remote"), item.get("body"), item.get("refused")))  # fmt: skip
+        results: list[str | Exception] = []
+        rolled_back = False
+        with self._write() as tx:
+            for args in prepared:
+                tx.execute("SAVEPOINT callback")
+                try:
+                    results.append(self._receive_in(tx, *args))
+                except Exception as error:
+                    tx.execute("ROLLBACK TO callback")
+                    tx._last = None  # the chain's tail is read again from the table
+                    rolled_back = True
+                    if isinstance(error, sqlite3.Error | LedgerError):
+                        # the ledger itself refused the write: nothing more to try, as alone
+                        results.append(
+                            error
+                            if isinstance(error, LedgerError)
+                            else LedgerError(f"ledger {self.path}: {error}")
+                        )
+                    else:
+                        self._keep_failed_callback(tx, args, error)
+                        results.append(error)
+                finally:
+                    tx.execute("RELEASE callback")
+            if rolled_back and tx.head is not None:
+                found = tx.conn.execute("SELECT id, hash FROM events ORDER BY id DESC LIMIT 1")
+                last = found.fetchone()
+                tx.head = (last[0], last[1]) if last else None
+        return results
+
+    def _keep_failed_callback(self, tx: _Tx, args: tuple, error: Exception) -> None:
+        """Inside ``tx``: store a callback whose applying failed, verdict ``error``; never
+        raises (the caller answers 5xx either way)."""
+        batch_id, row, phase, raw, cleaned, remote = args[:6]
+        tx.execute("SAVEPOINT kept")
+        try:
+            callback_id = self._insert_callback(
+                tx, batch_id, row, phase, raw, cleaned, remote, {}, "error", False
+            )
+            tx.event(
+                "callback_error",
+                batch_id,
+                row,
+                {"callback_id": callback_id, "phase": phase, "error": type(error).__name__},
+            )
+        except Exception:
+            tx.execute("ROLLBACK TO kept")
+            tx._last = None
+        finally:
+            tx.execute("RELEASE kept")
+
     @staticmethod
     def _insert_callback(
         tx: _Tx,
@@ -1100,54 +1264,69 @@ class Ledger:
         body: Mapping[str, Any] | None,
         refused: str | None,
     ) -> str:
+        with self._write() as tx:
+            return self._receive_in(
+                tx, batch_id, row, phase, raw, headers_text, remote, body, refused
+            )
+
+    def _receive_in(
+        self,
+        tx: _Tx,
+        batch_id: str,
+        row: int,
+        phase: str,
+        raw: str,
+        headers_text: str,
+        remote: str | None,
+        body: Mapping[str, Any] | None,
+        refused: str | None,
+    ) -> str:
+        """Store one callback and apply it to its row inside the open transaction ``tx``."""
         if refused is None and not isinstance(body, Mapping):
             refused = "bad_json"
         result = self._parse_result(body) if isinstance(body, Mapping) else {}
-        with self._write() as tx:
-            if refused is not None:
-                verdict = f"refused:{refused}"
-                callback_id = self._insert_callback(
-                    tx, batch_id, row, phase, raw, headers_text, remote, result, verdict, False
-                )
-                tx.event(
-                    "callback_refused",
-                    batch_id,
-                    row,
-                    {"callback_id": callback_id, "phase": phase, "verdict": verdict},
-                )
-                return verdict
-            current = tx.one(
-                'SELECT * FROM "rows" WHERE batch_id = ? AND "row" = ?', (batch_id, row)
-            )
-            changes: dict[str, Any] = {}
-            extra: dict[str, Any] = {}
-            if current is None or phase not in ("preview", "execute"):
-                verdict = "unknown"
-            elif self._is_duplicate(tx, batch_id, row, phase, result):
-                verdict = "duplicate"
-            elif phase == "preview":
-                verdict = "stored"
-            else:
-                verdict, changes, extra = self._judge_execute(current, result)
+        if refused is not None:
+            verdict = f"refused:{refused}"
             callback_id = self._insert_callback(
-                tx,
+                tx, batch_id, row, phase, raw, headers_text, remote, result, verdict, False
+            )
+            tx.event(
+                "callback_refused",
                 batch_id,
                 row,
-                phase,
-                raw,
-                headers_text,
-                remote,
-                result,
-                verdict,
-                verdict in _APPLIED_VERDICTS,
+                {"callback_id": callback_id, "phase": phase, "verdict": verdict},
             )
-            if changes:
-                self._write_row(tx, batch_id, row, changes)
-            data = {"callback_id": callback_id, "phase": phase, "verdict": verdict, **result}
-            if changes.get("state"):
-                data.update({"from": current["state"] if current else None, "to": changes["state"]})
-            tx.event(f"callback_{verdict}", batch_id, row, {**data, **extra})
             return verdict
+        current = tx.one('SELECT * FROM "rows" WHERE batch_id = ? AND "row" = ?', (batch_id, row))
+        changes: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
+        if current is None or phase not in ("preview", "execute"):
+            verdict = "unknown"
+        elif self._is_duplicate(tx, batch_id, row, phase, result):
+            verdict = "duplicate"
+        elif phase == "preview":
+            verdict = "stored"
+        else:
+            verdict, changes, extra = self._judge_execute(current, result)
+        callback_id = self._insert_callback(
+            tx,
+            batch_id,
+            row,
+            phase,
+            raw,
+            headers_text,
+            remote,
+            result,
+            verdict,
+            verdict in _APPLIED_VERDICTS,
+        )
+        if changes:
+            self._write_row(tx, batch_id, row, changes)
+        data = {"callback_id": callback_id, "phase": phase, "verdict": verdict, **result}
+        if changes.get("state"):
+            data.update({"from": current["state"] if current else None, "to": changes["state"]})
+        tx.event(f"callback_{verdict}", batch_id, row, {**data, **extra})
+        return verdict
 
     @staticmethod
     def _parse_result(body: Mapping[str, Any]) -> dict[str, Any]:

@@ -139,7 +139,7 @@ def test_batches_are_listed_newest_first_with_their_state_counts(led):
 
     listed = led.batches()
 
-    assert [b["id"] for b in listed] == sorted([first, second], reverse=True)
+    assert [b["id"] for b in listed] == [second, first]  # newest first, even within a second
     states = {b["id"]: b["states"] for b in listed}
     assert states == {first: {"planned": 3}, second: {"skipped": 1}}
 
@@ -995,3 +995,179 @@ def test_a_ledger_from_a_newer_omi_batch_is_refused(ledger_path):
     conn.close()
     with pytest.raises(LedgerError, match="schema version 99, newer than this omi-batch knows"):
         Ledger(ledger_path)
+
+
+# --------------------------------------------------------------------------- group commit (issue 6)
+
+
+def callback_args(batch_id, row, data=None, refused=None, phase="execute"):
+    """receive_callback's keyword arguments, as the webhook receiver passes them."""
+    return {
+        "batch_id": batch_id,
+        "row": row,
+        "phase": phase,
+        "raw_body": json.dumps(data).encode() if data is not None else b"{not json",
+        "headers": {"Content-Type": "application/json", "X-Omi-Batch-Token": TOKEN},
+        "remote": "127.0.0.1",
+        "body": data,
+        "refused": refused,
+    }
+
+
+def mixed_callbacks(batch_id):
+    return [
+        callback_args(batch_id, 2, body()),
+        callback_args(batch_id, 2, body()),
+        callback_args(batch_id, 3, body("ERROR", None, message="agent locked")),
+        callback_args(batch_id, 99, body()),
+        callback_args(batch_id, 4, body(), refused="bad_credential"),
+        callback_args(batch_id, 4, None),
+    ]
+
+
+def test_callbacks_stored_together_get_the_verdicts_they_would_get_one_by_one(tmp_path):
+    outcomes = []
+    for name in ("one-by-one", "grouped"):
+        with Ledger(tmp_path / f"{name}.db") as led:
+            batch_id = new_batch(led)
+            for row in (2, 3, 4):
+                submitted_row(led, batch_id, row)
+            if name == "grouped":
+                verdicts = led.receive_callbacks(mixed_callbacks(batch_id))
+            else:
+                verdicts = [led.receive_callback(**a) for a in mixed_callbacks(batch_id)]
+            rows = [(r["row"], r["state"], r["error"]) for r in led.rows(batch_id)]
+            stored = [(c["row"], c["verdict"], c["headers"]) for c in led.callbacks(batch_id)]
+            kinds = [e["kind"] for e in led.events()]
+            outcomes.append((verdicts, rows, stored, kinds, led.verify().ok))
+            assert TOKEN.encode() not in (tmp_path / f"{name}.db").read_bytes()
+
+    assert outcomes[0] == outcomes[1]
+    verdicts, rows, stored, kinds, ok = outcomes[1]
+    assert verdicts == [
+        "applied",
+        "duplicate",
+        "applied",
+        "unknown",
+        "refused:bad_credential",
+        "refused:bad_json",
+    ]
+    assert rows == [(2, "succeeded", None), (3, "failed", "agent locked"), (4, "submitted", None)]
+    assert [s[:2] for s in stored] == [
+        (row, v) for row, v in zip([2, 2, 3, 99, 4, 4], verdicts, strict=True)
+    ]
+    assert all(s[2] == {"Content-Type": "application/json"} for s in stored)
+    assert kinds[-6:] == [
+        "callback_applied",
+        "callback_duplicate",
+        "callback_applied",
+        "callback_unknown",
+        "callback_refused",
+        "callback_refused",
+    ]
+    assert ok
+
+
+class ExplodingBody(dict):
+    """A body whose reading fails, the way a bug in applying a callback would."""
+
+    def get(self, *args):
+        raise RuntimeError("boom")
+
+
+def test_a_callback_that_fails_to_apply_is_kept_as_error_and_the_others_are_stored(led):
+    batch_id = new_batch(led)
+    for row in (2, 3, 4):
+        submitted_row(led, batch_id, row)
+    group = [
+        callback_args(batch_id, 2, body()),
+        {**callback_args(batch_id, 3, body()), "body": ExplodingBody(body())},
+        callback_args(batch_id, 4, body()),
+    ]
+
+    results = led.receive_callbacks(group)
+
+    assert results[0] == results[2] == "applied"
+    assert (type(results[1]), str(results[1])) == (RuntimeError, "boom")
+    assert [(c["row"], c["verdict"]) for c in led.callbacks(batch_id)] == [
+        (2, "applied"),
+        (3, "error"),
+        (4, "applied"),
+    ]
+    assert led.row(batch_id, 3)["state"] == "submitted"
+    assert [e["kind"] for e in led.events()][-3:] == [
+        "callback_applied",
+        "callback_error",
+        "callback_applied",
+    ]
+    assert led.verify().ok
+    assert led.read_head_file() == (len(led.events()), led.head())
+
+
+def test_a_callback_the_ledger_refuses_leaves_the_others_of_its_group_stored(led, ledger_path):
+    batch_id = new_batch(led)
+    for row in (2, 3, 4):
+        submitted_row(led, batch_id, row)
+    conn = sqlite3.connect(ledger_path)
+    conn.execute(
+        'CREATE TRIGGER refuse_row_3 BEFORE INSERT ON callbacks WHEN NEW."row" = 3 '
+        "BEGIN SELECT RAISE(ABORT, 'row 3 is refused'); END"
+    )
+    conn.commit()
+    conn.close()
+
+    results = led.receive_callbacks([callback_args(batch_id, row, body()) for row in (2, 3, 4)])
+
+    assert (results[0], results[2]) == ("applied", "applied")
+    assert (type(results[1]), str(results[1])) == (
+        LedgerError,
+        f"ledger {ledger_path}: row 3 is refused",
+    )
+    assert [(c["row"], c["verdict"]) for c in led.callbacks(batch_id)] == [
+        (2, "applied"),
+        (4, "applied"),
+    ]
+    assert [led.row(batch_id, row)["state"] for row in (2, 3, 4)] == [
+        "succeeded",
+        "submitted",
+        "succeeded",
+    ]
+    assert led.verify().ok
+    assert led.read_head_file() == (len(led.events()), led.head())
+
+
+# --------------------------------------------------------------------------- head file (issue 5/6)
+
+
+def test_the_head_file_is_one_fixed_width_record_rewritten_in_place(led):
+    led.log("one")
+    first = led.head_path.stat().st_ino
+    led.log("two")
+    data = led.head_path.read_bytes()
+    assert len(data) == ledger_module.HEAD_RECORD
+    assert data.endswith(b"\n")
+    assert json.loads(data) == {"id": 2, "hash": led.head()}
+    assert led.head_path.stat().st_ino == first
+
+
+def test_a_head_file_removed_or_replaced_while_open_is_written_again(led):
+    led.log("one")
+    led.head_path.unlink()
+    led.log("two")
+    assert led.read_head_file() == (2, led.head())
+    replacement = led.head_path.with_name("elsewhere")
+    replacement.write_text(json.dumps({"id": 1, "hash": "0" * 64}) + " " * 300)
+    replacement.replace(led.head_path)
+    led.log("three")
+    assert led.read_head_file() == (3, led.head())
+    assert len(led.head_path.read_bytes()) == ledger_module.HEAD_RECORD
+    assert led.verify().ok
+
+
+def test_two_ledger_objects_never_move_the_head_back(ledger_path):
+    with Ledger(ledger_path) as first, Ledger(ledger_path) as second:
+        first.log("one")
+        second.log("two")
+        first._publish_head(1, first.events()[0]["hash"])  # a late publish of an older event
+        assert first.read_head_file() == (2, second.head())
+        assert first.verify().ok

@@ -554,3 +554,72 @@ def test_the_app_and_server_reprs_show_no_secret(ledger, receiver):
     app = make_app(ledger, SECRET)
     assert WEBHOOK_SECRET not in repr(app)
     assert WEBHOOK_SECRET not in repr(receiver)
+
+
+# --------------------------------------------------------------------------- group commit (issue 6)
+
+
+def test_each_result_delivered_twice_at_once_is_applied_once_and_a_duplicate_once(ledger, receiver):
+    batch = make_batch(ledger, rows=60)
+    deliveries = [number for number in range(2, 62) for _ in range(2)]
+
+    def deliver(number: int) -> tuple[int, int, str]:
+        response = send(receiver, batch, number, result(f"req-{number}", "SUCCESS", number))
+        return number, response.status_code, response.json()["verdict"]
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        answers = list(pool.map(deliver, deliveries))
+
+    assert sorted(answers) == sorted(
+        (number, 200, verdict) for number in range(2, 62) for verdict in ("applied", "duplicate")
+    )
+    assert {row["state"] for row in ledger.rows(batch)} == {"succeeded"}
+    assert len(recorded(ledger, batch)) == 120
+    assert ledger.verify().ok
+
+
+class CountingLedger:
+    """A wrapper that adds work around receive_callback (as the CLI's in-process receiver
+    does to wake the pipeline) and passes everything else through, receive_callbacks too."""
+
+    def __init__(self, ledger):
+        self._ledger = ledger
+        self.calls = 0
+        self._lock = threading.Lock()
+
+    def receive_callback(self, **callback):
+        with self._lock:
+            self.calls += 1
+        return self._ledger.receive_callback(**callback)
+
+    def __getattr__(self, name):
+        return getattr(self._ledger, name)
+
+
+def test_a_wrapped_ledger_sees_every_callback_through_its_own_receive_callback(ledger):
+    batch = make_batch(ledger, rows=48)
+    wrapped = CountingLedger(ledger)
+    app = make_app(wrapped, SECRET)
+    with start(app, "127.0.0.1", 0) as server, ThreadPoolExecutor(max_workers=16) as pool:
+        answers = list(
+            pool.map(lambda n: send(server, batch, n, result(f"req-{n}")).status_code, range(2, 50))
+        )
+    assert answers == [200] * 48
+    assert wrapped.calls == 48
+    assert {row["state"] for row in ledger.rows(batch)} == {"succeeded"}
+
+
+def test_a_large_answer_is_sent_whole(ledger):
+    """The receiver's server stops polling a channel whose worker is sending its own answer;
+    an answer bigger than waitress's buffers still arrives whole."""
+    chunk = bytes(range(256)) * 256  # 64 KiB
+    count = 384  # 24 MiB: past waitress's 16 MiB high watermark
+
+    def big(environ, start_response):
+        start_response("200 OK", [("Content-Length", str(len(chunk) * count))])
+        return (chunk for _ in range(count))
+
+    with start(big, "127.0.0.1", 0) as server:
+        response = requests.get(f"{server.url}/big", timeout=TIMEOUT)
+    assert response.status_code == 200
+    assert response.content == chunk * count
