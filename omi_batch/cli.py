@@ -366,6 +366,8 @@ def _exit_for(rows: list[dict], approved_only: bool = True) -> None:
     if any(result_status(r) in ("failed", "unconfirmed", "preview_failed") or
            r["state"] == "approved" for r in relevant):  # fmt: skip
         sys.exit(1)
+    if any(r.get("needs_review") for r in rows):  # conflicting callbacks: a person must look
+        sys.exit(1)
 
 
 def _require_confirmation_means(yes: bool) -> None:
@@ -376,10 +378,18 @@ def _require_confirmation_means(yes: bool) -> None:
 
 def _execute(session: _Session, batch_id: str, reports_dir: str, yes: bool,
              approved_only: bool = True) -> None:  # fmt: skip
+    session.ledger.batch(batch_id)
+    # Held from before the first request to the results: another execute or reconcile of this
+    # batch is refused (exit 2, nothing sent) instead of resubmitting our in-flight rows.
+    with session.pipeline.batch_lock(batch_id):
+        _execute_locked(session, batch_id, reports_dir, yes, approved_only)
+
+
+def _execute_locked(session: _Session, batch_id: str, reports_dir: str, yes: bool,
+                    approved_only: bool) -> None:  # fmt: skip
     from omi_batch.errors import EXIT_CONFIG, EXIT_INCOMPLETE, OmiBatchError
     from omi_batch.pipeline import now_iso
 
-    session.ledger.batch(batch_id)
     rows = session.ledger.rows(batch_id, states=["approved", "submitted", "unconfirmed"])
     if not rows:
         click.echo(f"Batch {batch_id}: no row is approved or unconfirmed, so nothing to "
@@ -644,8 +654,11 @@ def approve(
         raise click.UsageError("say which rows: --all, or --report FILE")
     ledger = _open_ledger(ledger_path)
     pipeline = Pipeline(ledger, Settings.from_env())
+    notes: list[str] = []
     chosen, skipped = pipeline.approve(batch, approve_all=approve_all, report_file=report_file,
-                                       max_age_hours=max_age)  # fmt: skip
+                                       max_age_hours=max_age, notes=notes)  # fmt: skip
+    for note in notes:
+        click.echo(note, err=True)
     click.echo(f"Batch {batch}: {len(chosen)} row(s) approved, {len(skipped)} skipped.", err=True)
     click.echo(f"Next: omi-batch execute {batch}", err=True)
 
@@ -763,10 +776,12 @@ def reconcile(
     """
     options = {"concurrency": concurrency, "rate": rate, "timeout": timeout, "wait": wait}
     with _Session(ledger_path, listen=listen, **options) as session:
-        before = session.ledger.rows(batch, states=["unconfirmed", "submitted"])
-        click.echo(f"Batch {batch}: reconciling {len(before)} unconfirmed row(s)", err=True)
-        session.pipeline.reconcile(batch)
-        _execute_done(session, batch, reports_dir)
+        session.ledger.batch(batch)
+        with session.pipeline.batch_lock(batch):
+            before = session.ledger.rows(batch, states=["unconfirmed", "submitted"])
+            click.echo(f"Batch {batch}: reconciling {len(before)} unconfirmed row(s)", err=True)
+            session.pipeline.reconcile(batch)
+            _execute_done(session, batch, reports_dir)
 
 
 @cli.command()
@@ -819,9 +834,10 @@ def status(batch: str | None, ledger_path: str, as_json: bool) -> None:
         echo_json(data)
         return
     _table(["row", "source", "target", "state", "previewed", "updated", "request_id"],
-           [[r["row"], r["source_email"], r["target_email"], r["state"],
+           [[r["row"], r["source_email"], r["target_email"],
+             r["state"] + (" (needs review)" if review else ""),
              r["conversations_previewed"], r["updated_records"], r["request_id"]]
-            for r in data["rows"]])  # fmt: skip
+            for r, review in zip(data["rows"], [x["needs_review"] for x in rows], strict=True)])  # fmt: skip
 
 
 @cli.command()

@@ -66,6 +66,11 @@ class ApiError(OmiBatchError):
 
     retryable = False
     kind = "api"
+    # True when this attempt or an earlier one of the same call may have reached OMI (a timeout
+    # or reset after sending, a 5xx): an execute may then have been applied. The client sets it
+    # on the error it finally raises (see ``OmiClient._post``); ``reached`` is this attempt's own.
+    outcome_unknown = False
+    reached = False
 
     def __init__(
         self,
@@ -105,10 +110,12 @@ class RateLimited(ApiError):
 
 
 class ServerError(ApiError):
-    """OMI (or a load balancer before it) failed with a 5xx."""
+    """OMI (or a load balancer before it) failed with a 5xx: it may have started the work."""
 
     retryable = True
     kind = "server"
+    outcome_unknown = True
+    reached = True
 
 
 class TransportError(ApiError):
@@ -132,6 +139,7 @@ class TransportError(ApiError):
         outcome_unknown: bool = False,
     ):
         self.outcome_unknown = outcome_unknown
+        self.reached = outcome_unknown  # this attempt's own; outcome_unknown may grow later
         super().__init__(None, code, text, endpoint=endpoint)
 
     def _message(self) -> str:
@@ -353,7 +361,10 @@ def _transfer_result(http_status: int, envelope: dict, secrets: Sequence[str]) -
     except ApiError as exc:
         text = scrub(exc.text, list(secrets))
         raise ApiError(http_status, exc.code, text, endpoint=TRANSFER_PATH) from None
-    return TransferResult(_request_id(payload), count, http_status, envelope)
+    request_id = _request_id(payload)
+    if request_id is not None:  # an id is taken from the answer too: never let it carry a secret
+        request_id = scrub(request_id, list(secrets))
+    return TransferResult(request_id, count, http_status, envelope)
 
 
 def _request_id(payload: Any) -> str | None:
@@ -448,12 +459,14 @@ def _now_iso() -> str:
 class _Call:
     """Bookkeeping for one logical call across its attempts (one per call: thread-safe)."""
 
-    __slots__ = ("endpoint", "context", "pending", "spent", "attempts")
+    __slots__ = ("endpoint", "context", "pending", "spent", "attempts", "reached", "secrets")
 
-    def __init__(self, endpoint: str, context: dict):
+    def __init__(self, endpoint: str, context: dict, secrets: list[str]):
         self.endpoint = endpoint
         self.context = context
+        self.secrets = secrets  # every credential value of this call, scrubbed from answers
         self.attempts = 0
+        self.reached = False  # some attempt may have reached OMI (so may have been applied)
         self.pending: dict | None = None  # the attempt not yet reported to on_attempt
         self.spent = 0.0  # seconds spent inside attempts (waits are counted by tenacity)
 
@@ -620,7 +633,7 @@ class OmiClient:
         """POST with retries; returns ``parse(status, envelope, secrets)`` (default: the pair)
         or raises the last error. ``parse`` runs inside the attempt, so its errors are recorded
         too; ``secrets`` are the values it must scrub from any text it raises."""
-        call = _Call(path, dict(context or {}))
+        call = _Call(path, dict(context or {}), self._secrets(body))
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception(lambda e: getattr(e, "retryable", False)),
             wait=self._wait,
@@ -631,8 +644,28 @@ class OmiClient:
         )
         try:
             return retrying(self._attempt, call, path, body, params, parse)
+        except ApiError as error:
+            if call.reached:  # an earlier attempt may have been applied: never forget it
+                error.outcome_unknown = True
+            raise
         finally:
             self._report(call, wait_s=None)
+
+    def _secrets(self, body: dict) -> list[str]:
+        """The values no text taken from an answer may keep: the API key, every callback
+        header value sent in ``body`` (``X-Omi-Batch-Token``), and any credential in the
+        callback URL (user:password, query values), since OMI may echo any of them."""
+        found = [self._api_key.value]
+        config = body.get("callbackResultConfig") if isinstance(body, dict) else None
+        if isinstance(config, dict):
+            headers = config.get("headers")
+            if isinstance(headers, dict):
+                found.extend(str(v) for v in headers.values() if v)
+            url = config.get("url")
+            if isinstance(url, str) and url:
+                found.extend(v for v in _url_secrets(url) if len(v) >= 8)  # not "1", "en"
+        # The longest first, so a secret containing another is replaced whole.
+        return sorted({v for v in found if v}, key=len, reverse=True)
 
     def _wait(self, rs: tenacity.RetryCallState) -> float:
         exc = rs.outcome.exception() if rs.outcome else None
@@ -686,18 +719,21 @@ class OmiClient:
                 response.content,
                 response.headers,
                 endpoint=path,
-                secrets=[self._api_key.value],
+                secrets=call.secrets,
             )
-            record["request_id"] = _request_id(envelope.get("payload"))
+            request_id = _request_id(envelope.get("payload"))
+            record["request_id"] = None if request_id is None else scrub(request_id, call.secrets)
             if parse is None:
                 return response.status_code, envelope
-            return parse(response.status_code, envelope, [self._api_key.value])
+            return parse(response.status_code, envelope, call.secrets)
         except ApiError as exc:
+            if exc.reached:
+                call.reached = True
             record.update(
                 vendor_code=exc.code,
                 error=exc.kind,
-                message=str(exc),
-                outcome_unknown=getattr(exc, "outcome_unknown", False),
+                message=scrub(str(exc), call.secrets),
+                outcome_unknown=exc.reached,
             )
             raise
         except ConfigError as exc:
@@ -742,6 +778,19 @@ class OmiClient:
                 record["number"],
                 exc_info=True,
             )
+
+
+def _url_secrets(url: str) -> list[str]:
+    """Credential-like parts of a callback URL: its password and its query values."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return []
+    found = [parts.password] if parts.password else []
+    found.extend(value for _, value in parse_qsl(parts.query) if value)
+    return found
 
 
 def _channel(channel: str) -> str:

@@ -744,6 +744,14 @@ class _Tick:
                      sum(r["state"] == "unconfirmed" for r in rows))  # fmt: skip
             self.result.sent = True
             self.pipeline.reconcile(batch_id)
+            rows = self.ledger.rows(batch_id)
+            freed = _freed(rows)
+            if freed:  # what held them is now succeeded: run them once before archiving
+                log.info("job %s: batch %s: executing %d held row(s) now that the rows before "
+                         "them succeeded", job.name, batch_id, len(freed))  # fmt: skip
+                summary = self.pipeline.execute(batch_id)
+                log.info("job %s: batch %s: executed: %s", job.name, batch_id,
+                         _counts(summary.counts))  # fmt: skip
         self._archive(batch_id)
 
     def _archive(self, batch_id: str) -> None:
@@ -830,6 +838,21 @@ def _write_errors(path: Path, message: str, problems: list) -> None:
             code = getattr(problem, "code", "problem")
             text = getattr(problem, "message", str(problem))
             out.writerow(["" if row is None else row, code, escape_cell(text)])
+
+
+def _freed(rows: list[dict]) -> list[int]:
+    """Held rows (approved, with a ``held:`` error) every earlier row of whose source is now
+    neither failed nor unsettled: executing the batch again would run them, and resubmit
+    nothing else (a still unconfirmed row before a held one keeps it held here)."""
+    blocking = ("failed", "preview_failed", "unconfirmed", "submitted")
+    freed = []
+    for index, row in enumerate(rows):
+        if row["state"] != "approved" or not (row["error"] or "").startswith("held:"):
+            continue
+        before = [r for r in rows[:index] if r["source_email"] == row["source_email"]]
+        if not any(r["state"] in blocking for r in before):
+            freed.append(row["row"])
+    return freed
 
 
 def _stale_rows(rows: list[dict], max_age_hours: float) -> list[int]:

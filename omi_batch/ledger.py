@@ -253,6 +253,16 @@ def _callback_out(record: dict) -> dict:
     return record
 
 
+def _review(current: Mapping[str, Any], what: str) -> dict[str, Any]:
+    """The row changes of a conflicting callback: flag the row and say why in its error, so
+    the results report and ``status`` show it (the earlier error, if any, is kept after it)."""
+    text = f"needs review: conflicting callbacks ({what})"
+    before = current.get("error")
+    if before and not str(before).startswith("needs review:"):
+        text = f"{text}; {before}"
+    return {"needs_review": 1, "error": text[:1000]}
+
+
 def _is_busy(error: sqlite3.Error) -> bool:
     text = str(error).lower()
     return "locked" in text or "busy" in text
@@ -1129,7 +1139,9 @@ class Ledger:
     ) -> str:
         """Store a received callback and apply it to its row, all in one transaction; return
         the verdict (refused:<why>, unknown, duplicate, stored, applied, late, confirmed,
-        conflict, unexpected). The raw callback is kept whatever the verdict."""
+        conflict, stale, unexpected). The raw callback is kept whatever the verdict. ``stale``:
+        an ERROR for another request than the row's current one (the row was submitted
+        again); it is kept and not applied."""
         raw = (raw_body or b"").decode("utf-8", errors="replace")
         with contextlib.suppress(TypeError, ValueError):
             row = int(row)
@@ -1307,7 +1319,9 @@ class Ledger:
         elif phase == "preview":
             verdict = "stored"
         else:
-            verdict, changes, extra = self._judge_execute(current, result)
+            verdict, changes, extra = self._judge_execute(
+                current, result, self._is_older_request(tx, current, result)
+            )
         callback_id = self._insert_callback(
             tx,
             batch_id,
@@ -1367,15 +1381,37 @@ class Ledger:
         )
 
     @staticmethod
+    def _is_older_request(tx: _Tx, current: Mapping[str, Any], result: Mapping[str, Any]) -> bool:
+        """True when the callback names a request this row had before it was submitted again:
+        the row knows no request id now (a resubmit cleared it), yet an earlier execute attempt
+        of the row was answered with this one."""
+        theirs = result.get("request_id")
+        if not theirs or current.get("request_id"):
+            return False
+        found = tx.one(
+            'SELECT id FROM attempts WHERE batch_id = ? AND "row" = ? AND phase = ? '
+            "AND request_id = ? LIMIT 1",
+            (current["batch_id"], current["row"], "execute", theirs),
+        )
+        return found is not None
+
+    @staticmethod
     def _judge_execute(
-        current: Mapping[str, Any], result: Mapping[str, Any]
+        current: Mapping[str, Any], result: Mapping[str, Any], older: bool = False
     ) -> tuple[str, dict[str, Any], dict[str, Any]]:
-        """The verdict of an execute callback on ``current`` and the row changes it brings."""
+        """The verdict of an execute callback on ``current`` and the row changes it brings;
+        ``older``: the callback is known to name an earlier request of this row."""
         status = result.get("status")
         updated = result.get("updated_records")
         state = current["state"]
         if status not in ("SUCCESS", "ERROR"):
             return "unexpected", {}, {"reason": "status is neither SUCCESS nor ERROR"}
+        theirs, ours = result.get("request_id"), current.get("request_id")
+        if status == "ERROR" and theirs and (older or (ours and theirs != ours)):
+            # An older request of a row submitted again: its failure says nothing of the
+            # current request (which may well succeed). A SUCCESS of any request of this row,
+            # though, is proof: the transfer is the same, so it is applied as usual below.
+            return "stale", {}, {"current_request_id": ours}
         if state in ("submitted", "unconfirmed"):
             changes: dict[str, Any] = {
                 "callback_status": status,
@@ -1398,7 +1434,7 @@ class Ledger:
                     return "confirmed", {}, {}
                 return (
                     "conflict",
-                    {"needs_review": 1},
+                    _review(current, f"{applied_status} then {status}"),
                     {
                         "applied_status": applied_status,
                         "applied_records": current.get("updated_records"),
@@ -1410,7 +1446,8 @@ class Ledger:
                 if updated is not None:
                     changes["updated_records"] = updated
                 return "confirmed", changes, {}
-            return "conflict", {"needs_review": 1}, {"row_state": state}
+            how = "verified by preview" if current.get("verified_by") == "preview" else state
+            return "conflict", _review(current, f"{how}, then {status}"), {"row_state": state}
         return "unexpected", {}, {"row_state": state}
 
     def find_callback(

@@ -10,8 +10,11 @@ finds nothing left to move; a row whose callback never came is ``unconfirmed``.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import getpass
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -31,6 +34,7 @@ log = logging.getLogger("omi_batch.pipeline")
 
 FINAL = ("succeeded", "failed")
 TO_EXECUTE = ("approved", "submitted", "unconfirmed")
+DECIDED = ("submitted", "unconfirmed", "succeeded", "failed")  # past approval: left as they are
 
 
 def now_iso() -> str:
@@ -148,6 +152,44 @@ class Unreachable(ConfigError):
     """OMI kept failing before anything was done (exit 3)."""
 
 
+class BatchBusy(UsageError):
+    """Another process is executing or reconciling this batch (exit 2; nothing was sent)."""
+
+
+class BatchLock:
+    """An exclusive ``flock`` on ``<ledger>.<batch>.lock``, held while a batch is executed or
+    reconciled: two runs would each resubmit the other's in-flight ``submitted`` rows. The OS
+    releases it when the process dies; the file stays (unlinking a lock file races)."""
+
+    def __init__(self, ledger_path: str | os.PathLike, batch_id: str):
+        self.path = Path(f"{os.fspath(ledger_path)}.{batch_id}.lock")
+        self.batch_id = batch_id
+        self._fd: int | None = None
+
+    def __enter__(self) -> BatchLock:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+            finally:
+                os.close(fd)
+            raise BatchBusy(
+                f"batch {self.batch_id} is being executed by another process (pid {holder}): "
+                "nothing was sent; run this again once it has finished"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # also releases the flock
+            self._fd = None
+
+
 class Pipeline:
     """One batch's work against OMI. Thread-safe; one instance per command."""
 
@@ -192,6 +234,9 @@ class Pipeline:
         self._generation = 0
         self._row_generations: dict[tuple, int] = {}
         self._pending = threading.local()  # successful attempts waiting for their row's step
+        self._early: list[tuple] = []  # preflight attempts made before their batch existed
+        self._locks: dict[str, int] = {}  # batch → how many of our callers hold its lock
+        self._locks_guard = threading.Lock()
 
     # ------------------------------------------------------------------ plumbing
 
@@ -210,15 +255,36 @@ class Pipeline:
         if self._client is not None:
             self._client.close()
 
+    @contextlib.contextmanager
+    def batch_lock(self, batch_id: str):
+        """Hold the batch's :class:`BatchLock` (BatchBusy if another process has it). Taken
+        again by this pipeline (the CLI around execute, then execute itself), it is a no-op."""
+        with self._locks_guard:
+            held = self._locks.get(batch_id, 0)
+            self._locks[batch_id] = held + 1
+        try:
+            if held:
+                yield
+                return
+            with BatchLock(self.ledger.path, batch_id):
+                yield
+        finally:
+            with self._locks_guard:
+                self._locks[batch_id] -= 1
+                if not self._locks[batch_id]:
+                    del self._locks[batch_id]
+
     def _record_attempt(self, attempt: Attempt) -> None:
         """Store a failed attempt at once; hold a successful one (always a call's last) so the
         step that follows writes it in the same transaction (see :meth:`_step`)."""
         context = attempt.context or {}
         batch_id = context.get("batch_id")
-        if not batch_id:
-            return
         data = asdict(attempt)
         data.pop("context", None)
+        if not batch_id:
+            if context.get("phase") == "preflight":  # stored by create_batch once it exists
+                self._early.append((context.get("row"), data))
+            return
         if attempt.error is None and context.get("row") is not None:
             pending = getattr(self._pending, "attempts", None)
             if pending is None:
@@ -337,8 +403,9 @@ class Pipeline:
         self.settings.require_api()
         if not plan.transfers:
             raise UsageError("the plan has no transfers")
+        self._early = []
         self.preflight(asdict(plan.transfers[0]))
-        return self.ledger.create_batch(
+        batch_id = self.ledger.create_batch(
             source_file=plan.source_file,
             source_sha256=plan.sha256,
             created_by=who(),
@@ -348,18 +415,25 @@ class Pipeline:
             warnings=[asdict(w) for w in plan.warnings],
             rows=[asdict(t) for t in plan.transfers],
         )
+        early, self._early = self._early, []
+        for row, data in early:  # the preflight's attempts belong to the audit trail too
+            self.ledger.record_attempt(batch_id, row, "preflight", data)
+        return batch_id
 
     def preflight(self, row: dict) -> None:
         """One preview of ``row`` (nothing moves, nothing is written) to learn, before anything
         changes, that the key is accepted and OMI answers: AuthError, TransportError or
-        Unreachable (all exit 3) otherwise."""
+        Unreachable (all exit 3) otherwise. Its attempts are kept in the ledger, phase
+        ``preflight``: at once when ``row`` is a ledger row (it has a ``batch_id``), else by
+        :meth:`create_batch` once the batch exists."""
         self.settings.require_api()
         self.limiter.acquire()
+        context = {"phase": "preflight", "batch_id": row.get("batch_id"), "row": row.get("row")}
         try:
             self.client.transfer_conversations(
                 row["source_email"], row["target_email"], preview=True,
                 replace_existing_members=bool(row["replace_existing_members"]),
-                conv_ids=list(row["conv_ids"]) or None, context={"phase": "preflight"},
+                conv_ids=list(row["conv_ids"]) or None, context=context,
             )  # fmt: skip
         except (AuthError, TransportError):
             raise
@@ -367,6 +441,8 @@ class Pipeline:
             if error.retryable:  # OMI kept answering 429/5xx: treat it as unreachable
                 raise Unreachable(f"OMI is not answering: {error}") from None
             # Anything else is about this row; its own preview will record it.
+        finally:
+            self._flush_attempts()  # a held successful attempt has no step to ride with
 
     def preview(self, batch_id: str, *, rows: list[dict] | None = None) -> Summary:
         """Preview every planned row (or ``rows``) and write the preview reports."""
@@ -388,7 +464,7 @@ class Pipeline:
         except AuthError:
             raise
         except TransportError as error:
-            if not error.outcome_unknown:  # never reached OMI: stop the command (exit 3)
+            if not error.reached:  # the last attempt never reached OMI: stop (exit 3)
                 raise
             return None, str(error)  # reached OMI, no answer: this row only
         except ApiError as error:
@@ -443,18 +519,23 @@ class Pipeline:
         report_file: str | Path | None = None,
         max_age_hours: float = 24.0,
         now: datetime | None = None,
+        notes: list[str] | None = None,
     ) -> tuple[list[int], list[int]]:
-        """Record approvals; return (approved rows, skipped rows)."""
+        """Record approvals; return (approved rows, skipped rows). ``--all`` approves the
+        ``previewed`` rows only (a row the operator skipped stays skipped). A report row already
+        submitted or finished is left as it is, and ``notes`` (if given) receives a line saying
+        so, so a report written after an execute can still be used."""
         if approve_all == (report_file is not None):
             raise UsageError("say either --all or --report FILE")
         rows = {r["row"]: r for r in self.ledger.rows(batch_id)}
-        approvable = ("previewed", "approved", "skipped")
         if approve_all:
-            chosen = [n for n, r in rows.items() if r["state"] in approvable]
+            chosen = [n for n, r in rows.items() if r["state"] == "previewed"]
             skipped: list[int] = []
             how = "all"
         else:
-            chosen, skipped = self._approvals_from_report(batch_id, rows, Path(report_file))
+            chosen, skipped = self._approvals_from_report(
+                batch_id, rows, Path(report_file), notes if notes is not None else []
+            )
             how = f"report {Path(report_file).name}"
         stale = _stale(rows, chosen, max_age_hours, now or datetime.now(UTC))
         if stale:
@@ -463,12 +544,15 @@ class Pipeline:
                 "preview the file again and approve the new batch"
             )
         if not chosen and not skipped:
+            past = ("approved", "skipped", *DECIDED)  # decided before: nothing to record
+            if any(r["state"] in past for r in rows.values()):
+                return [], []
             raise UsageError(f"batch {batch_id} has no previewed row to approve")
         self.ledger.approve(batch_id, approve=chosen, skip=skipped, by=who(), how=how)
         return chosen, skipped
 
     def _approvals_from_report(
-        self, batch_id: str, rows: dict[int, dict], path: Path
+        self, batch_id: str, rows: dict[int, dict], path: Path, notes: list[str]
     ) -> tuple[list[int], list[int]]:
         problems = []
         chosen, skipped = [], []
@@ -483,7 +567,9 @@ class Pipeline:
                                     f"report but {_show(row[key])} in the ledger")  # fmt: skip
                     break
             else:
-                if not entry["approved"]:
+                if row["state"] in DECIDED:  # past approval: neither approved nor skipped again
+                    notes.append(f"row {row['row']} is already {row['state']}: left as it is")
+                elif not entry["approved"]:
                     if row["state"] in ("previewed", "approved", "skipped"):
                         skipped.append(row["row"])
                 elif row["state"] not in ("previewed", "approved", "skipped"):
@@ -501,8 +587,13 @@ class Pipeline:
 
     def execute(self, batch_id: str) -> Summary:
         """Submit approved, not yet confirmed rows; each source's rows in order, each confirmed
-        before the next starts; wait for callbacks; never resubmit a confirmed row."""
+        before the next starts; wait for callbacks; never resubmit a confirmed row. Holds the
+        batch lock (BatchBusy when another process executes or reconciles it)."""
         self.ledger.batch(batch_id)  # NotFound early
+        with self.batch_lock(batch_id):
+            return self._execute(batch_id)
+
+    def _execute(self, batch_id: str) -> Summary:
         every = self.ledger.rows(batch_id)
         rows = [r for r in every if r["state"] in TO_EXECUTE]
         by_source: dict[str, list[dict]] = {}
@@ -595,17 +686,25 @@ class Pipeline:
                 context={"batch_id": batch_id, "row": number, "phase": "execute"},
             )  # fmt: skip
         except AuthError as error:
+            if error.outcome_unknown:  # an earlier attempt may have been applied; still stop
+                self._settle(batch_id, number, "unconfirmed", _unknown(error))
+                raise
             self._unsubmit(batch_id, row, f"not started: OMI refused the key: {error}")
             raise
         except TransportError as error:
             if not error.outcome_unknown:  # never reached OMI: nothing started; stop (exit 3)
                 self._unsubmit(batch_id, row, f"not sent: {error}")
                 raise
+            if not error.reached:  # an earlier attempt may have been applied; now unreachable
+                self._settle(batch_id, number, "unconfirmed", _unknown(error))
+                raise
             return self._settle(batch_id, number, "unconfirmed",
                                 f"outcome unknown: {error}")  # fmt: skip
         except ApiError as error:
             if error.retryable:  # retries ran out on 429/5xx: OMI may or may not have started it
                 return self._settle(batch_id, number, "unconfirmed", f"outcome unknown: {error}")
+            if error.outcome_unknown:  # a 4xx now, but an earlier attempt may have been applied
+                return self._settle(batch_id, number, "unconfirmed", _unknown(error))
             return self._settle(batch_id, number, "failed", str(error))
         self._step(batch_id, number, event="accepted", phase="execute",
                    **({"request_id": result.request_id} if result.request_id else {}))  # fmt: skip
@@ -651,8 +750,13 @@ class Pipeline:
     # ------------------------------------------------------------------ reconcile
 
     def reconcile(self, batch_id: str) -> Summary:
-        """Preview unconfirmed rows again: nothing left to move means the transfer happened."""
+        """Preview unconfirmed rows again: nothing left to move means the transfer happened.
+        Holds the batch lock, as :meth:`execute` does."""
         self.ledger.batch(batch_id)
+        with self.batch_lock(batch_id):
+            return self._reconcile(batch_id)
+
+    def _reconcile(self, batch_id: str) -> Summary:
         rows = self.ledger.rows(batch_id, states=["unconfirmed", "submitted"])
         if rows:
             self.preflight(rows[0])  # a refused key or a dead API: exit 3, nothing changed
@@ -727,6 +831,12 @@ def _stale(rows: dict[int, dict], chosen: list[int], max_age_hours: float, now: 
         if (now - at).total_seconds() > max_age_hours * 3600:
             stale.append(number)
     return stale
+
+
+def _unknown(error: ApiError) -> str:
+    """The row error when the last attempt failed but an earlier one may have been applied."""
+    return (f"outcome unknown: an earlier attempt may have reached OMI (timeout, reset or 5xx), "
+            f"then {error}; run reconcile")  # fmt: skip
 
 
 def _show(value: object) -> str:

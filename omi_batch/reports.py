@@ -134,7 +134,7 @@ def results_frame(rows: list[dict], head: str | None = None) -> pd.DataFrame:
                 "attempts": r["attempts"] or 0,
                 "submitted_at": r["submitted_at"] or "",
                 "completed_at": r["completed_at"] or "",
-                "error": r["error"] or r["preview_error"] or "",
+                "error": _error(r),
                 "ledger_head": head or "",
             }
         )
@@ -142,6 +142,14 @@ def results_frame(rows: list[dict], head: str | None = None) -> pd.DataFrame:
     for column in ("conversations_previewed", "updated_records", "difference"):
         frame[column] = frame[column].astype("Int64")
     return frame
+
+
+def _error(row: dict) -> str:
+    """The row's error for the results report; a row flagged for review always says so."""
+    text = row["error"] or row["preview_error"] or ""
+    if row.get("needs_review") and not text.startswith("needs review:"):
+        text = "needs review: conflicting callbacks" + (f"; {text}" if text else "")
+    return text
 
 
 def needs_retry(row: dict) -> bool:

@@ -51,6 +51,7 @@ _VERDICT_STATUS = {
     "confirmed": 200,
     "duplicate": 200,
     "conflict": 200,
+    "stale": 200,
     "unexpected": 200,
     "unknown": 404,
 }

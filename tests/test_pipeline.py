@@ -704,7 +704,11 @@ def test_a_rejected_key_stops_execute_with_exit_3_and_changes_no_row(
     assert result.stderr.splitlines()[-1].startswith("Error: OMI answered 401 api_key_invalid")
     with Ledger(ledger_path) as ledger:
         assert ledger.rows(batch_id) == before_rows
-        assert len(ledger.events()) == before_events
+        # Only the refused preflight attempt was added to the audit trail (issue 5, fix 5).
+        added = ledger.events()[before_events:]
+        assert [(e["kind"], e["data"]["phase"], e["data"]["http_status"]) for e in added] == [
+            ("attempt", "preflight", 401)
+        ]
     assert sim_url
 
 
