@@ -15,7 +15,6 @@ When no row is left to preview, approve or execute, ``archive/<batch>/`` receive
 from __future__ import annotations
 
 import csv
-import fcntl
 import logging
 import math
 import os
@@ -41,6 +40,7 @@ from omi_batch.errors import (
     OmiBatchError,
     UsageError,
 )
+from omi_batch.locks import ProcessLock
 
 log = logging.getLogger("omi_batch.jobs")
 
@@ -400,34 +400,18 @@ class TickResult:
                 f"{len(self.rejected)} file(s) rejected, {len(self.problems)} problem(s)")  # fmt: skip
 
 
-class JobLock:
-    """An exclusive ``fcntl.flock`` on the job's lock file; the OS releases it if we die."""
+class JobLock(ProcessLock):
+    """The job's lock: a second tick says so and does nothing (exit 0)."""
 
     def __init__(self, path: Path, job: str):
-        self.path = path
+        super().__init__(path)
         self.job = job
-        self._fd: int | None = None
 
-    def __enter__(self) -> JobLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise LockedError(
-                f"another tick of job {self.job} is running (it holds {self.path}): "
-                "this one does nothing"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # also releases the flock
-            self._fd = None
+    def busy(self, holder: str) -> Exception:
+        return LockedError(
+            f"another tick of job {self.job} is running (it holds {self.path}): "
+            "this one does nothing"
+        )
 
 
 def run_tick(job: Job, *, env: Mapping[str, str] | None = None) -> TickResult:

@@ -11,7 +11,6 @@ finds nothing left to move; a row whose callback never came is ``unconfirmed``.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import getpass
 import logging
 import os
@@ -28,6 +27,7 @@ from omi_batch.client import ApiError, Attempt, AuthError, OmiClient, RetryPolic
 from omi_batch.config import Secret, Settings
 from omi_batch.errors import ConfigError, IllegalTransition, InputError, UsageError
 from omi_batch.ledger import Ledger
+from omi_batch.locks import ProcessLock
 from omi_batch.roster import Plan
 
 log = logging.getLogger("omi_batch.pipeline")
@@ -156,38 +156,19 @@ class BatchBusy(UsageError):
     """Another process is executing or reconciling this batch (exit 2; nothing was sent)."""
 
 
-class BatchLock:
-    """An exclusive ``flock`` on ``<ledger>.<batch>.lock``, held while a batch is executed or
-    reconciled: two runs would each resubmit the other's in-flight ``submitted`` rows. The OS
-    releases it when the process dies; the file stays (unlinking a lock file races)."""
+class BatchLock(ProcessLock):
+    """Held while a batch is executed or reconciled (``<ledger>.<batch>.lock``): two runs would
+    each resubmit the other's in-flight ``submitted`` rows."""
 
     def __init__(self, ledger_path: str | os.PathLike, batch_id: str):
-        self.path = Path(f"{os.fspath(ledger_path)}.{batch_id}.lock")
+        super().__init__(f"{os.fspath(ledger_path)}.{batch_id}.lock")
         self.batch_id = batch_id
-        self._fd: int | None = None
 
-    def __enter__(self) -> BatchLock:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            try:
-                holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
-            finally:
-                os.close(fd)
-            raise BatchBusy(
-                f"batch {self.batch_id} is being executed by another process (pid {holder}): "
-                "nothing was sent; run this again once it has finished"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # also releases the flock
-            self._fd = None
+    def busy(self, holder: str) -> Exception:
+        return BatchBusy(
+            f"batch {self.batch_id} is being executed by another process (pid {holder}): "
+            "nothing was sent; run this again once it has finished"
+        )
 
 
 class Pipeline:
