@@ -572,3 +572,28 @@ def test_a_stale_preview_is_previewed_again_instead_of_approved(tmp_path, simula
         assert all(r["previewed_at"] > "2025" for r in ledger.rows(batch_id))
     assert set(states(job, batch_id).values()) == {"previewed"}
     assert names(job.review) == [f"{batch_id}-preview.csv", f"{batch_id}-targets.csv"]
+
+
+def test_the_example_job_file_runs_a_whole_life_against_the_simulator(
+    tmp_path, runner, simulator, job_log
+):
+    """jobs/offboarding.toml as shipped, with its own receiver switched on (the one line the
+    comments say to change when no webhook service runs)."""
+    _, server = simulator
+    example = (REPO / "jobs" / "offboarding.toml").read_text(encoding="utf-8")
+    assert '# listen = "127.0.0.1:0"' in example
+    (tmp_path / "jobs").mkdir()
+    path = tmp_path / "jobs" / "offboarding.toml"
+    path.write_text(example.replace('# listen = "127.0.0.1:0"', 'listen = "127.0.0.1:0"'))
+    job = load_job(path)
+    assert job.inbox == tmp_path / "data" / "jobs" / "offboarding" / "inbox"
+    env = {**env_for(server), "OMI_WEBHOOK_SECRET": "example-job-secret-0f3a"}
+
+    drop(job.inbox, "departures.csv", GOOD_CSV)
+    assert runner.invoke(cli, ["job", "run", str(path)], env=env).exit_code == 0
+    [batch] = job_batches(job)
+    approve_in_report(job, batch["id"])
+    result = runner.invoke(cli, ["job", "run", str(path)], env=env)
+    assert result.exit_code == 0, result.output
+    assert set(states(job, batch["id"]).values()) == {"succeeded"}
+    assert f"{batch['id']}-results.csv" in names(job.archive / batch["id"])
