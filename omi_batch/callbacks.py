@@ -59,3 +59,11 @@ def check(secret: Secret, target: CallbackTarget, presented: str | None) -> bool
         return False
     expected = token(secret, target.batch_id, target.row, target.phase)
     return hmac.compare_digest(expected.encode(), presented.strip().encode())
+
+
+def parse_listen(text: str) -> tuple[str, int] | None:
+    """``"HOST:PORT"`` (``[::1]:8080`` too) as ``(host, port)``, or None when it is not one."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        return None
+    return host.strip("[]"), int(port)

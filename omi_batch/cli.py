@@ -245,10 +245,12 @@ def _open_ledger(path: str, *, create: bool = False):
 
 
 def _parse_listen(listen: str) -> tuple[str, int]:
-    host, sep, port = listen.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
+    from omi_batch.callbacks import parse_listen
+
+    address = parse_listen(listen)
+    if address is None:
         raise click.BadParameter(f"{listen!r} is not HOST:PORT", param_hint="--listen")
-    return host.strip("[]"), int(port)
+    return address
 
 
 class _NotifyingLedger:

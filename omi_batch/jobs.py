@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from omi_batch.callbacks import parse_listen
 from omi_batch.config import PRODUCTION_URL, STAGING_URL, Secret, Settings
 from omi_batch.errors import (
     EXIT_CONFIG,
@@ -41,6 +42,7 @@ from omi_batch.errors import (
     UsageError,
 )
 from omi_batch.locks import ProcessLock
+from omi_batch.pipeline import stale_rows
 
 log = logging.getLogger("omi_batch.jobs")
 
@@ -361,12 +363,10 @@ def _check_value(key: str, value: Any, where: str) -> Any:
 
 
 def _parse_listen(value: Any, bad: Any) -> tuple[str, int]:
-    if not isinstance(value, str):
+    address = parse_listen(value) if isinstance(value, str) else None
+    if address is None:
         raise bad('"HOST:PORT" (port 0 picks a free one)')
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise bad('"HOST:PORT" (port 0 picks a free one)')
-    return host.strip("[]"), int(port)
+    return address
 
 
 # --------------------------------------------------------------------------- one tick
@@ -640,7 +640,7 @@ class _Tick:
         rows = self.ledger.rows(batch_id)
         waiting = [r for r in rows if r["state"] == "previewed"]
         if waiting:
-            stale = _stale_rows(waiting, job.max_age_hours)
+            stale = stale_rows(waiting, job.max_age_hours)
             if stale:
                 self._preview_again(batch_id, waiting)
                 self._reject(path, UsageError(
@@ -693,7 +693,7 @@ class _Tick:
             reason = None
             if job.policy == "auto":
                 reason = self._ceiling(rows)
-                if reason is None and _stale_rows(
+                if reason is None and stale_rows(
                     [r for r in rows if r["state"] == "previewed"], job.max_age_hours
                 ):
                     reason = f"the preview is older than {job.max_age_hours:g} h"
@@ -837,18 +837,6 @@ def _freed(rows: list[dict]) -> list[int]:
         if not any(r["state"] in blocking for r in before):
             freed.append(row["row"])
     return freed
-
-
-def _stale_rows(rows: list[dict], max_age_hours: float) -> list[int]:
-    now = datetime.now(UTC)
-    stale = []
-    for row in rows:
-        at = row.get("previewed_at")
-        if at:
-            moment = datetime.fromisoformat(at.replace("Z", "+00:00"))
-            if (now - moment).total_seconds() > max_age_hours * 3600:
-                stale.append(row["row"])
-    return stale
 
 
 def _counts(counts: Mapping[str, int]) -> str:

@@ -11,7 +11,6 @@ finds nothing left to move; a row whose callback never came is ``unconfirmed``.
 from __future__ import annotations
 
 import contextlib
-import getpass
 import logging
 import os
 import threading
@@ -26,7 +25,8 @@ from omi_batch import callbacks, reports
 from omi_batch.client import ApiError, Attempt, AuthError, OmiClient, RetryPolicy, TransportError
 from omi_batch.config import Secret, Settings
 from omi_batch.errors import ConfigError, IllegalTransition, InputError, UsageError
-from omi_batch.ledger import Ledger
+from omi_batch.ledger import Ledger, os_user
+from omi_batch.ledger import now as ledger_now
 from omi_batch.locks import ProcessLock
 from omi_batch.roster import Plan
 
@@ -37,15 +37,8 @@ TO_EXECUTE = ("approved", "submitted", "unconfirmed")
 DECIDED = ("submitted", "unconfirmed", "succeeded", "failed")  # past approval: left as they are
 
 
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def who() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:  # no login name (some containers): still record something
-        return "unknown"
+now_iso = ledger_now  # one clock format for the whole ledger
+who = os_user
 
 
 class Progress:
@@ -518,7 +511,7 @@ class Pipeline:
                 batch_id, rows, Path(report_file), notes if notes is not None else []
             )
             how = f"report {Path(report_file).name}"
-        stale = _stale(rows, chosen, max_age_hours, now or datetime.now(UTC))
+        stale = stale_rows([rows[n] for n in chosen], max_age_hours, now)
         if stale:
             raise UsageError(
                 f"the preview of row {stale[0]} is older than --max-age {max_age_hours:g} h: "
@@ -802,15 +795,18 @@ def batch_state(states: dict[str, int]) -> str:
     return "previewed"
 
 
-def _stale(rows: dict[int, dict], chosen: list[int], max_age_hours: float, now: datetime) -> list:
+def stale_rows(
+    rows: Iterable[dict], max_age_hours: float, now: datetime | None = None
+) -> list[int]:
+    """The rows whose preview is older than ``max_age_hours``: they must be previewed again."""
+    now = now or datetime.now(UTC)
     stale = []
-    for number in chosen:
-        previewed_at = rows[number].get("previewed_at")
-        if not previewed_at:
-            continue
-        at = datetime.fromisoformat(previewed_at.replace("Z", "+00:00"))
-        if (now - at).total_seconds() > max_age_hours * 3600:
-            stale.append(number)
+    for row in rows:
+        at = row.get("previewed_at")
+        if at and (now - datetime.fromisoformat(at.replace("Z", "+00:00"))).total_seconds() > (
+            max_age_hours * 3600
+        ):
+            stale.append(row["row"])
     return stale
 
 
