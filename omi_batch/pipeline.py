@@ -300,12 +300,18 @@ class Pipeline:
         )
 
     def _map(self, work: Callable[[dict], None], rows: Iterable[dict], phase: str) -> None:
-        """Run ``work`` over rows on ``concurrency`` threads; stop early when OMI refuses the key or stops answering."""
+        """Run ``work`` over rows on ``concurrency`` threads; stop early when OMI refuses the
+        key or stops answering."""
         rows = list(rows)
-        self.progress.start(phase, len(rows))
+        self._pool(phase, len(rows), [lambda r=row: self._guarded(work, r, phase) for row in rows])
+
+    def _pool(self, phase: str, total: int, tasks: list[Callable[[], None]]) -> None:
+        """Run ``tasks`` on ``concurrency`` threads with a progress bar of ``total`` steps; on
+        any error (or Ctrl-C) cancel what has not started and stop the rest."""
+        self.progress.start(phase, total)
         try:
             with ThreadPoolExecutor(self.concurrency, thread_name_prefix=phase) as pool:
-                futures = [pool.submit(self._guarded, work, row, phase) for row in rows]
+                futures = [pool.submit(task) for task in tasks]
                 try:
                     for future in futures:
                         future.result()
@@ -579,23 +585,9 @@ class Pipeline:
             self.preflight(rows[0])  # a refused key or a dead API: exit 3, nothing changed
             if not self._callback(batch_id, rows[0]["row"], "execute"):
                 log.warning("no webhook (OMI_WEBHOOK_URL/--listen): transfers will end unconfirmed")
-        self.progress.start("execute", len(rows))
-        try:
-            with ThreadPoolExecutor(self.concurrency, thread_name_prefix="execute") as pool:
-                futures = [pool.submit(self._execute_source, batch_id, group)
-                           for group in by_source.values()]  # fmt: skip
-                try:
-                    for future in futures:
-                        future.result()
-                except BaseException:
-                    self.stop()
-                    for future in futures:
-                        future.cancel()
-                    raise
-        finally:
-            self.progress.done("execute")
-        if self._stop_reason is not None:
-            raise self._stop_reason
+        self._pool("execute", len(rows), [
+            lambda g=group: self._execute_source(batch_id, g) for group in by_source.values()
+        ])  # fmt: skip
         return Summary(batch_id, counts=count_states(self.ledger.rows(batch_id)))
 
     def _execute_source(self, batch_id: str, group: list[dict]) -> None:
