@@ -255,7 +255,9 @@ def _parse_listen(listen: str) -> tuple[str, int]:
 
 class _NotifyingLedger:
     """The ledger as an in-process receiver sees it: every stored callback calls
-    ``notify(batch_id, row)``, and its write takes the pipeline's write lock."""
+    ``notify(batch_id, row)``, and its write takes the pipeline's write lock. Given the
+    pipeline's ``SerialLedger.write_lock``, callbacks join the pipeline's group commits (one
+    fsync for the row steps and callbacks written at the same moment)."""
 
     def __init__(self, ledger: Any, notify: Callable[[str, int], None], lock: Any = None) -> None:
         import contextlib
@@ -263,16 +265,37 @@ class _NotifyingLedger:
         self._ledger = ledger
         self._notify = notify
         self._lock = lock or contextlib.nullcontext()  # the pipeline's write lock, if given
+        self._serial = getattr(lock, "serial", None)  # its SerialLedger (pipeline.WriteLock)
 
     def receive_callback(self, **callback: Any) -> str:
         try:
+            if self._serial is not None:
+                verdict = self._serial.receive_callbacks([callback])[0]
+                if isinstance(verdict, BaseException):
+                    raise verdict
+                return verdict
             with self._lock:
                 return self._ledger.receive_callback(**callback)
         finally:
+            self._wake([callback])
+
+    def receive_callbacks(self, received: list[dict]) -> list[Any]:
+        """``Ledger.receive_callbacks`` in one commit (shared with the pipeline's waiting row
+        steps when it can be), then ``notify`` for each of its rows, stored or not."""
+        try:
+            if self._serial is not None:
+                return self._serial.receive_callbacks(received)
+            with self._lock:
+                return self._ledger.receive_callbacks(received)
+        finally:
+            self._wake(received)
+
+    def _wake(self, received: list[dict]) -> None:
+        for callback in received:
             try:
                 self._notify(callback.get("batch_id"), callback.get("row"))
             except AttributeError:  # a callback before the pipeline exists: nothing waits yet
-                pass
+                return
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._ledger, name)

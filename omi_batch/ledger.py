@@ -974,6 +974,48 @@ class Ledger:
         runs in its own savepoint: a refused one (IllegalTransition, NotFound, LedgerError) is
         rolled back alone and returned in its place; the others are kept. Returns, per step,
         None or the error it raised."""
+        prepared = self._prepare_steps(steps)
+        if len(prepared) == 1 and not isinstance(prepared[0], Exception):
+            # One step (the usual group): its transaction is its savepoint, two statements
+            # fewer per commit; refused, nothing of it is written, as with a savepoint.
+            try:
+                with self._write() as tx:
+                    self._step_in(tx, *prepared[0])
+            except (LedgerError, NotFound) as error:
+                return [error]
+            return [None]
+        with self._write() as tx:
+            results = self._steps_in(tx, prepared)
+            self._reread_head(tx, any(r is not None for r in results))
+        return results
+
+    def record_group(
+        self, steps: list[Mapping[str, Any]], received: list[Mapping[str, Any]]
+    ) -> tuple[list[Exception | None], list[str | Exception]]:
+        """:meth:`record_steps` and :meth:`receive_callbacks` in ONE transaction (one fsync):
+        for a process whose runner and in-process receiver write at the same moment. Each
+        step and each callback comes out as it would on its own (a malformed one too: its error
+        in its place, the others stored); returns both result lists."""
+        prepared = self._prepare_steps(steps)
+        callbacks_ = self._prepare_callbacks(received, keep_errors=True)
+        with self._write() as tx:
+            results = self._steps_in(tx, prepared)
+            verdicts, rolled_back = self._callbacks_in(tx, callbacks_)
+            self._reread_head(tx, rolled_back or any(r is not None for r in results))
+        return results, verdicts
+
+    @staticmethod
+    def _reread_head(tx: _Tx, rolled_back: bool) -> None:
+        """After a savepoint was rolled back, the head is the table's last event again."""
+        if rolled_back and tx.head is not None:
+            found = tx.conn.execute("SELECT id, hash FROM events ORDER BY id DESC LIMIT 1")
+            last = found.fetchone()
+            tx.head = (last[0], last[1]) if last else None
+
+    def _prepare_steps(
+        self, steps: list[Mapping[str, Any]]
+    ) -> list[tuple[dict, list[dict]] | Exception]:
+        """Each step checked and split into (step, attempt records), or the error it raised."""
         prepared: list[tuple[dict, list[dict]] | Exception] = []
         for step in steps:
             step = dict(step)
@@ -991,38 +1033,30 @@ class Ledger:
                 prepared.append(
                     error if isinstance(error, LedgerError) else LedgerError(str(error))
                 )
-        if len(prepared) == 1 and not isinstance(prepared[0], Exception):
-            # One step (the usual group): its transaction is its savepoint, two statements
-            # fewer per commit; refused, nothing of it is written, as with a savepoint.
-            try:
-                with self._write() as tx:
-                    self._step_in(tx, *prepared[0])
-            except (LedgerError, NotFound) as error:
-                return [error]
-            return [None]
+        return prepared
+
+    def _steps_in(
+        self, tx: _Tx, prepared: list[tuple[dict, list[dict]] | Exception]
+    ) -> list[Exception | None]:
+        """Inside ``tx``: each prepared step in its own savepoint; None or its error."""
         results: list[Exception | None] = []
-        with self._write() as tx:
-            for item in prepared:
-                if isinstance(item, Exception):
-                    results.append(item)
-                    continue
-                tx.execute("SAVEPOINT step")
-                try:
-                    self._step_in(tx, *item)
-                except (LedgerError, NotFound, sqlite3.Error) as error:
-                    tx.execute("ROLLBACK TO step")
-                    tx._last = None  # the chain's tail is read again from the table
-                    if isinstance(error, sqlite3.Error):
-                        error = LedgerError(f"ledger {self.path}: {error}")
-                    results.append(error)
-                else:
-                    results.append(None)
-                finally:
-                    tx.execute("RELEASE step")
-            if tx.head is not None and any(r is not None for r in results):
-                last = tx.conn.execute("SELECT id, hash FROM events ORDER BY id DESC LIMIT 1")
-                found = last.fetchone()
-                tx.head = (found[0], found[1]) if found else None
+        for item in prepared:
+            if isinstance(item, Exception):
+                results.append(item)
+                continue
+            tx.execute("SAVEPOINT step")
+            try:
+                self._step_in(tx, *item)
+            except (LedgerError, NotFound, sqlite3.Error) as error:
+                tx.execute("ROLLBACK TO step")
+                tx._last = None  # the chain's tail is read again from the table
+                if isinstance(error, sqlite3.Error):
+                    error = LedgerError(f"ledger {self.path}: {error}")
+                results.append(error)
+            else:
+                results.append(None)
+            finally:
+                tx.execute("RELEASE step")
         return results
 
     def _step_in(self, tx: _Tx, step: dict, records: list[dict]) -> None:
@@ -1172,43 +1206,70 @@ class Ledger:
         failed is rolled back alone and kept with the verdict ``error`` (as receive_callback
         does); a ledger error of one (LedgerError) leaves the others stored. An error of the
         transaction itself (BEGIN or COMMIT) is raised: then none of them is stored."""
-        prepared = []
+        prepared = self._prepare_callbacks(received)
+        with self._write() as tx:
+            results, rolled_back = self._callbacks_in(tx, prepared)
+            self._reread_head(tx, rolled_back)
+        return results
+
+    @staticmethod
+    def _prepare_callbacks(
+        received: list[Mapping[str, Any]], *, keep_errors: bool = False
+    ) -> list[tuple | Exception]:
+        """receive_callback's arguments, decoded and cleaned, one tuple per callback; with
+        ``keep_errors``, the error of one that cannot be prepared in its place (else raised)."""
+        prepared: list[tuple | Exception] = []
         for item in received:
-            raw = (item.get("raw_body") or b"").decode("utf-8", errors="replace")
-            row = item.get("row")
-            with contextlib.suppress(TypeError, ValueError):
-                row = int(row)  # type: ignore[arg-type]
-            cleaned = canonical_json(clean_headers(item.get("headers")))
-            prepared.append((item.get("batch_id"), row, item.get("phase"), raw, cleaned,
-                             item.get("remote"), item.get("body"), item.get("refused")))  # fmt: skip
+            try:
+                prepared.append(Ledger._prepare_callback(item))
+            except Exception as error:
+                if not keep_errors:
+                    raise
+                prepared.append(error)
+        return prepared
+
+    @staticmethod
+    def _prepare_callback(item: Mapping[str, Any]) -> tuple:
+        """One callback's arguments for :meth:`_receive_in`: body decoded, headers cleaned."""
+        raw = (item.get("raw_body") or b"").decode("utf-8", errors="replace")
+        row = item.get("row")
+        with contextlib.suppress(TypeError, ValueError):
+            row = int(row)  # type: ignore[arg-type]
+        cleaned = canonical_json(clean_headers(item.get("headers")))
+        return (item.get("batch_id"), row, item.get("phase"), raw, cleaned,
+                item.get("remote"), item.get("body"), item.get("refused"))  # fmt: skip
+
+    def _callbacks_in(
+        self, tx: _Tx, prepared: list[tuple | Exception]
+    ) -> tuple[list[str | Exception], bool]:
+        """Inside ``tx``: each prepared callback in its own savepoint; the verdicts (or errors)
+        and whether any savepoint was rolled back."""
         results: list[str | Exception] = []
         rolled_back = False
-        with self._write() as tx:
-            for args in prepared:
-                tx.execute("SAVEPOINT callback")
-                try:
-                    results.append(self._receive_in(tx, *args))
-                except Exception as error:
-                    tx.execute("ROLLBACK TO callback")
-                    tx._last = None  # the chain's tail is read again from the table
-                    rolled_back = True
-                    if isinstance(error, sqlite3.Error | LedgerError):
-                        # the ledger itself refused the write: nothing more to try, as alone
-                        results.append(
-                            error
-                            if isinstance(error, LedgerError)
-                            else LedgerError(f"ledger {self.path}: {error}")
-                        )
-                    else:
-                        self._keep_failed_callback(tx, args, error)
-                        results.append(error)
-                finally:
-                    tx.execute("RELEASE callback")
-            if rolled_back and tx.head is not None:
-                found = tx.conn.execute("SELECT id, hash FROM events ORDER BY id DESC LIMIT 1")
-                last = found.fetchone()
-                tx.head = (last[0], last[1]) if last else None
-        return results
+        for args in prepared:
+            if isinstance(args, Exception):  # could not even be prepared: stored as nothing
+                results.append(args)
+                continue
+            tx.execute("SAVEPOINT callback")
+            try:
+                results.append(self._receive_in(tx, *args))
+            except Exception as error:
+                tx.execute("ROLLBACK TO callback")
+                tx._last = None  # the chain's tail is read again from the table
+                rolled_back = True
+                if isinstance(error, sqlite3.Error | LedgerError):
+                    # the ledger itself refused the write: nothing more to try, as alone
+                    results.append(
+                        error
+                        if isinstance(error, LedgerError)
+                        else LedgerError(f"ledger {self.path}: {error}")
+                    )
+                else:
+                    self._keep_failed_callback(tx, args, error)
+                    results.append(error)
+            finally:
+                tx.execute("RELEASE callback")
+        return results, rolled_back
 
     def _keep_failed_callback(self, tx: _Tx, args: tuple, error: Exception) -> None:
         """Inside ``tx``: store a callback whose applying failed, verdict ``error``; never

@@ -87,44 +87,100 @@ class Summary:
         )
 
 
+class WriteLock:
+    """A process's ledger write lock (a plain lock to take), which also knows the
+    :class:`SerialLedger` it belongs to, so that a receiver given only the lock can put its
+    callbacks into the same group commits as the pipeline's row steps."""
+
+    def __init__(self, serial: SerialLedger):
+        self._lock = threading.Lock()
+        self.serial = serial
+        self.acquire, self.release, self.locked = (
+            self._lock.acquire,
+            self._lock.release,
+            self._lock.locked,
+        )
+
+    def __enter__(self) -> bool:
+        return self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
 class SerialLedger:
     """The ledger with this process's writes taken one at a time on a Python lock, and the
-    pipeline's row steps committed in groups.
+    pipeline's row steps and the in-process receiver's callbacks committed in groups.
 
     SQLite takes one writer at a time anyway; threads queued on a Python lock wake the moment
     it is free, where threads contending for SQLite's lock sleep in its busy handler (1, 2, 5,
-    10 … ms). And a commit costs an fsync: steps that several threads write at the same moment
-    go into one transaction (``Ledger.record_steps``), each still committed before its
-    ``record_step`` call returns, so "the intent is saved before the request" holds. Reads pass
-    through. The in-process receiver shares ``write_lock`` (see ``cli._NotifyingLedger``).
+    10 … ms). And a commit costs an fsync: steps and callbacks that several threads write at
+    the same moment go into one transaction (``Ledger.record_steps``, ``receive_callbacks`` or
+    both in ``record_group``), each still committed before its call returns, so "the intent is
+    saved before the request" and "a callback is stored before it is answered" hold. Reads
+    pass through. The in-process receiver shares ``write_lock`` (see ``cli._NotifyingLedger``).
     """
 
     WRITES = frozenset({"create_batch", "set_state", "update_row", "record_attempt", "approve",
-                        "log", "receive_callback", "record_steps"})  # fmt: skip
+                        "log", "receive_callback", "record_steps", "record_group"})  # fmt: skip
 
-    def __init__(self, ledger: Ledger, lock: threading.Lock | None = None):
+    def __init__(self, ledger: Ledger):
         self._ledger = ledger
-        self.write_lock = lock or threading.Lock()
+        self.write_lock = WriteLock(self)
         self._queue: list[dict] = []
         self._queue_lock = threading.Lock()
 
     def record_step(self, batch_id: str, row: int, **step: object) -> None:
-        """Ledger.record_step, committed with whatever other steps are waiting (group commit)."""
-        item = {"step": dict(step, batch_id=batch_id, row=row), "done": False, "error": None}
+        """Ledger.record_step, committed with whatever other steps and callbacks are waiting
+        (group commit)."""
+        error = self._commit({"step": dict(step, batch_id=batch_id, row=row)})
+        if error is not None:
+            raise error
+
+    def receive_callbacks(self, received: list[dict]) -> list[str | Exception]:
+        """Ledger.receive_callbacks, committed with whatever else is waiting (group commit);
+        an error of the whole transaction is raised (none of them is stored)."""
+        outcome = self._commit({"callbacks": list(received)})
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def _commit(self, work: dict) -> object:
+        """Queue ``work``; whoever gets the write lock first commits every waiting item in one
+        transaction. Returns ``work``'s outcome once it is committed (or refused)."""
+        item = {"work": work, "done": False, "outcome": None}
         with self._queue_lock:
             self._queue.append(item)
         with self.write_lock:
-            if not item["done"]:  # nobody committed it meanwhile: commit every waiting step
+            if not item["done"]:  # nobody committed it meanwhile: commit every waiting item
                 with self._queue_lock:
                     group, self._queue = self._queue, []
-                try:
-                    errors = self._ledger.record_steps([i["step"] for i in group])
-                except BaseException as error:
-                    errors = [error] * len(group)
-                for waiting, error in zip(group, errors, strict=True):
-                    waiting["error"], waiting["done"] = error, True
-        if item["error"] is not None:
-            raise item["error"]
+                self._commit_group(group)
+        return item["outcome"]
+
+    def _commit_group(self, group: list[dict]) -> None:
+        steps = [i for i in group if "step" in i["work"]]
+        received = [i for i in group if "callbacks" in i["work"]]
+        flat = [c for i in received for c in i["work"]["callbacks"]]
+        try:
+            if not received:
+                step_results = self._ledger.record_steps([i["work"]["step"] for i in steps])
+                verdicts: list = []
+            else:  # a malformed callback gets its own error; the rest of the group is stored
+                step_results, verdicts = self._ledger.record_group(
+                    [i["work"]["step"] for i in steps], flat
+                )
+        except BaseException as error:
+            for waiting in group:
+                waiting["outcome"], waiting["done"] = error, True
+            return
+        for waiting, result in zip(steps, step_results, strict=True):
+            waiting["outcome"], waiting["done"] = result, True
+        at = 0
+        for waiting in received:
+            size = len(waiting["work"]["callbacks"])
+            waiting["outcome"], waiting["done"] = verdicts[at : at + size], True
+            at += size
 
     def __getattr__(self, name: str) -> object:
         found = getattr(self._ledger, name)
@@ -204,9 +260,9 @@ class Pipeline:
         self._stop_reason: BaseException | None = None
         # Woken by notify() when a callback lands (an in-process receiver calls it), so a wait
         # ends at once instead of at the next poll; polling stays for an external receiver.
-        self._changed = threading.Condition()
-        self._generation = 0
-        self._row_generations: dict[tuple, int] = {}
+        # Each wait has its own Event, so a callback wakes only the wait for its row.
+        self._waiters: dict[tuple, list[threading.Event]] = {}
+        self._waiters_lock = threading.Lock()
         self._pending = threading.local()  # successful attempts waiting for their row's step
         self._early: list[tuple] = []  # preflight attempts made before their batch existed
         self._locks: dict[str, int] = {}  # batch → how many of our callers hold its lock
@@ -339,14 +395,14 @@ class Pipeline:
 
     def notify(self, batch_id: str | None = None, row: int | None = None) -> None:
         """A callback was stored for ``(batch_id, row)`` (None: for anything): the wait for that
-        row looks at the ledger again now; the other waits go back to sleep without a read."""
-        with self._changed:
+        row looks at the ledger again now; the other waits are not woken."""
+        with self._waiters_lock:
             if row is None:
-                self._generation += 1
+                events = [e for waiting in self._waiters.values() for e in waiting]
             else:
-                key = (batch_id, int(row))
-                self._row_generations[key] = self._row_generations.get(key, 0) + 1
-            self._changed.notify_all()
+                events = list(self._waiters.get((batch_id, int(row)), ()))
+        for event in events:
+            event.set()
 
     def stop(self) -> None:
         """Ask every worker to stop at its next check (Ctrl-C); waits end at once."""
@@ -358,23 +414,23 @@ class Pipeline:
         :meth:`notify` for ``key`` (batch, row), and polling every ``poll_interval`` for a
         receiver in another process."""
         deadline = time.monotonic() + seconds
-
-        def mark() -> tuple[int, int]:
-            return self._generation, self._row_generations.get(key, 0)
-
-        while True:
-            seen = mark()
-            result = check()
-            left = deadline - time.monotonic()
-            if result or left <= 0 or self._stop.is_set():
-                return result
-            with self._changed:
-                poll_at = time.monotonic() + min(left, self.poll_interval)
-                while mark() == seen and not self._stop.is_set():  # nothing for us yet
-                    remaining = poll_at - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    self._changed.wait(remaining)
+        event = threading.Event()
+        with self._waiters_lock:
+            self._waiters.setdefault(key, []).append(event)
+        try:
+            while True:
+                event.clear()  # before the check: a notify after it is seen by the wait below
+                result = check()
+                left = deadline - time.monotonic()
+                if result or left <= 0 or self._stop.is_set():
+                    return result
+                event.wait(min(left, self.poll_interval))
+        finally:
+            with self._waiters_lock:
+                waiting = self._waiters[key]
+                waiting.remove(event)
+                if not waiting:
+                    del self._waiters[key]
 
     # ------------------------------------------------------------------ preview
 
