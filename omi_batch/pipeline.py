@@ -829,7 +829,9 @@ def count_states(rows: Iterable[dict]) -> dict[str, int]:
 
 
 def batch_state(states: dict[str, int]) -> str:
-    """One word for a batch, from its rows' states."""
+    """One word for a batch, from its rows' states, in the rows' own words where it can:
+    ``planned``, ``previewed``, ``approved``, ``executing``, then ``unconfirmed`` (some row is),
+    ``failed`` (some row failed or failed its preview) or ``succeeded`` (every row that ran)."""
     if not states:
         return "empty"
     if states.get("submitted"):
@@ -838,9 +840,13 @@ def batch_state(states: dict[str, int]) -> str:
         return "approved"
     if states.get("planned"):
         return "planned"
-    if any(states.get(s) for s in ("succeeded", "failed", "unconfirmed")):
-        return "unconfirmed" if states.get("unconfirmed") else "done"
-    return "previewed"
+    if not any(states.get(s) for s in ("succeeded", "failed", "unconfirmed")):
+        return "previewed"
+    if states.get("unconfirmed"):
+        return "unconfirmed"
+    if states.get("failed") or states.get("preview_failed"):
+        return "failed"
+    return "succeeded"
 
 
 def stale_rows(

@@ -847,14 +847,14 @@ def test_status_json_lists_batches_and_one_batch_rows(
     assert {k: entry[k] for k in ("batch", "row_count", "state")} == {
         "batch": batch_id,
         "row_count": 5,
-        "state": "done",
+        "state": "succeeded",
     }
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", entry["created_at"])
     one = json.loads(invoke(runner, "status", batch_id, "--json", "--ledger", ledger_path).stdout)
     assert {k: one[k] for k in ("batch", "row_count", "state")} == {
         "batch": batch_id,
         "row_count": 5,
-        "state": "done",
+        "state": "succeeded",
     }
     assert [list(r) for r in one["rows"]] == [[
         "row", "source_email", "target_email", "state", "request_id", "conversations_previewed",
@@ -949,3 +949,23 @@ def test_no_secret_or_callback_token_is_printed_logged_stored_or_reported(
     for name, text in blobs.items():
         for secret in secrets:
             assert secret not in text, f"a secret is in {name}"
+
+
+@pytest.mark.parametrize(
+    "states, word",
+    [
+        ({}, "empty"),
+        ({"planned": 2, "previewed": 1}, "planned"),
+        ({"previewed": 2, "preview_failed": 1}, "previewed"),
+        ({"approved": 1, "succeeded": 1}, "approved"),
+        ({"submitted": 1, "succeeded": 1}, "executing"),
+        ({"succeeded": 3, "unconfirmed": 1, "failed": 1}, "unconfirmed"),
+        ({"succeeded": 5, "preview_failed": 1}, "failed"),
+        ({"succeeded": 2, "failed": 1, "skipped": 1}, "failed"),
+        ({"succeeded": 2, "skipped": 1}, "succeeded"),
+    ],
+)
+def test_a_batch_state_never_hides_a_failed_or_unconfirmed_row(states, word):
+    from omi_batch.pipeline import batch_state
+
+    assert batch_state(states) == word
