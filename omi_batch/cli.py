@@ -402,16 +402,16 @@ def _require_confirmation_means(yes: bool) -> None:
 
 
 def _execute(session: _Session, batch_id: str, reports_dir: str, yes: bool,
-             approved_only: bool = True) -> None:  # fmt: skip
+             approved_only: bool = True, as_json: bool = False) -> None:  # fmt: skip
     session.ledger.batch(batch_id)
     # Held from before the first request to the results: another execute or reconcile of this
     # batch is refused (exit 2, nothing sent) instead of resubmitting our in-flight rows.
     with session.pipeline.batch_lock(batch_id):
-        _execute_locked(session, batch_id, reports_dir, yes, approved_only)
+        _execute_locked(session, batch_id, reports_dir, yes, approved_only, as_json)
 
 
 def _execute_locked(session: _Session, batch_id: str, reports_dir: str, yes: bool,
-                    approved_only: bool) -> None:  # fmt: skip
+                    approved_only: bool, as_json: bool) -> None:  # fmt: skip
     from omi_batch.errors import EXIT_CONFIG, EXIT_INCOMPLETE, OmiBatchError
     from omi_batch.pipeline import now_iso
 
@@ -419,7 +419,7 @@ def _execute_locked(session: _Session, batch_id: str, reports_dir: str, yes: boo
     if not rows:
         click.echo(f"Batch {batch_id}: no row is approved or unconfirmed, so nothing to "
                    f"execute (approve first: omi-batch approve {batch_id} --all).", err=True)  # fmt: skip
-        _execute_done(session, batch_id, reports_dir, approved_only)
+        _execute_done(session, batch_id, reports_dir, approved_only, as_json)
         return
     conversations = sum(r["conversations_previewed"] or 0 for r in rows)
     targets = len({r["target_email"] for r in rows})
@@ -444,16 +444,42 @@ def _execute_locked(session: _Session, batch_id: str, reports_dir: str, yes: boo
                        f"which. Run omi-batch execute {batch_id} again to resume.", err=True)  # fmt: skip
             sys.exit(EXIT_INCOMPLETE)
         raise
-    _execute_done(session, batch_id, reports_dir, approved_only)
+    _execute_done(session, batch_id, reports_dir, approved_only, as_json)
 
 
 def _execute_done(session: _Session, batch_id: str, reports_dir: str,
-                  approved_only: bool = True) -> None:  # fmt: skip
+                  approved_only: bool = True, as_json: bool = False) -> None:  # fmt: skip
     written = session.pipeline.write_reports(batch_id, reports_dir)
     rows = session.ledger.rows(batch_id)
-    _print_results(rows)
+    if as_json:
+        data = _batch_json(session.ledger, batch_id, rows)
+        echo_json({**data, "reports": {kind: str(path) for kind, path in written.items()}})
+    else:
+        _print_results(rows)
     _print_reports(written)
     _exit_for(rows, approved_only)
+
+
+def _batch_json(ledger: Any, batch_id: str, rows: list[dict]) -> dict:
+    """One batch as `status BATCH --json` prints it (PRODUCT.md's shape)."""
+    from omi_batch.pipeline import batch_state
+    from omi_batch.reports import result_status
+
+    info = ledger.batch(batch_id)
+    word = {"planned", "previewed", "approved"}  # before a row has a results status
+    return {
+        "batch": info["id"], "created_at": info["created_at"], "row_count": info["row_count"],
+        "state": batch_state(info["states"]),
+        "rows": [
+            {"row": r["row"], "source_email": r["source_email"],
+             "target_email": r["target_email"],
+             "state": r["state"] if r["state"] in word else result_status(r),
+             "request_id": r["request_id"],
+             "conversations_previewed": r["conversations_previewed"],
+             "updated_records": r["updated_records"]}
+            for r in rows
+        ],
+    }  # fmt: skip
 
 
 def _table(headers: list[str], rows: list[list]) -> None:
@@ -696,6 +722,7 @@ def approve(
 @http_options
 @listen_option
 @wait_option(300.0)
+@json_option
 @handle_errors
 def execute(
     batch: str,
@@ -707,6 +734,7 @@ def execute(
     timeout: float,
     listen: str | None,
     wait: float,
+    as_json: bool,
 ) -> None:
     """Execute the approved, not yet confirmed transfers of BATCH and wait for their callbacks.
 
@@ -718,7 +746,7 @@ def execute(
     """
     options = {"concurrency": concurrency, "rate": rate, "timeout": timeout, "wait": wait}
     with _Session(ledger_path, listen=listen, yes=yes, **options) as session:
-        _execute(session, batch, reports_dir, yes)
+        _execute(session, batch, reports_dir, yes, as_json=as_json)
 
 
 @cli.command()
@@ -730,6 +758,7 @@ def execute(
 @http_options
 @listen_option
 @wait_option(300.0)
+@json_option
 @handle_errors
 def run(
     file: str,
@@ -742,6 +771,7 @@ def run(
     timeout: float,
     listen: str | None,
     wait: float,
+    as_json: bool,
 ) -> None:
     """Validate, preview, confirm, execute and wait: the whole flow for FILE.
 
@@ -766,13 +796,13 @@ def run(
         _print_plan_summary(rows)
         if not any(r["state"] == "previewed" for r in rows):
             click.echo("No row previewed ok: nothing to execute.", err=True)
-            _execute_done(session, batch_id, reports_dir, approved_only=False)
+            _execute_done(session, batch_id, reports_dir, approved_only=False, as_json=as_json)
             return
         if not yes and not click.confirm("Execute every row that previewed ok?", err=True):
             click.echo(f"Nothing executed. Approve later: omi-batch approve {batch_id}", err=True)
             return
         pipeline.approve(batch_id, approve_all=True)
-        _execute(session, batch_id, reports_dir, yes=True, approved_only=False)
+        _execute(session, batch_id, reports_dir, yes=True, approved_only=False, as_json=as_json)
 
 
 @cli.command()
@@ -782,6 +812,7 @@ def run(
 @http_options
 @listen_option
 @wait_option(60.0)
+@json_option
 @handle_errors
 def reconcile(
     batch: str,
@@ -792,6 +823,7 @@ def reconcile(
     timeout: float,
     listen: str | None,
     wait: float,
+    as_json: bool,
 ) -> None:
     """Preview the unconfirmed rows of BATCH again; nothing left to move means succeeded.
 
@@ -806,7 +838,7 @@ def reconcile(
             before = session.ledger.rows(batch, states=["unconfirmed", "submitted"])
             click.echo(f"Batch {batch}: reconciling {len(before)} unconfirmed row(s)", err=True)
             session.pipeline.reconcile(batch)
-            _execute_done(session, batch, reports_dir)
+            _execute_done(session, batch, reports_dir, as_json=as_json)
 
 
 @cli.command()
@@ -823,7 +855,6 @@ def status(batch: str | None, ledger_path: str, as_json: bool) -> None:
         omi-batch status 20261125-093000-ab12 --json
     """
     from omi_batch.pipeline import batch_state
-    from omi_batch.reports import result_status
 
     ledger = _open_ledger(ledger_path)
     if batch is None:
@@ -840,21 +871,8 @@ def status(batch: str | None, ledger_path: str, as_json: bool) -> None:
                [[b["batch"], b["created_at"], b["row_count"], b["state"], b["source_file"]]
                 for b in batches])  # fmt: skip
         return
-    info, rows = ledger.batch(batch), ledger.rows(batch)
-    word = {"planned", "previewed", "approved"}  # before a row has a results status
-    data = {
-        "batch": info["id"], "created_at": info["created_at"], "row_count": info["row_count"],
-        "state": batch_state(info["states"]),
-        "rows": [
-            {"row": r["row"], "source_email": r["source_email"],
-             "target_email": r["target_email"],
-             "state": r["state"] if r["state"] in word else result_status(r),
-             "request_id": r["request_id"],
-             "conversations_previewed": r["conversations_previewed"],
-             "updated_records": r["updated_records"]}
-            for r in rows
-        ],
-    }  # fmt: skip
+    rows = ledger.rows(batch)
+    data = _batch_json(ledger, batch, rows)
     if as_json:
         echo_json(data)
         return

@@ -969,3 +969,23 @@ def test_a_batch_state_never_hides_a_failed_or_unconfirmed_row(states, word):
     from omi_batch.pipeline import batch_state
 
     assert batch_state(states) == word
+
+
+def test_run_json_prints_the_batch_as_status_does_plus_its_reports(
+    runner, env, csv_file, ledger_path, reports_dir
+):
+    result = invoke(
+        runner, "run", csv_file, "--yes", "--json", *fast(), *common(ledger_path, reports_dir)
+    )
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    batch_id = batch_of(ledger_path)
+    status = json.loads(
+        invoke(runner, "status", batch_id, "--json", "--ledger", ledger_path).stdout
+    )
+    assert {k: v for k, v in data.items() if k != "reports"} == status
+    assert data["reports"] == {
+        kind: str(reports_dir / f"{batch_id}-{kind}.csv")
+        for kind in ("preview", "targets", "results", "retry")
+    }
+    assert data["state"] == "succeeded"
