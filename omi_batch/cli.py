@@ -304,6 +304,13 @@ class _NotifyingLedger:
         return repr(self._ledger)
 
 
+def _is_loopback(url: str | None) -> bool:
+    from urllib.parse import urlsplit
+
+    host = (urlsplit(url or "").hostname or "").lower()
+    return host == "localhost" or host.startswith("127.") or host == "::1"
+
+
 class _Session:
     """The settings, ledger, receiver (--listen) and pipeline one command works with."""
 
@@ -334,8 +341,17 @@ class _Session:
             # The receiver wakes the pipeline's waits the moment a callback is stored.
             notifying = _NotifyingLedger(self.ledger, lambda *key: self.pipeline.notify(*key), lock)
             self.receiver = webhook.start(webhook.make_app(notifying, secret), host, port)
-            webhook_url = webhook_url or self.receiver.url
             click.echo(f"Webhook receiver listening on {self.receiver.url}", err=True)
+            if not webhook_url:
+                webhook_url = self.receiver.url
+                if not _is_loopback(self.settings.base_url):
+                    click.echo(f"Warning: OMI_WEBHOOK_URL is not set, so OMI is told to call "
+                               f"{webhook_url}, which it cannot reach from outside this "
+                               "machine: set OMI_WEBHOOK_URL to the public address that "
+                               "forwards to it.", err=True)  # fmt: skip
+        elif webhook_url and secret is None:
+            click.echo("Warning: OMI_WEBHOOK_URL is set but OMI_WEBHOOK_SECRET is not, so no "
+                       "callback can be checked: transfers will end unconfirmed.", err=True)  # fmt: skip
         self.pipeline = Pipeline(serial, self.settings, webhook_url=webhook_url,
                                  webhook_secret=secret, progress=_progress(), **options)  # fmt: skip
 

@@ -989,3 +989,21 @@ def test_run_json_prints_the_batch_as_status_does_plus_its_reports(
         for kind in ("preview", "targets", "results", "retry")
     }
     assert data["state"] == "succeeded"
+
+
+def test_a_webhook_url_without_its_secret_is_named_and_rows_end_unconfirmed(
+    runner, env, monkeypatch, csv_file, ledger_path, reports_dir
+):
+    monkeypatch.setenv("OMI_WEBHOOK_URL", "https://hooks.example.vn/omi")
+    monkeypatch.delenv("OMI_WEBHOOK_SECRET")
+    result = invoke(
+        runner, "run", csv_file, "--yes", "--rate", "1000", *common(ledger_path, reports_dir)
+    )
+    assert result.exit_code == 1
+    assert (
+        "Warning: OMI_WEBHOOK_URL is set but OMI_WEBHOOK_SECRET is not, so no callback can be "
+        "checked: transfers will end unconfirmed."
+    ) in result.stderr
+    with Ledger(ledger_path) as ledger:
+        states = {r["state"] for r in ledger.rows(batch_of(ledger_path))}
+    assert "succeeded" not in states and "unconfirmed" in states
