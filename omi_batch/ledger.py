@@ -1181,7 +1181,10 @@ class Ledger:
             row = int(row)
         cleaned = canonical_json(clean_headers(headers))
         try:
-            return self._receive(batch_id, row, phase, raw, cleaned, remote, body, refused)
+            with self._write() as tx:
+                return self._receive_in(
+                    tx, batch_id, row, phase, raw, cleaned, remote, body, refused
+                )
         except LedgerError:
             raise  # the ledger itself cannot be written: nothing more to try here
         except Exception as error:
@@ -1325,22 +1328,6 @@ class Ledger:
             ),
         )
         return int(cursor.lastrowid or 0)
-
-    def _receive(
-        self,
-        batch_id: str,
-        row: int,
-        phase: str,
-        raw: str,
-        headers_text: str,
-        remote: str | None,
-        body: Mapping[str, Any] | None,
-        refused: str | None,
-    ) -> str:
-        with self._write() as tx:
-            return self._receive_in(
-                tx, batch_id, row, phase, raw, headers_text, remote, body, refused
-            )
 
     def _receive_in(
         self,

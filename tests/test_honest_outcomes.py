@@ -15,13 +15,14 @@ from pathlib import Path
 
 import pytest
 from conftest import API_KEY, WEBHOOK_SECRET
+from test_jobs import make_job
 from test_pipeline import Stack, execute_requests
 
 from omi_batch import callbacks
 from omi_batch.cli import cli
 from omi_batch.client import AuthError, RetryPolicy
 from omi_batch.config import Secret
-from omi_batch.jobs import load_job, run_tick
+from omi_batch.jobs import run_tick
 from omi_batch.ledger import Ledger
 from omi_batch.reports import write_result_reports
 from omi_batch.roster import read_plan
@@ -344,32 +345,13 @@ def test_approve_all_leaves_the_rows_the_operator_skipped(
 
 # --------------------------------------------------------------------------- 9. held rows
 
-JOB = """\
-ledger = "work/ledger.db"
-[folders]
-inbox = "work/inbox"
-review = "work/review"
-approved = "work/approved"
-archive = "work/archive"
-reports = "work/reports"
-[approval]
-policy = "auto"
-max_conversations_per_row = 1000
-max_conversations_per_batch = 10000
-[run]
-rate = 100.0
-wait = 0.5
-"""
-
 
 def test_a_job_runs_held_rows_once_reconcile_confirms_the_row_before_them(tmp_path, simulator):
     sim, server = simulator
     with socket.socket() as sock:  # callbacks go nowhere: every execute ends unconfirmed
         sock.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    path = tmp_path / "offboarding.toml"
-    path.write_text(JOB)
-    job = load_job(path)
+    job = make_job(tmp_path, policy="auto", wait=0.5, listen=False)
     job.inbox.mkdir(parents=True)
     write(job.inbox, TWO_OF_BAO)
     env = {"OMI_BASE_URL": server.url, "OMI_API_KEY": API_KEY, "OMI_WEBHOOK_URL": dead,

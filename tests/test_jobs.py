@@ -41,7 +41,7 @@ max_conversations_per_batch = {per_batch}
 [run]
 rate = 100.0
 wait = {wait}
-listen = "127.0.0.1:0"
+{listen}
 """
 
 
@@ -51,9 +51,12 @@ def job_log(caplog):
     return caplog
 
 
-def make_job(tmp_path, policy="manual", per_row=1000, per_batch=10000, wait=10):
+def make_job(tmp_path, policy="manual", per_row=1000, per_batch=10000, wait=10, listen=True):
+    """A job in ``tmp_path/work``; with ``listen`` each tick runs its own receiver."""
     path = tmp_path / "offboarding.toml"
-    path.write_text(JOB.format(policy=policy, per_row=per_row, per_batch=per_batch, wait=wait))
+    text = JOB.format(policy=policy, per_row=per_row, per_batch=per_batch, wait=wait,
+                      listen='listen = "127.0.0.1:0"' if listen else "")  # fmt: skip
+    path.write_text(text)
     return load_job(path)
 
 
@@ -132,7 +135,7 @@ def test_the_example_job_file_parses():
 def test_relative_paths_are_taken_from_root_relative_to_the_job_file(tmp_path):
     (tmp_path / "jobs").mkdir()
     path = tmp_path / "jobs" / "nightly.toml"
-    path.write_text(JOB.format(policy="manual", per_row=1, per_batch=1, wait=1)
+    path.write_text(JOB.format(policy="manual", per_row=1, per_batch=1, wait=1, listen='listen = "127.0.0.1:0"')
                     .replace('ledger = "work/ledger.db"', 'root = ".."\nledger = "work/ledger.db"'))  # fmt: skip
     job = load_job(path)
     assert job.name == "nightly"

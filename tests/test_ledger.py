@@ -370,21 +370,8 @@ def test_attempts_are_kept_and_execute_attempts_counted_on_the_row(led):
     assert last["data"]["request_id"] == "req-1"
 
 
-def test_an_attempt_can_be_a_dataclass(led):
-    from dataclasses import dataclass, field
-
-    @dataclass(frozen=True)
-    class Attempt:
-        endpoint: str
-        number: int
-        started_at: str
-        elapsed_ms: float
-        http_status: int | None
-        vendor_code: str | None
-        error: str | None
-        request_id: str | None
-        wait_s: float | None
-        context: dict = field(default_factory=dict)
+def test_an_attempt_can_be_the_clients_dataclass(led):
+    from omi_batch.client import Attempt
 
     batch_id = new_batch(led)
     led.record_attempt(

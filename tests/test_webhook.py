@@ -547,7 +547,7 @@ def test_one_log_line_per_callback_without_secrets(ledger, ledger_path, receiver
     for secret in secrets:
         assert secret.encode() not in ledger_bytes
     headers = [c.get("headers") for c in recorded(ledger, batch)]
-    assert all(HEADER not in json.dumps(h) or "***" in json.dumps(h) for h in headers)
+    assert headers and all(HEADER.lower() not in json.dumps(h).lower() for h in headers)
 
 
 def test_the_app_and_server_reprs_show_no_secret(ledger, receiver):
