@@ -177,9 +177,6 @@ class RetryPolicy:
         return wait
 
 
-NO_RETRY = RetryPolicy(max_attempts=1)
-
-
 @dataclass(frozen=True)
 class TransferResult:
     """What a transfer call returned. ``count`` is None when only a requestId came back (the

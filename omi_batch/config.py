@@ -72,10 +72,6 @@ class Settings:
             webhook_secret=Secret(secret) if secret else None,
         )
 
-    def secrets(self) -> list[str]:
-        """The secret values, for scrubbing text before it is written anywhere."""
-        return [s.value for s in (self.api_key, self.webhook_secret) if s]
-
     def require_api(self) -> None:
         """Raise ConfigError naming the first missing variable needed to call OMI."""
         if not self.base_url:

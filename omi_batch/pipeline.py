@@ -77,14 +77,6 @@ class Summary:
     batch_id: str
     counts: dict[str, int] = field(default_factory=dict)
     reports: dict[str, Path] = field(default_factory=dict)
-    messages: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        """True when nothing failed, nothing is unconfirmed and nothing approved was held."""
-        return not any(
-            self.counts.get(s) for s in ("failed", "unconfirmed", "preview_failed", "submitted")
-        )
 
 
 class WriteLock:
