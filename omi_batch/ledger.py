@@ -476,6 +476,33 @@ class _Tx:
 # --------------------------------------------------------------------------- the ledger
 
 
+def _check_move(
+    batch_id: str, row: int, current: str, state: str | None, expect: Iterable[str] | None
+) -> None:
+    """IllegalTransition unless the row is in one of ``expect`` (when given) and may go from
+    ``current`` to ``state`` (None: no state change)."""
+    if expect is not None and current not in set(expect):
+        raise IllegalTransition(
+            f"row {row} of batch {batch_id} is {current}, not {' or '.join(sorted(set(expect)))}"
+        )
+    if state is not None and state not in TRANSITIONS.get(current, set()):
+        raise IllegalTransition(
+            f"row {row} of batch {batch_id} cannot go from {current} to {state}"
+        )
+
+
+def _insert_attempt(
+    tx: _Tx, batch_id: str | None, row: int | None, phase: str | None, record: dict
+) -> None:
+    """One row of ``attempts`` and its audit event, inside ``tx``."""
+    cursor = tx.execute(
+        f'INSERT INTO attempts (batch_id, "row", phase, {", ".join(_ATTEMPT_FIELDS)}) '
+        f"VALUES (?, ?, ?, {', '.join('?' for _ in _ATTEMPT_FIELDS)})",
+        [batch_id, row, phase, *(record[name] for name in _ATTEMPT_FIELDS)],
+    )
+    tx.event("attempt", batch_id, row, {"attempt_id": cursor.lastrowid, "phase": phase, **record})
+
+
 class Ledger:
     """The SQLite audit ledger at ``path``; safe to share across threads and processes."""
 
@@ -886,19 +913,10 @@ class Ledger:
         self._check_fields(fields)
         if state not in STATES:
             raise IllegalTransition(f"{state!r} is not a row state")
-        expected = None if expect is None else set(expect)
         row = int(row)
         with self._write() as tx:
             current = self._locked_row(tx, batch_id, row)["state"]
-            if expected is not None and current not in expected:
-                raise IllegalTransition(
-                    f"row {row} of batch {batch_id} is {current}, "
-                    f"not {' or '.join(sorted(expected))}"
-                )
-            if state not in TRANSITIONS.get(current, set()):
-                raise IllegalTransition(
-                    f"row {row} of batch {batch_id} cannot go from {current} to {state}"
-                )
+            _check_move(batch_id, row, current, state, expect)
             self._write_row(tx, batch_id, row, {**fields, "state": state})
             tx.event(event, batch_id, row, {**fields, "from": current, "to": state})
         return self.row(batch_id, row)
@@ -925,23 +943,13 @@ class Ledger:
         with self._write() as tx:
             if batch_id is not None and row is not None:
                 self._locked_row(tx, batch_id, row)
-            cursor = tx.execute(
-                'INSERT INTO attempts (batch_id, "row", phase, '
-                + ", ".join(_ATTEMPT_FIELDS)
-                + ") VALUES (?, ?, ?, "
-                + ", ".join("?" for _ in _ATTEMPT_FIELDS)
-                + ")",
-                [batch_id, row, phase, *record.values()],
-            )
             if phase == "execute" and batch_id is not None and row is not None:
                 tx.execute(
                     'UPDATE "rows" SET attempts = attempts + 1, updated_at = ? '
                     'WHERE batch_id = ? AND "row" = ?',
                     (now(), batch_id, row),
                 )
-            tx.event(
-                "attempt", batch_id, row, {"attempt_id": cursor.lastrowid, "phase": phase, **record}
-            )
+            _insert_attempt(tx, batch_id, row, phase, record)
 
     def record_step(
         self,
@@ -1066,26 +1074,9 @@ class Ledger:
         expect = step.get("expect")
         fields = {k: v for k, v in step.items() if k not in _STEP_KEYS}
         current = self._locked_row(tx, batch_id, row)["state"]
-        if expect is not None and current not in set(expect):
-            raise IllegalTransition(
-                f"row {row} of batch {batch_id} is {current}, not {' or '.join(sorted(expect))}"
-            )
-        if state is not None and state not in TRANSITIONS.get(current, set()):
-            raise IllegalTransition(
-                f"row {row} of batch {batch_id} cannot go from {current} to {state}"
-            )
+        _check_move(batch_id, row, current, state, expect)
         for record in records:
-            cursor = tx.execute(
-                'INSERT INTO attempts (batch_id, "row", phase, '
-                + ", ".join(_ATTEMPT_FIELDS)
-                + ") VALUES (?, ?, ?, "
-                + ", ".join("?" for _ in _ATTEMPT_FIELDS)
-                + ")",
-                [batch_id, row, phase, *record.values()],
-            )
-            tx.event(
-                "attempt", batch_id, row, {"attempt_id": cursor.lastrowid, "phase": phase, **record}
-            )
+            _insert_attempt(tx, batch_id, row, phase, record)
         columns = dict(fields)
         if phase == "execute" and records:
             tx.execute(
