@@ -154,14 +154,7 @@ class WebhookApp:
 
         try:
             verdict = self._store(
-                target,
-                batch_id=target.batch_id,
-                row=target.row,
-                phase=target.phase,
-                raw_body=raw_body,
-                headers=headers,
-                remote=remote,
-                body=body,
+                target, raw_body=raw_body, headers=headers, remote=remote, body=body
             )
         except _TooSlow:  # still being written: not stored yet as far as OMI may know
             return self._answer(
@@ -181,7 +174,7 @@ class WebhookApp:
         status = _VERDICT_STATUS.get(verdict, 409 if verdict.startswith("refused:") else 200)
         return self._answer(start_response, target, status, verdict, started)
 
-    def _store(self, target: CallbackTarget, **callback: Any) -> str:
+    def _store(self, target: CallbackTarget, **received: Any) -> str:
         """``ledger.receive_callback``, given up on after ``answer_within`` seconds so that OMI
         always has its answer in time. A write still queued is cancelled; one already running
         finishes on its own (its verdict is logged), and a retry of it is then a duplicate.
@@ -190,6 +183,8 @@ class WebhookApp:
         anyway, and threads queued on a Python lock wake at once where threads contending for
         the SQLite lock sleep and poll (which made the slowest answers ten times slower); and
         the callbacks waiting at the same moment share one transaction (see :class:`_Writer`)."""
+        callback = {"batch_id": target.batch_id, "row": target.row, "phase": target.phase,
+                    **received}  # fmt: skip
         if self.answer_within is None:
             with self._write_lock:
                 return self.ledger.receive_callback(**callback)
@@ -264,16 +259,9 @@ class WebhookApp:
         verdict = f"refused:{refusal.reason}"
         try:
             recorded = self._store(
-                target,
-                batch_id=target.batch_id,
-                row=target.row,
-                phase=target.phase,
-                raw_body=raw_body,
-                headers=headers,
-                remote=remote,
-                body=None,
+                target, raw_body=raw_body, headers=headers, remote=remote, body=None,
                 refused=refusal.reason,
-            )
+            )  # fmt: skip
         except Exception as error:
             self.logger.error(
                 "callback batch=%s row=%s phase=%s: refusal %s not recorded (%s)",
