@@ -1181,15 +1181,7 @@ class Ledger:
         except Exception as error:
             # Keep the raw callback even when applying it failed, then let the caller answer 5xx.
             with contextlib.suppress(Exception), self._write() as tx:
-                callback_id = self._insert_callback(
-                    tx, batch_id, row, phase, raw, cleaned, remote, {}, "error", False
-                )
-                tx.event(
-                    "callback_error",
-                    batch_id,
-                    row,
-                    {"callback_id": callback_id, "phase": phase, "error": type(error).__name__},
-                )
+                self._keep_failed_callback(tx, (batch_id, row, phase, raw, cleaned, remote), error)
             raise
 
     def receive_callbacks(self, received: list[Mapping[str, Any]]) -> list[str | Exception]:

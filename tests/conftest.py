@@ -51,3 +51,16 @@ def make_simulator():
 def simulator(make_simulator):
     """A simulator with the sample fixture and no faults: ``(sim, server)``."""
     return make_simulator()
+
+
+@pytest.fixture
+def env(monkeypatch, simulator):
+    """OMI_* pointing at the sample simulator, for commands run in this process; no
+    OMI_WEBHOOK_URL (tests use --listen). Returns ``(sim, server)``."""
+    sim, server = simulator
+    monkeypatch.setenv("OMI_BASE_URL", server.url)
+    monkeypatch.setenv("OMI_API_KEY", API_KEY)
+    monkeypatch.setenv("OMI_WEBHOOK_SECRET", WEBHOOK_SECRET)
+    monkeypatch.delenv("OMI_WEBHOOK_URL", raising=False)
+    monkeypatch.delenv("OMI_BATCH_LEDGER", raising=False)
+    return sim, server

@@ -38,16 +38,6 @@ ONE_TRY_THEN_ONE = RetryPolicy(max_attempts=2, base=0.0, max_wait=0.0, max_total
 
 
 @pytest.fixture
-def env(monkeypatch, simulator):
-    sim, server = simulator
-    monkeypatch.setenv("OMI_BASE_URL", server.url)
-    monkeypatch.setenv("OMI_API_KEY", API_KEY)
-    monkeypatch.setenv("OMI_WEBHOOK_SECRET", WEBHOOK_SECRET)
-    monkeypatch.delenv("OMI_WEBHOOK_URL", raising=False)
-    return sim, server
-
-
-@pytest.fixture
 def stacks():
     made: list[Stack] = []
     yield made

@@ -63,18 +63,6 @@ def csv_file(tmp_path):
     return path
 
 
-@pytest.fixture
-def env(monkeypatch, simulator):
-    """OMI_* pointing at the sample simulator; no OMI_WEBHOOK_URL (tests use --listen)."""
-    sim, server = simulator
-    monkeypatch.setenv("OMI_BASE_URL", server.url)
-    monkeypatch.setenv("OMI_API_KEY", API_KEY)
-    monkeypatch.setenv("OMI_WEBHOOK_SECRET", WEBHOOK_SECRET)
-    monkeypatch.delenv("OMI_WEBHOOK_URL", raising=False)
-    monkeypatch.delenv("OMI_BATCH_LEDGER", raising=False)
-    return sim, server
-
-
 def invoke(runner, *args):
     result = runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
     return result
