@@ -125,7 +125,8 @@ def check_outcome(ledger_path: Path, reports_dir: Path, run_code: int) -> tuple[
         batch_id = batches[0]["id"]
         rows = ledger.rows(batch_id)
         verified = ledger.verify()
-    succeeded = [r for r in rows if r["state"] == "succeeded"]
+    # The demo says "confirmed by OMI's callbacks": only rows a SUCCESS callback decided count.
+    succeeded = [r for r in rows if r["state"] == "succeeded" and r["verified_by"] == "callback"]
     honest = [r for r in rows if r["state"] == "preview_failed"
               and "user_not_found" in (r["preview_error"] or "")]  # fmt: skip
     others = [r for r in rows if r not in succeeded and r not in honest]
