@@ -182,8 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     simulator = None
     try:
         simulator = SimulatorProcess(api_key, out / "simulator.log")
-        say(f"OMI simulator listening on {simulator.url} (sample fixture: 12 agents, "
-            "300 conversations)")  # fmt: skip
+        say(f"OMI simulator listening on {simulator.url} (sample fixture: 15 agents, "
+            "300 conversations, 90 tickets)")  # fmt: skip
         run_args = ["run", str(csv_path), "--yes", "--listen", "127.0.0.1:0",
                     "--ledger", str(ledger_path), "--reports", str(reports_dir),
                     "--wait", "30"]  # fmt: skip

@@ -593,6 +593,176 @@ def test_faults_can_change_while_running(simulator):
     assert transfer(server, LAN, HONG, preview=True).status_code == 200
 
 
+# --------------------------------------------------------------------------- tickets
+
+TICKETS = "/api/v3/agent/ticket/transfer"
+THU, KHOA, QUANG = "thu.dang@example.vn", "khoa.duong@example.vn", "quang.trinh@example.vn"
+
+
+def ticket_transfer(server, source, target, *, preview, receiver=None, path="/cb/b/9/tickets"):
+    body = {"sourceEmail": source, "targetEmail": target, "previewChanges": preview}
+    if receiver is not None:
+        body["callbackResultConfig"] = {"url": receiver.url + path, "headers": {"X-Token": "t-9"}}
+    return post(server, TICKETS, body)
+
+
+def open_tickets(sim, email):
+    return [t["id"] for t in sim.tickets if t["assignee"] == email and t["status"] != "closed"]
+
+
+def test_a_ticket_preview_counts_the_open_tickets_and_changes_nothing(simulator):
+    sim, server = simulator
+    before = sim.tickets
+    answer = ticket_transfer(server, BAO, KHOA, preview=True)
+    assert answer.status_code == 200
+    payload = answer.json()["payload"]
+    assert payload["updatedRecords"] == sim.count_tickets(BAO, KHOA) == 7
+    assert len(open_tickets(sim, BAO)) == 7
+    assert sum(t["assignee"] == BAO for t in sim.tickets) == 10  # 3 are closed: never moved
+    assert set(payload) == {"updatedRecords", "requestId"}
+    assert sim.tickets == before
+
+
+def test_a_ticket_execute_answers_202_moves_the_tickets_and_calls_back(simulator, receiver):
+    sim, server = simulator
+    moving = open_tickets(sim, THU)
+    answer = ticket_transfer(server, THU, KHOA, preview=False, receiver=receiver)
+    assert answer.status_code == 202 and answer.json()["status_code"] == 9999
+    request_id = answer.json()["payload"]["requestId"]
+    assert sim.wait_idle(10)
+    [callback] = receiver.wait_for(1)
+    assert (callback["path"], callback["token"]) == ("/cb/b/9/tickets", "t-9")
+    body = callback["body"]
+    assert (body["requestId"], body["action"], body["status"], body["payload"]) == (
+        request_id, "TICKET_AGENT_TRANSFER", "SUCCESS", {"updatedRecords": 8}
+    )  # fmt: skip
+    assert sorted(moving) == sorted(t["id"] for t in sim.tickets if t["id"] in moving
+                                    and t["assignee"] == KHOA)  # fmt: skip
+    assert sim.count_tickets(THU, KHOA) == 0
+    assert ticket_transfer(server, THU, KHOA, preview=True).json()["payload"]["updatedRecords"] == 0
+    assert sim.count(THU, KHOA) > 0  # the conversations did not move with the tickets
+
+
+def test_a_ticket_transfer_leaves_the_conversations_and_back(simulator, receiver):
+    sim, server = simulator
+    conversations, tickets = sim.count(LAN, HONG), sim.count_tickets(LAN, HONG)
+    transfer(server, LAN, HONG, preview=False, receiver=receiver)
+    assert sim.wait_idle(10)
+    assert (sim.count(LAN, HONG), sim.count_tickets(LAN, HONG)) == (0, tickets)
+    ticket_transfer(server, LAN, HONG, preview=False, receiver=receiver)
+    assert sim.wait_idle(10)
+    actions = [c["body"]["action"] for c in receiver.wait_for(2)]
+    assert actions == ["CONVERSATION_AGENT_TRANSFER", "TICKET_AGENT_TRANSFER"]
+    assert [c["body"]["payload"]["updatedRecords"] for c in receiver.received] == [
+        conversations, tickets
+    ]  # fmt: skip
+
+
+def test_with_ticket_callbacks_off_tickets_move_but_nothing_calls_back(make_simulator, receiver):
+    sim, server = make_simulator(ticket_callbacks=False)
+    assert ticket_transfer(server, THU, KHOA, preview=False, receiver=receiver).status_code == 202
+    assert sim.wait_idle(10)
+    assert sim.count_tickets(THU, KHOA) == 0 and callbacks_of(sim) == []
+    transfer(server, LAN, HONG, preview=False, receiver=receiver)  # conversations still call back
+    assert sim.wait_idle(10)
+    [callback] = receiver.wait_for(1)
+    assert callback["body"]["action"] == "CONVERSATION_AGENT_TRANSFER"
+
+
+@pytest.mark.parametrize("options", [{"preview_mode": "async"}, {"ticket_preview_mode": "async"}])
+def test_an_async_ticket_preview_calls_back_with_the_count(make_simulator, receiver, options):
+    sim, server = make_simulator(**options)
+    answer = ticket_transfer(server, QUANG, KHOA, preview=True, receiver=receiver)
+    assert answer.status_code == 202
+    assert sim.wait_idle(10)
+    [callback] = receiver.wait_for(1)
+    assert callback["body"]["requestId"] == answer.json()["payload"]["requestId"]
+    assert callback["body"]["payload"] == {"updatedRecords": 11}
+    assert callback["body"]["action"] == "TICKET_AGENT_TRANSFER"
+    assert sim.count_tickets(QUANG, KHOA) == 11
+
+
+def test_a_ticket_preview_mode_of_its_own(make_simulator):
+    sim, server = make_simulator(preview_mode="async", ticket_preview_mode="sync")
+    answer = ticket_transfer(server, QUANG, KHOA, preview=True)
+    assert (answer.status_code, answer.json()["payload"]["updatedRecords"]) == (200, 11)
+    assert transfer(server, LAN, HONG, preview=True).status_code == 202
+
+
+@pytest.mark.parametrize(("window", "expected"), [(None, 2), (200, 1), (30, 0)])
+def test_the_ticket_window_is_an_option(make_simulator, window, expected):
+    sim, _ = make_simulator(ticket_window_days=window, now="2026-11-25T00:00:00Z")
+    assert sim.count_tickets("tuan.ho@example.vn", HONG) == expected
+
+
+@pytest.mark.parametrize(("fault", "status"), [("permission_denied", 200), ("forbidden", 403)])
+def test_a_key_without_the_ticket_permission_is_denied_on_tickets_only(
+    make_simulator, receiver, fault, status
+):
+    sim, server = make_simulator(faults=Faults(ticket_fault=fault))
+    answer = ticket_transfer(server, THU, KHOA, preview=False, receiver=receiver)
+    assert answer.status_code == status
+    assert (answer.json()["status_code"], answer.json()["message"]) == (-9999, "permission_denied")
+    assert answer.json()["payload"] == {
+        "error": "the key's role may not assign other agents' tickets"
+    }
+    assert failure_of(post(server, TICKETS, {}, key="wrong")) == (401, "api_key_invalid")
+    assert transfer(server, LAN, HONG, preview=True).status_code == 200
+    assert sim.wait_idle(5) and sim.count_tickets(THU, KHOA) == 8 and receiver.received == []
+
+
+def failure_of(answer):
+    return answer.status_code, answer.json()["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({}, "source_email_required"),
+        ({"sourceEmail": THU}, "target_email_required"),
+        ({"sourceEmail": THU, "targetEmail": "long.ly@example.vn"}, "user_not_found"),
+        ({"sourceEmail": THU, "targetEmail": KHOA, "previewChanges": 1}, "request_body_required"),
+    ],
+)
+def test_a_bad_ticket_transfer_is_refused_in_the_envelope(simulator, body, message):
+    sim, server = simulator
+    assert failure_of(post(server, TICKETS, body)) == (200, message)
+    assert sim.wait_idle(5) and sim.count_tickets(THU, KHOA) == 8
+
+
+def test_a_ticket_transfer_ignores_conversation_fields(simulator):
+    sim, server = simulator
+    body = {"sourceEmail": THU, "targetEmail": KHOA, "convIds": ["x"],
+            "replaceExistingMembers": True}  # fmt: skip
+    assert post(server, TICKETS, body).status_code == 202
+    assert sim.wait_idle(10) and sim.count_tickets(THU, KHOA) == 0
+    assert sim.count(THU, KHOA) > 0
+
+
+def test_a_scripted_reset_with_apply_moves_tickets_too(simulator, receiver):
+    sim, server = simulator
+    sim.script({"reset": True, "apply": True, "body": {"payload": {"requestId": "lost-t"}}})
+    with pytest.raises(requests.exceptions.ConnectionError):
+        ticket_transfer(server, THU, KHOA, preview=False, receiver=receiver)
+    assert sim.wait_idle(10)
+    [callback] = receiver.wait_for(1)
+    assert (callback["body"]["requestId"], callback["body"]["action"]) == (
+        "lost-t", "TICKET_AGENT_TRANSFER"
+    )  # fmt: skip
+    assert sim.count_tickets(THU, KHOA) == 0
+
+
+def test_a_failed_ticket_callback_says_error_and_moves_nothing(make_simulator, receiver):
+    sim, server = make_simulator(faults=Faults(callback_error_rate=1.0))
+    ticket_transfer(server, THU, KHOA, preview=False, receiver=receiver)
+    assert sim.wait_idle(10)
+    [callback] = receiver.wait_for(1)
+    assert (callback["body"]["status"], callback["body"]["payload"]) == (
+        "ERROR", {"updatedRecords": 0}
+    )  # fmt: skip
+    assert sim.count_tickets(THU, KHOA) == 8
+
+
 # --------------------------------------------------------------------------- script
 
 
@@ -743,8 +913,15 @@ def test_the_fixture_file_is_what_make_fixture_builds():
     assert FIXTURE_PATH.read_text(encoding="utf-8") == dumps(build())
     assert (ROOT / "data" / "simulator_fixture.json").read_text(encoding="utf-8") == dumps(build())
     fixture = build()
-    assert len(fixture["agents"]) == 12 and len(fixture["conversations"]) == 300
+    assert len(fixture["agents"]) == 15 and len(fixture["conversations"]) == 300
     assert {"Nguyễn Thị Lan", "Trần Văn Minh"} <= {a["name"] for a in fixture["agents"]}
+    former = [(a["email"], a["is_active"], a["is_deleted"]) for a in fixture["agents"][12:]]
+    assert former == [
+        ("quang.trinh@example.vn", False, False),
+        ("phuong.mac@example.vn", False, False),
+        ("yen.ly@example.vn", False, True),
+    ]
+    assert all(a["is_active"] and not a["is_deleted"] for a in fixture["agents"][:12])
     ages = [
         (datetime.fromisoformat(fixture["as_of"]) - datetime.fromisoformat(c["created_at"])).days
         for c in fixture["conversations"]

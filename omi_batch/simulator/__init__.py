@@ -1,10 +1,12 @@
 """A built-in stand-in for OMICall's API, for demos, tests and benchmarks. Never talks to OMI.
 
-It plays the four endpoints omi-batch knows (``new_room``, ``guest_send_message``, message
-``list`` and the conversation ``transfer``) over a fixture of agents and conversations, with
-the vendor's envelope, the 6-month window, preview and execute, result callbacks from a worker
-thread, every assumed variant of the preview answer, and fault knobs (latency, 5xx, 429,
-slow answers, connection resets, dropped / duplicated / late / reordered / failed callbacks).
+It plays the endpoints omi-batch knows (``new_room``, ``guest_send_message``, message
+``list``, the conversation and ticket ``transfer``, ``GET /api/auth`` and the agent directory
+``GET /api/agent/list``) over a fixture of agents, conversations and tickets, with the vendor's
+envelope, the 6-month window, preview and execute, result callbacks from a worker thread, every
+assumed variant (preview answer, auth mode, directory shape, ticket callbacks or none), a hidden
+rate limit, and fault knobs (latency, 5xx, 429, slow answers, connection resets, dropped /
+duplicated / late / reordered / failed callbacks, a directory or tickets refused).
 It shares nothing with ``omi_batch.client`` but the wire format.
 
 Example::
@@ -15,8 +17,9 @@ Example::
     sim.wait_idle()
     running.stop()
 
-The sample fixture (12 agents, 300 conversations over 12 months) is ``fixture.json`` beside
-this file; ``make_fixture.py`` rebuilds it.
+The sample fixture (15 agents, 3 of them no longer working; 300 conversations and 90 tickets
+over 12 months) is ``fixture.json`` beside this file; ``make_fixture.py`` rebuilds it. Every
+option is described on ``Simulator`` and ``Faults``.
 """
 
 from __future__ import annotations

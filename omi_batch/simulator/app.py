@@ -1,8 +1,9 @@
-"""The simulator's WSGI app: OMI's routes, envelope, API key check and faults.
+"""The simulator's WSGI app: OMI's routes, envelope, credentials, rate limit and faults.
 
 Order for every request: a scripted answer if one is queued (and nothing else); else the
-latency fault, the random faults (reset, 429, 5xx; slow is decided here too), then routing,
-the API key, the body, and the endpoint. Every request becomes one event.
+hidden rate limit, the latency fault, the random faults (reset, 429, 5xx; slow is decided here
+too), then routing and method, the credentials, the body, and the endpoint. Every request
+becomes one event; neither the API key nor a token is ever in an event or a log line.
 """
 
 from __future__ import annotations
@@ -20,11 +21,25 @@ from urllib.parse import parse_qs
 from waitress.channel import ClientDisconnected
 
 from omi_batch.simulator.core import Rejected, Simulator
+from omi_batch.simulator.gate import retry_after_seconds
 
 log = logging.getLogger("omi_batch.simulator")
 
 TRANSFER_PATH = "/api/v3/agent/conversation/transfer"
+TICKET_TRANSFER_PATH = "/api/v3/agent/ticket/transfer"
 LIST_PATH = "/api/social/message/list"
+AUTH_PATH = "/api/auth"
+AGENT_LIST_PATH = "/api/agent/list"
+DIRECTORY_PAGE_SIZE = 50
+# path → the method it takes; the chat paths (_ROOM_PATH) take POST
+METHODS = {
+    TRANSFER_PATH: "POST",
+    TICKET_TRANSFER_PATH: "POST",
+    LIST_PATH: "POST",
+    AUTH_PATH: "GET",
+    AGENT_LIST_PATH: "GET",
+}
+TICKET_PERMISSION = "the key's role may not assign other agents' tickets"
 _ROOM_PATH = re.compile(r"^/api/social/([^/]+)/(new_room|guest_send_message)/?$")
 CHANNELS = ("livetalk",)
 MAX_BODY = 1_000_000
@@ -88,6 +103,16 @@ def _page(query: dict, name: str, default: int) -> int:
     return number
 
 
+def _rate_limited(how: str, wait: float) -> Answer:
+    """The answer to a request over the hidden rate limit, as ``rate_limit_retry_after`` says."""
+    if how == "envelope":
+        return _failure("rate_limit_exceeded", "too many requests")
+    answer = _failure("rate_limit_exceeded", "too many requests", 429)
+    if how == "header":
+        answer.headers["Retry-After"] = str(retry_after_seconds(wait))
+    return answer
+
+
 def _request_id(answer: Answer) -> str | None:
     body = answer.body
     if isinstance(body, dict) and isinstance(body.get("payload"), dict):
@@ -111,21 +136,74 @@ def _encode(answer: Answer) -> tuple[bytes, list[tuple[str, str]]]:
     return data, list(headers.items())
 
 
+def _directory_fault(fault: str | None) -> Answer | None:
+    """The answer of an agent directory that cannot be reached (checked before credentials)."""
+    if fault == "not_found":
+        return Answer(404, "<html><body><h1>404 Not Found</h1></body></html>",
+                      {"Content-Type": "text/html"})  # fmt: skip
+    if fault == "unavailable":
+        return Answer(503, UNAVAILABLE_PAGE, {"Content-Type": "text/html"})
+    if fault == "error":
+        return _failure("internal_server_error", status=500)
+    return None
+
+
+def _permission_fault(fault: str | None, error: str) -> Answer | None:
+    """permission_denied in the envelope (200), or with 403 ("forbidden")."""
+    if fault == "permission_denied":
+        return _failure("permission_denied", error)
+    if fault == "forbidden":
+        return _failure("permission_denied", error, 403)
+    return None
+
+
 def make_app(sim: Simulator) -> Callable:
     """The WSGI app that answers like OMI, over ``sim``'s state."""
 
     def handle(method: str, path: str, environ: dict, body: Any, slow: bool) -> Answer:
         room = _ROOM_PATH.match(path)
-        if path.rstrip("/") not in (TRANSFER_PATH, LIST_PATH) and not room:
+        route = path.rstrip("/")
+        if route not in METHODS and not room:
             return _failure("resource_not_found", f"no endpoint {path}", 404)
-        if method != "POST":
-            return _failure("method_not_allowed", "every endpoint takes POST", 405)
-        key_error = sim.check_key(environ.get("HTTP_X_API_KEY"))
-        if key_error:
-            return _failure(key_error, status=401)
+        wanted = "POST" if room else METHODS[route]
+        if method != wanted:
+            return _failure("method_not_allowed", f"{route} takes {wanted}", 405)
+        query = parse_qs(environ.get("QUERY_STRING") or "")
+        if route == AUTH_PATH:
+            payload, error = sim.issue_token((query.get("apiKey") or [""])[0])
+            return Answer(200, envelope(payload)) if payload else _failure(error, status=401)
+        if route == AGENT_LIST_PATH:
+            unreachable = _directory_fault(sim.faults.directory_fault)
+            if unreachable:
+                return unreachable
+        mode = sim.directory_auth if route == AGENT_LIST_PATH else sim.auth
+        auth_error = sim.check_auth(
+            environ.get("HTTP_X_API_KEY"), environ.get("HTTP_AUTHORIZATION"), mode
+        )
+        if auth_error:
+            return _failure(auth_error, status=401)
+        try:
+            if route == AGENT_LIST_PATH:
+                denied = _permission_fault(
+                    sim.faults.directory_fault, "the key's role may not list agents"
+                )
+                if denied:
+                    return denied
+                page, size = _page(query, "page", 1), _page(query, "size", DIRECTORY_PAGE_SIZE)
+                keyword = (query.get("keyword") or [""])[0]
+                return Answer(200, envelope(sim.list_agents(page, size, keyword)))
+        except Rejected as rejected:
+            return _failure(rejected.code, rejected.error, rejected.http_status)
         if not isinstance(body, dict):
             return _failure("request_body_required", "the body must be a JSON object")
         try:
+            if route == TICKET_TRANSFER_PATH:
+                denied = _permission_fault(sim.faults.ticket_fault, TICKET_PERMISSION)
+                if denied:
+                    return denied
+                request = sim.parse_transfer(body, "tickets")
+                status, payload = sim.transfer(request, apply_now=slow)
+                return Answer(status, envelope(payload))
             if room:
                 channel, action = room.groups()
                 if channel not in CHANNELS:
@@ -133,8 +211,7 @@ def make_app(sim: Simulator) -> Callable:
                 if action == "new_room":
                     return Answer(200, envelope(sim.new_room(channel, body)))
                 return Answer(200, envelope(sim.guest_send_message(body)))
-            if path.rstrip("/") == LIST_PATH:
-                query = parse_qs(environ.get("QUERY_STRING") or "")
+            if route == LIST_PATH:
                 page, size = _page(query, "page", 1), _page(query, "size", 15)
                 return Answer(200, envelope(sim.list_messages(body, page, size)))
             status, payload = sim.transfer(sim.parse_transfer(body), apply_now=slow)
@@ -151,9 +228,12 @@ def make_app(sim: Simulator) -> Callable:
             delay=float(script.get("delay") or 0),
             reset=bool(script.get("reset")),
         )
-        if script.get("apply") and path.rstrip("/") == TRANSFER_PATH and isinstance(body, dict):
+        kind = {TRANSFER_PATH: "conversations", TICKET_TRANSFER_PATH: "tickets"}.get(
+            path.rstrip("/")
+        )
+        if script.get("apply") and kind and isinstance(body, dict):
             try:
-                request = sim.parse_transfer(body)
+                request = sim.parse_transfer(body, kind)
             except Rejected:
                 return answer, _request_id(answer)
             if not request.preview:
@@ -180,8 +260,13 @@ def make_app(sim: Simulator) -> Callable:
             "fault": None,
         }
         recorded = False
+        sim.count_request()
         script = sim.next_scripted()
-        if script is None:
+        wait = 0.0 if script is not None else sim.admit()
+        if wait:
+            event["fault"] = "rate_limited"
+            answer = _rate_limited(sim.rate_limit_retry_after, wait)
+        elif script is None:
             faults = sim.faults
             sim.sleep(faults.latency_ms / 1000)
             if sim.draw(faults.reset_rate):

@@ -1,5 +1,6 @@
-"""The simulator's state: agents, conversations, transfers, faults, scripted answers, events,
-and the worker that applies transfers and sends their callbacks.
+"""The simulator's state: agents (and their directory), conversations, tickets, transfers,
+faults, scripted answers, events, stats, and the worker that applies transfers and sends their
+callbacks.
 
 Everything mutable sits behind one lock (``Simulator._cond``) so the WSGI app can run in many
 threads. Random faults come from ``random.Random(seed)`` so a run can be repeated; request ids
@@ -9,7 +10,6 @@ are real UUIDs so two runs never share one (a ledger may outlive a simulator).
 from __future__ import annotations
 
 import heapq
-import hmac
 import itertools
 import json
 import logging
@@ -25,13 +25,27 @@ from typing import Any
 
 from omi_batch.config import Secret
 from omi_batch.errors import NotFound, UsageError
+from omi_batch.simulator.gate import (
+    AUTH_MODES,
+    RATE_LIMIT_ANSWERS,
+    Credentials,
+    TokenBucket,
+    parse_rate_limit,
+)
 
 log = logging.getLogger("omi_batch.simulator")
 
 FIXTURE_PATH = Path(__file__).with_name("fixture.json")
 PREVIEW_MODES = ("sync", "async")
 PREVIEW_FIELDS = ("updatedRecords", "totalRecords", "total", "count", "number")
-ACTION = "CONVERSATION_AGENT_TRANSFER"
+KINDS = ("conversations", "tickets")
+ACTIONS = {"conversations": "CONVERSATION_AGENT_TRANSFER", "tickets": "TICKET_AGENT_TRANSFER"}
+ACTION = ACTIONS["conversations"]
+DIRECTORY_SHAPES = ("items", "data", "list")
+DIRECTORY_FAULTS = ("permission_denied", "forbidden", "not_found", "unavailable", "error")
+TICKET_FAULTS = ("permission_denied", "forbidden")
+TICKET_OPEN = ("open", "in_progress")  # a closed ticket is never moved
+DAY_SECONDS = 86_400
 CALLBACK_TIMEOUT = 2.0  # OMI gives the partner's endpoint 2 seconds
 QUEUE_LIMIT = 20_000  # jobs waiting for the worker; a full queue makes the API wait
 EVENT_LIMIT = 200_000  # oldest events are forgotten beyond this
@@ -59,11 +73,24 @@ class Faults:
     callback_delay: float = 0  # seconds before each callback is sent
     reorder_callbacks: bool = False  # hold callbacks back and send them shuffled
     callback_error_rate: float = 0  # executes whose callback says ERROR (nothing moved)
+    # The agent directory answers: None (normally), permission_denied (200, -9999),
+    # forbidden (403, permission_denied), not_found (404 page), unavailable (503 page), error (500)
+    directory_fault: str | None = None
+    # Ticket transfers answer: None (normally), permission_denied (200, -9999), forbidden (403);
+    # the key lacks the permission to assign others' tickets, conversations still work
+    ticket_fault: str | None = None
 
     def __post_init__(self) -> None:
+        for name, allowed in (
+            ("directory_fault", DIRECTORY_FAULTS),
+            ("ticket_fault", TICKET_FAULTS),
+        ):
+            value = getattr(self, name)
+            if value is not None and value not in allowed:
+                raise UsageError(f"fault {name} must be one of {', '.join(allowed)}, not {value!r}")
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "reorder_callbacks":
+            if f.name in ("reorder_callbacks", "directory_fault", "ticket_fault"):
                 continue
             if not isinstance(value, int | float) or value < 0:
                 raise UsageError(f"fault {f.name} must be a number >= 0, not {value!r}")
@@ -73,7 +100,7 @@ class Faults:
 
 @dataclass(frozen=True)
 class TransferRequest:
-    """One parsed ``/api/v3/agent/conversation/transfer`` body."""
+    """One parsed conversation or ticket transfer body (``kind``: conversations | tickets)."""
 
     source: str
     target: str
@@ -82,6 +109,7 @@ class TransferRequest:
     conv_ids: tuple[str, ...] | None
     callback: dict | None  # {"url", "headers"}
     request_time_ms: int
+    kind: str = "conversations"
 
 
 class Rejected(Exception):
@@ -115,13 +143,21 @@ def _ms(moment: datetime | None = None) -> int:
     return int((moment.timestamp() if moment else time.time()) * 1000)
 
 
+def _agent_id(email: str) -> str:
+    """A stable 24-hex id for an agent (the same email, the same id, every run)."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, "omi-simulator:" + email).hex[:24]
+
+
 def _new_id() -> str:
     """A 24-hex id shaped like OMI's (Mongo ObjectId: time, then random)."""
     return f"{int(time.time()):08x}{uuid.uuid4().int & (2**64 - 1):016x}"
 
 
-def load_fixture(fixture: str | Path | dict | None, now: datetime) -> tuple[dict, list[dict]]:
-    """Agents (email → name) and conversations from a fixture file or dict.
+def load_fixture(
+    fixture: str | Path | dict | None, now: datetime
+) -> tuple[dict[str, dict], list[dict], list[dict]]:
+    """Agents (email → {"name", "active", "deleted"}), conversations and tickets from a fixture
+    file or dict.
 
     A fixture with ``as_of`` has relative dates: they move by whole days so that ``as_of`` is
     ``now``, and the sample keeps the same conversations inside the 6-month window every day.
@@ -144,12 +180,19 @@ def load_fixture(fixture: str | Path | dict | None, now: datetime) -> tuple[dict
     shift = timedelta(0)
     if data.get("as_of"):
         shift = timedelta(days=(now - _parse_time(data["as_of"], f"{where}: as_of")).days)
-    agents: dict[str, str] = {}
+    agents: dict[str, dict] = {}
     for number, agent in enumerate(data["agents"], 1):
         email = agent.get("email") if isinstance(agent, dict) else None
         if not isinstance(email, str) or "@" not in email:
             raise UsageError(f"{where}: agent {number} has no email")
-        agents[email.strip().lower()] = str(agent.get("name") or email)
+        flags = (agent.get("is_active", True), agent.get("is_deleted", False))
+        if not all(isinstance(flag, bool) for flag in flags):
+            raise UsageError(f"{where}: agent {email}: is_active and is_deleted are true or false")
+        agents[email.strip().lower()] = {
+            "name": str(agent.get("name") or email),
+            "active": flags[0] and not flags[1],
+            "deleted": flags[1],
+        }
     conversations: list[dict] = []
     seen: set[str] = set()
     for number, raw in enumerate(data.get("conversations") or [], 1):
@@ -172,7 +215,27 @@ def load_fixture(fixture: str | Path | dict | None, now: datetime) -> tuple[dict
                 "created": created + shift,
             }
         )
-    return agents, conversations
+    tickets: list[dict] = []
+    seen = set()
+    for number, raw in enumerate(data.get("tickets") or [], 1):
+        ticket_id = raw.get("id") if isinstance(raw, dict) else None
+        if not isinstance(ticket_id, str) or not ticket_id or ticket_id in seen:
+            raise UsageError(f"{where}: ticket {number} has no id, or a repeated one")
+        seen.add(ticket_id)
+        assignee = str(raw.get("assignee") or "").strip().lower()
+        if assignee not in agents:
+            raise UsageError(f"{where}: ticket {ticket_id} has no assignee among the agents")
+        created = _parse_time(raw.get("created_at"), f"{where}: ticket {ticket_id}")
+        tickets.append(
+            {
+                "id": ticket_id,
+                "subject": str(raw.get("subject") or ""),
+                "assignee": assignee,
+                "status": str(raw.get("status") or "open"),
+                "created": created + shift,
+            }
+        )
+    return agents, conversations, tickets
 
 
 class _Worker(threading.Thread):
@@ -220,12 +283,26 @@ class _Worker(threading.Thread):
 
 
 class Simulator:
-    """A stand-in for OMI's API: agents, conversations, transfers and their callbacks.
+    """A stand-in for OMI's API: agents, conversations, tickets, transfers and their callbacks.
 
     ``fixture`` is a path or a dict (None: the built-in sample); ``api_key`` is the only
-    accepted ``x-api-key``; ``preview_mode`` "sync" puts the count in the response, "async"
-    sends it in a callback; ``preview_field`` is where a sync preview puts it ("number": the
-    payload itself). ``now`` pins the clock (default: the real time).
+    accepted key; ``preview_mode`` "sync" puts the count in the response, "async" sends it in a
+    callback; ``preview_field`` is where a sync preview puts it ("number": the payload itself).
+    ``now`` pins the calendar clock (default: the real time).
+
+    Rate limit: ``rate_limit`` "RPS[:BURST]" is a token bucket over every request of every
+    endpoint, never disclosed; a refused request is answered by ``rate_limit_retry_after``:
+    "header" (429 with ``Retry-After`` in whole seconds), "none" (429 without it) or
+    "envelope" (200, -9999 ``rate_limit_exceeded``), and nothing is applied.
+
+    Auth: ``auth`` "api-key" (``x-api-key`` only), "bearer" (``Authorization: Bearer`` with a
+    token from ``GET /api/auth?apiKey=``, only) or "both"; ``directory_auth`` is the same for
+    the agent directory (default "bearer", as the vendor documents it). Tokens live
+    ``token_lifetime`` seconds; ``refuse_token_after`` N: the (N+1)th token is refused.
+
+    Directory: ``GET /api/agent/list`` answers in ``directory_shape`` "items", "data" or "list".
+    Tickets: ``ticket_window_days`` (None: every open ticket, however old), ``ticket_callbacks``
+    False: OMI sends no callback for tickets; ``ticket_preview_mode`` (None: as conversations).
     """
 
     def __init__(
@@ -238,20 +315,59 @@ class Simulator:
         seed: int = 0,
         window_days: int = 183,
         now: datetime | str | None = None,
+        *,
+        rate_limit: str | float | None = None,
+        rate_limit_retry_after: str = "header",
+        auth: str = "api-key",
+        directory_auth: str = "bearer",
+        token_lifetime: float = DAY_SECONDS,
+        token_expires_in: bool = True,
+        refuse_token_after: int | None = None,
+        directory_shape: str = "items",
+        ticket_window_days: int | None = None,
+        ticket_callbacks: bool = True,
+        ticket_preview_mode: str | None = None,
     ):
         if preview_mode not in PREVIEW_MODES:
             raise UsageError(f"preview_mode must be one of {', '.join(PREVIEW_MODES)}")
+        if ticket_preview_mode not in (None, *PREVIEW_MODES):
+            raise UsageError(f"ticket_preview_mode must be one of {', '.join(PREVIEW_MODES)}")
+        for name, value in (("auth", auth), ("directory_auth", directory_auth)):
+            if value not in AUTH_MODES:
+                raise UsageError(f"{name} must be one of {', '.join(AUTH_MODES)}, not {value!r}")
+        if rate_limit_retry_after not in RATE_LIMIT_ANSWERS:
+            raise UsageError(
+                f"rate_limit_retry_after must be one of {', '.join(RATE_LIMIT_ANSWERS)}"
+            )
+        if directory_shape not in DIRECTORY_SHAPES:
+            raise UsageError(f"directory_shape must be one of {', '.join(DIRECTORY_SHAPES)}")
+        if ticket_window_days is not None and ticket_window_days < 1:
+            raise UsageError("ticket_window_days must be at least 1 (or None: no window)")
         if preview_field not in PREVIEW_FIELDS:
             raise UsageError(f"preview_field must be one of {', '.join(PREVIEW_FIELDS)}")
         if window_days < 1:
             raise UsageError("window_days must be at least 1")
-        self._api_key = api_key if isinstance(api_key, Secret) else Secret(api_key)
+        self._credentials = Credentials(
+            api_key if isinstance(api_key, Secret) else Secret(api_key),
+            token_lifetime,
+            refuse_token_after,
+        )
         self.preview_mode = preview_mode
         self.preview_field = preview_field
         self.faults = faults if faults is not None else Faults()
         self.window_days = window_days
+        self._bucket: TokenBucket | None = parse_rate_limit(rate_limit)
+        self.rate_limit_retry_after = rate_limit_retry_after
+        self.auth = auth
+        self.directory_auth = directory_auth
+        self.token_expires_in = token_expires_in
+        self.directory_shape = directory_shape
+        self.ticket_window_days = ticket_window_days
+        self.ticket_callbacks = ticket_callbacks
+        self.ticket_preview_mode = ticket_preview_mode
+        self._stats = {"requests": 0, "admitted": 0, "refused": 0}
         self._fixed_now = None if now is None else _parse_time(now, "now")
-        self._agents, self._conversations = load_fixture(fixture, self.now())
+        self._agents, self._conversations, self._tickets = load_fixture(fixture, self.now())
         self._by_id = {c["id"]: c for c in self._conversations}
         self._by_uuid = {c["uuid"]: c for c in self._conversations}
         self._messages: dict[str, list[dict]] = {}
@@ -270,7 +386,9 @@ class Simulator:
     def __repr__(self) -> str:
         return (
             f"Simulator(agents={len(self._agents)}, conversations={len(self._conversations)}, "
-            f"preview_mode={self.preview_mode!r}, preview_field={self.preview_field!r})"
+            f"tickets={len(self._tickets)}, preview_mode={self.preview_mode!r}, "
+            f"preview_field={self.preview_field!r}, auth={self.auth!r}, "
+            f"rate_limit={self.rate_limit!r})"
         )
 
     # ----------------------------------------------------------------- public API
@@ -281,8 +399,60 @@ class Simulator:
 
     @property
     def agents(self) -> dict[str, str]:
-        """email → name of every agent OMI knows."""
-        return dict(self._agents)
+        """email → name of every agent OMI knows (former agents included)."""
+        return {email: agent["name"] for email, agent in self._agents.items()}
+
+    @property
+    def directory(self) -> list[dict]:
+        """Every agent as the directory lists it: ``{"email", "name", "is_active", "is_deleted"}``."""
+        return [
+            {"email": e, "name": a["name"], "is_active": a["active"], "is_deleted": a["deleted"]}
+            for e, a in self._agents.items()
+        ]
+
+    @property
+    def tickets(self) -> list[dict]:
+        """A copy of every ticket: ``{"id", "assignee", "status", "created_at"}``."""
+        with self._cond:
+            return [
+                {
+                    "id": t["id"],
+                    "assignee": t["assignee"],
+                    "status": t["status"],
+                    "created_at": _iso(t["created"]),
+                }
+                for t in self._tickets
+            ]
+
+    @property
+    def rate_limit(self) -> str | None:
+        """The hidden limit as "RPS:BURST" (None: no limit); settable while running."""
+        bucket = self._bucket
+        return None if bucket is None else f"{bucket.rate:g}:{bucket.burst}"
+
+    @rate_limit.setter
+    def rate_limit(self, spec: str | float | None) -> None:
+        self._bucket = parse_rate_limit(spec)
+
+    @property
+    def refuse_token_after(self) -> int | None:
+        """Tokens issued before ``/api/auth`` refuses every other (None: never); settable."""
+        return self._credentials.refuse_token_after
+
+    @refuse_token_after.setter
+    def refuse_token_after(self, count: int | None) -> None:
+        self._credentials.refuse_token_after = count
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counts so far: ``requests`` (all), ``admitted`` and ``refused`` by the rate limit
+        (every unscripted request is admitted when there is none), ``tokens_issued``."""
+        with self._cond:
+            return dict(self._stats, tokens_issued=self._credentials.issued)
+
+    def expire_tokens(self) -> int:
+        """Make every token issued so far expired (a test's "24 hours later"); how many."""
+        return self._credentials.expire_all()
 
     @property
     def conversations(self) -> list[dict]:
@@ -320,14 +490,23 @@ class Simulator:
         replace: bool = False,
     ) -> int:
         """How many conversations a preview of this transfer would count right now."""
-        source, target = source.strip().lower(), target.strip().lower()
-        for email in (source, target):
-            if email not in self._agents:
-                raise NotFound(f"no agent {email} in the simulator")
+        source, target = self._known(source), self._known(target)
         with self._cond:
             return len(
                 self._changes(source, target, tuple(conv_ids) if conv_ids else None, replace)
             )
+
+    def count_tickets(self, source: str, target: str) -> int:
+        """How many tickets a preview of this ticket transfer would count right now."""
+        source, target = self._known(source), self._known(target)
+        with self._cond:
+            return len(self._ticket_changes(source, target))
+
+    def _known(self, email: str) -> str:
+        email = email.strip().lower()
+        if email not in self._agents:
+            raise NotFound(f"no agent {email} in the simulator")
+        return email
 
     def wait_idle(self, timeout: float = 10) -> bool:
         """True once no transfer or callback is pending or in flight; False after ``timeout``."""
@@ -367,11 +546,37 @@ class Simulator:
 
     def check_key(self, presented: str | None) -> str | None:
         """None if the key is right, else the vendor's error code."""
-        if not presented:
-            return "api_key_is_required"
-        if not hmac.compare_digest(presented.encode(), self._api_key.value.encode()):
-            return "api_key_invalid"
-        return None
+        return self._credentials.key_error(presented)
+
+    def check_auth(self, api_key: str | None, authorization: str | None, mode: str) -> str | None:
+        """None if the request's credentials pass ``mode``, else the error code (HTTP 401)."""
+        return self._credentials.check(mode, api_key, authorization)
+
+    def issue_token(self, presented: str | None) -> tuple[dict | None, str | None]:
+        """``GET /api/auth``: (the payload, None) for the right key, else (None, error code)."""
+        token, error = self._credentials.issue(presented)
+        if token is None:
+            return None, error
+        payload: dict[str, Any] = {
+            "access_token": token,
+            "access_type": "api_key",
+            "token_type": "Bearer",
+        }
+        if self.token_expires_in:
+            payload["expires_in"] = int(self._credentials.token_lifetime)
+        return payload, None
+
+    def admit(self) -> float:
+        """Count one request against the hidden rate limit: 0 admitted, else seconds to wait."""
+        bucket = self._bucket
+        wait = bucket.take() if bucket is not None else 0.0
+        with self._cond:
+            self._stats["refused" if wait else "admitted"] += 1
+        return wait
+
+    def count_request(self) -> None:
+        with self._cond:
+            self._stats["requests"] += 1
 
     def next_scripted(self) -> dict | None:
         with self._cond:
@@ -475,8 +680,50 @@ class Simulator:
             messages = list(reversed(self._messages.get(conversation["id"], [])))
             return [dict(m) for m in messages[(page - 1) * size : page * size]]
 
-    def parse_transfer(self, body: dict) -> TransferRequest:
-        """Check a transfer body the way OMI would; raise Rejected with the first problem."""
+    def list_agents(self, page: int, size: int, keyword: str) -> Any:
+        """``GET /api/agent/list``: a page of the directory in ``directory_shape``; ``keyword``
+        matches any part of the email or the name, without case. Past the end: an empty page."""
+        needle = keyword.strip().casefold()
+        matches = [
+            (email, agent)
+            for email, agent in self._agents.items()
+            if not needle or needle in email or needle in agent["name"].casefold()
+        ]
+        chosen = matches[(page - 1) * size : page * size]
+        if self.directory_shape == "data":
+            items = [
+                {
+                    "id": _agent_id(email),
+                    "identify_info": email,
+                    "fullname": agent["name"],
+                    "is_active": agent["active"],
+                    "is_deleted": agent["deleted"],
+                }
+                for email, agent in chosen
+            ]
+            return {"data": items, "total": len(matches), "page_number": page, "page_size": size}
+        items = [
+            {
+                "_id": _agent_id(email),
+                "identify_info": email,
+                "full_name": agent["name"],
+                "name": agent["name"],
+                "email": email,
+                "is_active": agent["active"],
+                "is_deleted": agent["deleted"],
+                "role": "agent",
+            }
+            for email, agent in chosen
+        ]
+        if self.directory_shape == "list":
+            return items
+        return {"items": items, "page": page, "size": size, "total_items": len(matches)}
+
+    def parse_transfer(self, body: dict, kind: str = "conversations") -> TransferRequest:
+        """Check a transfer body the way OMI would; raise Rejected with the first problem.
+
+        A ticket transfer reads only sourceEmail, targetEmail, previewChanges and
+        callbackResultConfig (anything else is ignored, as unknown fields are)."""
         source, target = body.get("sourceEmail"), body.get("targetEmail")
         if not isinstance(source, str) or not source.strip():
             raise Rejected("source_email_required", "sourceEmail is required")
@@ -485,7 +732,7 @@ class Simulator:
         for name in ("previewChanges", "replaceExistingMembers"):
             if body.get(name) is not None and not isinstance(body[name], bool):
                 raise Rejected("request_body_required", f"{name} must be true or false")
-        conv_ids = body.get("convIds")
+        conv_ids = body.get("convIds") if kind == "conversations" else None
         if conv_ids is not None and (
             not isinstance(conv_ids, list) or not all(isinstance(c, str) for c in conv_ids)
         ):
@@ -503,10 +750,11 @@ class Simulator:
             source=self.agent(source, "sourceEmail"),
             target=self.agent(target, "targetEmail"),
             preview=bool(body.get("previewChanges")),
-            replace=bool(body.get("replaceExistingMembers")),
+            replace=kind == "conversations" and bool(body.get("replaceExistingMembers")),
             conv_ids=tuple(conv_ids) if conv_ids else None,
             callback=callback,
             request_time_ms=_ms(),
+            kind=kind,
         )
 
     def transfer(
@@ -521,10 +769,11 @@ class Simulator:
         request_id = request_id or str(uuid.uuid4())
         if request.preview:
             with self._cond:
-                count = len(
-                    self._changes(request.source, request.target, request.conv_ids, request.replace)
-                )
-            if self.preview_mode == "sync":
+                count = len(self._request_changes(request))
+            mode = self.preview_mode
+            if request.kind == "tickets" and self.ticket_preview_mode:
+                mode = self.ticket_preview_mode
+            if mode == "sync":
                 if self.preview_field == "number":
                     return 200, count
                 return 200, {self.preview_field: count, "requestId": request_id}
@@ -572,6 +821,26 @@ class Simulator:
                 changes.append(conversation)
         return changes
 
+    def _ticket_changes(self, source: str, target: str) -> list[dict]:
+        """The open tickets of ``source`` a ticket transfer would move now (lock held)."""
+        since = None
+        if self.ticket_window_days is not None:
+            since = self.now() - timedelta(days=self.ticket_window_days)
+        return [
+            t
+            for t in self._tickets
+            if t["assignee"] == source
+            and source != target
+            and t["status"] in TICKET_OPEN
+            and (since is None or t["created"] >= since)
+        ]
+
+    def _request_changes(self, request: TransferRequest) -> list[dict]:
+        """What this request would change now, conversations or tickets (lock held)."""
+        if request.kind == "tickets":
+            return self._ticket_changes(request.source, request.target)
+        return self._changes(request.source, request.target, request.conv_ids, request.replace)
+
     def _finish_transfer(self, request: TransferRequest, request_id: str) -> None:
         """Apply an executed transfer (or fail it, by the callback_error_rate fault), then
         queue its callback."""
@@ -579,14 +848,14 @@ class Simulator:
         updated = 0
         if not failed:
             with self._cond:
-                changes = self._changes(
-                    request.source, request.target, request.conv_ids, request.replace
-                )
-                for conversation in changes:
-                    if request.replace:
-                        conversation["members"] = [request.target]
+                changes = self._request_changes(request)
+                for record in changes:
+                    if request.kind == "tickets":
+                        record["assignee"] = request.target
+                    elif request.replace:
+                        record["members"] = [request.target]
                     else:
-                        conversation["members"].append(request.target)
+                        record["members"].append(request.target)
                 updated = len(changes)
         if request.callback:
             self._schedule_callback(request, request_id, "ERROR" if failed else "SUCCESS", updated)
@@ -594,10 +863,12 @@ class Simulator:
     def _schedule_callback(
         self, request: TransferRequest, request_id: str, status: str, updated: int
     ) -> None:
+        if request.kind == "tickets" and not self.ticket_callbacks:
+            return  # the variant where OMI never calls back for tickets
         body = {
             "requestId": request_id,
             "requestTimeMs": request.request_time_ms,
-            "action": ACTION,
+            "action": ACTIONS[request.kind],
             "status": status,
             "responseTimeMs": _ms(),
             "payload": {"updatedRecords": updated},
