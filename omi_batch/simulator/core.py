@@ -40,7 +40,6 @@ PREVIEW_MODES = ("sync", "async")
 PREVIEW_FIELDS = ("updatedRecords", "totalRecords", "total", "count", "number")
 KINDS = ("conversations", "tickets")
 ACTIONS = {"conversations": "CONVERSATION_AGENT_TRANSFER", "tickets": "TICKET_AGENT_TRANSFER"}
-ACTION = ACTIONS["conversations"]
 DIRECTORY_SHAPES = ("items", "data", "list")
 DIRECTORY_FAULTS = ("permission_denied", "forbidden", "not_found", "unavailable", "error")
 TICKET_FAULTS = ("permission_denied", "forbidden")
@@ -543,10 +542,6 @@ class Simulator:
     def lock(self) -> threading.Condition:
         """The one lock over all state (re-entrant)."""
         return self._cond
-
-    def check_key(self, presented: str | None) -> str | None:
-        """None if the key is right, else the vendor's error code."""
-        return self._credentials.key_error(presented)
 
     def check_auth(self, api_key: str | None, authorization: str | None, mode: str) -> str | None:
         """None if the request's credentials pass ``mode``, else the error code (HTTP 401)."""
