@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -104,6 +105,14 @@ def test_a_refused_request_takes_no_token(make_simulator):
     sim.rate_limit = f"{NEVER_REFILLS}:2"  # a fresh, full bucket
     assert [post(server, TRANSFER, PREVIEW).status_code for _ in range(3)] == [200, 200, 429]
     assert sim.stats == {"requests": 10, "admitted": 4, "refused": 6, "tokens_issued": 0}
+
+
+def test_the_rate_limit_is_shared_by_concurrent_senders(make_simulator):
+    sim, server = make_simulator(rate_limit=f"{NEVER_REFILLS}:10")
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(lambda _: post(server, TRANSFER, PREVIEW).status_code, range(40)))
+    assert sorted(codes) == [200] * 10 + [429] * 30
+    assert sim.stats == {"requests": 40, "admitted": 10, "refused": 30, "tokens_issued": 0}
 
 
 def test_the_bucket_refills_at_its_rate(make_simulator):
