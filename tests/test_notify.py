@@ -1,0 +1,383 @@
+"""Notifications: sent with apprise to a json:// receiver on loopback; failures wait in the
+outbox for the next call; secrets in a URL come from the environment and never show."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from omi_batch import notify
+from omi_batch.errors import ConfigError, UsageError
+from omi_batch.notify import Message, Notifier
+
+TOKEN = "notify-token-9f3e71c2ab54"
+BATCH = "20261201-093000-ab12"
+
+
+class Receiver:
+    """A json:// receiver on 127.0.0.1: keeps every POST (path, headers, JSON body)."""
+
+    def __init__(self, port: int = 0, status: int = 200, delay: float = 0.0):
+        self.posts: list[dict] = []
+        self.status = status
+        self.delay = delay
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length))
+                if outer.delay:
+                    time.sleep(outer.delay)
+                outer.posts.append({"path": self.path, "headers": dict(self.headers),
+                                    "body": body})  # fmt: skip
+                self.send_response(outer.status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_port
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str = "hook", query: str = "") -> str:
+        return f"json://127.0.0.1:{self.port}/{path}" + (f"?{query}" if query else "")
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver():
+    running = Receiver()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def closed_port():
+    """A loopback port that refuses connections (bound, not listening) until released."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    yield port, sock.close
+    sock.close()
+
+
+ROWS = [
+    {"row": 1, "state": "previewed", "source_email": "an.nguyen@example.vn",
+     "target_email": "binh.tran@example.vn", "conversations_previewed": 40,
+     "updated_records": None, "error": None},
+    {"row": 2, "state": "previewed", "source_email": "cuong.le@example.vn",
+     "target_email": "binh.tran@example.vn", "conversations_previewed": 2,
+     "updated_records": None, "error": None},
+    {"row": 3, "state": "previewed", "source_email": "dung.pham@example.vn",
+     "target_email": "hoa.vo@example.vn", "conversations_previewed": 7,
+     "updated_records": None, "error": None},
+    {"row": 4, "state": "preview_failed", "source_email": "em.ho@example.vn",
+     "target_email": "hoa.vo@example.vn", "conversations_previewed": None,
+     "updated_records": None, "error": "target agent not found"},
+]  # fmt: skip
+
+
+def finished_rows() -> list[dict]:
+    rows = [dict(r) for r in ROWS]
+    rows[0].update(state="succeeded", updated_records=40)
+    rows[1].update(state="failed", error="ERROR callback: conversation locked")
+    rows[2].update(state="unconfirmed", error="no callback within 300 s")
+    return rows
+
+
+# --------------------------------------------------------------------------- messages
+
+
+def test_review_waiting_reaches_the_receiver_with_the_workbook_attached(receiver, tmp_path):
+    workbook = tmp_path / f"{BATCH}-review.xlsx"
+    workbook.write_bytes(b"PK\x03\x04 a workbook")
+    message = notify.review_waiting(BATCH, ROWS, file="departures.csv", workbook=workbook,
+                                    job="offboarding")  # fmt: skip
+    notifier = Notifier([receiver.url(query="+X-Hook-Token=${OMI_NOTIFY_TOKEN}")],
+                        env={"OMI_NOTIFY_TOKEN": TOKEN})  # fmt: skip
+
+    outcome = notifier.send(message)
+
+    assert (outcome.sent, outcome.kept, outcome.given_up) == (1, 0, 0)
+    [post] = receiver.posts
+    assert post["path"] == "/hook"
+    assert post["headers"]["X-Hook-Token"] == TOKEN
+    body = post["body"]
+    assert body["title"] == f"omi-batch: batch {BATCH} is waiting for review"
+    assert body["type"] == "info"
+    assert body["message"].splitlines() == [
+        f"Batch {BATCH} (job offboarding) is waiting for review.",
+        "File: departures.csv",
+        "Rows: 4 (3 previewed, 1 failed their preview)",
+        "Conversations to move: 49",
+        "Targets: 2 agents",
+        "  binh.tran@example.vn: 42 conversations from 2 sources",
+        "  hoa.vo@example.vn: 7 conversations from 1 source",
+        f"Review workbook: {workbook}",
+        f"Approve: omi-batch approve {BATCH} --report FILE",
+    ]
+    [attachment] = body["attachments"]
+    assert attachment["filename"] == workbook.name
+    assert base64.b64decode(attachment["base64"]) == b"PK\x03\x04 a workbook"
+
+
+def test_batch_finished_gives_the_summary_line_and_the_totals_per_target(receiver):
+    message = notify.batch_finished(BATCH, finished_rows())
+
+    Notifier([receiver.url()]).send(message)
+
+    [post] = receiver.posts
+    assert post["body"]["type"] == "success"
+    assert post["body"]["title"] == (
+        f"omi-batch: batch {BATCH} finished: 1 failed, 1 preview_failed, 1 succeeded, "
+        "1 unconfirmed"
+    )
+    assert post["body"]["message"].splitlines() == [
+        f"Batch {BATCH} finished: 1 failed, 1 preview_failed, 1 succeeded, 1 unconfirmed.",
+        "Per target:",
+        "  binh.tran@example.vn: 1 of 2 rows succeeded, 40 conversations moved",
+        "  hoa.vo@example.vn: 0 of 2 rows succeeded, 0 conversations moved",
+    ]
+    assert post["body"]["attachments"] == []
+
+
+def test_needs_attention_lists_the_failed_and_unconfirmed_rows_with_their_errors(receiver):
+    message = notify.rows_need_attention(BATCH, finished_rows(), retry_report="r/x-retry.csv")
+    assert message is not None
+
+    Notifier([receiver.url()]).send(message)
+
+    [post] = receiver.posts
+    assert post["body"]["type"] == "warning"
+    assert post["body"]["title"] == f"omi-batch: batch {BATCH} needs attention: 1 failed, 1 unconfirmed"
+    assert post["body"]["message"].splitlines() == [
+        f"Batch {BATCH}: 1 failed, 1 unconfirmed.",
+        "  row 2 cuong.le@example.vn -> binh.tran@example.vn: failed: "
+        "ERROR callback: conversation locked",
+        "  row 3 dung.pham@example.vn -> hoa.vo@example.vn: unconfirmed: no callback within 300 s",
+        "Retry report: r/x-retry.csv",
+    ]
+
+
+def test_a_batch_where_every_row_succeeded_needs_no_attention():
+    rows = [dict(r, state="succeeded", updated_records=1) for r in ROWS]
+    assert notify.rows_need_attention(BATCH, rows) is None
+
+
+def test_a_rejected_file_needs_attention_with_its_first_errors(receiver):
+    class Problem:
+        def __init__(self, row: int, message: str):
+            self.row, self.message = row, message
+
+    problems = [Problem(n, f"bad email on line {n}") for n in range(2, 10)]
+    message = notify.file_rejected("departures.csv", "8 problems in departures.csv", problems,
+                                   errors_report="rejected/departures.csv.errors.csv")  # fmt: skip
+
+    Notifier([receiver.url()]).send(message)
+
+    body = receiver.posts[0]["body"]
+    assert body["title"] == "omi-batch: file departures.csv was rejected"
+    assert body["message"].splitlines() == [
+        "File departures.csv was rejected: 8 problems in departures.csv",
+        *[f"  row {n}: bad email on line {n}" for n in range(2, 7)],
+        "  … and 3 more",
+        "Every error: rejected/departures.csv.errors.csv",
+    ]
+
+
+# --------------------------------------------------------------------------- the outbox
+
+
+def test_a_receiver_that_is_down_keeps_the_notification_for_the_next_call(closed_port, tmp_path):
+    port, release = closed_port
+    outbox = tmp_path / "offboarding.notify-outbox.jsonl"
+    url = f"json://127.0.0.1:{port}/hook?-token=${{OMI_NOTIFY_TOKEN}}"
+    notifier = Notifier([url], outbox=outbox, env={"OMI_NOTIFY_TOKEN": TOKEN})
+    message = notify.batch_finished(BATCH, finished_rows())
+
+    first = notifier.send(message)
+
+    assert (first.sent, first.kept, first.given_up) == (0, 1, 0)
+    [kept] = [json.loads(line) for line in outbox.read_text().splitlines()]
+    assert (kept["url"], kept["kind"], kept["batch"], kept["attempts"]) == (
+        url, "batch_finished", BATCH, 1,
+    )  # fmt: skip
+    assert "Connection error" in kept["last_error"]
+    assert TOKEN not in outbox.read_text()
+
+    release()
+    receiver = Receiver(port=port)
+    try:
+        second = notifier.flush()
+    finally:
+        receiver.stop()
+
+    assert (second.sent, second.kept, second.given_up) == (1, 0, 0)
+    assert outbox.read_text() == ""
+    [post] = receiver.posts
+    assert post["path"] == f"/hook?token={TOKEN}"
+    assert post["body"]["title"] == message.title
+
+
+def test_the_outbox_is_tried_before_the_new_notification(closed_port, tmp_path):
+    port, release = closed_port
+    notifier = Notifier([f"json://127.0.0.1:{port}/hook"], outbox=tmp_path / "outbox.jsonl")
+    notifier.send(notify.batch_finished(BATCH, finished_rows()))
+    release()
+    receiver = Receiver(port=port)
+    try:
+        outcome = notifier.send(notify.review_waiting(BATCH, ROWS))
+    finally:
+        receiver.stop()
+
+    assert outcome.sent == 2
+    assert [p["body"]["type"] for p in receiver.posts] == ["success", "info"]
+    assert notifier.pending() == []
+
+
+def test_a_receiver_answering_500_keeps_the_notification(tmp_path):
+    receiver = Receiver(status=500)
+    try:
+        notifier = Notifier([receiver.url()], outbox=tmp_path / "outbox.jsonl")
+        outcome = notifier.send(notify.review_waiting(BATCH, ROWS))
+    finally:
+        receiver.stop()
+    assert (outcome.sent, outcome.kept) == (0, 1)
+    assert len(receiver.posts) == 1
+    assert "error=500" in notifier.pending()[0]["last_error"]
+
+
+def test_a_slow_receiver_does_not_hold_the_caller_past_the_timeout(tmp_path):
+    receiver = Receiver(delay=3.0)
+    try:
+        notifier = Notifier([receiver.url()], outbox=tmp_path / "outbox.jsonl", timeout=0.5)
+        outcome = notifier.send(notify.review_waiting(BATCH, ROWS))
+    finally:
+        receiver.stop()
+    assert (outcome.sent, outcome.kept) == (0, 1)
+    assert notifier.pending()[0]["attempts"] == 1
+
+
+def test_an_entry_is_given_up_after_its_last_attempt_and_said_so(closed_port, tmp_path, caplog):
+    port, _ = closed_port
+    outbox = tmp_path / "outbox.jsonl"
+    notifier = Notifier([f"json://127.0.0.1:{port}/hook"], outbox=outbox)
+    notifier.send(notify.review_waiting(BATCH, ROWS))
+    entry = json.loads(outbox.read_text())
+    entry["attempts"] = notify.MAX_ATTEMPTS - 1
+    outbox.write_text(json.dumps(entry) + "\n")
+    caplog.clear()
+
+    with caplog.at_level(logging.ERROR, logger="omi_batch.notify"):
+        outcome = notifier.flush()
+
+    assert (outcome.sent, outcome.kept, outcome.given_up) == (0, 0, 1)
+    assert notifier.pending() == []
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == [
+        f"notification given up after {notify.MAX_ATTEMPTS} attempts"
+    ]
+
+
+def test_a_manual_run_without_an_outbox_logs_the_failure_and_goes_on(closed_port, caplog):
+    port, _ = closed_port
+    notifier = Notifier([f"json://127.0.0.1:{port}/hook"])
+    with caplog.at_level(logging.ERROR, logger="omi_batch.notify"):
+        outcome = notifier.send(notify.review_waiting(BATCH, ROWS))
+    assert (outcome.sent, outcome.kept, outcome.given_up) == (0, 0, 1)
+    [record] = caplog.records
+    assert record.getMessage().startswith(
+        f"notification not sent: review_waiting to json://127.0.0.1:{port}/…: "
+    )
+
+
+# --------------------------------------------------------------------------- secrets
+
+
+def test_a_secret_in_the_url_never_reaches_the_log_the_outbox_or_an_error(closed_port, tmp_path,
+                                                                          caplog):  # fmt: skip
+    port, _ = closed_port
+    outbox = tmp_path / "outbox.jsonl"
+    url = f"json://user:${{OMI_NOTIFY_TOKEN}}@127.0.0.1:{port}/hook?-token=${{OMI_NOTIFY_TOKEN}}"
+    notifier = Notifier([url], outbox=outbox, env={"OMI_NOTIFY_TOKEN": TOKEN})
+    with caplog.at_level(logging.DEBUG):
+        outcome = notifier.send(notify.review_waiting(BATCH, ROWS))
+    assert outcome.kept == 1
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "token=***" in logged  # apprise did log the URL, scrubbed
+    assert TOKEN not in logged
+    assert TOKEN not in outbox.read_text()
+    assert TOKEN not in " ".join(outcome.errors)
+    assert TOKEN not in repr(notifier)
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("hooks.example/x", "a notification URL looks like scheme://"),
+        ("mailto://hr:hunter2@mail.example.vn", "carries a password"),
+        ("json://hooks.example/x?-token=abc123", "-token= holds a value"),
+        ("slack://hooks?apikey=xyz", "apikey= holds a value"),
+        ("json://hooks.example/x?-token=${1TOKEN}", "${1TOKEN} is not the name"),
+        ("json://hooks.example/x?-token=${TOKEN", "a ${ is not closed"),
+    ],
+)
+def test_a_url_with_a_literal_secret_or_a_bad_reference_is_refused(url, says):
+    with pytest.raises(UsageError, match=None) as raised:
+        notify.check_url(url)
+    assert says in str(raised.value)
+    assert "hunter2" not in str(raised.value) and "abc123" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "json://hooks.example/x?-token=${OMI_NOTIFY_TOKEN}",
+        "mailto://hr:${SMTP_PASSWORD}@mail.example.vn?to=hr@example.vn",
+        "slack://${SLACK_TOKENS}/#offboarding",
+        "json://127.0.0.1:8080/hook",
+    ],
+)
+def test_a_url_with_references_for_its_secrets_is_accepted(url):
+    notify.check_url(url)
+
+
+def test_an_unset_variable_is_a_configuration_error_naming_it():
+    with pytest.raises(ConfigError) as raised:
+        notify.notifier_for(["json://h/x?-token=${OMI_NOTIFY_TOKEN}"], env={})
+    assert str(raised.value) == (
+        "OMI_NOTIFY_TOKEN is not set: a notification URL reads a secret from it"
+    )
+
+
+def test_a_service_apprise_does_not_know_is_a_configuration_error():
+    with pytest.raises(ConfigError) as raised:
+        notify.notifier_for(["nosuchservice://hooks.example/x"], env={})
+    assert str(raised.value) == (
+        "notification URL nosuchservice://hooks.example/…: apprise knows no service "
+        "nosuchservice://"
+    )
+
+
+def test_no_url_means_no_notifier():
+    assert notify.notifier_for([]) is None
+
+
+def test_a_message_kind_is_one_of_the_three():
+    with pytest.raises(ValueError):
+        Message(kind="hello", title="t", body="b")
