@@ -86,7 +86,7 @@ def check_url(url: str) -> None:
         raise UsageError("a notification URL looks like scheme://… (apprise syntax, e.g. "
                          "mailto://, slack://, msteams://, json://)")  # fmt: skip
     variables(url)
-    advice = ("write ${NAME} there and keep the value in the environment variable NAME")
+    advice = "write ${NAME} there and keep the value in the environment variable NAME"
     netloc = _SCHEME.sub("", url).split("/", 1)[0].split("?", 1)[0]
     if "@" in netloc:
         userinfo = netloc.rpartition("@")[0]
@@ -95,8 +95,10 @@ def check_url(url: str) -> None:
             raise UsageError(f"notification URL {redact(url)} carries a password; {advice}")
     raw_query = url.split("?", 1)[1] if "?" in url else ""
     for name, value in parse_qsl(raw_query.split("#", 1)[0], keep_blank_values=True):
-        if any(word in name.lower() for word in _CREDENTIAL_WORDS) and value and not (
-            _REFERENCE.fullmatch(value)
+        if (
+            any(word in name.lower() for word in _CREDENTIAL_WORDS)
+            and value
+            and not (_REFERENCE.fullmatch(value))
         ):
             raise UsageError(f"notification URL {redact(url)}: {name}= holds a value; {advice}")
 
@@ -174,7 +176,7 @@ def review_waiting(
     approve_command: str | None = None,
     job: str | None = None,
 ) -> Message:
-    """"Review waiting": the batch, its file, rows, conversations and target load, the workbook
+    """ "Review waiting": the batch, its file, rows, conversations and target load, the workbook
     (attached where the service takes attachments) and the command that approves it."""
     previewed = [r for r in rows if r.get("conversations_previewed") is not None]
     failed = sum(r.get("state") == "preview_failed" for r in rows)
@@ -193,8 +195,12 @@ def review_waiting(
         f"Rows: {len(rows)} ({len(previewed)} previewed, {failed} failed their preview)",
         f"Conversations to move: {conversations}",
         f"Targets: {_plural(len(load), 'agent')}",
-        *_listed([f"  {target}: {_plural(n, 'conversation')} from {_plural(len(s), 'source')}"
-                  for target, (n, s) in ranked]),  # fmt: skip
+        *_listed(
+            [
+                f"  {target}: {_plural(n, 'conversation')} from {_plural(len(s), 'source')}"
+                for target, (n, s) in ranked
+            ]
+        ),  # fmt: skip
     ]
     if workbook:
         lines.append(f"Review workbook: {workbook}")
@@ -215,7 +221,7 @@ def batch_finished(
     summary: str | None = None,
     job: str | None = None,
 ) -> Message:
-    """"Batch finished": the summary line (counts per status) and the totals per target."""
+    """ "Batch finished": the summary line (counts per status) and the totals per target."""
     from omi_batch.reports import result_status
 
     statuses = Counter(result_status(dict(r)) for r in rows)
@@ -231,9 +237,13 @@ def batch_finished(
     lines = [
         f"Batch {batch_id}{of_job} finished: {line}.",
         "Per target:",
-        *_listed([f"  {target}: {t['succeeded']} of {_plural(t['rows'], 'row')} succeeded, "
-                  f"{_plural(t['moved'], 'conversation')} moved"
-                  for target, t in sorted(totals.items())]),  # fmt: skip
+        *_listed(
+            [
+                f"  {target}: {t['succeeded']} of {_plural(t['rows'], 'row')} succeeded, "
+                f"{_plural(t['moved'], 'conversation')} moved"
+                for target, t in sorted(totals.items())
+            ]
+        ),  # fmt: skip
     ]
     return Message(
         kind="batch_finished",
@@ -250,7 +260,7 @@ def rows_need_attention(
     retry_report: str | os.PathLike | None = None,
     job: str | None = None,
 ) -> Message | None:
-    """"Needs attention" for a batch with failed or unconfirmed rows (None when it has none),
+    """ "Needs attention" for a batch with failed or unconfirmed rows (None when it has none),
     listing the first of them with their errors."""
     from omi_batch.reports import result_status
 
@@ -262,9 +272,14 @@ def rows_need_attention(
     of_job = f" (job {job})" if job else ""
     lines = [
         f"Batch {batch_id}{of_job}: {what}.",
-        *_listed([f"  row {r['row']} {r['source_email']} -> {r['target_email']}: "
-                  f"{result_status(dict(r))}" + (f": {r['error']}" if r.get("error") else "")
-                  for r in bad], limit=5),  # fmt: skip
+        *_listed(
+            [
+                f"  row {r['row']} {r['source_email']} -> {r['target_email']}: "
+                f"{result_status(dict(r))}" + (f": {r['error']}" if r.get("error") else "")
+                for r in bad
+            ],
+            limit=5,
+        ),  # fmt: skip
     ]
     if retry_report:
         lines.append(f"Retry report: {retry_report}")
@@ -284,7 +299,7 @@ def file_rejected(
     errors_report: str | os.PathLike | None = None,
     job: str | None = None,
 ) -> Message:
-    """"Needs attention" for a rejected input file, with its first errors."""
+    """ "Needs attention" for a rejected input file, with its first errors."""
     listed = []
     for problem in problems:
         row = getattr(problem, "row", None)
@@ -511,7 +526,9 @@ class Notifier:
                 if not sender.notify(body=entry.body, title=entry.title, attach=attach,
                                      notify_type=_APPRISE_TYPES[entry.kind]):  # fmt: skip
                     said = [w for w in _RELAY.warnings if "notification" in w.lower()]
-                    result["error"] = (said or _RELAY.warnings or ["the service did not take it"])[0]
+                    result["error"] = (said or _RELAY.warnings or ["the service did not take it"])[
+                        0
+                    ]
             except Exception as error:  # noqa: BLE001 - a failed send never breaks the caller
                 result["error"] = f"{type(error).__name__}: {error}"
 

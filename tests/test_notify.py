@@ -145,8 +145,7 @@ def test_batch_finished_gives_the_summary_line_and_the_totals_per_target(receive
     [post] = receiver.posts
     assert post["body"]["type"] == "success"
     assert post["body"]["title"] == (
-        f"omi-batch: batch {BATCH} finished: 1 failed, 1 preview_failed, 1 succeeded, "
-        "1 unconfirmed"
+        f"omi-batch: batch {BATCH} finished: 1 failed, 1 preview_failed, 1 succeeded, 1 unconfirmed"
     )
     assert post["body"]["message"].splitlines() == [
         f"Batch {BATCH} finished: 1 failed, 1 preview_failed, 1 succeeded, 1 unconfirmed.",
@@ -165,7 +164,10 @@ def test_needs_attention_lists_the_failed_and_unconfirmed_rows_with_their_errors
 
     [post] = receiver.posts
     assert post["body"]["type"] == "warning"
-    assert post["body"]["title"] == f"omi-batch: batch {BATCH} needs attention: 1 failed, 1 unconfirmed"
+    assert (
+        post["body"]["title"]
+        == f"omi-batch: batch {BATCH} needs attention: 1 failed, 1 unconfirmed"
+    )
     assert post["body"]["message"].splitlines() == [
         f"Batch {BATCH}: 1 failed, 1 unconfirmed.",
         "  row 2 cuong.le@example.vn -> binh.tran@example.vn: failed: "
