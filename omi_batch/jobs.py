@@ -297,7 +297,7 @@ def _refuse_secrets(values: dict[str, Any], text: str, where: str) -> None:
     advice = ("keep secrets in the environment and name the variable with omi.api_key_env or "
               "omi.webhook_secret_env")  # fmt: skip
     for key, value in values.items():
-        if not isinstance(value, str):
+        if not isinstance(value, str) or _kind(key) == "path":  # a folder may have any name
             continue
         if key.endswith("_env") and _ENV_NAME.match(value) and not looks_like_secret(value):
             continue
@@ -306,8 +306,34 @@ def _refuse_secrets(values: dict[str, Any], text: str, where: str) -> None:
         if key in ("omi.base_url", "omi.webhook_url") and re.match(r"^\w+://[^/]*@|.*\?", value):
             raise UsageError(f"{where}: {key} carries credentials or a query string; {advice}")
     for number, line in enumerate(text.splitlines(), start=1):
-        if looks_like_secret(line):
+        if looks_like_secret(_comment(line)):
             raise UsageError(f"{where}: line {number} looks like it holds a secret value; {advice}")
+
+
+def _kind(key: str) -> str:
+    """The schema kind of a flattened key ("" when the key is unknown)."""
+    section, _, name = key.rpartition(".")
+    return _SCHEMA.get(section, {}).get(name, "")
+
+
+def _comment(line: str) -> str:
+    """The comment of one TOML line (after a ``#`` outside quotes), or "" when it has none:
+    values are checked key by key, so only comments are left for the line scan (issue 12)."""
+    quote = ""
+    escaped = False
+    for index, char in enumerate(line):
+        if quote:
+            if escaped:
+                escaped = False
+            elif char == "\\" and quote == '"':
+                escaped = True
+            elif char == quote:
+                quote = ""
+        elif char in "\"'":
+            quote = char
+        elif char == "#":
+            return line[index + 1 :]
+    return ""
 
 
 def _check_value(key: str, value: Any, where: str) -> Any:

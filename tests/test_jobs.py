@@ -271,6 +271,16 @@ def test_a_job_file_holding_a_secret_is_refused_without_showing_it(
         assert secret not in result.output
 
 
+def test_a_job_whose_root_is_a_random_temporary_folder_is_not_taken_for_a_secret(tmp_path):
+    root = tmp_path / f"tmp{HEX_SECRET}"  # what mkdtemp-like tools make: random letters and digits
+    assert looks_like_secret(root.name)
+    path = tmp_path / "job.toml"
+    path.write_text(minimal(top=f'root = "{root}"\n'))
+    job = load_job(path)
+    assert job.root == root
+    assert job.inbox == root / "work" / "inbox"
+
+
 @pytest.mark.parametrize("text, expected", [
     (HEX_SECRET, True),
     (API_KEY, True),
