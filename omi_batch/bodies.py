@@ -1,0 +1,107 @@
+"""Reading a callback body that may be hostile: bounded nesting, text that always stores, and
+one strict rule for the count OMI reports (issue 12).
+
+A sender holding a row's credential can still send anything. Python's ``json`` recurses once per
+nesting level (30,000 levels: ``RecursionError``), turns ``\\ud800`` into a lone surrogate that
+SQLite cannot encode, and reads ``1e400``-digit integers that SQLite cannot store. So the depth is
+checked on the bytes before parsing, lone surrogates are escaped after it, and ``updatedRecords``
+counts only as a non-negative integer that fits in 64 bits.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+MAX_DEPTH = 32  # nesting levels of arrays and objects; OMI's bodies have 2
+MAX_COUNT = 2**63 - 1  # the largest integer SQLite stores
+_BRACKETS = re.compile(rb"[\[\]{}]")
+_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+class BodyError(ValueError):
+    """A body refused before it reaches the ledger; ``reason`` is the refusal's name."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def too_deep(raw: bytes, limit: int = MAX_DEPTH) -> bool:
+    """True when arrays and objects in ``raw`` nest deeper than ``limit``, brackets inside
+    strings not counted. Cheap for a normal body: fewer brackets than the limit cannot nest."""
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return False
+    depth = 0
+    for match in _BRACKETS.finditer(_STRINGS.sub(b"", raw)):
+        if match.group() in b"[{":
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
+def safe_text(text: str) -> str:
+    """``text`` with every lone surrogate written as its ``\\udXXX`` escape: stores as UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def _escape_surrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        return safe_text(value)
+    if isinstance(value, list):
+        return [_escape_surrogates(item) for item in value]
+    if isinstance(value, dict):
+        return {safe_text(key): _escape_surrogates(item) for key, item in value.items()}
+    return value
+
+
+def parse_body(raw: bytes, *, max_depth: int = MAX_DEPTH) -> dict:
+    """A callback body as a dict with a non-blank string ``requestId``; BodyError otherwise
+    (``too_deep``, ``bad_json``, ``no_request_id``). Its text is safe to store as UTF-8."""
+    if too_deep(raw, max_depth):
+        raise BodyError("too_deep")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise BodyError("bad_json") from None
+    if not isinstance(body, dict):
+        raise BodyError("bad_json")
+    if _SURROGATE_ESCAPE.search(raw):
+        body = _escape_surrogates(body)
+    request_id = body.get("requestId")
+    if not isinstance(request_id, str) or not request_id.strip():
+        raise BodyError("no_request_id")
+    return body
+
+
+def parse_count(value: Any) -> tuple[int | None, bool]:
+    """``updatedRecords`` as ``(count, ok)``: ``(n, True)`` for an integer 0 ≤ n < 2**63,
+    ``(None, True)`` when it is absent (None), ``(None, False)`` for anything else (a bool, a
+    float, a string, a negative or a huge number): such a callback is kept, not applied."""
+    if value is None:
+        return None, True
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None, False
+    if 0 <= value <= MAX_COUNT:
+        return value, True
+    return None, False
+
+
+def count_text(value: Any, limit: int = 80) -> str:
+    """A short, storable spelling of a refused count, for the row's review note."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    if len(text) > limit:
+        text = f"{text[: limit - 20]}… ({len(text)} characters)"
+    return safe_text(text)
