@@ -21,6 +21,7 @@ import os
 import re
 import secrets as _secrets
 import shutil
+import time
 import tomllib
 from collections import Counter
 from collections.abc import Mapping
@@ -61,7 +62,14 @@ _IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload")
 
 # Every key a job file may have: section → {key: kind}. "" is the top level.
 _SCHEMA: dict[str, dict[str, str]] = {
-    "": {"name": "name", "root": "path", "ledger": "path"},
+    "": {
+        "name": "name",
+        "root": "path",
+        "ledger": "path",
+        "notify": "notify",
+        "metrics_file": "path",
+        "log_format": "log_format",
+    },
     "folders": {name: "path" for name in FOLDERS},
     "approval": {
         "policy": "policy",
@@ -118,11 +126,19 @@ class Job:
     webhook_url: str | None = None
     api_key_env: str = "OMI_API_KEY"
     webhook_secret_env: str = "OMI_WEBHOOK_SECRET"
+    notify: tuple[str, ...] = ()  # apprise URL templates: ${NAME} stands for a variable
+    metrics_file: Path | None = None
+    log_format: str = "text"
 
     @property
     def lock_path(self) -> Path:
         """The lock file: in the inbox, so two job files over one inbox never overlap either."""
         return self.inbox / LOCK_NAME
+
+    @property
+    def outbox_path(self) -> Path:
+        """The notifications that could not be sent yet: beside the ledger, named by job."""
+        return self.ledger.with_name(f"{self.ledger.name}.{self.name}.notify-outbox.jsonl")
 
     def settings(self, env: Mapping[str, str] | None = None) -> Settings:
         """The configuration this job runs with: the job file's URLs, else the environment's;
@@ -137,7 +153,7 @@ class Job:
             }
         )
 
-    def check_settings(self, settings: Settings) -> None:
+    def check_settings(self, settings: Settings, env: Mapping[str, str] | None = None) -> None:
         """ConfigError (exit 3) naming the first missing variable this job needs."""
         if not settings.base_url:
             raise ConfigError(
@@ -168,6 +184,14 @@ class Job:
                     f"{self.webhook_secret_env} is not set: the webhook receiver checks "
                     f"callbacks with it (omi.webhook_secret_env in {self.path.name})"
                 )
+        if self.notify:
+            from omi_batch.notify import missing_variables
+
+            missing = missing_variables(self.notify, os.environ if env is None else env)
+            if missing:
+                raise ConfigError(f"{missing[0]} is not set: a notification URL of job "
+                                  f"{self.name} reads a secret from it (notify in "
+                                  f"{self.path.name})")  # fmt: skip
 
 
 def load_job(path: str | os.PathLike) -> Job:
@@ -240,6 +264,9 @@ def load_job(path: str | os.PathLike) -> Job:
         webhook_url=checked.get("omi.webhook_url"),
         api_key_env=checked.get("omi.api_key_env", "OMI_API_KEY"),
         webhook_secret_env=checked.get("omi.webhook_secret_env", "OMI_WEBHOOK_SECRET"),
+        notify=checked.get("notify", ()),
+        metrics_file=place("metrics_file") if "metrics_file" in checked else None,
+        log_format=checked.get("log_format", "text"),
     )
 
 
@@ -297,6 +324,13 @@ def _refuse_secrets(values: dict[str, Any], text: str, where: str) -> None:
     advice = ("keep secrets in the environment and name the variable with omi.api_key_env or "
               "omi.webhook_secret_env")  # fmt: skip
     for key, value in values.items():
+        if key == "notify":
+            for url in value if isinstance(value, list) else []:
+                if isinstance(url, str) and looks_like_secret(re.sub(r"\$\{[^}]*\}", "", url)):
+                    raise UsageError(f"{where}: notify holds a URL that looks like it carries a "
+                                     "secret value; write ${NAME} in its place and keep the "
+                                     "value in the environment variable NAME")  # fmt: skip
+            continue
         if not isinstance(value, str) or _kind(key) == "path":  # a folder may have any name
             continue
         if key.endswith("_env") and _ENV_NAME.match(value) and not looks_like_secret(value):
@@ -377,6 +411,22 @@ def _check_value(key: str, value: Any, where: str) -> Any:
         return number(0, "seconds, 0 or more")
     if kind == "listen":
         return _parse_listen(value, bad)
+    if kind == "notify":
+        from omi_batch.notify import check_url
+
+        if not isinstance(value, list) or not all(isinstance(u, str) for u in value):
+            raise UsageError(f"{where}: notify must be a list of notification URLs "
+                             '(e.g. notify = ["mailto://…"])')  # fmt: skip
+        for url in value:
+            try:
+                check_url(url)
+            except UsageError as error:
+                raise UsageError(f"{where}: notify: {error}") from None
+        return tuple(value)
+    if kind == "log_format":
+        if value not in ("text", "json"):
+            raise bad('"text" or "json"')
+        return value
     if kind == "url":
         if not isinstance(value, str) or not re.match(r"^https?://[^\s/]+", value):
             raise bad("an http:// or https:// URL")
@@ -444,19 +494,31 @@ def run_tick(job: Job, *, env: Mapping[str, str] | None = None) -> TickResult:
     """One tick of ``job``: check the configuration (ConfigError, exit 3), take the lock
     (LockedError, exit 0, when another tick holds it), then do whatever is due."""
     settings = job.settings(env)
-    job.check_settings(settings)
+    job.check_settings(settings, env)
     with JobLock(job.lock_path, job.name):
-        return _Tick(job, settings).run()
+        tick = _Tick(job, settings, env)
+        started = time.time()
+        failed: OmiBatchError | None = None
+        try:
+            return tick.run()
+        except OmiBatchError as error:
+            failed = error
+            raise
+        finally:
+            tick.finish(started, failed)
 
 
 class _Tick:
     """The work of one tick, holding the ledger, the receiver and the pipeline it opened."""
 
-    def __init__(self, job: Job, settings: Settings):
+    def __init__(self, job: Job, settings: Settings, env: Mapping[str, str] | None = None):
         self.job = job
         self.settings = settings
+        self.env = os.environ if env is None else env
         self.result = TickResult(job.name)
         self.touched: set[str] = set()
+        self.messages: list[Any] = []  # notifications, sent once the tick's work is done
+        self.metrics: Any = None
 
     # ------------------------------------------------------------------ the whole tick
 
@@ -469,6 +531,10 @@ class _Tick:
                        job.reports):  # fmt: skip
             folder.mkdir(parents=True, exist_ok=True)
         self.ledger = Ledger(job.ledger)
+        if job.metrics_file is not None:
+            from omi_batch.metrics import make_metrics
+
+            self.metrics = make_metrics(self.ledger, job=job.name)
         receiver = None
         try:
             if not (_files(job.inbox) or _files(job.approved) or self._open_batches()):
@@ -480,7 +546,8 @@ class _Tick:
 
                 if secret is None:  # only this tick's receiver needs to check these callbacks
                     secret = Secret(_secrets.token_urlsafe(32))
-                receiver = webhook.start(webhook.make_app(self.ledger, secret), *job.listen)
+                app = webhook.make_app(self.ledger, secret, metrics=self.metrics)
+                receiver = webhook.start(app, *job.listen)
                 webhook_url = webhook_url or receiver.url
                 log.info("job %s: webhook receiver listening on %s", job.name, receiver.url)
             self.pipeline = Pipeline(
@@ -501,6 +568,50 @@ class _Tick:
             self.ledger.close()
         log.info("job %s: %s", job.name, self.result.summary())
         return self.result
+
+    def finish(self, started: float, failed: OmiBatchError | None) -> None:
+        """Send the tick's notifications (the outbox first) and write its metrics file.
+        Neither may fail the tick: a problem with either is logged."""
+        job = self.job
+        pending = None
+        if job.notify:
+            try:
+                from omi_batch.notify import Notifier
+
+                notifier = Notifier(job.notify, outbox=job.outbox_path, env=self.env)
+                notifier.send(*self.messages)
+                pending = len(notifier.pending())
+            except Exception as error:  # noqa: BLE001 - notifications never fail a tick
+                log.error("job %s: notifications not sent: %s", job.name,
+                          f"{type(error).__name__}: {error}")  # fmt: skip
+        if job.metrics_file is not None:
+            try:
+                from omi_batch.metrics import make_metrics, write_tick_metrics
+
+                metrics = self.metrics or make_metrics(None)
+                write_tick_metrics(job.metrics_file, job=job.name, result=self.result,
+                                   started=started, metrics=metrics,
+                                   exit_code=failed.exit_code if failed else None,
+                                   notifications_pending=pending)  # fmt: skip
+            except Exception as error:  # noqa: BLE001 - a metrics file never fails a tick
+                log.error("job %s: metrics file %s not written: %s", job.name,
+                          job.metrics_file, f"{type(error).__name__}: {error}")  # fmt: skip
+            finally:
+                if getattr(self, "ledger", None) is not None:
+                    self.ledger.close()
+
+    def _notify(self, build: Any, *args: Any, **options: Any) -> None:
+        """Keep a notification for the end of the tick (when the job has notify URLs)."""
+        if not self.job.notify:
+            return
+        try:
+            message = build(*args, job=self.job.name, **options)
+        except Exception as error:  # noqa: BLE001 - a notification never fails a tick
+            log.error("job %s: notification not prepared: %s", self.job.name,
+                      f"{type(error).__name__}: {error}")  # fmt: skip
+            return
+        if message is not None:
+            self.messages.append(message)
 
     def _guarded(self, what: str, step: Any, *args: Any) -> None:
         """Run one step (about a batch or a file); an error about it is logged and the tick goes on.
@@ -583,6 +694,9 @@ class _Tick:
         self.result.rejected.append(target)
         log.error("job %s: %s rejected: %s (%d problem(s); see %s)", self.job.name, path.name,
                   error, len(problems), report)  # fmt: skip
+        from omi_batch import notify
+
+        self._notify(notify.file_rejected, path.name, str(error), problems, errors_report=report)
         self.ledger.log("job_file_rejected", job=self.job.name, file=path.name,
                         error=str(error), problems=len(problems))  # fmt: skip
 
@@ -621,6 +735,16 @@ class _Tick:
         log.info("job %s: batch %s: waiting for review%s: fill the approved column of %s and "
                  "save it in %s", job.name, batch_id, because, job.review / wanted[0].name,
                  job.approved)  # fmt: skip
+        from omi_batch import notify
+
+        workbook = job.review / f"{batch_id}-review.xlsx"
+        self._notify(
+            notify.review_waiting, batch_id, self.ledger.rows(batch_id),
+            file=self.ledger.batch(batch_id)["options"].get("source_name"),
+            workbook=workbook if workbook.exists() else job.review / wanted[0].name,
+            approve_command=f"fill the approved column and save the report in {job.approved} "
+            f"(or: omi-batch approve {batch_id} --report FILE --ledger {job.ledger})",
+        )  # fmt: skip
         self.ledger.log("job_review", batch_id=batch_id, job=job.name, reason=reason or "manual")
 
     def _ceiling(self, rows: list[dict]) -> str | None:
@@ -786,6 +910,12 @@ class _Tick:
                         statuses=dict(statuses))  # fmt: skip
         log.info("job %s: batch %s: archived in %s: %s", job.name, batch_id, final,
                  _counts(statuses))  # fmt: skip
+        from omi_batch import notify
+
+        retry = final / f"{batch_id}-retry.csv"
+        self._notify(notify.batch_finished, batch_id, rows)
+        self._notify(notify.rows_need_attention, batch_id, rows,
+                     retry_report=retry if retry.exists() else None)  # fmt: skip
         bad = {s: n for s, n in statuses.items() if s in PROBLEM_STATUSES}
         if bad or held:
             what = _counts(bad) + (f", {len(held)} held" if held else "")

@@ -191,13 +191,15 @@ def write_tick_metrics(
     started: float,
     finished: float | None = None,
     metrics: Metrics | None = None,
+    exit_code: int | None = None,
     notifications_pending: int | None = None,
 ) -> Path:
     """Write a tick's figures to the node-exporter textfile ``path`` (atomically).
 
     ``result`` is the tick's ``TickResult`` (its lists and ``exit_code``); ``started`` and
     ``finished`` are ``time.time()`` values; ``metrics`` (the tick's, with its ledger and its
-    receiver's counters, if one ran) adds the rows by state of the job's open batches."""
+    receiver's counters, if one ran) adds the rows by state of the job's open batches;
+    ``exit_code`` overrides the result's (a tick stopped by an error)."""
     from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
 
     path = Path(path)
@@ -208,7 +210,7 @@ def write_tick_metrics(
         metric = Gauge(f"{PREFIX}_job_{name}", text, ["job", *labels], registry=registry)
         metric.labels(job=job, **labels).set(value)
 
-    exit_code = int(result.exit_code)
+    exit_code = int(result.exit_code if exit_code is None else exit_code)
     gauge("last_tick_timestamp_seconds", "When the last tick ended (Unix time)", finished)
     gauge("last_tick_duration_seconds", "How long the last tick took", finished - started)
     gauge("last_tick_exit_code", "The last tick's exit code (0 fine, 1 needs a person, "

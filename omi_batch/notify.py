@@ -447,9 +447,10 @@ class Notifier:
                 raise ConfigError(f"notification URL {redact(url)}: apprise knows no service "
                                   f"{_scheme(url)}://")  # fmt: skip
 
-    def send(self, message: Message) -> Outcome:
-        """Try the outbox first, then ``message`` to every URL; never raises for a failed send."""
-        return self._deliver([_Entry.of(url, message) for url in self.urls])
+    def send(self, *messages: Message) -> Outcome:
+        """Try the outbox first, then each message to every URL; never raises for a failed
+        send."""
+        return self._deliver([_Entry.of(url, m) for m in messages for url in self.urls])
 
     def flush(self) -> Outcome:
         """Try again what the outbox keeps (what a tick with nothing else to do calls)."""

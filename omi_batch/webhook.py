@@ -89,6 +89,7 @@ class WebhookApp:
         max_body: int = MAX_BODY,
         logger: logging.Logger | None = None,
         answer_within: float | None = ANSWER_WITHIN,
+        metrics: Any = None,
     ):
         if not isinstance(secret, Secret):
             secret = Secret(str(secret))
@@ -101,6 +102,7 @@ class WebhookApp:
         self.max_body = max_body
         self.logger = logger or logging.getLogger(LOGGER_NAME)
         self.answer_within = answer_within
+        self.metrics = metrics  # an omi_batch.metrics.Metrics, told of each answer and write
         self._write_lock = threading.Lock()
         self._pool: _Writer | None = None
         self._pool_lock = threading.Lock()
@@ -170,6 +172,8 @@ class WebhookApp:
                 (time.monotonic() - started) * 1000,
                 type(error).__name__,
             )
+            if self.metrics is not None:
+                self.metrics.observe_callback("error", time.monotonic() - started)
             return _respond(start_response, 503, {"verdict": "error"}, [("Retry-After", "5")])
         status = _VERDICT_STATUS.get(verdict, 409 if verdict.startswith("refused:") else 200)
         return self._answer(start_response, target, status, verdict, started)
@@ -187,7 +191,12 @@ class WebhookApp:
                     **received}  # fmt: skip
         if self.answer_within is None:
             with self._write_lock:
-                return self.ledger.receive_callback(**callback)
+                began = time.monotonic()
+                try:
+                    return self.ledger.receive_callback(**callback)
+                finally:
+                    if self.metrics is not None:
+                        self.metrics.observe_ledger_write(time.monotonic() - began)
         future = self._executor().submit(callback)
         try:
             return future.result(timeout=self.answer_within)
@@ -212,7 +221,7 @@ class WebhookApp:
     def _executor(self) -> _Writer:
         with self._pool_lock:
             if self._pool is None:
-                self._pool = _Writer(self.ledger)
+                self._pool = _Writer(self.ledger, self.metrics)
             return self._pool
 
     def close(self) -> None:
@@ -283,6 +292,9 @@ class WebhookApp:
         started: float,
         extra: list[tuple[str, str]] | None = None,
     ) -> Iterable[bytes]:
+        elapsed = time.monotonic() - started
+        if self.metrics is not None:
+            self.metrics.observe_callback(verdict, elapsed)
         self.logger.info(
             "callback batch=%s row=%s phase=%s verdict=%s status=%d ms=%.1f",
             target.batch_id,
@@ -290,7 +302,8 @@ class WebhookApp:
             target.phase,
             verdict,
             status,
-            (time.monotonic() - started) * 1000,
+            elapsed * 1000,
+            extra={"event": "callback", "batch": target.batch_id, "row": target.row},
         )
         return _respond(start_response, status, {"verdict": verdict}, extra)
 
@@ -320,8 +333,9 @@ class _Writer:
     commit, so a callback is still stored before it is answered. A Future still queued can be
     cancelled; one taken into a group can no longer be."""
 
-    def __init__(self, ledger: Any):
+    def __init__(self, ledger: Any, metrics: Any = None):
         self._ledger = ledger
+        self._metrics = metrics
         # Only a ledger whose class has it: a wrapper that adds work around receive_callback
         # (a lock, a notification) passes receive_callbacks through untouched, so it is not used.
         self._grouped = callable(getattr(type(ledger), "receive_callbacks", None))
@@ -380,6 +394,7 @@ class _Writer:
 
     def _store(self, group: list[tuple[dict, Future]]) -> None:
         callbacks_ = [callback for callback, _ in group]
+        began = time.monotonic()
         try:
             if self._grouped and len(group) > 1:
                 results = list(self._ledger.receive_callbacks(callbacks_))
@@ -387,6 +402,8 @@ class _Writer:
                 results = [self._one(callback) for callback in callbacks_]
         except BaseException as error:  # the transaction itself failed: none is stored
             results = [error] * len(group)
+        if self._metrics is not None:
+            self._metrics.observe_ledger_write(time.monotonic() - began)
         for (_, future), outcome in zip(group, results, strict=True):
             if isinstance(outcome, BaseException):
                 future.set_exception(outcome)
@@ -407,13 +424,17 @@ def make_app(
     max_body: int = MAX_BODY,
     logger: logging.Logger | None = None,
     answer_within: float | None = ANSWER_WITHIN,
+    metrics: Any = None,
 ) -> WebhookApp:
     """The receiver's WSGI app over ``ledger`` (an ``omi_batch.ledger.Ledger``).
 
     ``answer_within``: seconds the ledger gets to store a callback before the answer is 503
-    (None: wait as long as the ledger does).
+    (None: wait as long as the ledger does). ``metrics`` (``omi_batch.metrics.make_metrics``)
+    counts every answer and times every ledger write; mount its ``/metrics`` with
+    ``metrics.wrap(app)``.
     """
-    return WebhookApp(ledger, secret, max_body=max_body, logger=logger, answer_within=answer_within)
+    return WebhookApp(ledger, secret, max_body=max_body, logger=logger,
+                      answer_within=answer_within, metrics=metrics)  # fmt: skip
 
 
 def _check_readable(ledger: Any) -> None:
