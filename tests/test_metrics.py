@@ -4,21 +4,46 @@ a job tick's node-exporter textfile."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import requests
-from conftest import WEBHOOK_SECRET
+from conftest import API_KEY, WEBHOOK_SECRET
 from prometheus_client.parser import text_string_to_metric_families
 
-from omi_batch import webhook
+from omi_batch import callbacks, webhook
 from omi_batch.config import Secret
+from omi_batch.errors import OmiBatchError
+from omi_batch.jobs import load_job, run_tick
 from omi_batch.ledger import STATES, Ledger
 from omi_batch.metrics import make_metrics, write_tick_metrics
 
 TRANSFER = {"source_email": "an.nguyen@example.vn", "target_email": "binh.tran@example.vn",
             "requested_target": "binh.tran@example.vn", "via": (), "conv_ids": (),
             "replace_existing_members": False, "note": ""}  # fmt: skip
+
+
+REPO = Path(__file__).resolve().parent.parent
+# The sample without its last row (whose target has no OMI account): every row can succeed.
+GOOD_CSV = "".join(
+    (REPO / "data" / "sample_offboarding.csv").read_text(encoding="utf-8").splitlines(True)[:-1]
+)
+JOB = """\
+ledger = "work/ledger.db"
+metrics_file = "work/textfile/omi_batch.prom"
+[folders]
+inbox = "work/inbox"
+review = "work/review"
+approved = "work/approved"
+archive = "work/archive"
+reports = "work/reports"
+[run]
+rate = 100.0
+wait = 10
+timeout = 2
+listen = "127.0.0.1:0"
+"""
 
 
 def new_batch(ledger: Ledger, rows: int = 3, job: str | None = None) -> str:
@@ -191,3 +216,82 @@ def test_a_first_tick_that_failed_has_no_success_time(tmp_path):
     write_tick_metrics(path, job="offboarding", result=tick(1), started=1.0, finished=2.0)
     assert not [k for k in samples(path.read_text())
                 if k[0] == "omi_batch_job_last_success_timestamp_seconds"]  # fmt: skip
+
+
+# --------------------------------------------------------------------------- wired in
+
+
+def test_the_receiver_counts_every_callback_it_answers_and_times_its_ledger_writes(ledger):
+    metrics = make_metrics(ledger)
+    app = metrics.wrap(webhook.make_app(ledger, Secret(WEBHOOK_SECRET), metrics=metrics))
+    batch_id = new_batch(ledger, rows=2)
+    token = callbacks.token(Secret(WEBHOOK_SECRET), batch_id, 2, "execute")
+    sent = [
+        ({callbacks.HEADER: token}, {"requestId": "req-1", "status": "SUCCESS"}),
+        ({callbacks.HEADER: token}, {"requestId": "req-1", "status": "SUCCESS"}),
+        ({callbacks.HEADER: "wrong"}, {"requestId": "req-2"}),
+        ({}, {"requestId": "req-3"}),
+        ({callbacks.HEADER: token}, ["not", "an", "object"]),
+    ]
+    with webhook.start(app) as running:
+        verdicts = [
+            requests.post(f"{running.url}/callbacks/{batch_id}/2/execute", json=body,
+                          headers=headers, timeout=10).json()["verdict"]
+            for headers, body in sent
+        ]  # fmt: skip
+        found = samples(requests.get(f"{running.url}/metrics", timeout=10).text)
+
+    assert verdicts[2:] == ["refused:bad_credential", "refused:missing_credential",
+                            "refused:bad_json"]  # fmt: skip
+    expected: dict[str, int] = {}
+    for verdict in verdicts:
+        key = "refused" if verdict.startswith("refused:") else verdict
+        expected[key] = expected.get(key, 0) + 1
+    assert {k[1][1]: v for k, v in found.items()
+            if k[0] == "omi_batch_callbacks_received_total"} == expected  # fmt: skip
+    assert {k[1][1]: v for k, v in found.items()
+            if k[0] == "omi_batch_callbacks_refused_total"} == {
+        "bad_credential": 1, "missing_credential": 1, "bad_json": 1,
+    }  # fmt: skip
+    assert found[("omi_batch_callback_answer_seconds_count",)] == 5
+    assert found[("omi_batch_ledger_write_seconds_count",)] >= 1
+    assert found[("omi_batch_rows", ("batch", batch_id), ("state", "planned"))] == 2
+
+
+def test_a_job_tick_writes_its_metrics_file(tmp_path, simulator):
+    _, server = simulator
+    job_file = tmp_path / "offboarding.toml"
+    job_file.write_text(JOB)
+    job = load_job(job_file)
+    assert job.metrics_file == tmp_path / "work" / "textfile" / "omi_batch.prom"
+    (job.inbox).mkdir(parents=True)
+    (job.inbox / "departures.csv").write_text(GOOD_CSV, encoding="utf-8")
+
+    result = run_tick(job, env={"OMI_BASE_URL": server.url, "OMI_API_KEY": API_KEY})
+
+    [batch_id] = result.created
+    found = samples(job.metrics_file.read_text())
+    labels = ("job", "offboarding")
+    assert found[("omi_batch_job_last_tick_exit_code", labels)] == 0
+    assert found[("omi_batch_job_last_tick_batches", labels, ("outcome", "waiting"))] == 1
+    assert found[("omi_batch_rows", ("batch", batch_id), ("state", "previewed"))] == 5
+    assert found[("omi_batch_open_batches",)] == 1
+    # the tick's own receiver answered the preview callbacks (if OMI sent any): all counted
+    answered = sum(v for k, v in found.items() if k[0] == "omi_batch_callbacks_received_total")
+    assert answered == found[("omi_batch_callback_answer_seconds_count",)]
+
+
+def test_a_tick_stopped_by_missing_configuration_still_writes_its_metrics_file(tmp_path):
+    job_file = tmp_path / "offboarding.toml"
+    job_file.write_text(JOB)
+    job = load_job(job_file)
+    job.inbox.mkdir(parents=True)
+    (job.inbox / "departures.csv").write_text(GOOD_CSV, encoding="utf-8")
+    # OMI unreachable: the configuration check passes, the preview cannot connect
+    env = {"OMI_BASE_URL": "http://127.0.0.1:9", "OMI_API_KEY": API_KEY}
+    with pytest.raises(OmiBatchError) as raised:
+        run_tick(job, env=env)
+    found = samples(job.metrics_file.read_text())
+    assert found[("omi_batch_job_last_tick_exit_code", ("job", "offboarding"))] == (
+        raised.value.exit_code
+    )

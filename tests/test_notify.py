@@ -4,17 +4,21 @@ outbox for the next call; secrets in a URL come from the environment and never s
 from __future__ import annotations
 
 import base64
+import csv
 import json
 import logging
 import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
+from conftest import API_KEY
 
 from omi_batch import notify
 from omi_batch.errors import ConfigError, UsageError
+from omi_batch.jobs import load_job, run_tick
 from omi_batch.notify import Message, Notifier
 
 TOKEN = "notify-token-9f3e71c2ab54"
@@ -383,3 +387,161 @@ def test_no_url_means_no_notifier():
 def test_a_message_kind_is_one_of_the_three():
     with pytest.raises(ValueError):
         Message(kind="hello", title="t", body="b")
+
+
+# --------------------------------------------------------------------------- a scheduled job
+
+REPO = Path(__file__).resolve().parent.parent
+# The sample without its last row (whose target has no OMI account): every row can succeed.
+GOOD_CSV = "".join(
+    (REPO / "data" / "sample_offboarding.csv").read_text(encoding="utf-8").splitlines(True)[:-1]
+)
+JOB = """\
+ledger = "work/ledger.db"
+notify = ["{url}"]
+[folders]
+inbox = "work/inbox"
+review = "work/review"
+approved = "work/approved"
+archive = "work/archive"
+reports = "work/reports"
+[run]
+rate = 100.0
+wait = 10
+listen = "127.0.0.1:0"
+"""
+
+
+def notifying_job(tmp_path, url: str):
+    path = tmp_path / "offboarding.toml"
+    path.write_text(JOB.format(url=url))
+    return load_job(path)
+
+
+def job_env(server) -> dict[str, str]:
+    return {"OMI_BASE_URL": server.url, "OMI_API_KEY": API_KEY, "OMI_NOTIFY_TOKEN": TOKEN}
+
+
+def drop(folder: Path, name: str, text: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder.parent / f".{name}.tmp").write_text(text, encoding="utf-8")
+    (folder.parent / f".{name}.tmp").replace(folder / name)
+
+
+def approve_all(job, batch_id: str) -> None:
+    """What a person does: approve every previewed row of the report, save it in approved/."""
+    with open(job.review / f"{batch_id}-preview.csv", encoding="utf-8-sig", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        row["approved"] = "yes" if row["preview_status"] == "previewed" else ""
+    with open(job.approved / f"{batch_id}-preview.csv", "w", encoding="utf-8-sig",
+              newline="") as f:  # fmt: skip
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_a_job_says_a_review_waits_once_and_then_that_the_batch_finished(
+    tmp_path, simulator, receiver
+):
+    _, server = simulator
+    job = notifying_job(tmp_path, receiver.url(query="+X-Hook-Token=${OMI_NOTIFY_TOKEN}"))
+    drop(job.inbox, "departures.csv", GOOD_CSV)
+
+    first = run_tick(job, env=job_env(server))
+    [batch_id] = first.created
+    assert [p["body"]["title"] for p in receiver.posts] == [
+        f"omi-batch: batch {batch_id} is waiting for review"
+    ]
+    post = receiver.posts[0]
+    assert post["headers"]["X-Hook-Token"] == TOKEN
+    lines = post["body"]["message"].splitlines()
+    assert lines[:3] == [
+        f"Batch {batch_id} (job offboarding) is waiting for review.",
+        "File: departures.csv",
+        "Rows: 5 (5 previewed, 0 failed their preview)",
+    ]
+    assert lines[-1].startswith(f"Approve: fill the approved column and save the report in "
+                                f"{job.approved}")  # fmt: skip
+    [attachment] = post["body"]["attachments"]
+    assert attachment["filename"] in (f"{batch_id}-review.xlsx", f"{batch_id}-preview.csv")
+
+    run_tick(job, env=job_env(server))  # still waiting: said once is enough
+    assert len(receiver.posts) == 1
+
+    approve_all(job, batch_id)
+    last = run_tick(job, env=job_env(server))
+    assert last.archived == [batch_id]
+    assert [p["body"]["title"] for p in receiver.posts[1:]] == [
+        f"omi-batch: batch {batch_id} finished: 5 succeeded"
+    ]
+    assert not job.outbox_path.exists() or job.outbox_path.read_text() == ""
+
+
+def test_a_job_keeps_what_it_could_not_send_and_sends_it_on_the_next_tick(
+    tmp_path, simulator, closed_port
+):
+    _, server = simulator
+    port, release = closed_port
+    job = notifying_job(tmp_path, f"json://127.0.0.1:{port}/hook?-token=${{OMI_NOTIFY_TOKEN}}")
+    drop(job.inbox, "departures.csv", GOOD_CSV)
+
+    first = run_tick(job, env=job_env(server))
+
+    assert first.exit_code == 0  # a notification that fails never fails the tick
+    [kept] = [json.loads(line) for line in job.outbox_path.read_text().splitlines()]
+    assert kept["kind"] == "review_waiting" and kept["batch"] == first.created[0]
+    assert TOKEN not in job.outbox_path.read_text()
+
+    release()
+    receiver = Receiver(port=port)
+    try:
+        second = run_tick(job, env=job_env(server))
+    finally:
+        receiver.stop()
+    assert second.exit_code == 0
+    assert [p["body"]["title"] for p in receiver.posts] == [kept["title"]]
+    assert receiver.posts[0]["path"] == f"/hook?token={TOKEN}"
+    assert job.outbox_path.read_text() == ""
+
+
+def test_a_job_says_a_rejected_file_needs_attention(tmp_path, simulator, receiver):
+    _, server = simulator
+    job = notifying_job(tmp_path, receiver.url())
+    drop(job.inbox, "bad.csv", "source_email,target_email\nan.nguyen@example,binh@example.vn\n")
+
+    result = run_tick(job, env=job_env(server))
+
+    assert result.rejected == [job.rejected / "bad.csv"]
+    [post] = receiver.posts
+    assert post["body"]["type"] == "warning"
+    assert post["body"]["title"] == "omi-batch: file bad.csv was rejected"
+    lines = post["body"]["message"].splitlines()
+    assert lines[0].startswith("File bad.csv was rejected by job offboarding: ")
+    assert lines[1].startswith("  row 2: ")
+    assert lines[-1] == f"Every error: {job.rejected / 'bad.csv.errors.csv'}"
+
+
+def test_a_job_file_with_a_literal_secret_in_a_notify_url_is_refused(tmp_path):
+    path = tmp_path / "offboarding.toml"
+    path.write_text(JOB.format(url="json://hooks.example.vn/x?-token=abc"))
+    with pytest.raises(UsageError) as raised:
+        load_job(path)
+    assert str(raised.value) == (
+        "offboarding.toml: notify: notification URL json://hooks.example.vn/…: -token= holds a "
+        "value; write ${NAME} there and keep the value in the environment variable NAME"
+    )
+
+
+def test_a_job_whose_notify_variable_is_unset_stops_before_anything_is_sent(tmp_path, simulator):
+    _, server = simulator
+    job = notifying_job(tmp_path, "json://127.0.0.1:9/hook?-token=${OMI_NOTIFY_TOKEN}")
+    drop(job.inbox, "departures.csv", GOOD_CSV)
+    env = {"OMI_BASE_URL": server.url, "OMI_API_KEY": API_KEY}
+    with pytest.raises(ConfigError) as raised:
+        run_tick(job, env=env)
+    assert str(raised.value) == (
+        "OMI_NOTIFY_TOKEN is not set: a notification URL of job offboarding reads a secret "
+        "from it (notify in offboarding.toml)"
+    )
+    assert (job.inbox / "departures.csv").exists()
