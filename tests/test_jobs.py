@@ -154,7 +154,7 @@ BAD_JOB_FILES = [
     ("[later]\nx = 1\n", "unknown section [later] (known: [folders], [approval], [run], [omi])"),
     (
         'TOP:colour = "blue"\n',
-        "unknown key colour (known here: ledger, name, root, folders, approval, run, omi)",
+        "unknown key colour (known here: ledger, log_format, metrics_file, name, notify, root, folders, approval, run, omi)",
     ),
     (
         '[approval]\npolicy = "sometimes"\n',
