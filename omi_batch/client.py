@@ -1,10 +1,15 @@
 """The only code that speaks HTTP to OMI: envelope, errors, retries and the attempt hook.
 
 One ``requests.Session`` (safe to share between the pipeline's threads) sends JSON with the
-``x-api-key`` header. A call succeeds only on HTTP 2xx with ``status_code == 9999``; everything
-else becomes one of the error classes below, each knowing whether it is worth retrying.
-Retries (tenacity) happen here and nowhere else: transport errors, 429 and 5xx only, with full
-jitter, a cap per wait, a cap on total time, and ``Retry-After`` as the minimum wait.
+``x-api-key`` header, or (``auth="bearer"``) with a Bearer token fetched once from
+``GET /api/auth?apiKey=`` and fetched again once when OMI says it expired. A call succeeds only
+on HTTP 2xx with ``status_code == 9999``; everything else becomes one of the error classes
+below, each knowing whether it is worth retrying. Retries (tenacity) happen here and nowhere
+else: transport errors and 5xx with full jitter, a cap per wait and a cap on total time; a rate
+limit (429 or ``rate_limit_exceeded``) is retried until ``RetryPolicy.rate_limit_total`` seconds
+have passed since the first refusal (300 s by default), and only then is it the row's error
+(``rate_limited``). Every attempt, first or retry, waits its turn at the shared
+:class:`~omi_batch.ratelimit.AdaptiveLimiter` and tells it how OMI answered.
 
 An *execute* that timed out or was reset may have been applied by OMI. Retrying it is safe (a
 transfer applied twice moves nothing the second time), so it is retried like anything else, and
@@ -22,8 +27,9 @@ import os
 import random
 import re
 import socket
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -34,18 +40,34 @@ import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 
 from omi_batch import __version__ as _version
-from omi_batch.config import Secret, scrub
+from omi_batch.config import DEFAULT_AUTH, Secret, parse_auth, scrub
 from omi_batch.errors import EXIT_CONFIG, ConfigError, OmiBatchError, UsageError
+from omi_batch.ratelimit import AdaptiveLimiter, Ticket
 
 log = logging.getLogger("omi_batch.client")
 
 TRANSFER_PATH = "/api/v3/agent/conversation/transfer"
+TICKET_PATH = "/api/v3/agent/ticket/transfer"
+AUTH_PATH = "/api/auth"
+AGENTS_PATH = "/api/agent/list"
 SUCCESS = 9999
 
-# Vendor codes that mean "your key or its rights": an operator has to act, retrying is useless.
+# Vendor codes that mean "your key, its rights or the account": an operator has to act, retrying
+# is useless (tenant_disabled and individual_package_expired are account problems).
 AUTH_CODES = frozenset(
-    {"api_key_invalid", "api_key_is_required", "token_expired", "permission_denied"}
+    {
+        "api_key_invalid",
+        "api_key_is_required",
+        "token_expired",
+        "auth_invalid",
+        "permission_denied",
+        "tenant_disabled",
+        "individual_package_expired",
+    }
 )
+# A Bearer token refused with one of these (or HTTP 401) is fetched again, once per request.
+REFRESH_CODES = frozenset({"token_expired", "auth_invalid"})
+TICKETS_DENIED = "your key lacks the permission to assign other agents' tickets"
 RATE_LIMIT_CODES = frozenset({"rate_limit_exceeded"})
 # Where a preview may carry its count (see docs/design.md, "client"); first match wins.
 COUNT_FIELDS = ("updatedRecords", "totalRecords", "total", "count")
@@ -153,18 +175,23 @@ class TransportError(ApiError):
 class RetryPolicy:
     """How long to keep trying. Waits use full jitter: uniform(0, min(max_wait, base * 2**(n-1)))
     before attempt n+1, raised to ``Retry-After`` when OMI sent one. The attempts' own time plus
-    the waits never exceed ``max_total`` seconds: a wait that would pass it stops the retries."""
+    the waits never exceed ``max_total`` seconds: a wait that would pass it stops the retries.
+
+    A rate limit is not counted there: once OMI has refused a call for rate, the call is retried
+    (paced by the limiter, which honours ``Retry-After``) until ``rate_limit_total`` seconds have
+    passed since that first refusal, however many attempts that takes."""
 
     max_attempts: int = 5
     base: float = 0.5
     max_wait: float = 30.0
     max_total: float = 120.0
+    rate_limit_total: float = 300.0
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
-        if self.base < 0 or self.max_wait < 0 or self.max_total < 0:
-            raise ValueError("base, max_wait and max_total must not be negative")
+        if min(self.base, self.max_wait, self.max_total, self.rate_limit_total) < 0:
+            raise ValueError("base, max_wait, max_total and rate_limit_total must not be negative")
 
     def wait(
         self, attempt_number: int, rng: random.Random, retry_after: float | None = None
@@ -186,6 +213,16 @@ class TransferResult:
     count: int | None
     http_status: int
     envelope: dict
+
+
+@dataclass(frozen=True)
+class Agent:
+    """One agent of OMI's directory. ``is_active``/``is_deleted`` are None when not given."""
+
+    email: str
+    is_active: bool | None
+    is_deleted: bool | None
+    name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -352,12 +389,22 @@ def read_count(payload: Any) -> int | None:
 
 
 def _transfer_result(http_status: int, envelope: dict, secrets: Sequence[str]) -> TransferResult:
+    return _any_transfer_result(http_status, envelope, secrets, TRANSFER_PATH)
+
+
+def _ticket_result(http_status: int, envelope: dict, secrets: Sequence[str]) -> TransferResult:
+    return _any_transfer_result(http_status, envelope, secrets, TICKET_PATH)
+
+
+def _any_transfer_result(
+    http_status: int, envelope: dict, secrets: Sequence[str], endpoint: str
+) -> TransferResult:
     payload = envelope.get("payload")
     try:
         count = read_count(payload)
     except ApiError as exc:
         text = scrub(exc.text, list(secrets))
-        raise ApiError(http_status, exc.code, text, endpoint=TRANSFER_PATH) from None
+        raise ApiError(http_status, exc.code, text, endpoint=endpoint) from None
     request_id = _request_id(payload)
     if request_id is not None:  # an id is taken from the answer too: never let it carry a secret
         request_id = scrub(request_id, list(secrets))
@@ -453,19 +500,56 @@ def _now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+class _QueryScrub(logging.Filter):
+    """Hides the API key that ``GET /api/auth?apiKey=`` carries from urllib3's own debug lines
+    (it logs every request line, query string included)."""
+
+    _KEY = re.compile(r"(apiKey=)[^&\s\"']+", re.IGNORECASE)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args:
+            record.args = tuple(
+                self._KEY.sub(r"\1***", a) if isinstance(a, str) else a
+                for a in (record.args if isinstance(record.args, tuple) else (record.args,))
+            )
+        if isinstance(record.msg, str) and "apiKey=" in record.msg:
+            record.msg = self._KEY.sub(r"\1***", record.msg)
+        return True
+
+
+_SCRUB = _QueryScrub()
+for _name in ("urllib3.connectionpool", "urllib3.connection", "requests"):
+    if _SCRUB not in logging.getLogger(_name).filters:
+        logging.getLogger(_name).addFilter(_SCRUB)
+
+
 class _Call:
     """Bookkeeping for one logical call across its attempts (one per call: thread-safe)."""
 
-    __slots__ = ("endpoint", "context", "pending", "spent", "attempts", "reached", "secrets")
+    __slots__ = (
+        "endpoint", "context", "pending", "spent", "attempts", "reached", "secrets", "auth",
+        "token", "refreshed", "refresh_pending", "limited", "limited_for", "free_attempts",
+        "waited", "denied", "fallback",
+    )  # fmt: skip
 
-    def __init__(self, endpoint: str, context: dict, secrets: list[str]):
+    def __init__(self, endpoint: str, context: dict, secrets: list[str], auth: str | None):
         self.endpoint = endpoint
         self.context = context
         self.secrets = secrets  # every credential value of this call, scrubbed from answers
+        self.auth = auth  # "api-key", "bearer", or None (the token request itself)
+        self.token: Secret | None = None  # the Bearer token the last attempt sent
+        self.refreshed = False  # a new token was fetched for this call (at most once)
+        self.refresh_pending = False  # fetch a new token before the next attempt
         self.attempts = 0
+        self.free_attempts = 0  # rate-limited and token-refresh attempts: not in max_attempts
         self.reached = False  # some attempt may have reached OMI (so may have been applied)
         self.pending: dict | None = None  # the attempt not yet reported to on_attempt
-        self.spent = 0.0  # seconds spent inside attempts (waits are counted by tenacity)
+        self.spent = 0.0  # seconds inside attempts, before any rate limit
+        self.waited = 0.0  # seconds of retry waits, before any rate limit
+        self.limited = False  # OMI has refused this call for rate at least once
+        self.limited_for = 0.0  # seconds since that first refusal (attempts, waits, pacing)
+        self.denied: str | None = None  # this endpoint's permission_denied is the row's error
+        self.fallback = False  # api-key refused here: try a Bearer token once (directory)
 
 
 def _session_for(base_url: str) -> requests.Session:
@@ -476,7 +560,7 @@ def _session_for(base_url: str) -> requests.Session:
     quarter of the client's CPU (issue 5). Every request goes to the one host of ``base_url``,
     so resolving its proxies at start-up gives the same answer; a change to the environment
     after the client is built is not seen (restart to pick it up). .netrc is not consulted:
-    OMI authenticates with ``x-api-key``, never with Basic credentials from a file."""
+    OMI authenticates with ``x-api-key`` or a Bearer token, never with Basic credentials."""
     session = requests.Session()
     session.trust_env = False
     session.proxies = requests.utils.get_environ_proxies(base_url)
@@ -490,8 +574,11 @@ class OmiClient:
     """A client for the OMI endpoints omi-batch uses. Share one between threads; close it once.
 
     ``timeout`` is the read timeout per request, ``connect_timeout`` the connect timeout.
-    ``on_attempt`` is called in the calling thread after every attempt; a failing hook is logged
-    and ignored. ``sleep`` and ``rng`` are injectable so tests neither wait nor guess.
+    ``auth`` is ``"api-key"`` (the x-api-key header) or ``"bearer"`` (a token from
+    ``GET /api/auth``, kept in memory only). ``limiter`` paces every attempt (None: no pacing;
+    the pipeline always gives one). ``on_attempt`` is called in the calling thread after every
+    attempt; a failing hook is logged and ignored. ``sleep`` and ``rng`` are injectable so tests
+    neither wait nor guess.
     """
 
     def __init__(
@@ -506,6 +593,8 @@ class OmiClient:
         sleep: Callable[[float], None] = time.sleep,
         pool_size: int = 16,
         rng: random.Random | None = None,
+        auth: str = DEFAULT_AUTH,
+        limiter: AdaptiveLimiter | None = None,
     ):
         base_url = (base_url or "").strip().rstrip("/")
         if not base_url.startswith(("http://", "https://")):
@@ -518,12 +607,17 @@ class OmiClient:
             raise ValueError("timeouts must be positive")
         self.base_url = base_url
         self._api_key = api_key
+        self.auth = parse_auth(auth)
+        self.limiter = limiter
         self.timeout = float(timeout)
         self.connect_timeout = float(connect_timeout)
         self.retry = retry
         self.on_attempt = on_attempt
         self._sleep = sleep
         self._rng = rng or random.Random()
+        self._token: Secret | None = None
+        self._token_lock = threading.Lock()
+        self._directory_auth = self.auth  # becomes "bearer" if the directory refuses the key
         self._session = _session_for(base_url)
         # max_retries=0: urllib3 never retries on its own, so every attempt is one we record.
         adapter = HTTPAdapter(
@@ -575,6 +669,62 @@ class OmiClient:
             body["callbackResultConfig"] = callback
         return self._post(TRANSFER_PATH, body, context=context, parse=_transfer_result)
 
+    def transfer_tickets(
+        self,
+        source_email: str,
+        target_email: str,
+        *,
+        preview: bool,
+        context: dict | None = None,
+        callback: dict | None = None,
+    ) -> TransferResult:
+        """Preview or execute the move of a source agent's tickets to the target, with the
+        conversation transfer's envelope and count variants. A key without the permission to
+        assign other agents' tickets gets an ApiError ``permission_denied`` for this row, not
+        an AuthError: the same key may move conversations."""
+        body: dict[str, Any] = {
+            "sourceEmail": source_email,
+            "targetEmail": target_email,
+            "previewChanges": bool(preview),
+        }
+        if callback:
+            body["callbackResultConfig"] = callback
+        return self._post(
+            TICKET_PATH, body, context=context, parse=_ticket_result, denied=TICKETS_DENIED
+        )
+
+    def list_agents(
+        self,
+        keyword: str | None = None,
+        size: int = 50,
+        *,
+        max_pages: int = 400,
+        context: dict | None = None,
+    ) -> Iterator[Agent]:
+        """Every agent of OMI's directory (those matching ``keyword``), page after page until an
+        empty page. The directory is documented with a Bearer token: in api-key mode the key is
+        sent first and, if OMI refuses it there, a token is fetched once and used from then on.
+        ApiError ``directory_too_large`` after ``max_pages`` pages (a bound, not a guess)."""
+        size = max(1, int(size))
+        seen: set[str] = set()
+        for page in range(1, max_pages + 1):
+            params: dict[str, Any] = {"page": page, "size": size}
+            if keyword:
+                params["keyword"] = keyword
+            agents = self._request(
+                "GET", AGENTS_PATH, None, params=params, context=context, parse=_agents_page,
+                auth=self._directory_auth, fallback=self._directory_auth == "api-key",
+            )  # fmt: skip
+            fresh = [a for a in agents if a.email not in seen]
+            if not fresh:  # an empty page, or OMI ignoring ``page`` and repeating itself
+                return
+            seen.update(a.email for a in fresh)
+            yield from fresh
+        raise ApiError(
+            None, "directory_too_large",
+            f"more than {max_pages} pages of {size} agents", endpoint=AGENTS_PATH,
+        )  # fmt: skip
+
     def new_room(
         self,
         channel: str = "livetalk",
@@ -616,6 +766,49 @@ class OmiClient:
             parse=_list_payload,
         )
 
+    # ----------------------------------------------------------------------- bearer tokens
+
+    def _bearer(self, call: _Call) -> Secret:
+        """The current Bearer token, fetched now if there is none (one thread fetches)."""
+        with self._token_lock:
+            if self._token is None:
+                self._token = self._fetch_token(call)
+            return self._token
+
+    def _refresh(self, call: _Call) -> None:
+        """Forget the token ``call`` was refused with and fetch a new one, unless another
+        thread already did. A refused refresh raises AuthError (exit 3)."""
+        with self._token_lock:
+            if self._token is None or self._token == call.token:
+                self._token = None
+                self._token = self._fetch_token(call)
+
+    def _fetch_token(self, call: _Call) -> Secret:
+        """``GET /api/auth?apiKey=KEY``: the key travels in the query string, so the URL is
+        never quoted (not in a log, an exception or an attempt) and the key is scrubbed from
+        the answer."""
+        try:
+            token = self._request(
+                "GET", AUTH_PATH, None, params={"apiKey": self._api_key.value},
+                context=call.context, parse=_token_payload, auth=None,
+            )  # fmt: skip
+        except AuthError as error:
+            raise AuthError(
+                error.http_status, error.code,
+                f"OMI refused to give a Bearer token for the API key: {error.text or error.code}",
+                endpoint=AUTH_PATH,
+            ) from None  # fmt: skip
+        except ApiError as error:
+            if error.retryable or isinstance(error, TransportError):
+                raise
+            raise AuthError(
+                error.http_status, error.code or "bad_token",
+                f"OMI's answer to the token request is not usable: {error.text or error.code}",
+                endpoint=AUTH_PATH,
+            ) from None  # fmt: skip
+        call.secrets[:] = _longest_first([*call.secrets, token.value])
+        return token
+
     # ----------------------------------------------------------------------- machinery
 
     def _post(
@@ -626,21 +819,44 @@ class OmiClient:
         params: dict | None = None,
         context: dict | None = None,
         parse: Callable[[int, dict, Sequence[str]], Any] | None = None,
+        denied: str | None = None,
     ) -> Any:
-        """POST with retries; returns ``parse(status, envelope, secrets)`` (default: the pair)
+        """POST ``body`` with retries (see :meth:`_request`)."""
+        return self._request(
+            "POST", path, body, params=params, context=context, parse=parse, denied=denied
+        )
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        body: dict | None,
+        *,
+        params: dict | None = None,
+        context: dict | None = None,
+        parse: Callable[[int, dict, Sequence[str]], Any] | None = None,
+        denied: str | None = None,
+        auth: str | None | object = ...,
+        fallback: bool = False,
+    ) -> Any:
+        """Send with retries; returns ``parse(status, envelope, secrets)`` (default: the pair)
         or raises the last error. ``parse`` runs inside the attempt, so its errors are recorded
-        too; ``secrets`` are the values it must scrub from any text it raises."""
-        call = _Call(path, dict(context or {}), self._secrets(body))
+        too; ``secrets`` are the values it must scrub from any text it raises. ``denied`` makes
+        ``permission_denied`` (or a 403) this call's own ApiError with that text; ``fallback``
+        retries once with a Bearer token when the x-api-key is refused."""
+        mode = self.auth if auth is ... else auth
+        call = _Call(path, dict(context or {}), self._secrets(body), mode)  # type: ignore[arg-type]
+        call.denied, call.fallback = denied, fallback
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception(lambda e: getattr(e, "retryable", False)),
-            wait=self._wait,
+            wait=lambda rs: self._wait(rs, call),
             stop=lambda rs: self._stop(rs, call),
-            before_sleep=lambda rs: self._report(call, wait_s=rs.upcoming_sleep),
+            before_sleep=lambda rs: self._before_sleep(rs, call),
             sleep=self._sleep,
             reraise=True,
         )
         try:
-            return retrying(self._attempt, call, path, body, params, parse)
+            return retrying(self._attempt, call, method, path, body, params, parse)
         except ApiError as error:
             if call.reached:  # an earlier attempt may have been applied: never forget it
                 error.outcome_unknown = True
@@ -648,11 +864,15 @@ class OmiClient:
         finally:
             self._report(call, wait_s=None)
 
-    def _secrets(self, body: dict) -> list[str]:
-        """The values no text taken from an answer may keep: the API key, every callback
-        header value sent in ``body`` (``X-Omi-Batch-Token``), and any credential in the
-        callback URL (user:password, query values), since OMI may echo any of them."""
+    def _secrets(self, body: dict | None) -> list[str]:
+        """The values no text taken from an answer may keep: the API key, the Bearer token,
+        every callback header value sent in ``body`` (``X-Omi-Batch-Token``), and any
+        credential in the callback URL (user:password, query values), since OMI may echo any
+        of them."""
         found = [self._api_key.value]
+        token = self._token
+        if token is not None:
+            found.append(token.value)
         config = body.get("callbackResultConfig") if isinstance(body, dict) else None
         if isinstance(config, dict):
             headers = config.get("headers")
@@ -661,27 +881,60 @@ class OmiClient:
             url = config.get("url")
             if isinstance(url, str) and url:
                 found.extend(v for v in _url_secrets(url) if len(v) >= 8)  # not "1", "en"
-        # The longest first, so a secret containing another is replaced whole.
-        return sorted({v for v in found if v}, key=len, reverse=True)
+        return _longest_first(found)
 
-    def _wait(self, rs: tenacity.RetryCallState) -> float:
+    def _wait(self, rs: tenacity.RetryCallState, call: _Call) -> float:
         exc = rs.outcome.exception() if rs.outcome else None
-        return self.retry.wait(rs.attempt_number, self._rng, getattr(exc, "retry_after", None))
+        if isinstance(exc, AuthError):  # a token refresh: at once
+            return 0.0
+        if isinstance(exc, RateLimited) and self.limiter is not None:
+            return 0.0  # the limiter paces the retry and honours Retry-After for every sender
+        number = rs.attempt_number - call.free_attempts if not call.limited else rs.attempt_number
+        return self.retry.wait(max(1, number), self._rng, getattr(exc, "retry_after", None))
 
     def _stop(self, rs: tenacity.RetryCallState, call: _Call) -> bool:
-        if rs.attempt_number >= self.retry.max_attempts:
+        exc = rs.outcome.exception() if rs.outcome else None
+        upcoming = rs.upcoming_sleep or 0.0
+        if isinstance(exc, AuthError):  # retryable only for its one token refresh
+            return False
+        if isinstance(exc, RateLimited):
+            return call.limited_for + upcoming > self.retry.rate_limit_total
+        if rs.attempt_number - call.free_attempts >= self.retry.max_attempts:
             return True
-        # rs.idle_for is the sum of the waits so far; the next one must fit in what is left.
-        return call.spent + rs.idle_for + (rs.upcoming_sleep or 0.0) > self.retry.max_total
+        return call.spent + call.waited + upcoming > self.retry.max_total
+
+    def _before_sleep(self, rs: tenacity.RetryCallState, call: _Call) -> None:
+        wait = rs.upcoming_sleep or 0.0
+        if call.limited:
+            call.limited_for += wait
+        else:
+            call.waited += wait
+        self._report(call, wait_s=wait)
+
+    def _headers(self, call: _Call) -> dict[str, str]:
+        if call.auth == "bearer":
+            call.token = self._bearer(call)
+            return {"Authorization": f"Bearer {call.token.value}"}
+        if call.auth == "api-key":
+            return {"x-api-key": self._api_key.value}
+        return {}
 
     def _attempt(
         self,
         call: _Call,
+        method: str,
         path: str,
-        body: dict,
+        body: dict | None,
         params: dict | None,
         parse: Callable[[int, dict, Sequence[str]], Any] | None,
     ) -> Any:
+        if call.refresh_pending:  # outside the attempt's record: it is its own request
+            call.refresh_pending = False
+            self._refresh(call)
+        headers = self._headers(call)
+        ticket: Ticket | None = self.limiter.acquire() if self.limiter is not None else None
+        if ticket is not None and call.limited:
+            call.limited_for += ticket.waited
         call.attempts += 1
         number = call.attempts
         started_at = _now_iso()
@@ -697,27 +950,55 @@ class OmiClient:
             "outcome_unknown": False,
         }
         try:
+            # The failure is raised outside the ``except``: requests' exception quotes the URL
+            # (the API key, for /api/auth), so it must not even ride along as __context__.
+            failure: Exception | None = None
             try:
-                response = self._session.post(
+                response = self._session.request(
+                    method,
                     self.base_url + path,
                     json=body,
                     params=params,
-                    headers={"x-api-key": self._api_key.value},
+                    headers=headers,
                     timeout=(self.connect_timeout, self.timeout),
                     allow_redirects=False,
                 )
-            except (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema) as exc:
-                raise ConfigError(f"the OMI base URL is not usable: {self.base_url!r}") from exc
+            except (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema):
+                failure = ConfigError(f"the OMI base URL is not usable: {self.base_url!r}")
             except requests.RequestException as exc:
-                raise _transport_error(exc, path, (self.connect_timeout, self.timeout)) from None
+                failure = _transport_error(exc, path, (self.connect_timeout, self.timeout))
+            if failure is not None:
+                raise failure
             record["http_status"] = response.status_code
-            envelope = check_envelope(
-                response.status_code,
-                response.content,
-                response.headers,
-                endpoint=path,
-                secrets=call.secrets,
-            )
+            try:
+                envelope = check_envelope(
+                    response.status_code,
+                    response.content,
+                    response.headers,
+                    endpoint=path,
+                    secrets=call.secrets,
+                )
+            except RateLimited as exc:
+                if ticket is not None:
+                    self.limiter.refused(ticket, exc.retry_after, str(exc))  # type: ignore[union-attr]
+                if not call.limited:
+                    call.limited = True
+                call.free_attempts += 1
+                raise
+            except AuthError as exc:
+                if ticket is not None:
+                    self.limiter.succeeded(ticket)  # type: ignore[union-attr]
+                raise self._auth_failure(call, exc) from None
+            except ServerError:
+                raise
+            except ApiError:
+                if ticket is not None:
+                    self.limiter.succeeded(ticket)  # type: ignore[union-attr]
+                raise
+            if ticket is not None:
+                self.limiter.succeeded(ticket)  # type: ignore[union-attr]
+            if call.fallback and call.auth == "bearer":  # the directory took the token
+                self._directory_auth = "bearer"
             request_id = _request_id(envelope.get("payload"))
             record["request_id"] = None if request_id is None else scrub(request_id, call.secrets)
             if parse is None:
@@ -741,17 +1022,40 @@ class OmiClient:
             raise
         finally:
             elapsed = time.monotonic() - start
-            call.spent += elapsed
+            if call.limited:
+                call.limited_for += elapsed
+            else:
+                call.spent += elapsed
             record["elapsed_ms"] = round(elapsed * 1000.0, 3)
             call.pending = record
             log.debug(
-                "POST %s attempt %d: %s in %.0f ms%s",
+                "%s %s attempt %d: %s in %.0f ms%s",
+                method,
                 path,
                 number,
                 record["http_status"] if record["http_status"] is not None else "no answer",
                 record["elapsed_ms"],
                 f" ({record['error']} {record['vendor_code']})" if record["error"] else "",
             )
+
+    def _auth_failure(self, call: _Call, exc: AuthError) -> ApiError:
+        """What a refused credential means for this call: this row's own error (``denied``),
+        one more attempt with a new or first Bearer token, or the AuthError that stops the run."""
+        if call.denied and (exc.code == "permission_denied" or exc.http_status == 403):
+            return ApiError(
+                exc.http_status, "permission_denied", call.denied, endpoint=exc.endpoint
+            )
+        if call.refreshed:
+            return exc
+        if call.auth == "bearer" and (exc.http_status == 401 or exc.code in REFRESH_CODES):
+            call.refreshed = call.refresh_pending = True
+        elif call.auth == "api-key" and call.fallback:
+            call.auth, call.refreshed = "bearer", True  # the first token is fetched next
+        else:
+            return exc
+        call.free_attempts += 1
+        exc.retryable = True  # this instance only: one more attempt
+        return exc
 
     def _report(self, call: _Call, *, wait_s: float | None) -> None:
         """Hand the pending attempt to on_attempt, once; never let the hook break the call."""
@@ -775,6 +1079,11 @@ class OmiClient:
                 record["number"],
                 exc_info=True,
             )
+
+
+def _longest_first(values: Sequence[str]) -> list[str]:
+    """Distinct non-empty secrets, the longest first, so one containing another goes whole."""
+    return sorted({v for v in values if v}, key=len, reverse=True)
 
 
 def _url_secrets(url: str) -> list[str]:
@@ -815,3 +1124,77 @@ def _list_payload(http_status: int, envelope: dict, secrets: Sequence[str]) -> l
             if isinstance(payload.get(key), list):
                 return payload[key]
     raise ApiError(http_status, "bad_payload", "the message list is not a list")
+
+
+def _token_payload(http_status: int, envelope: dict, secrets: Sequence[str]) -> Secret:
+    """The Bearer token in ``/api/auth``'s payload (``access_token``), as a Secret."""
+    payload = envelope.get("payload")
+    token = payload.get("access_token") if isinstance(payload, dict) else None
+    if not isinstance(token, str) or not token.strip():
+        raise ApiError(http_status, "bad_token", "the answer has no access_token")
+    return Secret(token.strip())
+
+
+AGENT_LIST_KEYS = ("items", "data", "content", "docs", "rows", "list", "agents", "records")
+
+
+def _agents_page(http_status: int, envelope: dict, secrets: Sequence[str]) -> list[Agent]:
+    """One directory page, read tolerantly: the items are the payload itself or the first list
+    under a usual key (one level deeper too, e.g. ``payload.data.items``); an item's email is
+    ``identify_info`` or ``email``; items without one are skipped."""
+    items = _find_list(envelope.get("payload"))
+    if items is None:
+        raise ApiError(http_status, "bad_payload", "the agent list is not a list")
+    agents = []
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        email = next(
+            (
+                item[k]
+                for k in ("identify_info", "email", "identifyInfo")
+                if isinstance(item.get(k), str)
+            ),
+            None,
+        )
+        if not email or "@" not in email:
+            continue
+        name = next(
+            (item[k] for k in ("name", "full_name", "fullname", "fullName") if item.get(k)), None
+        )
+        agents.append(
+            Agent(
+                email=email.strip().lower(),
+                is_active=_flag(item, "is_active", "isActive", "active"),
+                is_deleted=_flag(item, "is_deleted", "isDeleted", "deleted"),
+                name=scrub(str(name), list(secrets)) if name else None,
+            )
+        )
+    return agents
+
+
+def _find_list(payload: Any, depth: int = 0) -> list | None:
+    if payload is None:
+        return []
+    if isinstance(payload, list):
+        return payload
+    if isinstance(payload, dict) and depth < 2:
+        for key in AGENT_LIST_KEYS:
+            if key in payload:
+                found = _find_list(payload[key], depth + 1)
+                if found is not None:
+                    return found
+    return None
+
+
+def _flag(item: dict, *names: str) -> bool | None:
+    """A yes/no field, tolerant of 0/1 and "true"/"false"; None when absent or unreadable."""
+    for name in names:
+        value = item.get(name)
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
+            return value.strip().lower() in ("true", "1")
+    return None

@@ -14,6 +14,11 @@ from omi_batch.errors import ConfigError
 
 PRODUCTION_URL = "https://public-v1.omicall.com"
 STAGING_URL = "https://public-v1-stg.omicall.com"
+# How requests authenticate (OMI_AUTH): "api-key" sends the key in an x-api-key header, as the
+# vendor's doc page says; "bearer" trades it once for a 24-hour token (GET /api/auth?apiKey=),
+# as the vendor's own client does, and sends ``Authorization: Bearer``.
+AUTH_MODES = ("api-key", "bearer")
+DEFAULT_AUTH = "api-key"
 
 
 class Secret:
@@ -53,6 +58,7 @@ class Settings:
     api_key: Secret | None = field(default=None, repr=False)
     webhook_url: str | None = None
     webhook_secret: Secret | None = field(default=None, repr=False)
+    auth: str = DEFAULT_AUTH
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -66,6 +72,7 @@ class Settings:
         secret = get("OMI_WEBHOOK_SECRET")
         base = get("OMI_BASE_URL")
         return cls(
+            auth=parse_auth(get("OMI_AUTH")),
             base_url=base.rstrip("/") if base else None,
             api_key=Secret(key) if key else None,
             webhook_url=(get("OMI_WEBHOOK_URL") or "").rstrip("/") or None,
@@ -100,6 +107,22 @@ class Settings:
                 "callbacks (any long random string, the same for runner and receiver)"
             )
         return self.webhook_secret
+
+
+def parse_auth(value: str | None) -> str:
+    """The auth mode named by OMI_AUTH (or a job file): ``api-key`` (default) or ``bearer``;
+    ConfigError (exit 3) for anything else. Case and ``_`` for ``-`` do not matter."""
+    if value is None or not value.strip():
+        return DEFAULT_AUTH
+    mode = value.strip().lower().replace("_", "-")
+    if mode == "apikey":
+        mode = "api-key"
+    if mode not in AUTH_MODES:
+        raise ConfigError(
+            f"OMI_AUTH must be {' or '.join(AUTH_MODES)}, not {value.strip()!r} "
+            "(api-key: the x-api-key header; bearer: a token from GET /api/auth)"
+        )
+    return mode
 
 
 def scrub(text: str, secrets: list[str]) -> str:

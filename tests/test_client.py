@@ -452,7 +452,7 @@ BAD_ANSWERS = [
 def test_every_failure_becomes_the_right_error(
     make_client, sim, answer, cls, http_status, code, message
 ):
-    client = make_client(retry=RetryPolicy(max_attempts=1))
+    client = make_client(retry=RetryPolicy(max_attempts=1, rate_limit_total=0))
     sim.script(answer)
     with pytest.raises(OmiBatchError) as caught:
         client.transfer_conversations("a@example.com", "b@example.com", preview=True)
@@ -494,7 +494,7 @@ def test_an_unknown_agent_is_user_not_found(client, sim, sleeps):
     [("7", 7.0, 7.0), ("0.25", 0.25, 0.25), ("-3", 0.0, 0.0), ("soon", None, None)],
 )
 def test_retry_after_in_seconds(make_client, sim, header, low, high):
-    client = make_client(retry=RetryPolicy(max_attempts=1))
+    client = make_client(retry=RetryPolicy(rate_limit_total=0))
     sim.script({"status": 429, "body": failure(), "headers": {"Retry-After": header}})
     with pytest.raises(RateLimited) as caught:
         client.transfer_conversations("a@example.com", "b@example.com", preview=True)
@@ -506,7 +506,7 @@ def test_retry_after_in_seconds(make_client, sim, header, low, high):
 
 
 def test_retry_after_as_an_http_date(make_client, sim):
-    client = make_client(retry=RetryPolicy(max_attempts=1))
+    client = make_client(retry=RetryPolicy(rate_limit_total=0))
     when = datetime.now(UTC) + timedelta(seconds=40)
     header = email.utils.format_datetime(when, usegmt=True)
     sim.script(
@@ -666,8 +666,9 @@ def test_retry_after_as_a_date_is_honoured(make_client, sim, sleeps):
     assert 10 <= wait <= 20
 
 
-def test_the_total_cap_stops_early(make_client, sim, sleeps, attempts):
-    client = make_client(retry=RetryPolicy(max_attempts=10, base=0.1, max_wait=1, max_total=10))
+def test_a_rate_limit_fails_the_call_only_after_its_own_total(make_client, sim, sleeps, attempts):
+    policy = RetryPolicy(max_attempts=2, base=0.1, max_wait=1, max_total=1, rate_limit_total=10)
+    client = make_client(retry=policy)
     sim.script(
         *[{"status": 429, "body": failure("rate_limit_exceeded"), "headers": {"Retry-After": "4"}}]
         * 10
@@ -681,7 +682,7 @@ def test_the_total_cap_stops_early(make_client, sim, sleeps, attempts):
 
 
 def test_retry_after_beyond_the_total_cap_gives_up_at_once(make_client, sim, sleeps):
-    client = make_client(retry=RetryPolicy(max_total=60))
+    client = make_client(retry=RetryPolicy(rate_limit_total=60))
     sim.script({"status": 429, "body": "later", "headers": {"Retry-After": "600"}})
     with pytest.raises(RateLimited) as caught:
         client.transfer_conversations("a@x.vn", "b@x.vn", preview=True)

@@ -60,7 +60,7 @@ def test_the_key_shows_nowhere(simulator, caplog):
         server.url,
         Secret(API_KEY),
         timeout=0.3,
-        retry=RetryPolicy(max_attempts=1),
+        retry=RetryPolicy(max_attempts=1, rate_limit_total=0),
         on_attempt=attempts.append,
         sleep=Sleeps(),
         rng=random.Random(1),
@@ -140,3 +140,61 @@ def test_a_client_cannot_be_pickled_with_its_key():
             pickle.dumps(client)
     finally:
         client.close()
+
+
+def test_the_key_in_the_token_request_shows_nowhere(make_simulator, caplog):
+    """``GET /api/auth?apiKey=KEY`` carries the key in its URL: not in a log line (urllib3's
+    own debug lines included), an exception, an attempt; nor the token."""
+    sim, server = make_simulator(auth="bearer", refuse_token_after=1)
+    attempts: list[Attempt] = []
+    errors: list[OmiBatchError] = []
+    with (
+        caplog.at_level(logging.DEBUG),
+        OmiClient(
+            server.url, Secret(API_KEY), auth="bearer", on_attempt=attempts.append, sleep=Sleeps()
+        ) as client,  # fmt: skip
+    ):
+        client.transfer_conversations(
+            "lan.nguyen@example.vn", "minh.tran@example.vn", preview=False
+        )
+        token = client._token.value
+        sim.expire_tokens()
+        try:
+            client.transfer_conversations(
+                "lan.nguyen@example.vn", "minh.tran@example.vn", preview=True
+            )
+        except OmiBatchError as exc:
+            errors.append(exc)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with (
+        caplog.at_level(logging.DEBUG),
+        OmiClient(
+            f"http://127.0.0.1:{port}",
+            Secret(API_KEY),
+            auth="bearer",
+            retry=RetryPolicy(max_attempts=2, base=0.01, max_wait=0.01),
+            on_attempt=attempts.append,
+            sleep=Sleeps(),
+        ) as client,  # fmt: skip
+    ):
+        try:
+            client.transfer_conversations(
+                "lan.nguyen@example.vn", "minh.tran@example.vn", preview=True
+            )
+        except OmiBatchError as exc:
+            errors.append(exc)
+    assert len(errors) == 2 and errors[0].exit_code == 3 and errors[1].code == "connection_refused"
+    assert any(a.endpoint == "/api/auth" for a in attempts)
+    assert any("/api/auth" in r.getMessage() for r in caplog.records)  # urllib3 logged it
+    for secret in (API_KEY, token):
+        for error in errors:
+            seen = [str(error), repr(error), repr(vars(error)), repr(error.args)]
+            seen.append(repr(error.__cause__) + repr(error.__context__))
+            assert not any(secret in text for text in seen), seen
+        for attempt in attempts:
+            assert secret not in repr(attempt)
+        for record in caplog.records:
+            assert secret not in record.getMessage() and secret not in repr(record.args)
+        assert not any(secret in repr(event) for event in sim.events)

@@ -1,0 +1,165 @@
+"""The directory check over real loopback against the simulator's directory (with inactive and
+deleted agents): the problems with their rows, one warning when the directory cannot be read,
+and how many requests each way of looking agents up costs."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from conftest import API_KEY
+
+from omi_batch import directory
+from omi_batch.client import AGENTS_PATH, AUTH_PATH, Agent, OmiClient
+from omi_batch.config import Secret
+from omi_batch.roster import read_plan
+
+ACTIVE = ["lan.nguyen", "minh.tran", "hong.le", "bao.pham", "mai.hoang", "anh.vu", "thu.dang"]
+
+
+def email(name: str) -> str:
+    return f"{name}@example.vn"
+
+
+def plan_of(tmp_path, rows: list[tuple[str, str]]):
+    path = tmp_path / "departures.csv"
+    lines = ["source_email,target_email"] + [f"{s},{t}" for s, t in rows]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return read_plan(path)
+
+
+def directory_requests(sim) -> list[tuple[str, str]]:
+    found = []
+    for event in sim.events:
+        if event["kind"] == "request" and event["path"] in (AGENTS_PATH, AUTH_PATH):
+            found.append((event["path"], event["status"]))
+    return found
+
+
+@pytest.mark.parametrize("shape", ["items", "data", "list"])
+def test_the_whole_directory_is_read_page_by_page(make_simulator, shape):
+    sim, server = make_simulator(directory_shape=shape, auth="both", directory_auth="both")
+    with OmiClient(server.url, Secret(API_KEY)) as client:
+        agents = list(client.list_agents(size=4))
+    assert [a.email for a in agents] == [a["email"] for a in sim.directory]
+    assert Agent("yen.ly@example.vn", False, True, "Lý Hải Yến") in agents
+    assert directory_requests(sim) == [(AGENTS_PATH, 200)] * 5  # 15 agents: 4 pages + 1 empty
+
+
+def test_the_directory_takes_a_token_when_it_refuses_the_key(make_simulator):
+    sim, server = make_simulator(directory_auth="bearer")  # as the vendor documents it
+    with OmiClient(server.url, Secret(API_KEY)) as client:
+        assert len(list(client.list_agents())) == 15
+        assert len(list(client.list_agents(keyword="lan"))) == 1
+        client.transfer_conversations(email("lan.nguyen"), email("minh.tran"), preview=True)
+    assert directory_requests(sim) == [
+        (AGENTS_PATH, 401), (AUTH_PATH, 200), (AGENTS_PATH, 200), (AGENTS_PATH, 200),
+        (AGENTS_PATH, 200), (AGENTS_PATH, 200),  # from then on straight with the token
+    ]  # fmt: skip
+    transfer = [e for e in sim.events if e["path"].endswith("/conversation/transfer")]
+    assert transfer[-1]["status"] == 200  # conversations still go with the x-api-key
+
+
+def test_targets_missing_inactive_or_deleted_are_problems_with_their_rows(make_simulator, tmp_path):
+    _, server = make_simulator()
+    plan = plan_of(
+        tmp_path,
+        [
+            (email("lan.nguyen"), email("quang.trinh")),  # row 2: inactive target
+            (email("minh.tran"), email("yen.ly")),  # row 3: deleted target
+            (email("hong.le"), "ghost@example.vn"),  # row 4: unknown target
+            ("stranger@example.vn", email("bao.pham")),  # row 5: unknown source
+            (email("phuong.mac"), email("mai.hoang")),  # row 6: deactivated source: fine
+        ],
+    )
+    with OmiClient(server.url, Secret(API_KEY)) as client:
+        problems, warnings = directory.check_agents(plan, client)
+    assert warnings == []
+    assert [(p.row, p.code) for p in problems] == [
+        (2, "target_inactive"),
+        (3, "target_deleted"),
+        (4, "target_not_found"),
+        (5, "source_not_found"),
+    ]
+    assert str(problems[0]) == (
+        "row 2: target_inactive: target quang.trinh@example.vn is deactivated in OMI: customers "
+        "moved there would reach nobody; choose another target"
+    )
+
+
+def test_a_clean_plan_has_no_problem(make_simulator, tmp_path):
+    _, server = make_simulator()
+    plan = plan_of(tmp_path, [(email("lan.nguyen"), email("minh.tran"))])
+    with OmiClient(server.url, Secret(API_KEY)) as client:
+        assert directory.check_agents(plan, client) == ([], [])
+
+
+def test_a_few_agents_are_searched_one_by_one(make_simulator, tmp_path):
+    sim, server = make_simulator(auth="both", directory_auth="both")
+    plan = plan_of(tmp_path, [(email("lan.nguyen"), email("minh.tran"))])
+    with OmiClient(server.url, Secret(API_KEY)) as client:
+        directory.check_agents(plan, client)
+    searched = [e for e in sim.events if e["path"] == AGENTS_PATH]
+    assert len(searched) == 2  # one keyword search per agent, each found on its first page
+
+
+def test_many_agents_read_the_whole_directory_once(make_simulator, tmp_path):
+    sim, server = make_simulator(auth="both", directory_auth="both")
+    rows = [(email(s), email(t)) for s, t in zip(ACTIVE, ACTIVE[1:], strict=False)]
+    plan = plan_of(tmp_path, rows)
+    with OmiClient(server.url, Secret(API_KEY)) as client:
+        assert directory.check_agents(plan, client) == ([], [])
+    assert len([e for e in sim.events if e["path"] == AGENTS_PATH]) == 2  # 15 agents + empty
+
+
+def test_an_agent_a_keyword_misses_is_looked_for_in_the_whole_directory(make_simulator, tmp_path):
+    sim, server = make_simulator(auth="both", directory_auth="both")
+    plan = plan_of(tmp_path, [(email("lan.nguyen"), "ghost@example.vn")])
+    with OmiClient(server.url, Secret(API_KEY)) as client:
+        problems, _ = directory.check_agents(plan, client)
+    assert [(p.row, p.code) for p in problems] == [(2, "target_not_found")]
+    keywords = [e for e in sim.events if e["path"] == AGENTS_PATH]
+    assert len(keywords) == 1 + 1 + 2  # lan found; ghost: empty page; whole: 15 + empty
+
+
+@pytest.mark.parametrize(
+    "fault", ["permission_denied", "forbidden", "not_found", "unavailable", "error"]
+)
+def test_a_directory_that_cannot_be_read_is_one_warning(make_simulator, tmp_path, fault):
+    sim, server = make_simulator(auth="both", directory_auth="both")
+    sim.faults.directory_fault = fault
+    plan = plan_of(tmp_path, [(email("lan.nguyen"), "ghost@example.vn")] * 1)
+    with OmiClient(server.url, Secret(API_KEY), sleep=lambda s: None) as client:
+        problems, warnings = directory.check_agents(plan, client)
+    assert problems == []
+    assert [(w.row, w.code) for w in warnings] == [(None, "directory_unavailable")]
+    assert warnings[0].message.startswith("OMI's agent directory could not be read (OMI answered")
+    assert warnings[0].message.endswith("the preview still catches agents OMI does not know")
+
+
+def test_an_unreachable_directory_is_one_warning(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    plan = plan_of(tmp_path, [(email("lan.nguyen"), email("minh.tran"))])
+    with OmiClient(f"http://127.0.0.1:{port}", Secret(API_KEY), sleep=lambda s: None) as client:
+        problems, warnings = directory.check_agents(plan, client)
+    assert problems == [] and [w.code for w in warnings] == ["directory_unavailable"]
+    assert "connection_refused" in warnings[0].message
+
+
+def test_a_directory_repeating_its_page_is_not_read_forever(make_simulator):
+    sim, server = make_simulator()
+    page = {
+        "status": 200,
+        "body": {"status_code": 9999, "payload": {"items": [
+            {"identify_info": "A@Example.vn", "is_active": 1, "is_deleted": "false"},
+            {"email": "b@example.vn"},
+            {"name": "no email"},
+        ]}},
+    }  # fmt: skip
+    sim.script(page, page)
+    with OmiClient(server.url, Secret(API_KEY)) as client:
+        agents = list(client.list_agents())
+    assert agents == [Agent("a@example.vn", True, False), Agent("b@example.vn", None, None)]
+    assert len([e for e in sim.events if e["path"] == AGENTS_PATH]) == 2
