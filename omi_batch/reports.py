@@ -14,8 +14,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from omi_batch.errors import InputError, UsageError
-
 PREVIEW_COLUMNS = [
     "row", "source_email", "target_email", "conv_ids", "replace_existing_members",
     "conversations", "preview_status", "error", "note", "approved",
@@ -31,8 +29,6 @@ RESULTS_COLUMNS = [
 RETRY_COLUMNS = ["source_email", "target_email", "replace_existing_members", "conv_ids", "note"]
 
 RESULT_STATUSES = ("succeeded", "failed", "unconfirmed", "skipped", "preview_failed")
-APPROVED_WORDS = {"yes", "y", "true", "1", "x"}
-NOT_APPROVED_WORDS = {"", "no", "n", "false", "0"}
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
@@ -226,45 +222,8 @@ def write_result_reports(
 
 
 def read_approvals(path: str | Path) -> list[dict]:
-    """Read a preview report the user edited: ``[{"row", "source_email", "target_email",
-    "conv_ids", "approved": bool}]``. Accepts the CSV as we wrote it or as Excel saved it
-    (``;`` delimited, no BOM, .xlsx)."""
-    path = Path(path)
-    try:
-        if path.suffix.lower() in (".xlsx", ".xlsm"):
-            frame = pd.read_excel(path, dtype=str, keep_default_na=False)
-        else:
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False, sep=None,
-                                engine="python", encoding="utf-8-sig")  # fmt: skip
-    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as error:
-        raise UsageError(f"cannot read the report {path.name}: {error}") from None
-    frame.columns = [str(c).strip().lower() for c in frame.columns]
-    missing = [c for c in ("row", "source_email", "target_email", "approved") if c not in frame]
-    if missing:
-        raise UsageError(f"{path.name} is not a preview report: no column {', '.join(missing)}")
-    approvals, problems = [], []
-    for index, record in frame.iterrows():
-        line = int(index) + 2
-        text = {k: str(v).strip() for k, v in record.items()}
-        word = text["approved"].lower()
-        if word not in APPROVED_WORDS | NOT_APPROVED_WORDS:
-            problems.append(f"report line {line}: approved is {text['approved']!r}; "
-                            "use yes / y / true / 1 / x, or leave it empty")  # fmt: skip
-            continue
-        try:
-            row = int(text["row"].lstrip("'"))
-        except ValueError:
-            problems.append(f"report line {line}: row {text['row']!r} is not a row number")
-            continue
-        approvals.append(
-            {
-                "row": row,
-                "source_email": text["source_email"].lstrip("'").lower(),
-                "target_email": text["target_email"].lstrip("'").lower(),
-                "conv_ids": [c for c in text.get("conv_ids", "").lstrip("'").split(";") if c],
-                "approved": word in APPROVED_WORDS,
-            }
-        )
-    if problems:
-        raise InputError(f"{path.name} has {len(problems)} problem(s)", problems)
-    return approvals
+    """Read a preview report a person edited (see :func:`omi_batch.tables.read_approvals`: the
+    one reader of table files, so `approve` reads what `validate` reads)."""
+    from omi_batch import tables
+
+    return tables.read_approvals(path)

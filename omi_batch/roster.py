@@ -12,16 +12,13 @@ that run over every row. ``.xlsx`` is read with openpyxl.
 Problem codes. The file: ``too_big``, ``empty_file``, ``binary_file``, ``bad_encoding``,
 ``bad_xlsx``, ``bad_quotes``, ``missing_column``, ``duplicate_column``, ``no_rows``. A row:
 ``extra_fields``, ``missing_fields``, ``too_long``, ``missing_value``, ``bad_email``,
-``source_is_target``, ``bad_boolean``. Between rows: ``duplicate_conversation``,
+``source_is_target``, ``bad_boolean``, ``scientific_conv_id``. Between rows: ``duplicate_conversation``,
 ``two_catch_alls``, ``cycle``. Warning codes: ``duplicate_row``, ``chain``, ``shared_split``, ``unknown_column``,
 ``extra_sheets``.
 """
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import io
 import json
 import os
 import re
@@ -31,8 +28,15 @@ from pathlib import Path
 from typing import Any
 
 from omi_batch.errors import InputError
+from omi_batch.tables import (
+    SCIENTIFIC_ADVICE,
+    Problem,
+    TableError,
+    is_scientific,
+    open_table,
+    unescape,
+)
 
-MAX_FILE_BYTES = 100 * 1024 * 1024
 MAX_CELL = 1_000  # an email, a boolean, one conversation id
 MAX_CONV_IDS_CELL = 100_000  # a whole conv_ids cell (many ids)
 MAX_NOTE = 10_000
@@ -60,35 +64,6 @@ BOOLEANS = {
     "1": True,
 }
 CONV_ID_SEPARATORS = re.compile(r"[;|\s]+")
-DELIMITERS = (",", ";", "\t")
-SAVE_AS = "save it as CSV UTF-8 (in Excel: File > Save As > CSV UTF-8)"
-
-_ZIP_MAGIC = b"PK\x03\x04"
-_OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # Excel 97-2003 .xls and other old Office files
-
-
-def unescape(cell: str) -> str:
-    """Undo our reports' formula escape (``'=x`` → ``=x``), so a retry report reads back as
-    it was written."""
-    if len(cell) > 1 and cell[0] == "'" and cell[1] in "=+-@\t\r":
-        return cell[1:]
-    return cell
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """One problem (or warning) in the input: where, a short code, and what to do about it."""
-
-    row: int | None
-    code: str
-    message: str
-
-    def __str__(self) -> str:
-        where = f"row {self.row}: " if self.row is not None else ""
-        return f"{where}{self.code}: {self.message}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"row": self.row, "code": self.code, "message": self.message}
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,160 +180,23 @@ def _refuse(name: str, problems: Sequence[Problem]) -> InputError:
     return InputError(f"{name}: {count} {noun} found; nothing was sent", list(problems))
 
 
+def _has_roster_columns(header: list[str]) -> bool:
+    names = {ALIASES.get(_header_key(h)) for h in header}
+    return all(f in names for f in REQUIRED)
+
+
 def _read_sheet(path: Path) -> tuple[_Sheet, str]:
     """Read a CSV or .xlsx file into raw cells (and its SHA-256); refuse unreadable files."""
-    name = path.name
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise _refuse(
-                name,
-                [
-                    Problem(
-                        None, "too_big", f"the file is {size:,} bytes; at most {MAX_FILE_BYTES:,}"
-                    )
-                ],
-            )
-        data = path.read_bytes()
-    except OSError as error:
-        raise _refuse(
-            name, [Problem(None, "unreadable", f"cannot read the file: {error.strerror}")]
-        ) from None
-    sha256 = hashlib.sha256(data).hexdigest()
-    if data.startswith(_ZIP_MAGIC):
-        return _read_xlsx(name, data), sha256
-    return _read_csv(name, data), sha256
-
-
-def _read_csv(name: str, data: bytes) -> _Sheet:
-    def fatal(code: str, message: str, row: int | None = None) -> InputError:
-        return _refuse(name, [Problem(row, code, message)])
-
-    if data.startswith(_OLE_MAGIC):
-        raise fatal(
-            "binary_file",
-            "this is an old Excel (.xls) workbook, not CSV: save it as .xlsx or CSV UTF-8",
-        )
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise fatal("bad_encoding", f"the file is UTF-16 text, not UTF-8: {SAVE_AS}")
-    if b"\x00" in data:
-        raise fatal("binary_file", f"the file is not CSV text (it contains NUL bytes): {SAVE_AS}")
-    try:
-        data.decode("utf-8")  # only to check: the rows are decoded as they are read
-    except UnicodeDecodeError as error:
-        line = data.count(b"\n", 0, error.start) + 1
-        byte = data[error.start]
-        raise fatal(
-            "bad_encoding",
-            f"the file is not UTF-8 text (byte 0x{byte:02x} on line {line}; it may be "
-            f"Windows-1258 or Latin-1): {SAVE_AS}",
-        ) from None
-
-    stream = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8-sig", newline="")
-    # Excel's "sep=;" first line names the delimiter and is not shown as a row.
-    match = re.fullmatch(r"sep=(.)\r?\n?", stream.readline())
-    if match:
-        delimiter = match.group(1)
-    else:
-        stream.seek(0)
-        delimiter = _detect_delimiter(stream)
-        stream.seek(0)
-
-    reader = csv.reader(stream, delimiter=delimiter, strict=True)
-    sheet: _Sheet | None = None
-    number = 0
-    same: dict[str, str] = {}  # one str object per distinct cell: agents repeat a lot
-    try:
-        for number, cells in enumerate(reader, start=1):
-            if sheet is None:
-                if _blank(cells):
-                    continue
-                sheet = _Sheet(header_row=number, header=cells)
-            else:
+        with open_table(path, wanted=_has_roster_columns) as table:
+            sheet = _Sheet(table.header_row, table.header, padded=table.padded,
+                           warnings=list(table.warnings))  # fmt: skip
+            same: dict[str, str] = {}  # one str object per distinct cell: agents repeat a lot
+            for number, cells in table.rows:
                 sheet.rows.append((number, [same.setdefault(c, c) for c in cells]))
-    except csv.Error as error:
-        row = number + 1
-        if "field larger than field limit" in str(error):
-            raise fatal(
-                "too_long", f"a cell is longer than {csv.field_size_limit():,} characters", row
-            ) from None
-        raise fatal(
-            "bad_quotes",
-            f"a quoted cell is not closed or has text after its closing quote ({error}): {SAVE_AS}",
-            row,
-        ) from None
-    if sheet is None:
-        raise fatal(
-            "empty_file",
-            "the file is empty: expected a header row with source_email and target_email",
-        )
-    return sheet
-
-
-def _detect_delimiter(lines: Iterable[str]) -> str:
-    """The delimiter used most on the header line: , ; or tab (a one-column file gets ,)."""
-    header = next((line for line in lines if line.strip()), "")
-    counts = {d: header.count(d) for d in DELIMITERS}
-    best = max(DELIMITERS, key=lambda d: counts[d])
-    return best if counts[best] else ","
-
-
-def _cell_text(value: Any) -> str:
-    """An Excel cell as the text a user typed: TRUE → "true", 12345.0 → "12345"."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    return str(value)
-
-
-def _read_xlsx(name: str, data: bytes) -> _Sheet:
-    import openpyxl
-
-    try:
-        book = openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=True)
-    except Exception as error:  # a zip that is no workbook: openpyxl raises many kinds
-        raise _refuse(
-            name,
-            [
-                Problem(
-                    None,
-                    "bad_xlsx",
-                    f"cannot read the file as an Excel workbook ({type(error).__name__}): {SAVE_AS}",
-                )
-            ],
-        ) from None
-    try:
-        sheet: _Sheet | None = None
-        worksheet = book.worksheets[0]
-        for number, values in enumerate(worksheet.iter_rows(min_row=1, values_only=True), start=1):
-            cells = [_cell_text(v) for v in values]
-            while cells and not cells[-1].strip():
-                cells.pop()
-            if sheet is None:
-                if _blank(cells):
-                    continue
-                sheet = _Sheet(header_row=number, header=cells, padded=True)
-            else:
-                sheet.rows.append((number, cells))
-        if sheet is None:
-            raise _refuse(
-                name,
-                [Problem(None, "empty_file", f"the first sheet, {worksheet.title!r}, is empty")],
-            )
-        if len(book.worksheets) > 1:
-            sheet.warnings.append(
-                Problem(
-                    None, "extra_sheets", f"only the first sheet, {worksheet.title!r}, was read"
-                )
-            )
-        return sheet
-    finally:
-        book.close()
+            return sheet, table.sha256
+    except TableError as error:
+        raise _refuse(path.name, [error.problem]) from None
 
 
 def _cells(count: int) -> str:
@@ -608,6 +446,16 @@ def _check_rows(
         "too_long",
         lambda n: f"a conversation id is longer than {MAX_CELL:,} characters",
         50,
+    )
+
+    scientific = pd.Series(
+        [next((i for i in ids if is_scientific(i)), None) for ids in conv_ids], index=frame.index
+    )
+    report(
+        scientific.notna(),
+        "scientific_conv_id",
+        lambda n: f"conv_ids has {scientific[n]!r}; {SCIENTIFIC_ADVICE}",
+        51,
     )
 
     found.sort(key=lambda item: (item[0], item[1]))

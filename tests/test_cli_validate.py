@@ -191,7 +191,7 @@ def test_subprocess_refuses_a_bad_file_with_exit_2():
     assert "Traceback" not in done.stderr
 
 
-@pytest.mark.parametrize("name", ["bad_binary.csv", "bad_latin1.csv", "bad_unclosed_quote.csv"])
+@pytest.mark.parametrize("name", ["bad_binary.csv", "bad_not_text.csv", "bad_unclosed_quote.csv"])
 def test_subprocess_refuses_unreadable_files_without_a_traceback(name):
     done = run_module("validate", str(DATA / name))
     assert done.returncode == 2

@@ -89,6 +89,12 @@ GOOD = {
         ],
         [],
     ),
+    # Excel's plain "CSV (Comma delimited)" on a Vietnamese Windows, and its "Unicode Text".
+    "good_cp1258.csv": (
+        [(2, "an@acme.vn", "binh@acme.vn", (), (), False, "Lê Văn Đông")],
+        [(None, "legacy_encoding")],
+    ),
+    "good_utf16.csv": ([(2, "an@acme.vn", "binh@acme.vn", (), (), False, "")], []),
     "good_blank_rows.csv": ([(2, A, B, (), (), False, ""), (5, C, D, (), (), False, "")], []),
     "good_sep_line.csv": ([(2, A, B, (), (), False, "")], []),
     "good_aliases.csv": ([(2, A, B, (), ("c1",), True, "")], []),
@@ -118,8 +124,7 @@ BAD = {
     "bad_missing_column.csv": [(1, "missing_column")],
     "bad_one_column.csv": [(1, "missing_column")],
     "bad_duplicate_column.csv": [(1, "duplicate_column")],
-    "bad_latin1.csv": [(None, "bad_encoding")],
-    "bad_utf16.csv": [(None, "bad_encoding")],
+    "bad_not_text.csv": [(None, "bad_encoding")],
     "bad_binary.csv": [(None, "binary_file")],
     "bad_old_excel.csv": [(None, "binary_file")],
     "bad_fake_xlsx.csv": [(None, "bad_xlsx")],
@@ -223,14 +228,9 @@ def test_a_cycle_is_named_whole():
     ("name", "message"),
     [
         (
-            "bad_latin1.csv",
-            "the file is not UTF-8 text (byte 0xea on line 2; it may be Windows-1258 or "
-            "Latin-1): save it as CSV UTF-8 (in Excel: File > Save As > CSV UTF-8)",
-        ),
-        (
-            "bad_utf16.csv",
-            "the file is UTF-16 text, not UTF-8: save it as CSV UTF-8 (in Excel: File > Save As "
-            "> CSV UTF-8)",
+            "bad_not_text.csv",
+            "the file is neither UTF-8 nor Windows-1258 text (byte 0x81 on line 2): save it as "
+            "CSV UTF-8 (in Excel: File > Save As > CSV UTF-8)",
         ),
         (
             "bad_binary.csv",
