@@ -448,8 +448,9 @@ def test_approve_refuses_an_unknown_approved_word(runner, previewed, ledger_path
     result = invoke(runner, "approve", batch_id, "--report", edited, "--ledger", ledger_path)
     assert result.exit_code == 2
     assert result.stderr == (
-        "Error: edited.csv has 1 problem(s)\n"
-        "  report line 2: approved is 'maybe'; use yes / y / true / 1 / x, or leave it empty\n"
+        "Error: edited.csv has 1 problem(s); nothing was approved\n"
+        "  report line 2: approved is 'maybe'; use yes / có / đồng ý / ok / x / ✓ to approve, "
+        "no / không or empty to leave it\n"
     )
 
 
