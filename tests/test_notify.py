@@ -545,3 +545,20 @@ def test_a_job_whose_notify_variable_is_unset_stops_before_anything_is_sent(tmp_
         "from it (notify in offboarding.toml)"
     )
     assert (job.inbox / "departures.csv").exists()
+
+
+def test_the_example_job_files_optional_keys_parse_once_uncommented(tmp_path):
+    text = (REPO / "jobs" / "offboarding.toml").read_text(encoding="utf-8")
+    for key in ("notify = ", "metrics_file = ", "log_format = "):
+        text = text.replace(f"# {key}", key)
+    text = text.replace('#           "json://', '           "json://')
+    path = tmp_path / "jobs" / "offboarding.toml"
+    path.parent.mkdir()
+    path.write_text(text.replace('root = ".."', f'root = "{REPO}"'), encoding="utf-8")
+    job = load_job(path)
+    assert job.notify == (
+        "mailto://hr-bot:${SMTP_PASSWORD}@mail.example.vn?to=hr@example.vn",
+        "json://hooks.example.vn/omi-batch?-token=${OMI_NOTIFY_TOKEN}",
+    )
+    assert job.metrics_file == Path("/var/lib/node_exporter/textfile/omi_batch.prom")
+    assert job.log_format == "json"
