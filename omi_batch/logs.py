@@ -170,7 +170,20 @@ class JsonFormatter(logging.Formatter):
 
 
 class _Handler(logging.StreamHandler):
-    """Our stderr handler (so a second ``setup_logging`` replaces it and nothing else)."""
+    """Our stderr handler (so a second ``setup_logging`` replaces it and nothing else).
+    Without a stream of its own it writes to whatever ``sys.stderr`` is at the time."""
+
+    def __init__(self, stream: IO[str] | None = None):
+        self._own = stream
+        super().__init__(stream)
+
+    @property  # type: ignore[override]
+    def stream(self) -> IO[str]:
+        return self._own if self._own is not None else sys.stderr
+
+    @stream.setter
+    def stream(self, value: IO[str]) -> None:
+        self._own = value if getattr(self, "_own", None) is not None else None
 
 
 def level_for(verbose: int) -> int:
@@ -193,7 +206,7 @@ def setup_logging(
     root = logging.getLogger()
     for handler in [h for h in root.handlers if isinstance(h, _Handler)]:
         root.removeHandler(handler)
-    handler = _Handler(sys.stderr if stream is None else stream)
+    handler = _Handler(stream)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root.addHandler(handler)
     root.setLevel(level_for(verbose))
