@@ -34,10 +34,10 @@ from pathlib import Path
 import requests
 
 from omi_batch import callbacks, webhook
-from omi_batch.cli import _NotifyingLedger
 from omi_batch.config import Secret, Settings
 from omi_batch.ledger import Ledger
-from omi_batch.pipeline import Pipeline, SerialLedger
+from omi_batch.ledger.serial import NotifyingLedger, SerialLedger
+from omi_batch.pipeline import Pipeline
 from omi_batch.roster import read_plan
 
 KEY = "bench-api-key"
@@ -98,7 +98,7 @@ def run_pipeline(url: str, plan_path: Path, folder: Path, *, concurrency: int, r
     ledger = Ledger(folder / f"ledger-{time.monotonic_ns()}.db")
     holder: dict = {}
     serial = SerialLedger(ledger)  # as `omi-batch run --listen` does: one write at a time
-    notifying = _NotifyingLedger(
+    notifying = NotifyingLedger(
         ledger, lambda *key: holder["pipeline"].notify(*key), serial.write_lock
     )
     app = webhook.make_app(notifying, SECRET)

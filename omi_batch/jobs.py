@@ -43,7 +43,7 @@ from omi_batch.errors import (
     UsageError,
 )
 from omi_batch.locks import ProcessLock
-from omi_batch.pipeline import stale_rows
+from omi_batch.states import APPROVED, PROBLEMS, blocker_before, is_held, result_status, stale_rows
 
 log = logging.getLogger("omi_batch.jobs")
 
@@ -53,7 +53,7 @@ LOCK_NAME = ".omi-batch-job.lock"
 BATCH_ID = re.compile(r"^(\d{8}-\d{6}-[0-9a-f]{4})(?:-|\.|$)")
 # Rows that still need the job: to preview, to approve, to execute.
 OPEN_STATES = ("planned", "previewed", "approved", "submitted")
-PROBLEM_STATUSES = ("failed", "unconfirmed", "preview_failed")
+PROBLEM_STATUSES = PROBLEMS
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TOKEN = re.compile(r"[A-Za-z0-9_+~-]{16,}")
 _CREDENTIAL_WORDS = ("key", "secret", "token", "password", "passwd", "credential", "auth")
@@ -862,7 +862,7 @@ class _Tick:
                 self._to_review(batch_id, reason)
                 return
         due = [r for r in rows if r["state"] == "submitted" or
-               (r["state"] == "approved" and not (r["error"] or "").startswith("held:"))]  # fmt: skip
+               (r["state"] == APPROVED and not is_held(r))]  # fmt: skip
         if due:
             resumed = sum(r["state"] == "submitted" for r in due)
             log.info("job %s: batch %s: executing %d row(s)%s", job.name, batch_id, len(due),
@@ -890,8 +890,6 @@ class _Tick:
 
     def _archive(self, batch_id: str) -> None:
         """Move the finished batch's input file and reports to ``archive/<batch>/``."""
-        from omi_batch.reports import result_status
-
         job = self.job
         final = job.archive / batch_id
         partial = job.archive / f".{batch_id}.partial"
@@ -904,7 +902,7 @@ class _Tick:
         os.replace(partial, final)
         rows = self.ledger.rows(batch_id)
         statuses = Counter(result_status(r) for r in rows)
-        held = [r for r in rows if r["state"] == "approved"]
+        held = [r for r in rows if r["state"] == APPROVED]
         self.result.archived.append(batch_id)
         self.ledger.log("job_archived", batch_id=batch_id, job=job.name, folder=str(final),
                         statuses=dict(statuses))  # fmt: skip
@@ -981,18 +979,10 @@ def _write_errors(path: Path, message: str, problems: list) -> None:
 
 
 def _freed(rows: list[dict]) -> list[int]:
-    """Held rows (approved, with a ``held:`` error) every earlier row of whose source is now
-    neither failed nor unsettled: executing the batch again would run them, and resubmit
-    nothing else (a still unconfirmed row before a held one keeps it held here)."""
-    blocking = ("failed", "preview_failed", "unconfirmed", "submitted")
-    freed = []
-    for index, row in enumerate(rows):
-        if row["state"] != "approved" or not (row["error"] or "").startswith("held:"):
-            continue
-        before = [r for r in rows[:index] if r["source_email"] == row["source_email"]]
-        if not any(r["state"] in blocking for r in before):
-            freed.append(row["row"])
-    return freed
+    """Held rows no earlier row of whose source holds any more (``states.holds``): executing
+    the batch again would run them, and resubmit nothing else (a still unconfirmed row before a
+    held one keeps it held here)."""
+    return [r["row"] for r in rows if is_held(r) and blocker_before(rows, r) is None]
 
 
 def _counts(counts: Mapping[str, int]) -> str:

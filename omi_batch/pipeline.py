@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from omi_batch import callbacks, reports
@@ -27,14 +27,21 @@ from omi_batch.config import Secret, Settings
 from omi_batch.errors import ConfigError, IllegalTransition, InputError, UsageError
 from omi_batch.ledger import Ledger, os_user
 from omi_batch.ledger import now as ledger_now
+from omi_batch.ledger.serial import SerialLedger
 from omi_batch.locks import ProcessLock
 from omi_batch.roster import Plan
+from omi_batch.states import (
+    DECIDED,
+    HELD,
+    STARTED,
+    TO_EXECUTE,
+    count_states,
+    held_error,
+    holds,
+    stale_rows,
+)
 
 log = logging.getLogger("omi_batch.pipeline")
-
-FINAL = ("succeeded", "failed")
-TO_EXECUTE = ("approved", "submitted", "unconfirmed")
-DECIDED = ("submitted", "unconfirmed", "succeeded", "failed")  # past approval: left as they are
 
 
 now_iso = ledger_now  # one clock format for the whole ledger
@@ -77,116 +84,6 @@ class Summary:
     batch_id: str
     counts: dict[str, int] = field(default_factory=dict)
     reports: dict[str, Path] = field(default_factory=dict)
-
-
-class WriteLock:
-    """A process's ledger write lock (a plain lock to take), which also knows the
-    :class:`SerialLedger` it belongs to, so that a receiver given only the lock can put its
-    callbacks into the same group commits as the pipeline's row steps."""
-
-    def __init__(self, serial: SerialLedger):
-        self._lock = threading.Lock()
-        self.serial = serial
-        self.acquire, self.release, self.locked = (
-            self._lock.acquire,
-            self._lock.release,
-            self._lock.locked,
-        )
-
-    def __enter__(self) -> bool:
-        return self._lock.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self._lock.release()
-
-
-class SerialLedger:
-    """The ledger with this process's writes taken one at a time on a Python lock, and the
-    pipeline's row steps and the in-process receiver's callbacks committed in groups.
-
-    SQLite takes one writer at a time anyway; threads queued on a Python lock wake the moment
-    it is free, where threads contending for SQLite's lock sleep in its busy handler (1, 2, 5,
-    10 … ms). And a commit costs an fsync: steps and callbacks that several threads write at
-    the same moment go into one transaction (``Ledger.record_steps``, ``receive_callbacks`` or
-    both in ``record_group``), each still committed before its call returns, so "the intent is
-    saved before the request" and "a callback is stored before it is answered" hold. Reads
-    pass through. The in-process receiver shares ``write_lock`` (see ``cli._NotifyingLedger``).
-    """
-
-    WRITES = frozenset({"create_batch", "set_state", "update_row", "record_attempt", "approve",
-                        "log", "receive_callback", "record_steps", "record_group"})  # fmt: skip
-
-    def __init__(self, ledger: Ledger):
-        self._ledger = ledger
-        self.write_lock = WriteLock(self)
-        self._queue: list[dict] = []
-        self._queue_lock = threading.Lock()
-
-    def record_step(self, batch_id: str, row: int, **step: object) -> None:
-        """Ledger.record_step, committed with whatever other steps and callbacks are waiting
-        (group commit)."""
-        error = self._commit({"step": dict(step, batch_id=batch_id, row=row)})
-        if error is not None:
-            raise error
-
-    def receive_callbacks(self, received: list[dict]) -> list[str | Exception]:
-        """Ledger.receive_callbacks, committed with whatever else is waiting (group commit);
-        an error of the whole transaction is raised (none of them is stored)."""
-        outcome = self._commit({"callbacks": list(received)})
-        if isinstance(outcome, BaseException):
-            raise outcome
-        return outcome
-
-    def _commit(self, work: dict) -> object:
-        """Queue ``work``; whoever gets the write lock first commits every waiting item in one
-        transaction. Returns ``work``'s outcome once it is committed (or refused)."""
-        item = {"work": work, "done": False, "outcome": None}
-        with self._queue_lock:
-            self._queue.append(item)
-        with self.write_lock:
-            if not item["done"]:  # nobody committed it meanwhile: commit every waiting item
-                with self._queue_lock:
-                    group, self._queue = self._queue, []
-                self._commit_group(group)
-        return item["outcome"]
-
-    def _commit_group(self, group: list[dict]) -> None:
-        steps = [i for i in group if "step" in i["work"]]
-        received = [i for i in group if "callbacks" in i["work"]]
-        flat = [c for i in received for c in i["work"]["callbacks"]]
-        try:
-            if not received:
-                step_results = self._ledger.record_steps([i["work"]["step"] for i in steps])
-                verdicts: list = []
-            else:  # a malformed callback gets its own error; the rest of the group is stored
-                step_results, verdicts = self._ledger.record_group(
-                    [i["work"]["step"] for i in steps], flat
-                )
-        except BaseException as error:
-            for waiting in group:
-                waiting["outcome"], waiting["done"] = error, True
-            return
-        for waiting, result in zip(steps, step_results, strict=True):
-            waiting["outcome"], waiting["done"] = result, True
-        at = 0
-        for waiting in received:
-            size = len(waiting["work"]["callbacks"])
-            waiting["outcome"], waiting["done"] = verdicts[at : at + size], True
-            at += size
-
-    def __getattr__(self, name: str) -> object:
-        found = getattr(self._ledger, name)
-        if name not in self.WRITES:
-            return found
-
-        def write(*args: object, **kwargs: object) -> object:
-            with self.write_lock:
-                return found(*args, **kwargs)
-
-        return write
-
-    def __repr__(self) -> str:
-        return repr(self._ledger)
 
 
 class Unreachable(ConfigError):
@@ -639,22 +536,18 @@ class Pipeline:
         return Summary(batch_id, counts=count_states(self.ledger.rows(batch_id)))
 
     def _execute_source(self, batch_id: str, group: list[dict]) -> None:
-        """One source's rows in run order. A row that did not succeed (now, or in an earlier
-        run: failed, preview_failed) holds the rows after it: a catch-all row must not take
-        conversations an earlier ``conv_ids`` row was meant to route elsewhere."""
+        """One source's rows in run order. A row that holds (``states.holds``: failed,
+        preview_failed, or left unconfirmed now) holds the rows after it."""
         blocker: dict | None = None
         for row in group:
             if self._stop.is_set():
                 return
             if row["state"] not in TO_EXECUTE:
-                if row["state"] in ("failed", "preview_failed") and blocker is None:
+                if holds(row) and blocker is None:
                     blocker = row
                 continue
             if blocker is not None:
-                self.ledger.update_row(
-                    batch_id, row["row"], event="held",
-                    error=f"held: row {blocker['row']} of the same source is {blocker['state']}",
-                )  # fmt: skip
+                self.ledger.update_row(batch_id, row["row"], event=HELD, error=held_error(blocker))
                 self.progress.advance("execute")
                 continue
             try:
@@ -666,7 +559,7 @@ class Pipeline:
                 return
             finally:
                 self.progress.advance("execute")
-            if final["state"] != "succeeded":
+            if holds(final):
                 blocker = final
 
     def _execute_row(self, batch_id: str, row: dict) -> dict:
@@ -802,58 +695,13 @@ class Pipeline:
     def write_reports(self, batch_id: str, reports_dir: str | Path) -> dict[str, Path]:
         rows = self.ledger.rows(batch_id)
         written = reports.write_preview_reports(rows, batch_id, reports_dir)
-        if any(r["state"] in ("submitted", *FINAL, "unconfirmed") for r in rows) or any(
-            r["approved_at"] for r in rows
-        ):
+        if any(r["state"] in STARTED for r in rows) or any(r["approved_at"] for r in rows):
             head = self.ledger.head()
             written |= reports.write_result_reports(rows, batch_id, reports_dir, head)
         return written
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def count_states(rows: Iterable[dict]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for row in rows:
-        counts[row["state"]] = counts.get(row["state"], 0) + 1
-    return counts
-
-
-def batch_state(states: dict[str, int]) -> str:
-    """One word for a batch, from its rows' states, in the rows' own words where it can:
-    ``planned``, ``previewed``, ``approved``, ``executing``, then ``unconfirmed`` (some row is),
-    ``failed`` (some row failed or failed its preview) or ``succeeded`` (every row that ran)."""
-    if not states:
-        return "empty"
-    if states.get("submitted"):
-        return "executing"
-    if states.get("approved"):
-        return "approved"
-    if states.get("planned"):
-        return "planned"
-    if not any(states.get(s) for s in ("succeeded", "failed", "unconfirmed")):
-        return "previewed"
-    if states.get("unconfirmed"):
-        return "unconfirmed"
-    if states.get("failed") or states.get("preview_failed"):
-        return "failed"
-    return "succeeded"
-
-
-def stale_rows(
-    rows: Iterable[dict], max_age_hours: float, now: datetime | None = None
-) -> list[int]:
-    """The rows whose preview is older than ``max_age_hours``: they must be previewed again."""
-    now = now or datetime.now(UTC)
-    stale = []
-    for row in rows:
-        at = row.get("previewed_at")
-        if at and (now - datetime.fromisoformat(at.replace("Z", "+00:00"))).total_seconds() > (
-            max_age_hours * 3600
-        ):
-            stale.append(row["row"])
-    return stale
 
 
 def _unknown(error: ApiError) -> str:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from omi_batch.states import NEEDS_REVIEW, PROBLEMS, result_status, review_error
+
 PREVIEW_COLUMNS = [
     "row", "source_email", "target_email", "conv_ids", "replace_existing_members",
     "conversations", "preview_status", "error", "note", "approved",
@@ -30,16 +32,6 @@ RETRY_COLUMNS = ["source_email", "target_email", "replace_existing_members", "co
 
 RESULT_STATUSES = ("succeeded", "failed", "unconfirmed", "skipped", "preview_failed")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-def result_status(row: dict) -> str:
-    """The results report's one word for a row (the same word `status` shows)."""
-    state = row["state"]
-    if state in ("succeeded", "failed", "unconfirmed", "preview_failed"):
-        return state
-    if state == "submitted":
-        return "unconfirmed"  # submitted, no callback yet: never call it a success
-    return "skipped"  # planned, previewed, approved-but-held, skipped
 
 
 def escape_cell(value: object) -> object:
@@ -143,8 +135,8 @@ def results_frame(rows: list[dict], head: str | None = None) -> pd.DataFrame:
 def _error(row: dict) -> str:
     """The row's error for the results report; a row flagged for review always says so."""
     text = row["error"] or row["preview_error"] or ""
-    if row.get("needs_review") and not text.startswith("needs review:"):
-        text = "needs review: conflicting callbacks" + (f"; {text}" if text else "")
+    if row.get("needs_review") and not text.startswith(f"{NEEDS_REVIEW}:"):
+        text = review_error(text)
     return text
 
 
@@ -153,7 +145,7 @@ def needs_retry(row: dict) -> bool:
     source (a held row has an ``error`` saying so)."""
     if row["state"] == "approved":
         return bool(row["error"])
-    return result_status(row) in ("failed", "unconfirmed", "preview_failed")
+    return result_status(row) in PROBLEMS
 
 
 def retry_frame(rows: list[dict]) -> pd.DataFrame:

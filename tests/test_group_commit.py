@@ -1,5 +1,5 @@
 """Group commits shared by the pipeline's row steps and the in-process receiver's callbacks:
-``Ledger.record_group``, ``SerialLedger.receive_callbacks``, ``cli._NotifyingLedger`` and the
+``Ledger.record_group``, ``SerialLedger.receive_callbacks``, ``ledger.serial.NotifyingLedger`` and the
 per-row wake-up of ``Pipeline.notify`` (issue 5)."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from omi_batch.cli import _NotifyingLedger
 from omi_batch.config import Secret, Settings
 from omi_batch.errors import IllegalTransition
 from omi_batch.ledger import Ledger
-from omi_batch.pipeline import Pipeline, SerialLedger, WriteLock
+from omi_batch.ledger.serial import NotifyingLedger, SerialLedger, WriteLock
+from omi_batch.pipeline import Pipeline
 
 ROWS = 6
 
@@ -129,7 +129,7 @@ def test_notifying_ledger_stores_a_group_and_wakes_each_of_its_rows(led, lock_ki
     serial = SerialLedger(led)
     lock = {"write_lock": serial.write_lock, "plain_lock": threading.Lock(), "no_lock": None}
     woken: list[tuple] = []
-    notifying = _NotifyingLedger(led, lambda *key: woken.append(key), lock[lock_kind])
+    notifying = NotifyingLedger(led, lambda *key: woken.append(key), lock[lock_kind])
     verdicts = notifying.receive_callbacks([callback(batch_id, 1), callback(batch_id, 2)])
     assert verdicts == ["applied", "applied"]
     assert notifying.receive_callback(**callback(batch_id, 3, "ERROR")) == "applied"
@@ -142,7 +142,7 @@ def test_notifying_ledger_raises_what_the_ledger_raises_and_still_wakes(led):
     batch_id = new_batch(led, rows=1)
     serial = SerialLedger(led)
     woken: list[tuple] = []
-    notifying = _NotifyingLedger(led, lambda *key: woken.append(key), serial.write_lock)
+    notifying = NotifyingLedger(led, lambda *key: woken.append(key), serial.write_lock)
     bad = dict(callback(batch_id, 1), headers=["not", "a", "mapping"])
     with pytest.raises(AttributeError, match="'list' object has no attribute 'items'"):
         notifying.receive_callback(**bad)

@@ -1155,6 +1155,6 @@ def test_two_ledger_objects_never_move_the_head_back(ledger_path):
     with Ledger(ledger_path) as first, Ledger(ledger_path) as second:
         first.log("one")
         second.log("two")
-        first._publish_head(1, first.events()[0]["hash"])  # a late publish of an older event
+        first.head_file.publish(1, first.events()[0]["hash"])  # a late publish of an older event
         assert first.read_head_file() == (2, second.head())
         assert first.verify().ok

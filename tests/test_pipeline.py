@@ -29,7 +29,8 @@ from omi_batch.client import RetryPolicy
 from omi_batch.config import Secret, Settings
 from omi_batch.errors import UsageError
 from omi_batch.ledger import Ledger
-from omi_batch.pipeline import Pipeline, RateLimiter, SerialLedger
+from omi_batch.ledger.serial import SerialLedger
+from omi_batch.pipeline import Pipeline, RateLimiter
 from omi_batch.reports import RESULTS_COLUMNS, escape_cell
 from omi_batch.roster import read_plan
 from omi_batch.simulator import Faults
@@ -131,10 +132,10 @@ class Stack:
         url = None
         self.pipeline: Pipeline | None = None
         if webhook_url:
-            from omi_batch.cli import _NotifyingLedger
+            from omi_batch.ledger.serial import NotifyingLedger
 
             app = webhook.make_app(
-                _NotifyingLedger(
+                NotifyingLedger(
                     self.ledger, lambda *key: self.pipeline.notify(*key), serial.write_lock
                 ),
                 Secret(WEBHOOK_SECRET),
@@ -957,7 +958,7 @@ def test_no_secret_or_callback_token_is_printed_logged_stored_or_reported(
     ],
 )
 def test_a_batch_state_never_hides_a_failed_or_unconfirmed_row(states, word):
-    from omi_batch.pipeline import batch_state
+    from omi_batch.states import batch_state
 
     assert batch_state(states) == word
 

@@ -1,0 +1,492 @@
+"""The batch commands: validate, preview, approve, execute, run, reconcile, status, report."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from omi_batch.cli.options import (
+    http_options,
+    json_option,
+    ledger_option,
+    limit_option,
+    listen_option,
+    reports_option,
+    wait_option,
+)
+from omi_batch.cli.output import (
+    batch_json,
+    echo_json,
+    exit_for,
+    handle_errors,
+    print_plan,
+    print_plan_summary,
+    print_reports,
+    print_results,
+    progress,
+    table,
+)
+
+
+def _open_ledger(path: str, *, create: bool = False):
+    from pathlib import Path
+
+    from omi_batch.errors import NotFound
+    from omi_batch.ledger import Ledger
+
+    if not create and not Path(path).exists():
+        raise NotFound(f"no ledger at {path} (use --ledger, or preview a file first)")
+    return Ledger(path)
+
+
+def _parse_listen(listen: str) -> tuple[str, int]:
+    from omi_batch.callbacks import parse_listen
+
+    address = parse_listen(listen)
+    if address is None:
+        raise click.BadParameter(f"{listen!r} is not HOST:PORT", param_hint="--listen")
+    return address
+
+
+def _is_loopback(url: str | None) -> bool:
+    from urllib.parse import urlsplit
+
+    host = (urlsplit(url or "").hostname or "").lower()
+    return host == "localhost" or host.startswith("127.") or host == "::1"
+
+
+class _Session:
+    """The settings, ledger, receiver (--listen) and pipeline one command works with."""
+
+    def __init__(self, ledger_path: str, *, listen: str | None = None, create: bool = False,
+                 yes: bool = True, **options: Any) -> None:  # fmt: skip
+        import secrets
+
+        from omi_batch.config import Secret, Settings
+        from omi_batch.ledger.serial import NotifyingLedger, SerialLedger
+        from omi_batch.pipeline import Pipeline
+
+        self.settings = Settings.from_env()
+        self.settings.require_api()  # before anything is created: exit 3, nothing changed
+        if not yes:
+            _require_confirmation_means(yes)
+        self.ledger = _open_ledger(ledger_path, create=create)
+        serial = SerialLedger(self.ledger)  # the pipeline and the receiver take turns writing
+        lock = serial.write_lock
+        self.receiver = None
+        webhook_url, secret = self.settings.webhook_url, self.settings.webhook_secret
+        if listen:
+            from omi_batch import webhook
+
+            host, port = _parse_listen(listen)
+            if secret is None:
+                secret = Secret(secrets.token_urlsafe(32))
+                click.echo("OMI_WEBHOOK_SECRET is not set: using a one-off secret, so only this "
+                           "command's receiver can check these callbacks.", err=True)  # fmt: skip
+            # The receiver wakes the pipeline's waits the moment a callback is stored.
+            notifying = NotifyingLedger(self.ledger, lambda *key: self.pipeline.notify(*key), lock)
+            self.receiver = webhook.start(webhook.make_app(notifying, secret), host, port)
+            click.echo(f"Webhook receiver listening on {self.receiver.url}", err=True)
+            if not webhook_url:
+                webhook_url = self.receiver.url
+                if not _is_loopback(self.settings.base_url):
+                    click.echo(f"Warning: OMI_WEBHOOK_URL is not set, so OMI is told to call "
+                               f"{webhook_url}, which it cannot reach from outside this "
+                               "machine: set OMI_WEBHOOK_URL to the public address that "
+                               "forwards to it.", err=True)  # fmt: skip
+        elif webhook_url and secret is None:
+            click.echo("Warning: OMI_WEBHOOK_URL is set but OMI_WEBHOOK_SECRET is not, so no "
+                       "callback can be checked: transfers will end unconfirmed.", err=True)  # fmt: skip
+        self.pipeline = Pipeline(serial, self.settings, webhook_url=webhook_url,
+                                 webhook_secret=secret, progress=progress(), **options)  # fmt: skip
+
+    def __enter__(self) -> _Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.pipeline.close()
+        if self.receiver is not None:
+            self.receiver.stop()
+
+
+def _require_confirmation_means(yes: bool) -> None:
+    """Refuse, before anything is read or sent, to wait for an answer nobody can give."""
+    if not yes and not sys.stdin.isatty():
+        raise click.UsageError("not at a terminal: confirm with --yes")
+
+
+def _execute(session: _Session, batch_id: str, reports_dir: str, yes: bool,
+             approved_only: bool = True, as_json: bool = False) -> None:  # fmt: skip
+    session.ledger.batch(batch_id)
+    # Held from before the first request to the results: another execute or reconcile of this
+    # batch is refused (exit 2, nothing sent) instead of resubmitting our in-flight rows.
+    with session.pipeline.batch_lock(batch_id):
+        _execute_locked(session, batch_id, reports_dir, yes, approved_only, as_json)
+
+
+def _execute_locked(session: _Session, batch_id: str, reports_dir: str, yes: bool,
+                    approved_only: bool, as_json: bool) -> None:  # fmt: skip
+    from omi_batch.errors import EXIT_CONFIG, EXIT_INCOMPLETE, OmiBatchError
+    from omi_batch.pipeline import now_iso
+
+    rows = session.ledger.rows(batch_id, states=["approved", "submitted", "unconfirmed"])
+    if not rows:
+        click.echo(f"Batch {batch_id}: no row is approved or unconfirmed, so nothing to "
+                   f"execute (approve first: omi-batch approve {batch_id} --all).", err=True)  # fmt: skip
+        _execute_done(session, batch_id, reports_dir, approved_only, as_json)
+        return
+    conversations = sum(r["conversations_previewed"] or 0 for r in rows)
+    targets = len({r["target_email"] for r in rows})
+    if not yes and not click.confirm(
+        f"Execute {len(rows)} transfer(s): {conversations} conversation(s) to {targets} "
+        "target agent(s)?", err=True,
+    ):  # fmt: skip
+        click.echo(f"Nothing executed. Run omi-batch execute {batch_id} when ready.", err=True)
+        return
+    click.echo(f"Batch {batch_id}: executing {len(rows)} row(s)", err=True)
+    started = now_iso()
+    try:
+        session.pipeline.execute(batch_id)
+    except OmiBatchError as error:
+        # Stopped part-way (key refused, OMI unreachable): still write what happened.
+        session.pipeline.write_reports(batch_id, reports_dir)
+        sent = [r for r in session.ledger.rows(batch_id)
+                if (r["submitted_at"] or "") >= started and r["state"] != "approved"]  # fmt: skip
+        if error.exit_code == EXIT_CONFIG and sent:
+            click.echo(f"Error: {error}", err=True)
+            click.echo(f"Stopped after {len(sent)} transfer(s) were sent; the reports say "
+                       f"which. Run omi-batch execute {batch_id} again to resume.", err=True)  # fmt: skip
+            sys.exit(EXIT_INCOMPLETE)
+        raise
+    _execute_done(session, batch_id, reports_dir, approved_only, as_json)
+
+
+def _execute_done(session: _Session, batch_id: str, reports_dir: str,
+                  approved_only: bool = True, as_json: bool = False) -> None:  # fmt: skip
+    written = session.pipeline.write_reports(batch_id, reports_dir)
+    rows = session.ledger.rows(batch_id)
+    if as_json:
+        data = batch_json(session.ledger, batch_id, rows)
+        echo_json({**data, "reports": {kind: str(path) for kind, path in written.items()}})
+    else:
+        print_results(rows)
+    print_reports(written)
+    exit_for(rows, approved_only)
+
+
+@click.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@limit_option
+@json_option
+@handle_errors
+def validate(file: str, limit: int | None, as_json: bool) -> None:
+    """Read and validate FILE (CSV or .xlsx) and print the plan. Sends nothing.
+
+    Every problem is listed with its row number as Excel shows it (the header is row 1);
+    any problem means exit 2.
+
+    \b
+    Example:
+        omi-batch validate departures.csv
+        omi-batch validate departures.xlsx --json
+    """
+    from omi_batch.roster import read_plan
+
+    plan = read_plan(file, limit=limit)
+    if as_json:
+        for piece in plan.iter_json():  # streamed: a big plan is never one huge string
+            click.echo(piece, nl=False)
+        return
+    for warning in plan.warnings:
+        click.echo(f"Warning: {warning}", err=True)
+    print_plan(plan)
+
+
+@click.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@limit_option
+@ledger_option
+@reports_option
+@http_options
+@listen_option
+@wait_option(60.0)
+@json_option
+@handle_errors
+def preview(
+    file: str,
+    limit: int | None,
+    ledger_path: str,
+    reports_dir: str,
+    concurrency: int,
+    rate: float,
+    timeout: float,
+    listen: str | None,
+    wait: float,
+    as_json: bool,
+) -> None:
+    """Validate FILE, create a batch, preview every transfer and write the preview reports.
+
+    Nothing is moved: OMI only counts the conversations each transfer would change. Prints
+    the batch id; review `<batch>-preview.csv` and fill its `approved` column.
+
+    \b
+    Example:
+        omi-batch preview departures.csv --limit 5
+    """
+    from omi_batch.roster import read_plan
+
+    plan = read_plan(file, limit=limit)
+    options = {"concurrency": concurrency, "rate": rate, "timeout": timeout, "wait": wait}
+    with _Session(ledger_path, listen=listen, create=True, **options) as session:
+        batch_id = session.pipeline.create_batch(plan, options={"command": "preview", **options})
+        click.echo(f"Batch {batch_id}: previewing {len(plan.transfers)} row(s)", err=True)
+        session.pipeline.preview(batch_id)
+        summary = session.pipeline.preview_summary(batch_id, reports_dir)
+        rows = session.ledger.rows(batch_id)
+    print_plan_summary(rows)
+    print_reports(summary.reports)
+    if as_json:
+        echo_json({"batch": batch_id, "counts": summary.counts,
+                   "reports": {k: str(v) for k, v in summary.reports.items()}})  # fmt: skip
+    else:
+        click.echo(batch_id)
+    click.echo(f"Next: fill the `approved` column, then omi-batch approve {batch_id} --report "
+               f"{summary.reports['preview']}", err=True)  # fmt: skip
+    exit_for(rows, approved_only=False)
+
+
+@click.command()
+@click.argument("batch")
+@click.option("--all", "approve_all", is_flag=True, help="Approve every row that previewed ok.")
+@click.option(
+    "--report",
+    "report_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="A preview report whose `approved` column says yes / y / true / 1 / x.",
+)
+@click.option(
+    "--max-age",
+    type=click.FloatRange(min=0),
+    default=24.0,
+    show_default=True,
+    help="Hours a preview stays fresh enough to approve.",
+)
+@ledger_option
+@handle_errors
+def approve(
+    batch: str, approve_all: bool, report_file: str | None, max_age: float, ledger_path: str
+) -> None:
+    """Record approvals for BATCH: every previewed row (--all), or those marked in a report.
+
+    \b
+    Example:
+        omi-batch approve 20261125-093000-ab12 --report data/reports/20261125-093000-ab12-preview.csv
+        omi-batch approve 20261125-093000-ab12 --all
+    """
+    from omi_batch.config import Settings
+    from omi_batch.pipeline import Pipeline
+
+    if approve_all and report_file:
+        raise click.UsageError("--all and --report cannot be used together")
+    if not approve_all and not report_file:
+        raise click.UsageError("say which rows: --all, or --report FILE")
+    ledger = _open_ledger(ledger_path)
+    pipeline = Pipeline(ledger, Settings.from_env())
+    notes: list[str] = []
+    chosen, skipped = pipeline.approve(batch, approve_all=approve_all, report_file=report_file,
+                                       max_age_hours=max_age, notes=notes)  # fmt: skip
+    for note in notes:
+        click.echo(note, err=True)
+    click.echo(f"Batch {batch}: {len(chosen)} row(s) approved, {len(skipped)} skipped.", err=True)
+    click.echo(f"Next: omi-batch execute {batch}", err=True)
+
+
+@click.command()
+@click.argument("batch")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@ledger_option
+@reports_option
+@http_options
+@listen_option
+@wait_option(300.0)
+@json_option
+@handle_errors
+def execute(
+    batch: str,
+    yes: bool,
+    ledger_path: str,
+    reports_dir: str,
+    concurrency: int,
+    rate: float,
+    timeout: float,
+    listen: str | None,
+    wait: float,
+    as_json: bool,
+) -> None:
+    """Execute the approved, not yet confirmed transfers of BATCH and wait for their callbacks.
+
+    Safe to run again: a confirmed row is never submitted twice; an interrupted run resumes.
+
+    \b
+    Example:
+        omi-batch execute 20261125-093000-ab12 --listen 127.0.0.1:8080
+    """
+    options = {"concurrency": concurrency, "rate": rate, "timeout": timeout, "wait": wait}
+    with _Session(ledger_path, listen=listen, yes=yes, **options) as session:
+        _execute(session, batch, reports_dir, yes, as_json=as_json)
+
+
+@click.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--yes", is_flag=True, help="Approve every row that previewed ok, without asking.")
+@limit_option
+@ledger_option
+@reports_option
+@http_options
+@listen_option
+@wait_option(300.0)
+@json_option
+@handle_errors
+def run(
+    file: str,
+    yes: bool,
+    limit: int | None,
+    ledger_path: str,
+    reports_dir: str,
+    concurrency: int,
+    rate: float,
+    timeout: float,
+    listen: str | None,
+    wait: float,
+    as_json: bool,
+) -> None:
+    """Validate, preview, confirm, execute and wait: the whole flow for FILE.
+
+    \b
+    Example:
+        omi-batch run departures.csv --listen 127.0.0.1:8080
+        omi-batch run departures.csv --yes --limit 3
+    """
+    from omi_batch.roster import read_plan
+
+    plan = read_plan(file, limit=limit)
+    for warning in plan.warnings:
+        click.echo(f"Warning: {warning}", err=True)
+    options = {"concurrency": concurrency, "rate": rate, "timeout": timeout, "wait": wait}
+    with _Session(ledger_path, listen=listen, create=True, yes=yes, **options) as session:
+        pipeline = session.pipeline
+        batch_id = pipeline.create_batch(plan, options={"command": "run", **options})
+        click.echo(f"Batch {batch_id}: previewing {len(plan.transfers)} row(s)", err=True)
+        pipeline.preview(batch_id)
+        print_reports(pipeline.preview_summary(batch_id, reports_dir).reports)
+        rows = session.ledger.rows(batch_id)
+        print_plan_summary(rows)
+        if not any(r["state"] == "previewed" for r in rows):
+            click.echo("No row previewed ok: nothing to execute.", err=True)
+            _execute_done(session, batch_id, reports_dir, approved_only=False, as_json=as_json)
+            return
+        if not yes and not click.confirm("Execute every row that previewed ok?", err=True):
+            click.echo(f"Nothing executed. Approve later: omi-batch approve {batch_id}", err=True)
+            return
+        pipeline.approve(batch_id, approve_all=True)
+        _execute(session, batch_id, reports_dir, yes=True, approved_only=False, as_json=as_json)
+
+
+@click.command()
+@click.argument("batch")
+@ledger_option
+@reports_option
+@http_options
+@listen_option
+@wait_option(60.0)
+@json_option
+@handle_errors
+def reconcile(
+    batch: str,
+    ledger_path: str,
+    reports_dir: str,
+    concurrency: int,
+    rate: float,
+    timeout: float,
+    listen: str | None,
+    wait: float,
+    as_json: bool,
+) -> None:
+    """Preview the unconfirmed rows of BATCH again; nothing left to move means succeeded.
+
+    \b
+    Example:
+        omi-batch reconcile 20261125-093000-ab12
+    """
+    options = {"concurrency": concurrency, "rate": rate, "timeout": timeout, "wait": wait}
+    with _Session(ledger_path, listen=listen, **options) as session:
+        session.ledger.batch(batch)
+        with session.pipeline.batch_lock(batch):
+            before = session.ledger.rows(batch, states=["unconfirmed", "submitted"])
+            click.echo(f"Batch {batch}: reconciling {len(before)} unconfirmed row(s)", err=True)
+            session.pipeline.reconcile(batch)
+            _execute_done(session, batch, reports_dir, as_json=as_json)
+
+
+@click.command()
+@click.argument("batch", required=False)
+@ledger_option
+@json_option
+@handle_errors
+def status(batch: str | None, ledger_path: str, as_json: bool) -> None:
+    """List the batches, newest first, or one BATCH's rows and states.
+
+    \b
+    Example:
+        omi-batch status
+        omi-batch status 20261125-093000-ab12 --json
+    """
+    from omi_batch.states import batch_state
+
+    ledger = _open_ledger(ledger_path)
+    if batch is None:
+        batches = [
+            {"batch": b["id"], "created_at": b["created_at"], "row_count": b["row_count"],
+             "state": batch_state(b["states"]), "source_file": b["source_file"]}
+            for b in ledger.batches()
+        ]  # fmt: skip
+        if as_json:
+            keys = ("batch", "created_at", "row_count", "state")
+            echo_json({"batches": [{k: b[k] for k in keys} for b in batches]})
+            return
+        table(["batch", "created_at", "rows", "state", "file"],
+               [[b["batch"], b["created_at"], b["row_count"], b["state"], b["source_file"]]
+                for b in batches])  # fmt: skip
+        return
+    rows = ledger.rows(batch)
+    data = batch_json(ledger, batch, rows)
+    if as_json:
+        echo_json(data)
+        return
+    table(["row", "source", "target", "state", "previewed", "updated", "request_id"],
+           [[r["row"], r["source_email"], r["target_email"],
+             r["state"] + (" (needs review)" if review else ""),
+             r["conversations_previewed"], r["updated_records"], r["request_id"]]
+            for r, review in zip(data["rows"], [x["needs_review"] for x in rows], strict=True)])  # fmt: skip
+
+
+@click.command()
+@click.argument("batch")
+@ledger_option
+@reports_option
+@handle_errors
+def report(batch: str, ledger_path: str, reports_dir: str) -> None:
+    """Write BATCH's reports again from the ledger.
+
+    \b
+    Example:
+        omi-batch report 20261125-093000-ab12 --reports out/
+    """
+    from omi_batch.config import Settings
+    from omi_batch.pipeline import Pipeline
+
+    ledger = _open_ledger(ledger_path)
+    ledger.batch(batch)
+    print_reports(Pipeline(ledger, Settings.from_env()).write_reports(batch, reports_dir))

@@ -1,0 +1,47 @@
+"""The job commands: one scheduled tick over a job's folders."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from omi_batch.cli.options import verbosity
+from omi_batch.cli.output import handle_errors
+
+
+@click.group()
+def job() -> None:
+    """Scheduled pipeline jobs (see jobs/)."""
+
+
+@job.command("run")
+@click.argument("jobfile", type=click.Path(exists=True, dir_okay=False))
+@handle_errors
+def job_run(jobfile: str) -> None:
+    """Run one tick of the job JOBFILE: safe to run every few minutes.
+
+    New files in the inbox are validated and previewed (their reports go to the review
+    folder, or are approved at once under an auto policy within its ceilings); edited preview
+    reports in the approved folder are executed; finished batches move to the archive. One
+    log line per step on stderr. A tick that finds another one running says so and exits 0.
+
+    \b
+    Example:
+        omi-batch job run jobs/offboarding.toml
+    """
+    from omi_batch.errors import LockedError
+    from omi_batch.jobs import load_job, run_tick
+
+    verbose = verbosity()
+    # The job's log is its one line per step, so it shows without -v.
+    logging.getLogger("omi_batch.jobs").setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
+    job = load_job(jobfile)
+    try:
+        result = run_tick(job)
+    except LockedError as busy:
+        click.echo(str(busy), err=True)
+        return
+    if result.exit_code:
+        sys.exit(result.exit_code)

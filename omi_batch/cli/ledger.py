@@ -1,0 +1,57 @@
+"""The ledger commands: verify the audit chain, export a batch's trail."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from omi_batch.cli.options import ledger_option
+from omi_batch.cli.output import handle_errors
+
+
+@click.group("ledger")
+def ledger_group() -> None:
+    """Check and export the audit ledger."""
+
+
+@ledger_group.command("verify")
+@ledger_option
+@handle_errors
+def ledger_verify(ledger_path: str) -> None:
+    """Recompute the audit log's hash chain; exit 1 naming the first bad entry.
+
+    \b
+    Example:
+        omi-batch ledger verify --ledger data/ledger.db
+    """
+    from omi_batch.ledger import Ledger
+
+    with Ledger(ledger_path, create=False) as led:
+        result = led.verify()
+    if not result.ok:
+        click.echo(f"Ledger tampered: {result.problem}")
+        sys.exit(1)
+    if result.problem:
+        click.echo(f"Warning: {result.problem}", err=True)
+    head = result.head[:16] if result.head else "none"
+    click.echo(f"Ledger intact: {result.events} events, head {head}")
+
+
+@ledger_group.command("export")
+@click.argument("batch")
+@ledger_option
+@handle_errors
+def ledger_export(batch: str, ledger_path: str) -> None:
+    """Print BATCH's whole audit trail as JSON lines.
+
+    \b
+    Example:
+        omi-batch ledger export 20261125-093000-ab12 > trail.jsonl
+    """
+    from omi_batch.ledger import Ledger
+
+    with Ledger(ledger_path, create=False) as led:
+        for item in led.export(batch):
+            click.echo(json.dumps(item, ensure_ascii=False, sort_keys=True, default=str))

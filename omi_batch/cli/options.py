@@ -1,0 +1,124 @@
+"""Every option shared by several commands, defined once, and the -v counter."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+
+import click
+
+DEFAULT_LEDGER = "data/ledger.db"
+DEFAULT_REPORTS = "data/reports"
+
+
+def ledger_option(f: Callable) -> Callable:
+    return click.option(
+        "--ledger",
+        "ledger_path",
+        default=DEFAULT_LEDGER,
+        show_default=True,
+        type=click.Path(dir_okay=False),
+        envvar="OMI_BATCH_LEDGER",
+        help="SQLite ledger file.",
+    )(f)
+
+
+def reports_option(f: Callable) -> Callable:
+    return click.option(
+        "--reports",
+        "reports_dir",
+        default=DEFAULT_REPORTS,
+        show_default=True,
+        type=click.Path(file_okay=False),
+        help="Folder the reports are written to.",
+    )(f)
+
+
+def json_option(f: Callable) -> Callable:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")(f)
+
+
+def limit_option(f: Callable) -> Callable:
+    return click.option(
+        "--limit",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Only the first N rows of the plan: try a batch small first.",
+    )(f)
+
+
+def http_options(f: Callable) -> Callable:
+    """--concurrency, --rate and --timeout: how hard we talk to OMI."""
+    f = click.option(
+        "--timeout",
+        type=click.FloatRange(min=0.1),
+        default=30.0,
+        show_default=True,
+        help="Seconds to wait for each HTTP answer.",
+    )(f)
+    f = click.option(
+        "--rate",
+        type=click.FloatRange(min=0.01),
+        default=5.0,
+        show_default=True,
+        help="At most this many requests per second.",
+    )(f)
+    f = click.option(
+        "--concurrency",
+        type=click.IntRange(1, 64),
+        default=4,
+        show_default=True,
+        help="Transfers in flight at once.",
+    )(f)
+    return f
+
+
+def listen_option(f: Callable) -> Callable:
+    return click.option(
+        "--listen",
+        metavar="HOST:PORT",
+        default=None,
+        help="Run the webhook receiver inside this command (port 0 picks a free one).",
+    )(f)
+
+
+def wait_option(default: float) -> Callable:
+    return click.option(
+        "--wait",
+        type=click.FloatRange(min=0),
+        default=default,
+        show_default=True,
+        help="Seconds to wait for callbacks before calling a row unconfirmed.",
+    )
+
+
+def verbosity() -> int:
+    """How many -v were given, before the command (``omi-batch -v run``) or after it."""
+    ctx = click.get_current_context()
+    return max(ctx.find_root().params.get("verbose") or 0, ctx.meta.get("omi_batch.verbose", 0))
+
+
+def _verbose_callback(ctx: click.Context, _param: click.Parameter, value: int) -> None:
+    if value:
+        ctx.meta["omi_batch.verbose"] = value
+        setup_logging(max(value, ctx.find_root().params.get("verbose") or 0))
+
+
+def add_verbose_option(group: click.Group) -> None:
+    """Every command takes -v too, as PRODUCT.md lists it among the common options."""
+    for command in group.commands.values():
+        if isinstance(command, click.Group):
+            add_verbose_option(command)
+        elif not any(p.name == "verbose" for p in command.params):
+            command.params.append(click.Option(
+                ["-v", "--verbose"], count=True, expose_value=False, is_eager=True,
+                callback=_verbose_callback, help="More detail on stderr (-vv for debug).",
+            ))  # fmt: skip
+
+
+def setup_logging(verbose: int) -> None:
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )

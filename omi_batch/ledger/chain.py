@@ -1,0 +1,376 @@
+"""The hash-chained audit log: event hashing, the ``<ledger>.head`` file, ``verify`` and
+``export``.
+
+Each event's ``hash`` is ``sha256(prev_hash + canonical JSON of {id, at, kind, batch_id, row,
+data})``; the last one is also kept in ``<ledger>.head`` so that cutting the tail of the chain is
+noticed too. ``verify()`` recomputes the whole chain.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from omi_batch.errors import LedgerError
+from omi_batch.ledger.schema import decode_batch, decode_callback, decode_row
+
+try:  # the head file is guarded by flock where there is one (every POSIX system)
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+GENESIS = "0" * 64
+HEAD_RECORD = 128  # bytes of the head file's one record: JSON padded with spaces, then \n
+HEAD_READ_LIMIT = 4096  # bytes of a head file read: more than that is not a head file
+
+
+def canonical_json(value: Any) -> str:
+    """The one JSON spelling that is hashed: sorted keys, no spaces, UTF-8 kept as is."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def event_text(
+    event_id: int, at: str, kind: str, batch_id: str | None, row: int | None, data_text: str
+) -> str:
+    """Canonical JSON of ``{id, at, kind, batch_id, row, data}`` with ``data_text`` (already
+    canonical) spliced in as is, so verify hashes the stored bytes without re-encoding them."""
+
+    def dumps(value: Any) -> str:
+        return json.dumps(value, ensure_ascii=False)
+
+    return (
+        f'{{"at":{dumps(at)},"batch_id":{dumps(batch_id)},"data":{data_text},'
+        f'"id":{int(event_id)},"kind":{dumps(kind)},"row":{dumps(row)}}}'
+    )
+
+
+def event_hash(prev_hash: str, text: str) -> str:
+    return hashlib.sha256((prev_hash + text).encode("utf-8")).hexdigest()
+
+
+def _head_record(event_id: int, digest: str) -> bytes:
+    """The head file's record: ``{"hash":…,"id":…}`` padded to :data:`HEAD_RECORD` bytes."""
+    text = canonical_json({"id": int(event_id), "hash": digest}).encode("utf-8")
+    return text.ljust(HEAD_RECORD - 1) + b"\n"
+
+
+def _parse_head(data: bytes) -> tuple[int, str] | None:
+    """``(event id, hash)`` from a head file's bytes; None when they are not a head record."""
+    try:
+        found = json.loads(data.decode("utf-8"))
+        return int(found["id"]), str(found["hash"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """What ``verify()`` found. ``problem`` is a warning when ``ok`` is true."""
+
+    ok: bool
+    events: int
+    head: str | None
+    first_bad: int | None = None
+    problem: str = ""
+
+
+class HeadFile:
+    """``<ledger>.head``: the last event's id and hash, kept beside the ledger file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._lock = threading.Lock()
+        # (pid, fd, (inode, device)) of this process's open head file
+        self._held: tuple[int, int, tuple[int, int]] | None = None
+
+    def publish(self, event_id: int, digest: str) -> None:
+        """Write ``<ledger>.head`` after a commit, unless it already names a later event (two
+        processes race: a lower id never overwrites a higher one).
+
+        Called on EVERY commit, so it is made cheap rather than rare (issue 5/6): publishing
+        less often would leave a window in which cutting the tail of the chain goes unnoticed.
+        The file is one fixed-width record (:data:`HEAD_RECORD` bytes) in a file kept open per
+        process; under an exclusive ``flock`` (readers take a shared one) we read the current
+        record, compare ids and overwrite it in place with one ``pwrite``: no temp file, no
+        rename, no fsync (the old way did not fsync either). It runs right after COMMIT, never
+        before: a head written before a commit that then failed would name an event that does
+        not exist, a false alarm. A crash between the two leaves the head one commit behind,
+        which ``verify`` accepts (it checks that the event the head names is intact). The file
+        is created whole (temp file + ``os.link``, which never overwrites), so it is never seen
+        empty; one removed or replaced under us is noticed by inode and opened again."""
+        record = _head_record(event_id, digest)
+        with self._lock:
+            for _ in range(3):  # bounded: the file would have to be replaced on every try
+                fd = self._fd(record)
+                if fd is None:  # created just now, holding our record
+                    return
+                if fcntl is not None:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                try:
+                    if not self._is_current():  # removed or replaced since it was opened
+                        self._close_fd()
+                        continue
+                    found = os.pread(fd, HEAD_READ_LIMIT, 0)
+                    current = _parse_head(found)
+                    if current is not None and current[0] >= event_id:
+                        return
+                    os.pwrite(fd, record, 0)
+                    if len(found) > len(record):  # written by someone else, longer
+                        os.ftruncate(fd, len(record))
+                    return
+                finally:
+                    if fcntl is not None and self._held is not None:
+                        fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _fd(self, record: bytes) -> int | None:
+        """This process's open descriptor of ``<ledger>.head`` (under ``_lock``); when
+        there is no such file, create it holding ``record`` and return None. Also None when the
+        file kept vanishing and appearing: this commit's head is skipped, the next one writes."""
+        pid = os.getpid()
+        if self._held is not None and self._held[0] == pid:
+            return self._held[1]
+        self._held = None  # inherited through fork: its flock would be the parent's too
+        for _ in range(3):  # each turn opens the file or creates it, unless another races us
+            try:
+                fd = os.open(self.path, os.O_RDWR)
+            except FileNotFoundError:
+                temp = f"{self.path}.{pid}.{threading.get_ident()}.tmp"
+                with open(temp, "wb") as handle:
+                    handle.write(record)
+                try:
+                    os.link(temp, self.path)  # atomic, and never overwrites
+                except FileExistsError:
+                    continue  # another writer created it meanwhile: compare with theirs
+                finally:
+                    os.unlink(temp)
+                return None
+            held = os.fstat(fd)
+            self._held = (pid, fd, (held.st_ino, held.st_dev))
+            return fd
+        return None
+
+    def _is_current(self) -> bool:
+        """Whether ``<ledger>.head`` is still the file this process holds open."""
+        try:
+            named = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        return self._held is not None and (named.st_ino, named.st_dev) == self._held[2]
+
+    def close(self) -> None:
+        """Close this process's descriptor of the file (the next publish opens it again)."""
+        with self._lock:
+            self._close_fd()
+
+    def _close_fd(self) -> None:
+        held, self._held = self._held, None
+        if held is not None and held[0] == os.getpid():
+            with contextlib.suppress(OSError):
+                os.close(held[1])
+
+    def read(self) -> tuple[int, str] | None:
+        """``(event id, hash)`` from ``<ledger>.head``, or None when there is none; ``(-1, "")``
+        when it is there but unreadable. Read under a shared ``flock``, so never mid-write."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_SH)
+            found = os.read(fd, HEAD_READ_LIMIT)
+        finally:
+            os.close(fd)  # also releases the flock
+        return _parse_head(found) or (-1, "")
+
+
+class Audit:
+    """The audit log's reads, ``verify`` and ``export`` (a part of :class:`Ledger`)."""
+
+    def log(
+        self, kind: str, *, batch_id: str | None = None, row: int | None = None, **data: Any
+    ) -> int:
+        """Append an audit event on its own; return its id."""
+        with self._write() as tx:
+            return tx.event(kind, batch_id, row, data)
+
+    def events(self, batch_id: str | None = None) -> list[dict]:
+        """The audit events (of one batch, if given) in order, ``data`` decoded."""
+        if batch_id is None:
+            found = self._query("SELECT * FROM events ORDER BY id")
+        else:
+            found = self._query("SELECT * FROM events WHERE batch_id = ? ORDER BY id", (batch_id,))
+        for item in found:
+            item["data"] = json.loads(item["data"])
+        return found
+
+    def head(self) -> str | None:
+        """The last event's hash (None for an empty log)."""
+        found = self._query("SELECT hash FROM events ORDER BY id DESC LIMIT 1")
+        return found[0]["hash"] if found else None
+
+    def verify(self) -> VerifyResult:
+        """Recompute the chain in id order; name the first event edited, deleted, inserted or
+        reordered, and compare the end of the chain with ``<ledger>.head``."""
+        sidecar = self.head_file.read()  # read before the snapshot: it never runs ahead of it
+        conn = self._db().conn
+        try:
+            conn.execute("BEGIN")
+            try:
+                return self._verify_chain(conn, sidecar)
+            finally:
+                conn.execute("ROLLBACK")
+        except sqlite3.Error as error:
+            raise LedgerError(f"ledger {self.path}: {error}") from None
+
+    def _verify_chain(
+        self, conn: sqlite3.Connection, sidecar: tuple[int, str] | None
+    ) -> VerifyResult:
+        count = 0
+        prev_id = 0
+        prev_hash = GENESIS
+        prev_prev_hash = GENESIS
+        sha256 = hashlib.sha256
+        cursor = conn.execute(
+            'SELECT id, "at", kind, batch_id, "row", data, prev_hash, hash FROM events ORDER BY id'
+        )
+        for event_id, at, kind, batch_id, row, data, stored_prev, stored_hash in cursor:
+            if event_id <= prev_id:  # only possible for an id below 1
+                return VerifyResult(
+                    False, 0, None, event_id, f"event {event_id} was inserted (ids start at 1)"
+                )
+            if event_id != prev_id + 1:
+                missing = (
+                    f"event {prev_id + 1} was deleted"
+                    if event_id == prev_id + 2
+                    else f"events {prev_id + 1} to {event_id - 1} were deleted"
+                )
+                return VerifyResult(
+                    False,
+                    count,
+                    prev_hash if count else None,
+                    prev_id + 1,
+                    f"{missing} (the chain jumps from {prev_id} to {event_id})",
+                )
+            if stored_prev != prev_hash:
+                bad, problem = self._diagnose_link(conn, event_id, stored_prev, prev_prev_hash)
+                return VerifyResult(False, count, prev_hash if count else None, bad, problem)
+            try:
+                text = event_text(event_id, at, kind, batch_id, row, data)
+            except (TypeError, ValueError):
+                text = ""
+            if sha256((stored_prev + text).encode("utf-8")).hexdigest() != stored_hash:
+                return VerifyResult(
+                    False,
+                    count,
+                    prev_hash if count else None,
+                    event_id,
+                    f"event {event_id} was edited (its hash does not match its content)",
+                )
+            count += 1
+            prev_id, prev_prev_hash, prev_hash = event_id, prev_hash, stored_hash
+        head = prev_hash if count else None
+        if sidecar is None:
+            if count:
+                return VerifyResult(
+                    True,
+                    count,
+                    head,
+                    None,
+                    f"no head file {self.head_path.name}: a cut at the end of the chain "
+                    "cannot be detected",
+                )
+            return VerifyResult(True, 0, None)
+        side_id, side_hash = sidecar
+        if side_id < 0:
+            return VerifyResult(
+                False, count, head, None, f"the head file {self.head_path.name} is unreadable"
+            )
+        if side_id > prev_id:
+            return VerifyResult(
+                False,
+                count,
+                head,
+                prev_id + 1,
+                f"the chain was cut after event {prev_id} (the head file names event {side_id})",
+            )
+        if side_id:
+            stored = conn.execute("SELECT hash FROM events WHERE id = ?", (side_id,)).fetchone()
+            if stored is None or stored[0] != side_hash:
+                return VerifyResult(
+                    False,
+                    count,
+                    head,
+                    side_id,
+                    f"event {side_id} does not match the head file: the chain was rewritten",
+                )
+        return VerifyResult(True, count, head)
+
+    @staticmethod
+    def _diagnose_link(
+        conn: sqlite3.Connection, event_id: int, stored_prev: str, prev_prev_hash: str
+    ) -> tuple[int, str]:
+        """Why event ``event_id`` does not follow the one before it."""
+        later = conn.execute(
+            "SELECT id FROM events WHERE hash = ? AND id > ? ORDER BY id LIMIT 1",
+            (stored_prev, event_id),
+        ).fetchone()
+        if later is not None:
+            return event_id, f"event {event_id} is out of order (it follows event {later[0]})"
+        if event_id > 1 and stored_prev == prev_prev_hash:
+            return (
+                event_id - 1,
+                f"event {event_id - 1} was inserted (event {event_id} follows the one before it)",
+            )
+        return (
+            event_id,
+            f"event {event_id} does not follow event {event_id - 1}: an event before it was "
+            "edited, deleted or inserted",
+        )
+
+    # ----------------------------------------------------------------- export
+
+    def export(self, batch_id: str) -> Iterator[dict]:
+        """The batch's whole audit trail as JSON-able dicts with a ``type``: batch, row,
+        approval, attempt, callback, event. NotFound at once for an unknown batch; the items
+        come from one consistent snapshot."""
+        self.batch(batch_id)
+        return self._export(batch_id)
+
+    def _export(self, batch_id: str) -> Iterator[dict]:
+        conn = self._open()
+        try:
+            conn.execute("BEGIN")
+            db = sqlite_utils.Database(conn, execute_plugins=False)
+            by_batch = (batch_id,)
+            for batch in db.query("SELECT * FROM batches WHERE id = ?", by_batch):
+                yield {"type": "batch", **decode_batch(batch)}
+            for row in db.query('SELECT * FROM "rows" WHERE batch_id = ? ORDER BY seq', by_batch):
+                yield {"type": "row", **decode_row(row)}
+            for table, kind in (("approvals", "approval"), ("attempts", "attempt")):
+                for item in db.query(
+                    f"SELECT * FROM {table} WHERE batch_id = ? ORDER BY id", by_batch
+                ):
+                    yield {"type": kind, **item}
+            for item in db.query(
+                "SELECT * FROM callbacks WHERE batch_id = ? ORDER BY id", by_batch
+            ):
+                yield {"type": "callback", **decode_callback(item)}
+            for item in db.query("SELECT * FROM events WHERE batch_id = ? ORDER BY id", by_batch):
+                item["data"] = json.loads(item["data"])
+                yield {"type": "event", **item}
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            conn.close()

@@ -1,0 +1,491 @@
+"""Batches, rows, attempts and approvals: the row state machine's writes and reads."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sqlite3
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from omi_batch.errors import IllegalTransition, LedgerError, NotFound, UsageError
+from omi_batch.ledger.chain import canonical_json
+from omi_batch.ledger.schema import decode_batch, decode_row, encode_field
+from omi_batch.ledger.store import Tx, new_batch_id, now
+from omi_batch.states import STATES, TRANSITIONS
+
+# Row columns a caller may set through set_state / update_row (never the identity, the state
+# or updated_at, which the ledger writes itself).
+ROW_FIELDS = frozenset(
+    {
+        "source_email",
+        "target_email",
+        "requested_target",
+        "via",
+        "conv_ids",
+        "replace_existing_members",
+        "note",
+        "conversations_previewed",
+        "preview_request_id",
+        "preview_error",
+        "previewed_at",
+        "approved_at",
+        "approved_by",
+        "approved_how",
+        "request_id",
+        "submitted_at",
+        "completed_at",
+        "updated_records",
+        "callback_status",
+        "error",
+        "attempts",
+        "needs_review",
+        "verified_by",
+    }
+)
+_ATTEMPT_FIELDS = (
+    "endpoint",
+    "number",
+    "started_at",
+    "elapsed_ms",
+    "http_status",
+    "vendor_code",
+    "error",
+    "request_id",
+    "wait_s",
+    "message",
+    "outcome_unknown",
+)
+# The keys of a record_steps step that are not row fields.
+_STEP_KEYS = frozenset({"batch_id", "row", "event", "state", "expect", "phase", "reason"})
+
+
+def _as_dict(item: Any) -> dict:
+    """A mapping or dataclass instance as a plain dict (rows may be roster ``Transfer``s)."""
+    if isinstance(item, Mapping):
+        return dict(item)
+    if dataclasses.is_dataclass(item) and not isinstance(item, type):
+        return {f.name: getattr(item, f.name) for f in dataclasses.fields(item)}
+    raise TypeError(f"expected a dict or a dataclass, got {type(item).__name__}")
+
+
+def _check_move(
+    batch_id: str, row: int, current: str, state: str | None, expect: Iterable[str] | None
+) -> None:
+    """IllegalTransition unless the row is in one of ``expect`` (when given) and may go from
+    ``current`` to ``state`` (None: no state change)."""
+    if expect is not None and current not in set(expect):
+        raise IllegalTransition(
+            f"row {row} of batch {batch_id} is {current}, not {' or '.join(sorted(set(expect)))}"
+        )
+    if state is not None and state not in TRANSITIONS.get(current, set()):
+        raise IllegalTransition(
+            f"row {row} of batch {batch_id} cannot go from {current} to {state}"
+        )
+
+
+def _insert_attempt(
+    tx: Tx, batch_id: str | None, row: int | None, phase: str | None, record: dict
+) -> None:
+    """One row of ``attempts`` and its audit event, inside ``tx``."""
+    cursor = tx.execute(
+        f'INSERT INTO attempts (batch_id, "row", phase, {", ".join(_ATTEMPT_FIELDS)}) '
+        f"VALUES (?, ?, ?, {', '.join('?' for _ in _ATTEMPT_FIELDS)})",
+        [batch_id, row, phase, *(record[name] for name in _ATTEMPT_FIELDS)],
+    )
+    tx.event("attempt", batch_id, row, {"attempt_id": cursor.lastrowid, "phase": phase, **record})
+
+
+class Rows:
+    """Batches, rows, attempts and approvals (a part of :class:`Ledger`)."""
+
+    def create_batch(
+        self,
+        *,
+        source_file: str,
+        source_sha256: str,
+        created_by: str,
+        base_url: str | None,
+        options: Mapping[str, Any],
+        input_rows: int,
+        warnings: list[Any],
+        rows: list[Any],
+    ) -> str:
+        """Create a batch and its rows (state ``planned``, ``seq`` = position) in one
+        transaction; return the new batch id. ``rows`` are Transfer-like dicts or dataclasses."""
+        plan = [_as_dict(item) for item in rows]
+        warning_list = [
+            {k: w.get(k) for k in ("row", "code", "message")} for w in map(_as_dict, warnings)
+        ]
+        options_text = canonical_json(dict(options))
+        stamp = now()
+        with self._write() as tx:
+            batch_id = new_batch_id()
+            while tx.one("SELECT 1 AS x FROM batches WHERE id = ?", (batch_id,)):
+                batch_id = new_batch_id()
+            tx.execute(
+                "INSERT INTO batches (id, created_at, created_by, source_file, source_sha256, "
+                "base_url, options, row_count, input_rows, warnings) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    batch_id,
+                    stamp,
+                    created_by,
+                    str(source_file),
+                    source_sha256,
+                    base_url,
+                    options_text,
+                    len(plan),
+                    int(input_rows),
+                    canonical_json(warning_list),
+                ),
+            )
+            seen: set[int] = set()
+            for seq, item in enumerate(plan):
+                row = int(item["row"])
+                if row in seen:
+                    raise UsageError(f"row {row} appears twice in the plan")
+                seen.add(row)
+                tx.execute(
+                    'INSERT INTO "rows" (batch_id, "row", seq, source_email, target_email, '
+                    "requested_target, via, conv_ids, replace_existing_members, note, state, "
+                    "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'planned', ?)",
+                    (
+                        batch_id,
+                        row,
+                        seq,
+                        item["source_email"],
+                        item["target_email"],
+                        item.get("requested_target") or item["target_email"],
+                        encode_field("via", item.get("via")),
+                        encode_field("conv_ids", item.get("conv_ids")),
+                        encode_field(
+                            "replace_existing_members", item.get("replace_existing_members")
+                        ),
+                        item.get("note") or "",
+                        stamp,
+                    ),
+                )
+            tx.event(
+                "batch_created",
+                batch_id,
+                None,
+                {
+                    "source_file": str(source_file),
+                    "source_sha256": source_sha256,
+                    "created_by": created_by,
+                    "base_url": base_url,
+                    "options": json.loads(options_text),
+                    "input_rows": int(input_rows),
+                    "row_count": len(plan),
+                    "warnings": len(warning_list),
+                    "plan_sha256": hashlib.sha256(canonical_json(plan).encode("utf-8")).hexdigest(),
+                },
+            )
+        return batch_id
+
+    def batches(self) -> list[dict]:
+        """Every batch, newest first, each with ``states``: {state: row count}."""
+        found = [
+            decode_batch(b)
+            for b in self._query("SELECT * FROM batches ORDER BY created_at DESC, rowid DESC")
+        ]
+        counts: dict[str, dict[str, int]] = {}
+        for item in self._query(
+            'SELECT batch_id, state, count(*) AS n FROM "rows" GROUP BY batch_id, state'
+        ):
+            counts.setdefault(item["batch_id"], {})[item["state"]] = item["n"]
+        for batch in found:
+            batch["states"] = counts.get(batch["id"], {})
+        return found
+
+    def batch(self, batch_id: str) -> dict:
+        """One batch (with ``states``); NotFound when there is no such batch."""
+        found = self._query("SELECT * FROM batches WHERE id = ?", (batch_id,))
+        if not found:
+            raise NotFound(f"no batch {batch_id} in {self.path}")
+        batch = decode_batch(found[0])
+        batch["states"] = {
+            item["state"]: item["n"]
+            for item in self._query(
+                'SELECT state, count(*) AS n FROM "rows" WHERE batch_id = ? GROUP BY state',
+                (batch_id,),
+            )
+        }
+        return batch
+
+    def rows(self, batch_id: str, states: Iterable[str] | None = None) -> list[dict]:
+        """The batch's rows in run order (``seq``), optionally only those in ``states``."""
+        self.batch(batch_id)
+        sql = 'SELECT * FROM "rows" WHERE batch_id = ?'
+        params: list[Any] = [batch_id]
+        if states is not None:
+            wanted = list(states)
+            if not wanted:
+                return []
+            sql += f" AND state IN ({', '.join('?' for _ in wanted)})"
+            params += wanted
+        return [decode_row(r) for r in self._query(sql + " ORDER BY seq", params)]
+
+    def row(self, batch_id: str, row: int) -> dict:
+        """One row; NotFound when the batch or the row does not exist."""
+        found = self._query(
+            'SELECT * FROM "rows" WHERE batch_id = ? AND "row" = ?', (batch_id, int(row))
+        )
+        if not found:
+            self.batch(batch_id)
+            raise NotFound(f"no row {row} in batch {batch_id}")
+        return decode_row(found[0])
+
+    @staticmethod
+    def _check_fields(fields: Mapping[str, Any]) -> None:
+        unknown = sorted(set(fields) - ROW_FIELDS)
+        if unknown:
+            raise LedgerError(f"not a row field the ledger lets callers set: {', '.join(unknown)}")
+
+    def _locked_row(self, tx: Tx, batch_id: str, row: int) -> dict:
+        found = tx.one('SELECT * FROM "rows" WHERE batch_id = ? AND "row" = ?', (batch_id, row))
+        if found is None:
+            if tx.one("SELECT 1 AS x FROM batches WHERE id = ?", (batch_id,)) is None:
+                raise NotFound(f"no batch {batch_id} in {self.path}")
+            raise NotFound(f"no row {row} in batch {batch_id}")
+        return found
+
+    @staticmethod
+    def _write_row(tx: Tx, batch_id: str, row: int, fields: Mapping[str, Any]) -> None:
+        columns = dict(fields)
+        columns["updated_at"] = now()
+        assignments = ", ".join(f'"{name}" = ?' for name in columns)
+        tx.execute(
+            f'UPDATE "rows" SET {assignments} WHERE batch_id = ? AND "row" = ?',
+            [encode_field(name, value) for name, value in columns.items()] + [batch_id, row],
+        )
+
+    def set_state(
+        self,
+        batch_id: str,
+        row: int,
+        state: str,
+        *,
+        event: str,
+        expect: Iterable[str] | None = None,
+        **fields: Any,
+    ) -> dict:
+        """Move a row to ``state`` (checked against TRANSITIONS, and against ``expect`` — the
+        states the caller believes the row is in — inside the transaction), writing ``fields``
+        and an audit event ``event``. IllegalTransition, and nothing written, otherwise."""
+        self._check_fields(fields)
+        if state not in STATES:
+            raise IllegalTransition(f"{state!r} is not a row state")
+        row = int(row)
+        with self._write() as tx:
+            current = self._locked_row(tx, batch_id, row)["state"]
+            _check_move(batch_id, row, current, state, expect)
+            self._write_row(tx, batch_id, row, {**fields, "state": state})
+            tx.event(event, batch_id, row, {**fields, "from": current, "to": state})
+        return self.row(batch_id, row)
+
+    def update_row(self, batch_id: str, row: int, *, event: str, **fields: Any) -> dict:
+        """Write ``fields`` on a row without changing its state, with an audit event."""
+        self._check_fields(fields)
+        row = int(row)
+        with self._write() as tx:
+            current = self._locked_row(tx, batch_id, row)["state"]
+            if fields:
+                self._write_row(tx, batch_id, row, fields)
+            tx.event(event, batch_id, row, {**fields, "state": current})
+        return self.row(batch_id, row)
+
+    def record_attempt(
+        self, batch_id: str | None, row: int | None, phase: str, attempt: Any
+    ) -> None:
+        """Store one HTTP attempt (the client's ``Attempt`` fields; its ``context`` is not
+        kept) and its audit event; an ``execute`` attempt also counts in ``rows.attempts``."""
+        values = _as_dict(attempt)
+        record = {name: values.get(name) for name in _ATTEMPT_FIELDS}
+        row = None if row is None else int(row)
+        with self._write() as tx:
+            if batch_id is not None and row is not None:
+                self._locked_row(tx, batch_id, row)
+            if phase == "execute" and batch_id is not None and row is not None:
+                tx.execute(
+                    'UPDATE "rows" SET attempts = attempts + 1, updated_at = ? '
+                    'WHERE batch_id = ? AND "row" = ?',
+                    (now(), batch_id, row),
+                )
+            _insert_attempt(tx, batch_id, row, phase, record)
+
+    def record_step(
+        self,
+        batch_id: str,
+        row: int,
+        *,
+        event: str,
+        state: str | None = None,
+        expect: Iterable[str] | None = None,
+        phase: str | None = None,
+        attempts: Iterable[Any] = (),
+        reason: str | None = None,
+        **fields: Any,
+    ) -> None:
+        """One pipeline step in ONE transaction (added for issue 5, by the pipeline's owner):
+        store ``attempts`` (HTTP attempts of ``phase``, as :meth:`record_attempt` does), then
+        write ``fields`` and, when ``state`` is given, move the row there (checked like
+        :meth:`set_state`, ``expect`` included), with the audit event ``event``. ``reason`` goes
+        into that event only (a why with no row column). IllegalTransition, and nothing written
+        (not even the attempts), when the move is not allowed."""
+        step = dict(fields, batch_id=batch_id, row=row, event=event, state=state, expect=expect,
+                    phase=phase, attempts=attempts, reason=reason)  # fmt: skip
+        error = self.record_steps([step])[0]
+        if error is not None:
+            raise error
+
+    def record_steps(self, steps: list[Mapping[str, Any]]) -> list[Exception | None]:
+        """Several :meth:`record_step` calls (each a dict of its arguments) in ONE transaction:
+        a group commit, so threads that wrote at the same moment share one fsync. Each step
+        runs in its own savepoint: a refused one (IllegalTransition, NotFound, LedgerError) is
+        rolled back alone and returned in its place; the others are kept. Returns, per step,
+        None or the error it raised."""
+        prepared = self._prepare_steps(steps)
+        if len(prepared) == 1 and not isinstance(prepared[0], Exception):
+            # One step (the usual group): its transaction is its savepoint, two statements
+            # fewer per commit; refused, nothing of it is written, as with a savepoint.
+            try:
+                with self._write() as tx:
+                    self._step_in(tx, *prepared[0])
+            except (LedgerError, NotFound) as error:
+                return [error]
+            return [None]
+        with self._write() as tx:
+            results = self._steps_in(tx, prepared)
+            tx.reread_head(any(r is not None for r in results))
+        return results
+
+    def _prepare_steps(
+        self, steps: list[Mapping[str, Any]]
+    ) -> list[tuple[dict, list[dict]] | Exception]:
+        """Each step checked and split into (step, attempt records), or the error it raised."""
+        prepared: list[tuple[dict, list[dict]] | Exception] = []
+        for step in steps:
+            step = dict(step)
+            try:
+                attempts = step.pop("attempts", ()) or ()
+                fields = {k: v for k, v in step.items() if k not in _STEP_KEYS}
+                self._check_fields(fields)
+                if step.get("state") is not None and step["state"] not in STATES:
+                    raise IllegalTransition(f"{step['state']!r} is not a row state")
+                records = [
+                    {name: _as_dict(a).get(name) for name in _ATTEMPT_FIELDS} for a in attempts
+                ]
+                prepared.append((step, records))
+            except (LedgerError, TypeError) as error:
+                prepared.append(
+                    error if isinstance(error, LedgerError) else LedgerError(str(error))
+                )
+        return prepared
+
+    def _steps_in(
+        self, tx: Tx, prepared: list[tuple[dict, list[dict]] | Exception]
+    ) -> list[Exception | None]:
+        """Inside ``tx``: each prepared step in its own savepoint; None or its error."""
+        results: list[Exception | None] = []
+        for item in prepared:
+            if isinstance(item, Exception):
+                results.append(item)
+                continue
+            tx.execute("SAVEPOINT step")
+            try:
+                self._step_in(tx, *item)
+            except (LedgerError, NotFound, sqlite3.Error) as error:
+                tx.execute("ROLLBACK TO step")
+                tx.forget_tail()
+                if isinstance(error, sqlite3.Error):
+                    error = LedgerError(f"ledger {self.path}: {error}")
+                results.append(error)
+            else:
+                results.append(None)
+            finally:
+                tx.execute("RELEASE step")
+        return results
+
+    def _step_in(self, tx: Tx, step: dict, records: list[dict]) -> None:
+        """One step of :meth:`record_steps`, inside its transaction."""
+        batch_id, row = step["batch_id"], int(step["row"])
+        state, phase, reason = step.get("state"), step.get("phase"), step.get("reason")
+        expect = step.get("expect")
+        fields = {k: v for k, v in step.items() if k not in _STEP_KEYS}
+        current = self._locked_row(tx, batch_id, row)["state"]
+        _check_move(batch_id, row, current, state, expect)
+        for record in records:
+            _insert_attempt(tx, batch_id, row, phase, record)
+        columns = dict(fields)
+        if phase == "execute" and records:
+            tx.execute(
+                'UPDATE "rows" SET attempts = attempts + ? WHERE batch_id = ? AND "row" = ?',
+                (len(records), batch_id, row),
+            )
+        if state is not None:
+            columns["state"] = state
+        if columns:
+            self._write_row(tx, batch_id, row, columns)
+        data: dict[str, Any] = dict(fields)
+        if reason is not None:
+            data["reason"] = reason
+        if state is not None:
+            data.update({"from": current, "to": state})
+        else:
+            data["state"] = current
+        tx.event(step["event"], batch_id, row, data)
+
+    def approve(
+        self,
+        batch_id: str,
+        *,
+        approve: Iterable[int],
+        skip: Iterable[int] = (),
+        by: str,
+        how: str,
+    ) -> int:
+        """In one transaction, approve the rows in ``approve`` and skip those in ``skip``;
+        return how many rows became approved. A row already in the wanted state is left as it
+        is (running approve twice is harmless); any illegal change refuses the whole call."""
+        to_approve = [int(r) for r in approve]
+        to_skip = [int(r) for r in skip]
+        both = sorted(set(to_approve) & set(to_skip))
+        if both:
+            raise UsageError(f"rows both approved and skipped: {', '.join(map(str, both))}")
+        changed = 0
+        with self._write() as tx:
+            if tx.one("SELECT 1 AS x FROM batches WHERE id = ?", (batch_id,)) is None:
+                raise NotFound(f"no batch {batch_id} in {self.path}")
+            stamp = now()
+            for decision, wanted in (("approved", to_approve), ("skipped", to_skip)):
+                for row in dict.fromkeys(wanted):
+                    current = self._locked_row(tx, batch_id, row)["state"]
+                    if current == decision:
+                        continue
+                    if decision not in TRANSITIONS[current]:
+                        raise IllegalTransition(
+                            f"row {row} of batch {batch_id} is {current}: it cannot be "
+                            f"{'approved' if decision == 'approved' else 'skipped'}"
+                        )
+                    approval = {
+                        "approved_at": stamp if decision == "approved" else None,
+                        "approved_by": by if decision == "approved" else None,
+                        "approved_how": how if decision == "approved" else None,
+                    }
+                    self._write_row(tx, batch_id, row, {**approval, "state": decision})
+                    tx.execute(
+                        'INSERT INTO approvals (batch_id, "row", decision, "by", "at", how) '
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        (batch_id, row, decision, by, stamp, how),
+                    )
+                    tx.event(
+                        decision,
+                        batch_id,
+                        row,
+                        {"by": by, "how": how, "from": current, "to": decision},
+                    )
+                    changed += decision == "approved"
+        return changed

@@ -1,0 +1,200 @@
+"""The ledger's schema: one function per version, applied in order under ``PRAGMA user_version``,
+so a ledger written by an older omi-batch opens in a newer one (as sqlite-utils keeps
+``migrations.py``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import sqlite_utils
+
+from omi_batch.errors import LedgerError
+
+
+def _migration_1_tables(db: sqlite_utils.Database) -> None:
+    """The tables of the first ledger."""
+    db.executescript(
+        """
+        CREATE TABLE batches (
+            id TEXT PRIMARY KEY,
+            created_at TEXT NOT NULL,
+            created_by TEXT,
+            source_file TEXT,
+            source_sha256 TEXT,
+            base_url TEXT,
+            options TEXT,
+            row_count INTEGER NOT NULL,
+            input_rows INTEGER,
+            warnings TEXT
+        );
+        CREATE TABLE "rows" (
+            batch_id TEXT NOT NULL REFERENCES batches(id),
+            "row" INTEGER NOT NULL,
+            seq INTEGER NOT NULL,
+            source_email TEXT NOT NULL,
+            target_email TEXT NOT NULL,
+            requested_target TEXT,
+            via TEXT,
+            conv_ids TEXT,
+            replace_existing_members INTEGER NOT NULL DEFAULT 0,
+            note TEXT,
+            state TEXT NOT NULL,
+            conversations_previewed INTEGER,
+            preview_request_id TEXT,
+            preview_error TEXT,
+            previewed_at TEXT,
+            approved_at TEXT,
+            approved_by TEXT,
+            approved_how TEXT,
+            request_id TEXT,
+            submitted_at TEXT,
+            completed_at TEXT,
+            updated_records INTEGER,
+            callback_status TEXT,
+            error TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            verified_by TEXT,
+            updated_at TEXT,
+            PRIMARY KEY (batch_id, "row")
+        );
+        CREATE TABLE attempts (
+            id INTEGER PRIMARY KEY,
+            batch_id TEXT,
+            "row" INTEGER,
+            phase TEXT,
+            endpoint TEXT,
+            number INTEGER,
+            started_at TEXT,
+            elapsed_ms REAL,
+            http_status INTEGER,
+            vendor_code TEXT,
+            error TEXT,
+            request_id TEXT,
+            wait_s REAL
+        );
+        CREATE TABLE callbacks (
+            id INTEGER PRIMARY KEY,
+            received_at TEXT NOT NULL,
+            batch_id TEXT,
+            "row" INTEGER,
+            phase TEXT,
+            request_id TEXT,
+            status TEXT,
+            updated_records INTEGER,
+            raw_body TEXT,
+            headers TEXT,
+            remote TEXT,
+            verdict TEXT NOT NULL,
+            applied INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE TABLE approvals (
+            id INTEGER PRIMARY KEY,
+            batch_id TEXT NOT NULL,
+            "row" INTEGER NOT NULL,
+            decision TEXT NOT NULL,
+            "by" TEXT,
+            "at" TEXT NOT NULL,
+            how TEXT
+        );
+        CREATE TABLE events (
+            id INTEGER PRIMARY KEY,
+            "at" TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            batch_id TEXT,
+            "row" INTEGER,
+            data TEXT NOT NULL,
+            prev_hash TEXT NOT NULL,
+            hash TEXT NOT NULL
+        );
+        """
+    )
+
+
+def _migration_2_review_and_indexes(db: sqlite_utils.Database) -> None:
+    """``rows.needs_review`` (a conflicting callback flags the row), the attempt's message and
+    whether its outcome is unknown (sent, no answer), and the lookup indexes."""
+    db.executescript(
+        """
+        ALTER TABLE "rows" ADD COLUMN needs_review INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE attempts ADD COLUMN message TEXT;
+        ALTER TABLE attempts ADD COLUMN outcome_unknown INTEGER;
+        CREATE INDEX rows_by_state ON "rows" (batch_id, state);
+        CREATE INDEX attempts_by_row ON attempts (batch_id, "row");
+        CREATE INDEX callbacks_by_row ON callbacks (batch_id, "row", phase);
+        CREATE INDEX approvals_by_row ON approvals (batch_id, "row");
+        CREATE INDEX events_by_batch ON events (batch_id);
+        """
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+    _migration_1_tables,
+    _migration_2_review_and_indexes,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def migrate(db: sqlite_utils.Database, target: int | None = None) -> int:
+    """Bring ``db`` (autocommit connection) up to schema ``target`` (default: the newest) in
+    one ``BEGIN IMMEDIATE`` transaction; return the version it is at afterwards."""
+    target = SCHEMA_VERSION if target is None else target
+    conn = db.conn
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise LedgerError(
+                f"the ledger has schema version {version}, newer than this omi-batch knows "
+                f"({SCHEMA_VERSION}): upgrade omi-batch"
+            )
+        for number in range(version + 1, target + 1):
+            MIGRATIONS[number - 1](db)
+            version = number
+        conn.execute(f"PRAGMA user_version = {int(version)}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return version
+
+
+# --------------------------------------------------------------------------- row codecs
+
+_JSON_ROW_FIELDS = ("via", "conv_ids")
+_BOOL_ROW_FIELDS = ("replace_existing_members", "needs_review")
+
+
+def encode_field(name: str, value: Any) -> Any:
+    """A row field as it is stored: lists as JSON, flags as 0/1."""
+    if name in _JSON_ROW_FIELDS:
+        return json.dumps(list(value or ()), ensure_ascii=False)
+    if name in _BOOL_ROW_FIELDS:
+        return 1 if value else 0
+    return value
+
+
+def decode_row(record: dict) -> dict:
+    """A ``rows`` record as callers see it: lists decoded, flags as bools."""
+    for name in _JSON_ROW_FIELDS:
+        record[name] = json.loads(record[name]) if record.get(name) else []
+    for name in _BOOL_ROW_FIELDS:
+        if name in record:
+            record[name] = bool(record[name])
+    return record
+
+
+def decode_batch(record: dict) -> dict:
+    """A ``batches`` record as callers see it: options and warnings decoded."""
+    record["options"] = json.loads(record["options"]) if record.get("options") else {}
+    record["warnings"] = json.loads(record["warnings"]) if record.get("warnings") else []
+    return record
+
+
+def decode_callback(record: dict) -> dict:
+    """A ``callbacks`` record as callers see it: headers decoded, applied as a bool."""
+    record["headers"] = json.loads(record["headers"]) if record.get("headers") else {}
+    record["applied"] = bool(record.get("applied"))
+    return record

@@ -1,0 +1,172 @@
+"""The one single-writer path of a process: its ledger writes taken one at a time, and the
+pipeline's row steps and the in-process receiver's callbacks committed in groups (one fsync for
+what several threads write at the same moment), each caller returning only after its own
+commit."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from omi_batch.ledger import Ledger
+
+
+class WriteLock:
+    """A process's ledger write lock (a plain lock to take), which also knows the
+    :class:`SerialLedger` it belongs to, so that a receiver given only the lock can put its
+    callbacks into the same group commits as the pipeline's row steps."""
+
+    def __init__(self, serial: SerialLedger):
+        self._lock = threading.Lock()
+        self.serial = serial
+        self.acquire, self.release, self.locked = (
+            self._lock.acquire,
+            self._lock.release,
+            self._lock.locked,
+        )
+
+    def __enter__(self) -> bool:
+        return self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+class SerialLedger:
+    """The ledger with this process's writes taken one at a time on a Python lock, and the
+    pipeline's row steps and the in-process receiver's callbacks committed in groups.
+
+    SQLite takes one writer at a time anyway; threads queued on a Python lock wake the moment
+    it is free, where threads contending for SQLite's lock sleep in its busy handler (1, 2, 5,
+    10 … ms). And a commit costs an fsync: steps and callbacks that several threads write at
+    the same moment go into one transaction (``Ledger.record_steps``, ``receive_callbacks`` or
+    both in ``record_group``), each still committed before its call returns, so "the intent is
+    saved before the request" and "a callback is stored before it is answered" hold. Reads
+    pass through. The in-process receiver shares ``write_lock`` (see :class:`NotifyingLedger`).
+    """
+
+    WRITES = frozenset({"create_batch", "set_state", "update_row", "record_attempt", "approve",
+                        "log", "receive_callback", "record_steps", "record_group"})  # fmt: skip
+
+    def __init__(self, ledger: Ledger):
+        self._ledger = ledger
+        self.write_lock = WriteLock(self)
+        self._queue: list[dict] = []
+        self._queue_lock = threading.Lock()
+
+    def record_step(self, batch_id: str, row: int, **step: object) -> None:
+        """Ledger.record_step, committed with whatever other steps and callbacks are waiting
+        (group commit)."""
+        error = self._commit({"step": dict(step, batch_id=batch_id, row=row)})
+        if error is not None:
+            raise error
+
+    def receive_callbacks(self, received: list[dict]) -> list[str | Exception]:
+        """Ledger.receive_callbacks, committed with whatever else is waiting (group commit);
+        an error of the whole transaction is raised (none of them is stored)."""
+        outcome = self._commit({"callbacks": list(received)})
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def _commit(self, work: dict) -> object:
+        """Queue ``work``; whoever gets the write lock first commits every waiting item in one
+        transaction. Returns ``work``'s outcome once it is committed (or refused)."""
+        item = {"work": work, "done": False, "outcome": None}
+        with self._queue_lock:
+            self._queue.append(item)
+        with self.write_lock:
+            if not item["done"]:  # nobody committed it meanwhile: commit every waiting item
+                with self._queue_lock:
+                    group, self._queue = self._queue, []
+                self._commit_group(group)
+        return item["outcome"]
+
+    def _commit_group(self, group: list[dict]) -> None:
+        steps = [i for i in group if "step" in i["work"]]
+        received = [i for i in group if "callbacks" in i["work"]]
+        flat = [c for i in received for c in i["work"]["callbacks"]]
+        try:
+            if not received:
+                step_results = self._ledger.record_steps([i["work"]["step"] for i in steps])
+                verdicts: list = []
+            else:  # a malformed callback gets its own error; the rest of the group is stored
+                step_results, verdicts = self._ledger.record_group(
+                    [i["work"]["step"] for i in steps], flat
+                )
+        except BaseException as error:
+            for waiting in group:
+                waiting["outcome"], waiting["done"] = error, True
+            return
+        for waiting, result in zip(steps, step_results, strict=True):
+            waiting["outcome"], waiting["done"] = result, True
+        at = 0
+        for waiting in received:
+            size = len(waiting["work"]["callbacks"])
+            waiting["outcome"], waiting["done"] = verdicts[at : at + size], True
+            at += size
+
+    def __getattr__(self, name: str) -> object:
+        found = getattr(self._ledger, name)
+        if name not in self.WRITES:
+            return found
+
+        def write(*args: object, **kwargs: object) -> object:
+            with self.write_lock:
+                return found(*args, **kwargs)
+
+        return write
+
+    def __repr__(self) -> str:
+        return repr(self._ledger)
+
+
+class NotifyingLedger:
+    """The ledger as an in-process receiver sees it: every stored callback calls
+    ``notify(batch_id, row)``, and its write takes the pipeline's write lock. Given the
+    pipeline's ``SerialLedger.write_lock``, callbacks join the pipeline's group commits (one
+    fsync for the row steps and callbacks written at the same moment)."""
+
+    def __init__(self, ledger: Any, notify: Callable[[str, int], None], lock: Any = None) -> None:
+        self._ledger = ledger
+        self._notify = notify
+        self._lock = lock or contextlib.nullcontext()  # the pipeline's write lock, if given
+        self._serial = getattr(lock, "serial", None)  # its SerialLedger (pipeline.WriteLock)
+
+    def receive_callback(self, **callback: Any) -> str:
+        try:
+            if self._serial is not None:
+                verdict = self._serial.receive_callbacks([callback])[0]
+                if isinstance(verdict, BaseException):
+                    raise verdict
+                return verdict
+            with self._lock:
+                return self._ledger.receive_callback(**callback)
+        finally:
+            self._wake([callback])
+
+    def receive_callbacks(self, received: list[dict]) -> list[Any]:
+        """``Ledger.receive_callbacks`` in one commit (shared with the pipeline's waiting row
+        steps when it can be), then ``notify`` for each of its rows, stored or not."""
+        try:
+            if self._serial is not None:
+                return self._serial.receive_callbacks(received)
+            with self._lock:
+                return self._ledger.receive_callbacks(received)
+        finally:
+            self._wake(received)
+
+    def _wake(self, received: list[dict]) -> None:
+        for callback in received:
+            try:
+                self._notify(callback.get("batch_id"), callback.get("row"))
+            except AttributeError:  # a callback before the pipeline exists: nothing waits yet
+                return
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ledger, name)
+
+    def __repr__(self) -> str:
+        return repr(self._ledger)

@@ -1,0 +1,242 @@
+"""The ledger's storage engine: connections, short write transactions and busy handling.
+
+- WAL, ``synchronous=FULL`` and a 10 s busy timeout, because the runner and the webhook receiver
+  (two processes, many threads) write at the same time and a confirmed write must survive a crash.
+- Every write is one short ``BEGIN IMMEDIATE … COMMIT`` that also appends its audit event(s), so
+  a row change and its event are never seen apart. ``BEGIN IMMEDIATE`` takes the write lock up
+  front, so a read-then-write (a state check) can never be overtaken by another writer.
+- One connection per thread (``threading.local``): the receiver and the pipeline share one
+  :class:`Ledger` object across their threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import os
+import random
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from omi_batch.errors import LedgerError, NotFound
+from omi_batch.ledger.chain import GENESIS, HeadFile, canonical_json, event_hash, event_text
+from omi_batch.ledger.schema import migrate
+
+BUSY_RETRIES = 2  # extra BEGIN IMMEDIATE tries after the busy handler itself gave up
+
+
+def now() -> str:
+    """The current time as ISO 8601 UTC with milliseconds, e.g. ``2026-11-25T09:30:00.123Z``."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def new_batch_id() -> str:
+    """A sortable batch id: ``YYYYMMDD-HHMMSS-xxxx`` (UTC, 4 random hex)."""
+    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+
+
+def os_user() -> str:
+    """The operating-system user running this process, for ``created_by`` / ``approved_by``."""
+    try:
+        return getpass.getuser()
+    except Exception:  # no login name (some containers): still say something
+        return f"uid:{os.getuid()}" if hasattr(os, "getuid") else "unknown"
+
+
+def _is_busy(error: sqlite3.Error) -> bool:
+    text = str(error).lower()
+    return "locked" in text or "busy" in text
+
+
+class Tx:
+    """One open write transaction: runs SQL and appends hash-chained events."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+        self.head: tuple[int, str] | None = None  # the last event appended here
+        self._last: tuple[int, str] | None = None
+
+    def execute(self, sql: str, params: Iterable[Any] | Mapping[str, Any] = ()) -> sqlite3.Cursor:
+        return self.conn.execute(sql, params)  # type: ignore[arg-type]
+
+    def one(self, sql: str, params: Iterable[Any] = ()) -> dict | None:
+        cursor = self.conn.execute(sql, tuple(params))
+        found = cursor.fetchone()
+        if found is None:
+            return None
+        return dict(zip([d[0] for d in cursor.description], found, strict=True))
+
+    def event(self, kind: str, batch_id: str | None, row: int | None, data: Mapping) -> int:
+        """Append one audit event chained to the last one; return its id."""
+        if self._last is None:
+            last = self.conn.execute(
+                "SELECT id, hash FROM events ORDER BY id DESC LIMIT 1"
+            ).fetchone()
+            self._last = (last[0], last[1]) if last else (0, GENESIS)
+        last_id, prev_hash = self._last
+        event_id = last_id + 1
+        at = now()
+        data_text = canonical_json(dict(data))
+        row = None if row is None else int(row)
+        digest = event_hash(prev_hash, event_text(event_id, at, kind, batch_id, row, data_text))
+        self.conn.execute(
+            'INSERT INTO events (id, "at", kind, batch_id, "row", data, prev_hash, hash) '
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (event_id, at, kind, batch_id, row, data_text, prev_hash, digest),
+        )
+        self._last = self.head = (event_id, digest)
+        return event_id
+
+    def forget_tail(self) -> None:
+        """A savepoint was rolled back: the chain's tail is read again from the table."""
+        self._last = None
+
+    def reread_head(self, rolled_back: bool) -> None:
+        """After a savepoint was rolled back, the head is the table's last event again."""
+        if rolled_back and self.head is not None:
+            last = self.conn.execute("SELECT id, hash FROM events ORDER BY id DESC LIMIT 1")
+            found = last.fetchone()
+            self.head = (found[0], found[1]) if found else None
+
+
+class Store:
+    """Connections and transactions of the ledger file (a part of :class:`Ledger`)."""
+
+    def __init__(self, path: str | os.PathLike, *, busy_timeout: float = 10.0, create: bool = True):
+        """Open (``create``: and create, with its folder) the ledger and migrate it.
+
+        ``create=False`` raises NotFound when the file does not exist: ``ledger verify`` must
+        not conjure an empty, "intact" ledger out of a typo.
+        """
+        self.path = Path(path)
+        self.busy_timeout = float(busy_timeout)
+        self.head_path = Path(f"{self.path}.head")
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self.head_file = HeadFile(self.head_path)
+        self._connections: list[tuple[int, sqlite3.Connection]] = []  # (pid, connection)
+        self._generation = 0
+        if not self.path.exists():
+            if not create:
+                raise NotFound(f"no ledger at {self.path}")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            migrate(self._db())
+        except sqlite3.DatabaseError as error:
+            self.close()
+            raise LedgerError(f"{self.path} is not a usable ledger: {error}") from None
+
+    def __repr__(self) -> str:
+        return f"Ledger({str(self.path)!r})"
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------- connections
+
+    def _open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            str(self.path),
+            timeout=self.busy_timeout,
+            isolation_level=None,
+            check_same_thread=False,  # only close() touches it from another thread
+        )
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            for attempt in range(BUSY_RETRIES + 1):  # switching to WAL needs a moment alone
+                try:
+                    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                    break
+                except sqlite3.OperationalError as error:
+                    if not _is_busy(error) or attempt == BUSY_RETRIES:
+                        raise
+                    time.sleep(random.uniform(0.05, 0.25))
+            if str(mode).lower() != "wal":
+                raise LedgerError(f"{self.path}: SQLite refused WAL mode ({mode})")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _db(self) -> sqlite_utils.Database:
+        """This thread's Database (opened on first use, again after fork or close)."""
+        local = self._local
+        pid = os.getpid()
+        if (
+            getattr(local, "db", None) is None
+            or local.pid != pid
+            or local.generation != self._generation
+        ):
+            conn = self._open()
+            with self._lock:
+                self._connections.append((pid, conn))
+                local.generation = self._generation
+            local.pid = pid
+            local.db = sqlite_utils.Database(conn, execute_plugins=False)
+        return local.db
+
+    def close(self) -> None:
+        """Close every connection this object opened (in any thread of this process). The
+        object stays usable: the next call opens a fresh connection."""
+        with self._lock:
+            connections, self._connections = self._connections, []
+            self._generation += 1
+        pid = os.getpid()
+        for owner, conn in connections:
+            if owner == pid:  # a connection inherited through fork is not ours to close
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+        self.head_file.close()
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Tx]:
+        """One short ``BEGIN IMMEDIATE … COMMIT``; publishes the new head after the commit."""
+        conn = self._db().conn
+        for attempt in range(BUSY_RETRIES + 1):
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                break
+            except sqlite3.OperationalError as error:
+                if not _is_busy(error):
+                    raise LedgerError(f"ledger {self.path}: {error}") from None
+                if attempt == BUSY_RETRIES:
+                    raise LedgerError(
+                        f"ledger {self.path} stayed locked by another writer; try again"
+                    ) from None
+                time.sleep(random.uniform(0.01, 0.1 * 2**attempt))
+        tx = Tx(conn)
+        try:
+            yield tx
+            conn.execute("COMMIT")
+        except BaseException as error:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            if isinstance(error, sqlite3.Error):
+                raise LedgerError(f"ledger {self.path}: {error}") from None
+            raise
+        if tx.head is not None:
+            self.head_file.publish(*tx.head)
+
+    def read_head_file(self) -> tuple[int, str] | None:
+        """``(event id, hash)`` from ``<ledger>.head`` (see :meth:`HeadFile.read`)."""
+        return self.head_file.read()
+
+    def _query(self, sql: str, params: Iterable[Any] = ()) -> list[dict]:
+        try:
+            return list(self._db().query(sql, tuple(params)))
+        except sqlite3.Error as error:
+            raise LedgerError(f"ledger {self.path}: {error}") from None

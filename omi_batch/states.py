@@ -1,0 +1,162 @@
+"""Row states: every state word, the moves between them, the hold rule and the review flag.
+
+The one table every module reads (ledger, pipeline, reports, jobs, cli); imports nothing, so
+``status`` and ``--help`` can use it for free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+
+class State(StrEnum):
+    """A row's state in the ledger; the value is the word stored and shown."""
+
+    PLANNED = "planned"
+    PREVIEWED = "previewed"
+    PREVIEW_FAILED = "preview_failed"
+    APPROVED = "approved"
+    SKIPPED = "skipped"
+    SUBMITTED = "submitted"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    UNCONFIRMED = "unconfirmed"
+
+
+PLANNED = State.PLANNED.value
+PREVIEWED = State.PREVIEWED.value
+PREVIEW_FAILED = State.PREVIEW_FAILED.value
+APPROVED = State.APPROVED.value
+SKIPPED = State.SKIPPED.value
+SUBMITTED = State.SUBMITTED.value
+SUCCEEDED = State.SUCCEEDED.value
+FAILED = State.FAILED.value
+UNCONFIRMED = State.UNCONFIRMED.value
+
+STATES: tuple[str, ...] = tuple(s.value for s in State)
+
+# The moves the ledger allows; a move not listed raises IllegalTransition.
+TRANSITIONS: dict[str, set[str]] = {
+    PLANNED: {PREVIEWED, PREVIEW_FAILED, SKIPPED},
+    PREVIEWED: {PREVIEWED, PREVIEW_FAILED, APPROVED, SKIPPED},
+    PREVIEW_FAILED: {PREVIEWED, PREVIEW_FAILED, SKIPPED},
+    APPROVED: {PREVIEWED, PREVIEW_FAILED, SKIPPED, SUBMITTED},
+    SKIPPED: {APPROVED, PREVIEWED, PREVIEW_FAILED},
+    # submitted -> approved: OMI refused the request (key, never connected), so nothing started.
+    SUBMITTED: {SUBMITTED, SUCCEEDED, FAILED, UNCONFIRMED, APPROVED},
+    UNCONFIRMED: {SUBMITTED, SUCCEEDED, FAILED, UNCONFIRMED},
+    SUCCEEDED: set(),
+    FAILED: set(),
+}
+
+FINAL = (SUCCEEDED, FAILED)  # a callback or a verifying preview decided it
+TO_EXECUTE = (APPROVED, SUBMITTED, UNCONFIRMED)  # what execute submits (again)
+OUTCOME_UNKNOWN = (SUBMITTED, UNCONFIRMED)  # sent, no result known: reconcile previews these
+DECIDED = (SUBMITTED, UNCONFIRMED, SUCCEEDED, FAILED)  # past approval: left as they are
+APPROVABLE = (PREVIEWED, APPROVED, SKIPPED)  # a report may approve or skip these
+BEFORE_RESULTS = (PLANNED, PREVIEWED, APPROVED)  # no results status yet: shown as they are
+PROBLEMS = (FAILED, UNCONFIRMED, PREVIEW_FAILED)  # a person must look (exit 1)
+STARTED = (SUBMITTED, SUCCEEDED, FAILED, UNCONFIRMED)  # a transfer was sent at least once
+
+# ---------------------------------------------------------------------------- the hold rule
+
+# A row in one of these holds the rows after it of the same source: a catch-all row must not
+# take conversations an earlier ``conv_ids`` row was meant to route elsewhere.
+HOLDING = (FAILED, PREVIEW_FAILED, UNCONFIRMED, SUBMITTED)
+HELD = "held"  # the audit event of a held row, and the first word of its error
+
+
+def holds(row: Mapping[str, Any]) -> bool:
+    """Whether ``row`` (as it is now) holds the later rows of its source."""
+    return row["state"] in HOLDING
+
+
+def held_error(blocker: Mapping[str, Any]) -> str:
+    """The error a held row carries: which row of its source holds it, and why."""
+    return f"{HELD}: row {blocker['row']} of the same source is {blocker['state']}"
+
+
+def is_held(row: Mapping[str, Any]) -> bool:
+    """An approved row that execute held back behind a row of its source."""
+    return row["state"] == APPROVED and str(row.get("error") or "").startswith(f"{HELD}:")
+
+
+def blocker_before(rows: Iterable[Mapping[str, Any]], row: Mapping[str, Any]) -> Any:
+    """The first row before ``row`` (in run order) of its source that holds it, or None."""
+    for earlier in rows:
+        if earlier["row"] == row["row"]:
+            return None
+        if earlier["source_email"] == row["source_email"] and holds(earlier):
+            return earlier
+    return None
+
+
+# ---------------------------------------------------------------------------- review
+
+NEEDS_REVIEW = "needs review"  # a row flagged by conflicting callbacks (rows.needs_review)
+REVIEW_TEXT = f"{NEEDS_REVIEW}: conflicting callbacks"
+
+
+def review_error(before: str | None, what: str | None = None) -> str:
+    """The error of a row flagged for review, keeping the earlier error after it."""
+    text = REVIEW_TEXT + (f" ({what})" if what else "")
+    if before and not str(before).startswith(f"{NEEDS_REVIEW}:"):
+        text = f"{text}; {before}"
+    return text
+
+
+def result_status(row: Mapping[str, Any]) -> str:
+    """The results report's one word for a row (the same word `status` shows)."""
+    state = row["state"]
+    if state in PROBLEMS or state == SUCCEEDED:
+        return state
+    if state == SUBMITTED:
+        return UNCONFIRMED  # submitted, no callback yet: never call it a success
+    return SKIPPED  # planned, previewed, approved-but-held, skipped
+
+
+def count_states(rows: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """``{state: how many rows}``."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["state"]] = counts.get(row["state"], 0) + 1
+    return counts
+
+
+def batch_state(states: Mapping[str, int]) -> str:
+    """One word for a batch, from its rows' states, in the rows' own words where it can:
+    ``planned``, ``previewed``, ``approved``, ``executing``, then ``unconfirmed`` (some row is),
+    ``failed`` (some row failed or failed its preview) or ``succeeded`` (every row that ran)."""
+    if not states:
+        return "empty"
+    if states.get(SUBMITTED):
+        return "executing"
+    if states.get(APPROVED):
+        return APPROVED
+    if states.get(PLANNED):
+        return PLANNED
+    if not any(states.get(s) for s in (SUCCEEDED, FAILED, UNCONFIRMED)):
+        return PREVIEWED
+    if states.get(UNCONFIRMED):
+        return UNCONFIRMED
+    if states.get(FAILED) or states.get(PREVIEW_FAILED):
+        return FAILED
+    return SUCCEEDED
+
+
+def stale_rows(
+    rows: Iterable[dict], max_age_hours: float, now: datetime | None = None
+) -> list[int]:
+    """The rows whose preview is older than ``max_age_hours``: they must be previewed again."""
+    now = now or datetime.now(UTC)
+    stale = []
+    for row in rows:
+        at = row.get("previewed_at")
+        if at and (now - datetime.fromisoformat(at.replace("Z", "+00:00"))).total_seconds() > (
+            max_age_hours * 3600
+        ):
+            stale.append(row["row"])
+    return stale

@@ -1,0 +1,118 @@
+"""Callback rules: how a callback body is read and what it does to its row. Pure: no SQL, no
+I/O, so every rule can be read (and tested) on its own.
+
+Verdicts: ``applied``, ``late`` (applied to an unconfirmed row), ``confirmed``, ``duplicate``,
+``stored`` (a preview count), ``stale`` (an ERROR of an older request of a resubmitted row: kept,
+not applied), ``conflict`` (a different final result: kept, flagged ``needs_review``, not
+applied), ``unexpected``, ``unknown``, ``error`` (applying it failed: kept) and
+``refused:<reason>``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from omi_batch.states import FINAL, OUTCOME_UNKNOWN, review_error
+
+# Verdicts that count as the row's result (callbacks.applied = 1).
+APPLIED_VERDICTS = ("applied", "late", "confirmed")
+# Verdicts of a callback that was not accepted: refused ones start with REFUSED.
+NOT_ACCEPTED = ("unknown", "error")
+REFUSED = "refused:"
+
+
+def is_accepted(verdict: str) -> bool:
+    """Whether a stored callback was accepted (neither refused, unknown nor failed)."""
+    return not verdict.startswith(REFUSED) and verdict not in NOT_ACCEPTED
+
+
+def whole_count(value: Any) -> int | None:
+    """An ``updatedRecords`` value as an int, or None when it is absent or not a count."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return None
+
+
+def review(current: Mapping[str, Any], what: str) -> dict[str, Any]:
+    """The row changes of a conflicting callback: flag the row and say why in its error, so
+    the results report and ``status`` show it (the earlier error, if any, is kept after it)."""
+    return {"needs_review": 1, "error": review_error(current.get("error"), what)[:1000]}
+
+
+def parse_result(body: Mapping[str, Any]) -> dict[str, Any]:
+    """requestId, status and payload.updatedRecords (and an ERROR's message) of a body."""
+    payload = body.get("payload")
+    payload = payload if isinstance(payload, Mapping) else {}
+    status = body.get("status")
+    request_id = body.get("requestId")
+    message = payload.get("message") or payload.get("error") or body.get("message")
+    result: dict[str, Any] = {
+        "request_id": None if request_id is None else str(request_id),
+        "status": status.strip().upper() if isinstance(status, str) else None,
+        "updated_records": whole_count(payload.get("updatedRecords")),
+    }
+    if result["status"] == "ERROR":
+        result["error"] = str(message)[:500] if message else "OMI reported ERROR"
+    return result
+
+
+def judge_execute(
+    current: Mapping[str, Any], result: Mapping[str, Any], older: bool = False, *, at: str
+) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """The verdict of an execute callback on ``current`` and the row changes it brings;
+    ``older``: the callback is known to name an earlier request of this row; ``at``: now."""
+    status = result.get("status")
+    updated = result.get("updated_records")
+    state = current["state"]
+    if status not in ("SUCCESS", "ERROR"):
+        return "unexpected", {}, {"reason": "status is neither SUCCESS nor ERROR"}
+    theirs, ours = result.get("request_id"), current.get("request_id")
+    if status == "ERROR" and theirs and (older or (ours and theirs != ours)):
+        # An older request of a row submitted again: its failure says nothing of the
+        # current request (which may well succeed). A SUCCESS of any request of this row,
+        # though, is proof: the transfer is the same, so it is applied as usual below.
+        return "stale", {}, {"current_request_id": ours}
+    if state in OUTCOME_UNKNOWN:
+        changes: dict[str, Any] = {
+            "callback_status": status,
+            "updated_records": updated,
+            "completed_at": at,
+            "verified_by": "callback",
+        }
+        if not current.get("request_id") and result.get("request_id"):
+            changes["request_id"] = result["request_id"]
+        if status == "SUCCESS":
+            changes.update(state="succeeded", error=None)
+        else:
+            changes.update(state="failed", error=result.get("error"))
+        return ("late" if state == "unconfirmed" else "applied"), changes, {}
+    if state in FINAL:
+        applied_status = current.get("callback_status")
+        if applied_status is not None:  # a callback already gave this row its result
+            same = status == applied_status and updated == current.get("updated_records")
+            if same:
+                return "confirmed", {}, {}
+            return (
+                "conflict",
+                review(current, f"{applied_status} then {status}"),
+                {
+                    "applied_status": applied_status,
+                    "applied_records": current.get("updated_records"),
+                },
+            )
+        expected = "SUCCESS" if state == "succeeded" else "ERROR"
+        if status == expected:  # settled by a verifying preview or by the HTTP answer
+            changes = {"callback_status": status}
+            if updated is not None:
+                changes["updated_records"] = updated
+            return "confirmed", changes, {}
+        how = "verified by preview" if current.get("verified_by") == "preview" else state
+        return "conflict", review(current, f"{how}, then {status}"), {"row_state": state}
+    return "unexpected", {}, {"row_state": state}
