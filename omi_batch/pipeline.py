@@ -99,7 +99,9 @@ class BatchLock(ProcessLock):
     each resubmit the other's in-flight ``submitted`` rows."""
 
     def __init__(self, ledger_path: str | os.PathLike, batch_id: str):
-        super().__init__(f"{os.fspath(ledger_path)}.{batch_id}.lock")
+        # Named after the ledger's real file (symlinks resolved, as SQLite names its -wal),
+        # so two spellings of one ledger take one lock (issue 12).
+        super().__init__(f"{os.path.realpath(ledger_path)}.{batch_id}.lock")
         self.batch_id = batch_id
 
     def busy(self, holder: str) -> Exception:

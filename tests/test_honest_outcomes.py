@@ -287,6 +287,32 @@ def test_a_second_process_on_the_same_batch_is_refused_with_nothing_sent(
     assert result.exit_code == 0, result.output
 
 
+def test_a_second_execute_through_a_symlink_to_the_ledger_is_refused(
+    runner, env, tmp_path, ledger_path, reports_dir
+):
+    sim, _ = env
+    batch_id = previewed_batch(runner, tmp_path, ledger_path, reports_dir)
+    assert invoke(runner, "approve", batch_id, "--all", "--ledger", ledger_path).exit_code == 0
+    other_name = tmp_path / "elsewhere" / "same-ledger.db"
+    other_name.parent.mkdir()
+    other_name.symlink_to(ledger_path)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(other_name), batch_id],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        requests = len(sim.events)
+        result = invoke(runner, "execute", batch_id, "--yes", *opts(ledger_path, reports_dir))
+        assert result.exit_code == 2
+        assert result.stderr.endswith(
+            f"Error: batch {batch_id} is being executed by another process (pid {holder.pid}): "
+            "nothing was sent; run this again once it has finished\n"
+        )
+        assert len(sim.events) == requests
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=10)
+
+
 # --------------------------------------------------------------------------- 7, 8. approve
 
 
