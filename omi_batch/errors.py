@@ -50,6 +50,23 @@ class LedgerError(OmiBatchError):
     exit_code = EXIT_CONFIG
 
 
+class LedgerDamaged(LedgerError):
+    """The ledger file is damaged or was edited outside omi-batch (exit 1, as a failed verify)."""
+
+    exit_code = EXIT_INCOMPLETE
+
+
+class LedgerGone(LedgerError):
+    """The ledger's files were removed under a running process: its writes would be lost."""
+
+
+class StorageError(OmiBatchError):
+    """A file could not be written (disk full, read-only, a folder missing): exit 1. What was
+    done is in the ledger; the message says what to free and how to resume."""
+
+    exit_code = EXIT_INCOMPLETE
+
+
 class IllegalTransition(LedgerError):
     """A row state change the state machine does not allow. Nothing was written."""
 

@@ -100,15 +100,18 @@ class Spool:
                 conn.close()
         self._local = threading.local()
 
-    def put(self, callback: dict) -> int:
-        """Keep one callback (receive_callback's keyword arguments, with ``receipt``) durably;
-        return its entry id. Raises sqlite3.Error / OSError when it could not be kept."""
-        kept = {k: v for k, v in callback.items() if k not in ("raw_body", "body")}
+    def put(self, callback: dict, *, wait: float = 0.0) -> int:
+        """Keep one callback (receive_callback's keyword arguments, with ``receipt``) durably,
+        to be applied ``wait`` seconds from now at the earliest; return its entry id. Raises
+        sqlite3.Error / OSError when it could not be kept."""
+        kept = {k: v for k, v in callback.items() if k not in ("raw_body", "body", "may_hold")}
         text = json.dumps(kept, ensure_ascii=True, default=str)
         cursor = self._conn().execute(
-            "INSERT INTO spool (receipt, received_at, callback, raw_body) VALUES (?, ?, ?, ?)",
-            (str(callback["receipt"]), _now(), text, bytes(callback.get("raw_body") or b"")),
-        )
+            "INSERT INTO spool (receipt, received_at, not_before, callback, raw_body) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (str(callback["receipt"]), _now(), time.time() + wait if wait else 0, text,
+             bytes(callback.get("raw_body") or b"")),
+        )  # fmt: skip
         return int(cursor.lastrowid or 0)
 
     def pending(self, limit: int = 100, *, due: bool = True) -> list[Entry]:

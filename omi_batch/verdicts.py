@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from omi_batch.states import FINAL, OUTCOME_UNKNOWN, review_error
+from omi_batch.bodies import count_text, parse_count, safe_text
+from omi_batch.states import FINAL, NEEDS_REVIEW, OUTCOME_UNKNOWN, review_error
 
 # Verdicts that count as the row's result (callbacks.applied = 1).
 APPLIED_VERDICTS = ("applied", "late", "confirmed")
@@ -53,14 +54,35 @@ def parse_result(body: Mapping[str, Any]) -> dict[str, Any]:
     status = body.get("status")
     request_id = body.get("requestId")
     message = payload.get("message") or payload.get("error") or body.get("message")
+    count, ok = parse_count(payload.get("updatedRecords"))
     result: dict[str, Any] = {
-        "request_id": None if request_id is None else str(request_id),
-        "status": status.strip().upper() if isinstance(status, str) else None,
-        "updated_records": whole_count(payload.get("updatedRecords")),
+        "request_id": None if request_id is None else safe_text(str(request_id))[:200],
+        "status": safe_text(status.strip().upper())[:40] if isinstance(status, str) else None,
+        "updated_records": count,
     }
+    if not ok:  # kept raw, not applied: only a whole count of 0..2**63-1 is one (issue 12)
+        result["bad_count"] = count_text(payload.get("updatedRecords"))
     if result["status"] == "ERROR":
-        result["error"] = str(message)[:500] if message else "OMI reported ERROR"
+        result["error"] = safe_text(str(message))[:500] if message else "OMI reported ERROR"
     return result
+
+
+def not_a_count(current: Mapping[str, Any], result: Mapping[str, Any]) -> dict[str, Any]:
+    """The row changes of a callback whose updatedRecords is not a count: flagged, not applied."""
+    text = f"{NEEDS_REVIEW}: updatedRecords is not a count ({result['bad_count']})"
+    before = current.get("error")
+    if before and not str(before).startswith(f"{NEEDS_REVIEW}:"):
+        text = f"{text}; {before}"
+    return {"needs_review": 1, "error": text[:1000]}
+
+
+def foreign_request(current: Mapping[str, Any], theirs: str) -> dict[str, Any]:
+    """The row changes of a SUCCESS naming a request this row was not given: flagged only."""
+    text = f"{NEEDS_REVIEW}: a SUCCESS callback named request {theirs}, not one of this row's"
+    before = current.get("error")
+    if before and not str(before).startswith(f"{NEEDS_REVIEW}:"):
+        text = f"{text}; {before}"
+    return {"needs_review": 1, "error": text[:1000]}
 
 
 def judge_execute(

@@ -25,20 +25,39 @@ import queue
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from http import HTTPStatus
 from typing import Any
 
 from omi_batch import callbacks
+from omi_batch.bodies import BodyError, parse_body
 from omi_batch.callbacks import CallbackTarget
 from omi_batch.config import Secret
-from omi_batch.errors import ConfigError
+from omi_batch.errors import ConfigError, LedgerGone
+from omi_batch.refusals import RefusalTally
+from omi_batch.spool import Spool, spool_path
 
 MAX_BODY = 65536
 REFUSED_BODY_KEPT = 4096  # bytes of an uncredentialed body kept in the ledger
 ANSWER_WITHIN = 1.5  # seconds the ledger gets before we answer 503: OMI allows 2
 MAX_GROUP = 100  # callbacks stored in one transaction at most
+MAX_HEADERS = 64  # request headers allowed at most (431 beyond): OMI sends about 6
+MAX_HEADER_BYTES = 16384  # their total size at most
+KEPT_HEADERS = 32  # headers stored with a callback at most, each value cut to KEPT_HEADER_VALUE
+KEPT_HEADER_VALUE = 256
+HOLD_RETRY = 0.5  # seconds between tries of a callback held until its row's 202 is stored
+HOLD_FOR = 600.0  # seconds a callback is held at most; then it is judged on what is known
+POLL = 0.5  # seconds between looks at the spool when nothing else wakes the writer
+# waitress, set deliberately (issue 12): OMI's callback is one small request answered in under
+# 2 s, so an idle or slow connection is dropped after CHANNEL_TIMEOUT s (checked every
+# CLEANUP_INTERVAL s), and up to CONNECTION_LIMIT are open at once (1,100 slow ones used to
+# fill waitress's 1,000 and time out a real callback), within the process's file limit.
+CHANNEL_TIMEOUT = 10
+CLEANUP_INTERVAL = 2
+CONNECTION_LIMIT = 4000
+MAX_HEADER_SIZE = 262144  # bytes of headers waitress reads at most; the app counts 431s under it
 LOGGER_NAME = "omi_batch.webhook"
 HEALTH_PATH = "/healthz"
 
@@ -53,8 +72,16 @@ _VERDICT_STATUS = {
     "conflict": 200,
     "stale": 200,
     "unexpected": 200,
+    "spooled": 200,
+    "held": 200,
     "unknown": 404,
 }
+# Refusals decided before the credential was checked: anyone can cause them, so they are
+# counted and sampled (issue 12), never each stored.
+_UNAUTHENTICATED = frozenset(
+    {"headers", "method", "bad_content_length", "too_large", "missing_credential",
+     "bad_credential"}
+)  # fmt: skip
 
 # Header values that are credentials: recorded as present, never by value.
 _SECRET_HEADERS = frozenset(
@@ -90,6 +117,9 @@ class WebhookApp:
         logger: logging.Logger | None = None,
         answer_within: float | None = ANSWER_WITHIN,
         metrics: Any = None,
+        spool: Spool | None = None,
+        hold_retry: float = HOLD_RETRY,
+        hold_for: float = HOLD_FOR,
     ):
         if not isinstance(secret, Secret):
             secret = Secret(str(secret))
@@ -103,6 +133,11 @@ class WebhookApp:
         self.logger = logger or logging.getLogger(LOGGER_NAME)
         self.answer_within = answer_within
         self.metrics = metrics  # an omi_batch.metrics.Metrics, told of each answer and write
+        path = getattr(ledger, "path", None)
+        self.spool = spool if spool is not None or path is None else Spool(spool_path(path))
+        self.hold_retry = float(hold_retry)
+        self.hold_for = float(hold_for)
+        self.refusals = RefusalTally()
         self._write_lock = threading.Lock()
         self._pool: _Writer | None = None
         self._pool_lock = threading.Lock()
@@ -139,30 +174,41 @@ class WebhookApp:
         raw_body = b""
         body: dict | None = None
         try:
+            if _too_many_headers(environ):
+                raise _Refusal(431, "headers")
             if not method_ok:
                 raise _Refusal(405, "method", [("Allow", "POST")])
             raw_body = self._read_body(environ)
             presented = environ.get("HTTP_" + callbacks.HEADER.upper().replace("-", "_"))
             if not callbacks.check(self._secret, target, presented):
                 raise _Refusal(401, "missing_credential" if not presented else "bad_credential")
-            body = _parse_json(raw_body)
+            try:
+                body = parse_body(raw_body)
+            except BodyError as error:
+                raise _Refusal(400, error.reason) from None
         except _Refusal as refusal:
-            if refusal.status == 401:  # anyone can send these: keep enough to see what it was
-                raw_body = raw_body[:REFUSED_BODY_KEPT]
-            verdict = self._record_refusal(target, refusal, raw_body, headers, remote)
+            if refusal.reason in _UNAUTHENTICATED:  # anyone can send these: count, sample
+                verdict = self._count_refusal(target, refusal, raw_body, headers, remote)
+                return self._answer(
+                    start_response, target, refusal.status, verdict, started, refusal.headers
+                )
+            # A credentialed sender's malformed body: kept like any callback, answered 400.
+            callback = {"raw_body": raw_body, "headers": headers, "remote": remote,
+                        "body": None, "refused": refusal.reason}  # fmt: skip
+            try:
+                self._deliver(target, callback)
+            except Exception as error:
+                self._log_not_stored(target, started, error)
+            verdict = f"refused:{refusal.reason}"
             return self._answer(
                 start_response, target, refusal.status, verdict, started, refusal.headers
             )
 
         try:
-            verdict = self._store(
-                target, raw_body=raw_body, headers=headers, remote=remote, body=body
+            verdict = self._deliver(
+                target, {"raw_body": raw_body, "headers": headers, "remote": remote, "body": body}
             )
-        except _TooSlow:  # still being written: not stored yet as far as OMI may know
-            return self._answer(
-                start_response, target, 503, "busy", started, [("Retry-After", "5")]
-            )
-        except Exception as error:  # the ledger could not store it: OMI may retry
+        except Exception as error:  # neither the ledger nor the spool could keep it
             self.logger.error(
                 "callback batch=%s row=%s phase=%s verdict=error status=503 ms=%.1f "
                 "error=%s (the ledger could not store the callback)",
@@ -178,6 +224,68 @@ class WebhookApp:
         status = _VERDICT_STATUS.get(verdict, 409 if verdict.startswith("refused:") else 200)
         return self._answer(start_response, target, status, verdict, started)
 
+    def _log_not_stored(self, target: CallbackTarget, started: float, error: Exception) -> None:
+        self.logger.error(
+            "callback batch=%s row=%s phase=%s verdict=error status=503 ms=%.1f error=%s "
+            "(neither the ledger nor the spool could store the callback)",
+            target.batch_id, target.row, target.phase,
+            (time.monotonic() - started) * 1000, type(error).__name__,
+        )  # fmt: skip
+
+    def _deliver(self, target: CallbackTarget, received: dict) -> str:
+        """Store an authenticated callback: in the ledger when it takes it within
+        ``answer_within``, else in the spool (``spooled``), from which the writer applies it as
+        soon as the ledger can; ``held`` when its row's 202 is not stored yet. Either way it is
+        kept durably before the caller answers. Raises when neither could keep it; LedgerGone
+        (the ledger's -wal was deleted under it) after it was spooled, so the answer is 503."""
+        callback = {"batch_id": target.batch_id, "row": target.row, "phase": target.phase,
+                    "receipt": uuid.uuid4().hex, **received}  # fmt: skip
+        writer = self._executor()
+        if self.spool is None or self.answer_within is None:
+            return self._store(target, **callback)
+        if writer.gone is not None:  # kept, but no more 200s: the ledger needs a person
+            self._spool(writer, callback, "spooled")
+            raise LedgerGone(writer.gone)
+        if writer.must_queue(target):  # older callbacks wait in the spool: keep their order
+            return self._spool(writer, callback, "spooled")
+        callback["may_hold"] = True
+        try:
+            verdict = self._store(target, **callback)
+        except _TooSlow:
+            return self._spool(writer, callback, "spooled")
+        except LedgerGone:
+            self._spool(writer, callback, "spooled")
+            raise
+        except Exception as error:
+            if not _is_ledger_error(error):
+                raise
+            return self._spool(writer, callback, "spooled")
+        if verdict == "held":
+            return self._spool(writer, callback, "held")
+        return verdict
+
+    def _spool(self, writer: _Writer, callback: dict, verdict: str) -> str:
+        assert self.spool is not None
+        wait = self.hold_retry if verdict == "held" else 0.0
+        self.spool.put(callback, wait=wait)
+        writer.spooled(callback, held=verdict == "held")
+        return verdict
+
+    def _count_refusal(
+        self,
+        target: CallbackTarget,
+        refusal: _Refusal,
+        raw_body: bytes,
+        headers: dict,
+        remote: str | None,
+    ) -> str:
+        """Count an unauthenticated refusal; store it (truncated) only as one of the first
+        few of its reason this hour."""
+        if self.refusals.add(refusal.reason):
+            raw_body = raw_body[:REFUSED_BODY_KEPT]
+            return self._record_refusal(target, refusal, raw_body, headers, remote)
+        return f"refused:{refusal.reason}"
+
     def _store(self, target: CallbackTarget, **received: Any) -> str:
         """``ledger.receive_callback``, given up on after ``answer_within`` seconds so that OMI
         always has its answer in time. A write still queued is cancelled; one already running
@@ -189,6 +297,9 @@ class WebhookApp:
         the callbacks waiting at the same moment share one transaction (see :class:`_Writer`)."""
         callback = {"batch_id": target.batch_id, "row": target.row, "phase": target.phase,
                     **received}  # fmt: skip
+        if not getattr(self.ledger, "takes_receipts", False):
+            for key in ("receipt", "may_hold"):
+                callback.pop(key, None)
         if self.answer_within is None:
             with self._write_lock:
                 began = time.monotonic()
@@ -211,7 +322,7 @@ class WebhookApp:
         error = future.exception()
         outcome = f"error={type(error).__name__}" if error else f"verdict={future.result()}"
         self.logger.warning(
-            "callback batch=%s row=%s phase=%s: stored after its 503 answer, %s",
+            "callback batch=%s row=%s phase=%s: stored after it was spooled, %s",
             target.batch_id,
             target.row,
             target.phase,
@@ -221,8 +332,12 @@ class WebhookApp:
     def _executor(self) -> _Writer:
         with self._pool_lock:
             if self._pool is None:
-                self._pool = _Writer(self.ledger, self.metrics)
+                self._pool = _Writer(self)
             return self._pool
+
+    def start(self) -> None:
+        """Start the writer, which drains what an earlier receiver left in the spool first."""
+        self._executor()
 
     def close(self) -> None:
         """Let the ledger writes in progress finish; a later request starts afresh."""
@@ -312,6 +427,10 @@ class WebhookApp:
     def _health(self, method: str, start_response: StartResponse) -> Iterable[bytes]:
         if method not in ("GET", "HEAD"):
             return _respond(start_response, 405, {"ok": False}, [("Allow", "GET, HEAD")])
+        pool = self._pool
+        if pool is not None and pool.gone is not None:
+            self.logger.error("healthz: %s", pool.gone)
+            return _respond(start_response, 503, {"ok": False, "error": "ledger not writable"})
         try:
             _check_readable(self.ledger)
         except Exception as error:
@@ -326,22 +445,31 @@ class WebhookApp:
 
 
 class _Writer:
-    """The one thread that stores callbacks, in arrival order: each turn it takes every
+    """The one thread that writes the ledger, in arrival order: each turn it takes every
     callback waiting (up to :data:`MAX_GROUP`) and stores them in one transaction when the
     ledger offers ``receive_callbacks`` (one savepoint each, so one failing loses no other),
     else one by one. Each caller's Future gets its own verdict or error, and only after the
     commit, so a callback is still stored before it is answered. A Future still queued can be
-    cancelled; one taken into a group can no longer be."""
+    cancelled; one taken into a group can no longer be.
 
-    def __init__(self, ledger: Any, metrics: Any = None):
-        self._ledger = ledger
-        self._metrics = metrics
+    Between turns (and at least every :data:`POLL` seconds) it applies what waits in the
+    spool, oldest first, and writes the refusal counts of each finished minute. It starts with
+    the spool, so a receiver restarted applies what the last one left before anything new."""
+
+    def __init__(self, app: WebhookApp):
+        self._app = app
+        self._ledger = app.ledger
+        self._spool = app.spool
+        self._metrics = app.metrics
         # Only a ledger whose class has it: a wrapper that adds work around receive_callback
         # (a lock, a notification) passes receive_callbacks through untouched, so it is not used.
-        self._grouped = callable(getattr(type(ledger), "receive_callbacks", None))
+        self._grouped = callable(getattr(type(self._ledger), "receive_callbacks", None))
         self._queue: queue.SimpleQueue[tuple[dict, Future] | None] = queue.SimpleQueue()
         self._closed = False
         self._lock = threading.Lock()
+        self._due = self._spool is not None and self._spool.exists()  # the spool may hold some
+        self._held_rows: set[tuple[str, int, str]] = set()
+        self.gone: str | None = None  # why the ledger can no longer be written, once it is
         self._thread = threading.Thread(
             target=self._run, name="omi-batch-webhook-ledger", daemon=True
         )
@@ -356,6 +484,21 @@ class _Writer:
             self._queue.put((callback, future))
         return future
 
+    def must_queue(self, target: CallbackTarget) -> bool:
+        """Whether a new callback must go behind the spool's (to keep their order)."""
+        with self._lock:
+            return self._due or (target.batch_id, target.row, target.phase) in self._held_rows
+
+    def spooled(self, callback: dict, *, held: bool) -> None:
+        """A callback went to the spool: apply it when due (wake the writer unless held)."""
+        key = (callback["batch_id"], callback["row"], callback["phase"])
+        with self._lock:
+            if held:
+                self._held_rows.add(key)
+            else:
+                self._due = True
+                self._queue.put(("wake", None))  # type: ignore[arg-type]
+
     def close(self) -> None:
         """Cancel what is still queued, let the group being stored finish, end the thread."""
         with self._lock:
@@ -364,13 +507,19 @@ class _Writer:
         self._thread.join()
 
     def _run(self) -> None:
+        self._after_turn()  # what an earlier receiver left in the spool goes first
         while True:
-            item = self._queue.get()
+            try:
+                item = self._queue.get(timeout=POLL)
+            except queue.Empty:
+                item = ("wake", None)  # type: ignore[assignment]
             group = []
             stop = False
             while True:
                 if item is None:
                     stop = True
+                elif item[1] is None:  # a wake-up: nothing to answer
+                    pass
                 elif self._closed:
                     item[1].cancel()
                 elif item[1].set_running_or_notify_cancel():  # False: cancelled (too slow)
@@ -383,28 +532,106 @@ class _Writer:
                     break
             if group:
                 self._store(group)
+            self._after_turn(final=stop)
             if stop:
                 while True:  # anything queued after the close: cancelled
                     try:
                         late = self._queue.get_nowait()
                     except queue.Empty:
                         return
-                    if late is not None:
+                    if late is not None and late[1] is not None:
                         late[1].cancel()
 
-    def _store(self, group: list[tuple[dict, Future]]) -> None:
-        callbacks_ = [callback for callback, _ in group]
+    def _after_turn(self, *, final: bool = False) -> None:
+        """Drain the spool and write the refusal counts; never raises (retried next turn)."""
+        try:
+            self._drain()
+        except Exception as error:
+            self._app.logger.warning("spool: not applied yet (%s)", type(error).__name__)
+        counts = self._app.refusals.take(everything=final)
+        record = getattr(self._ledger, "record_refusals", None)
+        if counts and callable(record):
+            try:
+                record(counts)
+            except Exception as error:
+                self._app.refusals.give_back(counts)
+                self._app.logger.warning(
+                    "refusal counts not written yet (%s)", type(error).__name__
+                )
+
+    def _drain(self) -> None:
+        """Apply the spool's due entries, oldest first, in groups; stop at the first group the
+        ledger refuses (kept for the next turn)."""
+        spool = self._spool
+        if spool is None or not spool.exists():
+            return
+        for _ in range(1000):  # bounded: at most 100,000 entries a turn
+            entries = spool.pending(MAX_GROUP)
+            if not entries:
+                with self._lock:  # a callback spooled meanwhile is seen here, or sets _due
+                    if spool.pending(1):
+                        continue
+                    self._due = False
+                    held = {(e.callback["batch_id"], e.callback["row"], e.callback["phase"])
+                            for e in spool.pending(10_000, due=False)}  # fmt: skip
+                    self._held_rows = held
+                return
+            received = [self._entry_callback(entry) for entry in entries]
+            results = self._apply(received)
+            done, later = [], []
+            for entry, outcome in zip(entries, results, strict=True):
+                if isinstance(outcome, LedgerGone):
+                    self.gone = str(outcome)
+                if outcome == "held" or (
+                    isinstance(outcome, Exception) and _is_ledger_error(outcome)
+                ):
+                    later.append(entry.id)
+                else:
+                    done.append(entry.id)
+                    self._app.logger.info(
+                        "spooled callback batch=%s row=%s phase=%s verdict=%s",
+                        entry.callback["batch_id"], entry.callback["row"],
+                        entry.callback["phase"],
+                        outcome if isinstance(outcome, str) else f"error={type(outcome).__name__}",
+                    )  # fmt: skip
+            spool.remove(done)
+            spool.later(later, self._app.hold_retry)
+            if later:
+                return
+
+    def _entry_callback(self, entry: Any) -> dict:
+        """A spool entry as receive_callback's arguments: its body read again; held only
+        while it is younger than ``hold_for``."""
+        callback = dict(entry.callback)
+        callback["body"] = None
+        if callback.get("refused") is None:
+            try:
+                callback["body"] = parse_body(callback["raw_body"])
+            except BodyError as error:
+                callback["refused"] = error.reason
+        callback["may_hold"] = _age(entry.received_at) < self._app.hold_for
+        if not getattr(self._ledger, "takes_receipts", False):
+            callback.pop("receipt", None)
+            callback.pop("may_hold", None)
+        return callback
+
+    def _apply(self, received: list[dict]) -> list[Any]:
         began = time.monotonic()
         try:
-            if self._grouped and len(group) > 1:
-                results = list(self._ledger.receive_callbacks(callbacks_))
-            else:
-                results = [self._one(callback) for callback in callbacks_]
+            if self._grouped and len(received) > 1:
+                return list(self._ledger.receive_callbacks(received))
+            return [self._one(callback) for callback in received]
         except BaseException as error:  # the transaction itself failed: none is stored
-            results = [error] * len(group)
-        if self._metrics is not None:
-            self._metrics.observe_ledger_write(time.monotonic() - began)
+            return [error] * len(received)
+        finally:
+            if self._metrics is not None:
+                self._metrics.observe_ledger_write(time.monotonic() - began)
+
+    def _store(self, group: list[tuple[dict, Future]]) -> None:
+        results = self._apply([callback for callback, _ in group])
         for (_, future), outcome in zip(group, results, strict=True):
+            if isinstance(outcome, LedgerGone):
+                self.gone = str(outcome)
             if isinstance(outcome, BaseException):
                 future.set_exception(outcome)
             else:
@@ -417,6 +644,34 @@ class _Writer:
             return error
 
 
+def _is_ledger_error(error: BaseException) -> bool:
+    """Whether the ledger itself refused the write (locked, read-only, full): worth a retry."""
+    from omi_batch.errors import LedgerError
+
+    return isinstance(error, LedgerError | TimeoutError | OSError)
+
+
+def _age(received_at: str) -> float:
+    """Seconds since an ISO 8601 UTC time."""
+    from datetime import UTC, datetime
+
+    try:
+        then = datetime.fromisoformat(received_at.replace("Z", "+00:00"))
+    except ValueError:
+        return 0.0
+    return (datetime.now(UTC) - then).total_seconds()
+
+
+def _too_many_headers(environ: dict) -> bool:
+    """More headers than :data:`MAX_HEADERS`, or more than :data:`MAX_HEADER_BYTES` of them."""
+    count = size = 0
+    for key, value in environ.items():
+        if key.startswith("HTTP_"):
+            count += 1
+            size += len(key) + len(str(value))
+    return count > MAX_HEADERS or size > MAX_HEADER_BYTES
+
+
 def make_app(
     ledger: Any,
     secret: Secret,
@@ -425,16 +680,22 @@ def make_app(
     logger: logging.Logger | None = None,
     answer_within: float | None = ANSWER_WITHIN,
     metrics: Any = None,
+    spool: Spool | None = None,
+    hold_retry: float = HOLD_RETRY,
+    hold_for: float = HOLD_FOR,
 ) -> WebhookApp:
     """The receiver's WSGI app over ``ledger`` (an ``omi_batch.ledger.Ledger``).
 
-    ``answer_within``: seconds the ledger gets to store a callback before the answer is 503
-    (None: wait as long as the ledger does). ``metrics`` (``omi_batch.metrics.make_metrics``)
-    counts every answer and times every ledger write; mount its ``/metrics`` with
-    ``metrics.wrap(app)``.
+    ``answer_within``: seconds the ledger gets to store a callback before it is kept in the
+    spool instead (``<ledger>.spool``) and answered ``spooled`` (None: wait as long as the
+    ledger does, no spool). ``metrics`` (``omi_batch.metrics.make_metrics``) counts every
+    answer and times every ledger write; mount its ``/metrics`` with ``metrics.wrap(app)``.
+    ``hold_retry``/``hold_for``: how often and how long a callback whose row's 202 is not
+    stored yet is tried again before it is judged on what is known.
     """
     return WebhookApp(ledger, secret, max_body=max_body, logger=logger,
-                      answer_within=answer_within, metrics=metrics)  # fmt: skip
+                      answer_within=answer_within, metrics=metrics, spool=spool,
+                      hold_retry=hold_retry, hold_for=hold_for)  # fmt: skip
 
 
 def _check_readable(ledger: Any) -> None:
@@ -451,27 +712,17 @@ def _headers(environ: dict) -> dict[str, str]:
     """The request headers as a dict, with credentials replaced by ``***``."""
     headers: dict[str, str] = {}
     for key, value in environ.items():
+        if len(headers) >= KEPT_HEADERS:
+            break
         if key.startswith("HTTP_"):
             name = key[5:].replace("_", "-").title()
         elif key in ("CONTENT_TYPE", "CONTENT_LENGTH") and value:
             name = key.replace("_", "-").title()
         else:
             continue
-        headers[name] = "***" if name.lower() in _SECRET_HEADERS else str(value)[:1000]
+        shown = str(value)[:KEPT_HEADER_VALUE]
+        headers[name] = "***" if name.lower() in _SECRET_HEADERS else shown
     return headers
-
-
-def _parse_json(raw: bytes) -> dict:
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise _Refusal(400, "bad_json") from None
-    if not isinstance(body, dict):
-        raise _Refusal(400, "bad_json")
-    request_id = body.get("requestId")
-    if not isinstance(request_id, str) or not request_id.strip():
-        raise _Refusal(400, "no_request_id")
-    return body
 
 
 def _respond(
@@ -536,6 +787,26 @@ def _channel_class() -> type:
     return _CHANNEL
 
 
+def _connection_limit() -> int:
+    """:data:`CONNECTION_LIMIT`, within the open-file limit (raised to its hard ceiling first,
+    up to 8192): each connection is one file descriptor, and the ledger needs a few more."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return CONNECTION_LIMIT
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 8192 if hard == resource.RLIM_INFINITY else min(8192, hard)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY:
+        return CONNECTION_LIMIT
+    return max(64, min(CONNECTION_LIMIT, soft - 128))
+
+
 class _Server:
     """A waitress server we drive ourselves, so that a stop finishes requests in flight."""
 
@@ -553,8 +824,10 @@ class _Server:
                 # waitress's own cap only guards memory; the app answers 413 (and records it)
                 # for anything over max_body, so this is set well above it.
                 max_request_body_size=max(1 << 20, 4 * max_body),
-                connection_limit=1000,
-                channel_timeout=30,
+                connection_limit=_connection_limit(),
+                channel_timeout=CHANNEL_TIMEOUT,
+                cleanup_interval=CLEANUP_INTERVAL,
+                max_request_header_size=MAX_HEADER_SIZE,
                 asyncore_use_poll=True,
                 expose_tracebacks=False,
             )
@@ -562,6 +835,9 @@ class _Server:
             reason = getattr(error, "strerror", None) or str(error)
             raise ConfigError(f"cannot listen on {host}:{port}: {reason}") from None
         self.app = app
+        start_app = getattr(app, "start", None)
+        if callable(start_app):  # the writer drains what the spool holds before serving
+            start_app()
         self.map: dict = getattr(server, "map", None) or server._map
         self.listeners = [s for s in self.map.values() if isinstance(s, BaseWSGIServer)]
         for listener in self.listeners:

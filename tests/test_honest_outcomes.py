@@ -313,6 +313,32 @@ def test_a_second_execute_through_a_symlink_to_the_ledger_is_refused(
         holder.wait(timeout=10)
 
 
+def test_execute_whose_reports_cannot_be_written_says_so_in_one_line_and_resumes(
+    runner, env, tmp_path, ledger_path, reports_dir
+):
+    sim, _ = env
+    batch_id = previewed_batch(runner, tmp_path, ledger_path, reports_dir)
+    assert invoke(runner, "approve", batch_id, "--all", "--ledger", ledger_path).exit_code == 0
+    a_file = tmp_path / "reports.txt"
+    a_file.write_text("a file where a folder of the reports should be")
+    unwritable = a_file / "out"
+    result = invoke(runner, "execute", batch_id, "--yes", *opts(ledger_path, unwritable))
+    assert result.exit_code == 1
+    last = result.stderr.splitlines()[-1]
+    assert last == (
+        f"Error: cannot write {unwritable}: Not a directory. Nothing is lost: the ledger holds "
+        f"every row's state; {unwritable} (or a folder above it) is not a folder: name a "
+        "folder, then run the same command again to resume (omi-batch report BATCH writes "
+        "the reports alone)"
+    )
+    assert "Traceback" not in result.output
+    sent = len(sim.events)
+    again = invoke(runner, "execute", batch_id, "--yes", *opts(ledger_path, reports_dir))
+    assert again.exit_code == 0, again.output
+    assert len(sim.events) == sent  # the row was done: nothing sent again
+    assert (reports_dir / f"{batch_id}-results.csv").exists()
+
+
 # --------------------------------------------------------------------------- 7, 8. approve
 
 

@@ -30,7 +30,9 @@ from omi_batch.cli.output import (
 )
 
 
-def _open_ledger(path: str, *, create: bool = False):
+def _open_ledger(path: str, *, create: bool = False, read_only: bool = False):
+    """The ledger at ``path``; ``read_only`` for commands that only read (they write nothing,
+    so they work on a read-only mount or a full disk)."""
     from pathlib import Path
 
     from omi_batch.errors import NotFound
@@ -38,7 +40,7 @@ def _open_ledger(path: str, *, create: bool = False):
 
     if not create and not Path(path).exists():
         raise NotFound(f"no ledger at {path} (use --ledger, or preview a file first)")
-    return Ledger(path)
+    return Ledger(path, read_only=read_only)
 
 
 def _parse_listen(listen: str) -> tuple[str, int]:
@@ -445,7 +447,7 @@ def status(batch: str | None, ledger_path: str, as_json: bool) -> None:
     """
     from omi_batch.states import batch_state
 
-    ledger = _open_ledger(ledger_path)
+    ledger = _open_ledger(ledger_path, read_only=True)
     if batch is None:
         batches = [
             {"batch": b["id"], "created_at": b["created_at"], "row_count": b["row_count"],
@@ -487,6 +489,6 @@ def report(batch: str, ledger_path: str, reports_dir: str) -> None:
     from omi_batch.config import Settings
     from omi_batch.pipeline import Pipeline
 
-    ledger = _open_ledger(ledger_path)
+    ledger = _open_ledger(ledger_path, read_only=True)
     ledger.batch(batch)
     print_reports(Pipeline(ledger, Settings.from_env()).write_reports(batch, reports_dir))

@@ -20,18 +20,28 @@ def ledger_group() -> None:
 @ledger_option
 @handle_errors
 def ledger_verify(ledger_path: str) -> None:
-    """Recompute the audit log's hash chain; exit 1 naming the first bad entry.
+    """Check the ledger: SQLite's integrity check, the audit log's hash chain, and every row
+    rebuilt from the audit events; exit 1 naming what is damaged or was edited.
 
     \b
     Example:
         omi-batch ledger verify --ledger data/ledger.db
     """
+    from omi_batch.errors import LedgerDamaged
     from omi_batch.ledger import Ledger
 
-    with Ledger(ledger_path, create=False) as led:
-        result = led.verify()
+    try:
+        with Ledger(ledger_path, create=False, read_only=True, check_head=False) as led:
+            result = led.verify()
+    except LedgerDamaged as error:
+        click.echo(f"Ledger damaged: {error}")
+        sys.exit(1)
+    if result.damaged:
+        click.echo(f"Ledger damaged: {result.problem}")
+        sys.exit(1)
     if not result.ok:
-        click.echo(f"Ledger tampered: {result.problem}")
+        for line in result.rows or (result.problem,):
+            click.echo(f"Ledger tampered: {line}")
         sys.exit(1)
     if result.problem:
         click.echo(f"Warning: {result.problem}", err=True)
@@ -52,6 +62,6 @@ def ledger_export(batch: str, ledger_path: str) -> None:
     """
     from omi_batch.ledger import Ledger
 
-    with Ledger(ledger_path, create=False) as led:
+    with Ledger(ledger_path, create=False, read_only=True) as led:
         for item in led.export(batch):
             click.echo(json.dumps(item, ensure_ascii=False, sort_keys=True, default=str))

@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from omi_batch.cli.options import verbosity
-from omi_batch.errors import EXIT_INTERRUPTED, OmiBatchError
+from omi_batch.errors import EXIT_INTERRUPTED, OmiBatchError, StorageError
 
 log = logging.getLogger("omi_batch")
 
@@ -40,8 +40,32 @@ def handle_errors(f: Callable) -> Callable:
                 "Interrupted: state is saved; run the same command again to resume.", err=True
             )
             sys.exit(EXIT_INTERRUPTED)
+        except OSError as error:  # a full disk, a read-only folder, a file where a folder is
+            if verbosity():
+                log.exception("traceback")
+            click.echo(f"Error: {storage_message(error)}", err=True)
+            sys.exit(StorageError.exit_code)
 
     return wrapper
+
+
+def storage_message(error: OSError) -> str:
+    """One line for a file that could not be written: which, why, what to do, how to resume."""
+    import errno
+
+    where = error.filename or "a file"
+    why = error.strerror or str(error)
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = f"free space on the disk holding {where}"
+    elif error.errno in (errno.EEXIST, errno.ENOTDIR):
+        fix = f"{where} (or a folder above it) is not a folder: name a folder"
+    elif error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        fix = "name a folder this user can write"
+    else:
+        fix = "fix that"
+    return (f"cannot write {where}: {why}. Nothing is lost: the ledger holds every row's "
+            f"state; {fix}, then run the same command again to resume (omi-batch report "
+            "BATCH writes the reports alone)")  # fmt: skip
 
 
 def plural(count: int, word: str) -> str:

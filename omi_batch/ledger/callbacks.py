@@ -15,7 +15,9 @@ from omi_batch.verdicts import (
     APPLIED_VERDICTS,
     NOT_ACCEPTED,
     REFUSED,
+    foreign_request,
     judge_execute,
+    not_a_count,
     parse_result,
 )
 
@@ -43,6 +45,10 @@ def clean_headers(headers: Mapping[str, Any] | None) -> dict[str, str]:
 class Callbacks:
     """Storing and applying callbacks (a part of :class:`Ledger`)."""
 
+    # receive_callback takes ``receipt`` (a callback stored once per receipt) and ``may_hold``
+    # (a SUCCESS that arrived before its row's 202 was stored is held, not judged yet).
+    takes_receipts = True
+
     def receive_callback(
         self,
         *,
@@ -54,12 +60,17 @@ class Callbacks:
         remote: str | None,
         body: Mapping[str, Any] | None,
         refused: str | None = None,
+        receipt: str | None = None,
+        may_hold: bool = False,
     ) -> str:
         """Store a received callback and apply it to its row, all in one transaction; return
         the verdict (refused:<why>, unknown, duplicate, stored, applied, late, confirmed,
-        conflict, stale, unexpected). The raw callback is kept whatever the verdict. ``stale``:
-        an ERROR for another request than the row's current one (the row was submitted
-        again); it is kept and not applied."""
+        conflict, stale, unexpected, held). The raw callback is kept whatever the verdict.
+        ``stale``: an ERROR for another request than the row's current one (the row was
+        submitted again); it is kept and not applied. ``receipt``: the receiver's id of this
+        delivery; one already stored returns its verdict and writes nothing. ``held`` (only
+        with ``may_hold``): a SUCCESS for a row whose 202 is not stored yet; nothing is
+        written, the caller tries again later."""
         raw = (raw_body or b"").decode("utf-8", errors="replace")
         with contextlib.suppress(TypeError, ValueError):
             row = int(row)
@@ -67,8 +78,9 @@ class Callbacks:
         try:
             with self._write() as tx:
                 return self._receive_in(
-                    tx, batch_id, row, phase, raw, cleaned, remote, body, refused
-                )
+                    tx, batch_id, row, phase, raw, cleaned, remote, body, refused, receipt,
+                    may_hold,
+                )  # fmt: skip
         except LedgerError:
             raise  # the ledger itself cannot be written: nothing more to try here
         except Exception as error:
@@ -116,7 +128,8 @@ class Callbacks:
             row = int(row)  # type: ignore[arg-type]
         cleaned = canonical_json(clean_headers(item.get("headers")))
         return (item.get("batch_id"), row, item.get("phase"), raw, cleaned,
-                item.get("remote"), item.get("body"), item.get("refused"))  # fmt: skip
+                item.get("remote"), item.get("body"), item.get("refused"), item.get("receipt"),
+                bool(item.get("may_hold")))  # fmt: skip
 
     def _callbacks_in(
         self, tx: Tx, prepared: list[tuple | Exception]
@@ -183,11 +196,12 @@ class Callbacks:
         result: Mapping[str, Any],
         verdict: str,
         applied: bool,
+        receipt: str | None = None,
     ) -> int:
         cursor = tx.execute(
             'INSERT INTO callbacks (received_at, batch_id, "row", phase, request_id, status, '
-            "updated_records, raw_body, headers, remote, verdict, applied) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "updated_records, raw_body, headers, remote, verdict, applied, receipt) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 now(),
                 batch_id,
@@ -201,6 +215,7 @@ class Callbacks:
                 remote,
                 verdict,
                 1 if applied else 0,
+                receipt,
             ),
         )
         return int(cursor.lastrowid or 0)
@@ -216,16 +231,23 @@ class Callbacks:
         remote: str | None,
         body: Mapping[str, Any] | None,
         refused: str | None,
+        receipt: str | None = None,
+        may_hold: bool = False,
     ) -> str:
         """Store one callback and apply it to its row inside the open transaction ``tx``."""
+        if receipt is not None:
+            kept = tx.one("SELECT verdict FROM callbacks WHERE receipt = ?", (receipt,))
+            if kept is not None:  # this very delivery is stored already (spool drained twice)
+                return str(kept["verdict"])
         if refused is None and not isinstance(body, Mapping):
             refused = "bad_json"
         result = parse_result(body) if isinstance(body, Mapping) else {}
         if refused is not None:
             verdict = f"{REFUSED}{refused}"
             callback_id = self._insert_callback(
-                tx, batch_id, row, phase, raw, headers_text, remote, result, verdict, False
-            )
+                tx, batch_id, row, phase, raw, headers_text, remote, result, verdict, False,
+                receipt,
+            )  # fmt: skip
             tx.event(
                 "callback_refused",
                 batch_id,
@@ -242,10 +264,26 @@ class Callbacks:
             verdict = "duplicate"
         elif phase == "preview":
             verdict = "stored"
+        elif result.get("bad_count") is not None:
+            verdict, changes = "unexpected", not_a_count(current, result)
+            extra = {"reason": "updatedRecords is not a count"}
         else:
-            verdict, changes, extra = judge_execute(
-                current, result, self._is_older_request(tx, current, result), at=now()
-            )
+            given = self._requests_given(tx, current)
+            theirs = result.get("request_id")
+            if (
+                result.get("status") == "SUCCESS"
+                and theirs not in given
+                and (given or self._names_another_row(tx, current, theirs))
+            ):
+                verdict, changes = "unexpected", foreign_request(current, str(theirs))
+                extra = {"reason": "not a request of this row", "row_requests": sorted(given)}
+            elif (result.get("status") == "SUCCESS" and not given and may_hold
+                  and current["state"] == "submitted"):  # fmt: skip
+                return "held"  # its row's 202 is not stored yet: nothing written, tried later
+            else:
+                verdict, changes, extra = judge_execute(
+                    current, result, self._is_older_request(tx, current, result), at=now()
+                )
         callback_id = self._insert_callback(
             tx,
             batch_id,
@@ -257,10 +295,13 @@ class Callbacks:
             result,
             verdict,
             verdict in APPLIED_VERDICTS,
+            receipt,
         )
         if changes:
             self._write_row(tx, batch_id, row, changes)
         data = {"callback_id": callback_id, "phase": phase, "verdict": verdict, **result}
+        if changes:  # what the row was given, so verify can rebuild it from the events
+            data["changes"] = dict(changes)
         if changes.get("state"):
             data.update({"from": current["state"] if current else None, "to": changes["state"]})
         tx.event(f"callback_{verdict}", batch_id, row, {**data, **extra})
@@ -286,6 +327,31 @@ class Callbacks:
             )
             is not None
         )
+
+    @staticmethod
+    def _requests_given(tx: Tx, current: Mapping[str, Any]) -> set[str]:
+        """The request ids this row was given by OMI (its own and its earlier executes')."""
+        given = {str(current["request_id"])} if current.get("request_id") else set()
+        found = tx.execute(
+            'SELECT DISTINCT request_id FROM attempts WHERE batch_id = ? AND "row" = ? '
+            "AND phase = 'execute' AND request_id IS NOT NULL",
+            (current["batch_id"], current["row"]),
+        )
+        given.update(str(item[0]) for item in found)
+        return given
+
+    @staticmethod
+    def _names_another_row(tx: Tx, current: Mapping[str, Any], theirs: Any) -> bool:
+        """Whether ``theirs`` is a request id another row of the batch was given."""
+        if not theirs:
+            return False
+        found = tx.one(
+            'SELECT 1 AS x FROM "rows" WHERE batch_id = ? AND "row" != ? AND request_id = ? '
+            'UNION ALL SELECT 1 FROM attempts WHERE batch_id = ? AND "row" != ? '
+            "AND phase = 'execute' AND request_id = ? LIMIT 1",
+            (current["batch_id"], current["row"], theirs) * 2,
+        )
+        return found is not None
 
     @staticmethod
     def _is_older_request(tx: Tx, current: Mapping[str, Any], result: Mapping[str, Any]) -> bool:
@@ -327,3 +393,37 @@ class Callbacks:
                 "SELECT * FROM callbacks WHERE batch_id = ? ORDER BY id", (batch_id,)
             )
         return [decode_callback(c) for c in found]
+
+    def record_refusals(self, counts: list[Mapping[str, Any]]) -> None:
+        """Add refusal counts (``{"minute", "reason", "count"}`` each) and one audit event for
+        them, in one transaction: how the receiver keeps what it refused without storing each
+        request (issue 12)."""
+        counts = [c for c in counts if int(c["count"]) > 0]
+        if not counts:
+            return
+        with self._write() as tx:
+            for item in counts:
+                tx.execute(
+                    "INSERT INTO refusals (minute, reason, count) VALUES (?, ?, ?) "
+                    "ON CONFLICT (minute, reason) DO UPDATE SET count = count + excluded.count",
+                    (str(item["minute"]), str(item["reason"])[:40], int(item["count"])),
+                )
+            tx.event(
+                "callbacks_refused",
+                None,
+                None,
+                {
+                    "counts": [
+                        {
+                            "minute": str(c["minute"]),
+                            "reason": str(c["reason"])[:40],
+                            "count": int(c["count"]),
+                        }
+                        for c in counts
+                    ]
+                },  # fmt: skip
+            )
+
+    def refusals(self) -> list[dict]:
+        """Refused callbacks counted per minute and reason, oldest first."""
+        return self._query("SELECT minute, reason, count FROM refusals ORDER BY minute, reason")

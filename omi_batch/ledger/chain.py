@@ -3,12 +3,14 @@
 
 Each event's ``hash`` is ``sha256(prev_hash + canonical JSON of {id, at, kind, batch_id, row,
 data})``; the last one is also kept in ``<ledger>.head`` so that cutting the tail of the chain is
-noticed too. ``verify()`` recomputes the whole chain.
+noticed too. ``verify()`` runs SQLite's integrity check, recomputes the whole chain, then
+rebuilds every row from the events (``replay``) and names each row the table disagrees with.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -21,7 +23,7 @@ from typing import Any
 
 import sqlite_utils
 
-from omi_batch.errors import LedgerError
+from omi_batch.errors import LedgerDamaged, LedgerError
 from omi_batch.ledger.schema import decode_batch, decode_callback, decode_row
 
 try:  # the head file is guarded by flock where there is one (every POSIX system)
@@ -82,6 +84,8 @@ class VerifyResult:
     head: str | None
     first_bad: int | None = None
     problem: str = ""
+    rows: tuple[str, ...] = ()  # rows (and batches) whose table values differ from the events
+    damaged: bool = False  # SQLite's integrity check failed: ``problem`` says what it found
 
 
 class HeadFile:
@@ -220,18 +224,37 @@ class Audit:
         return found[0]["hash"] if found else None
 
     def verify(self) -> VerifyResult:
-        """Recompute the chain in id order; name the first event edited, deleted, inserted or
-        reordered, and compare the end of the chain with ``<ledger>.head``."""
+        """Run SQLite's integrity check; recompute the chain in id order, naming the first
+        event edited, deleted, inserted or reordered, and compare the end of the chain with
+        ``<ledger>.head``; then replay the events and name every row whose table values differ
+        from them (one edited with sqlite3, or by flipped bytes)."""
+        from omi_batch.ledger.replay import replay
+        from omi_batch.ledger.rows import ROW_FIELDS
+
         sidecar = self.head_file.read()  # read before the snapshot: it never runs ahead of it
         conn = self._db().conn
         try:
             conn.execute("BEGIN")
             try:
-                return self._verify_chain(conn, sidecar)
+                damage = [r[0] for r in conn.execute("PRAGMA integrity_check(5)")]
+                if damage != ["ok"]:
+                    return VerifyResult(False, 0, None, None, _damage_text(damage), damaged=True)
+                result = self._verify_chain(conn, sidecar)
+                if not result.ok:
+                    return result
+                found = replay(conn, ROW_FIELDS)
             finally:
                 conn.execute("ROLLBACK")
-        except sqlite3.Error as error:
-            raise LedgerError(f"ledger {self.path}: {error}") from None
+        except sqlite3.DatabaseError as error:
+            if isinstance(error, sqlite3.OperationalError) and "malformed" not in str(error):
+                raise LedgerError(f"ledger {self.path}: {error}") from None
+            return VerifyResult(False, 0, None, None, f"SQLite: {error}", damaged=True)
+        warning = "; ".join(w for w in (result.problem, *found.warnings) if w)
+        if found.problems:
+            more = found.differing - len(found.problems)
+            rows = tuple(found.problems) + ((f"and {more} more rows",) if more > 0 else ())
+            return dataclasses.replace(result, ok=False, rows=rows, problem=warning)
+        return dataclasses.replace(result, problem=warning)
 
     def _verify_chain(
         self, conn: sqlite3.Connection, sidecar: tuple[int, str] | None
@@ -348,29 +371,47 @@ class Audit:
         return self._export(batch_id)
 
     def _export(self, batch_id: str) -> Iterator[dict]:
+        """The items of :meth:`export`; LedgerDamaged (exit 1) before the first one when
+        SQLite's quick check fails, or at the first page that cannot be read."""
+        from omi_batch.ledger.store import ledger_error
+
         conn = self._open()
         try:
-            conn.execute("BEGIN")
-            db = sqlite_utils.Database(conn, execute_plugins=False)
-            by_batch = (batch_id,)
-            for batch in db.query("SELECT * FROM batches WHERE id = ?", by_batch):
-                yield {"type": "batch", **decode_batch(batch)}
-            for row in db.query('SELECT * FROM "rows" WHERE batch_id = ? ORDER BY seq', by_batch):
-                yield {"type": "row", **decode_row(row)}
-            for table, kind in (("approvals", "approval"), ("attempts", "attempt")):
-                for item in db.query(
-                    f"SELECT * FROM {table} WHERE batch_id = ? ORDER BY id", by_batch
-                ):
-                    yield {"type": kind, **item}
-            for item in db.query(
-                "SELECT * FROM callbacks WHERE batch_id = ? ORDER BY id", by_batch
-            ):
-                yield {"type": "callback", **decode_callback(item)}
-            for item in db.query("SELECT * FROM events WHERE batch_id = ? ORDER BY id", by_batch):
-                item["data"] = json.loads(item["data"])
-                yield {"type": "event", **item}
+            try:
+                conn.execute("BEGIN")
+                damage = [r[0] for r in conn.execute("PRAGMA quick_check(5)")]
+                if damage != ["ok"]:
+                    raise LedgerDamaged(
+                        f"the ledger {self.path} is damaged or tampered: {_damage_text(damage)}"
+                    )
+                yield from self._export_items(conn, batch_id)
+            except sqlite3.Error as error:
+                raise ledger_error(self.path, error) from None
         finally:
             with contextlib.suppress(sqlite3.Error):
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
             conn.close()
+
+    @staticmethod
+    def _export_items(conn: sqlite3.Connection, batch_id: str) -> Iterator[dict]:
+        db = sqlite_utils.Database(conn, execute_plugins=False)
+        by_batch = (batch_id,)
+        for batch in db.query("SELECT * FROM batches WHERE id = ?", by_batch):
+            yield {"type": "batch", **decode_batch(batch)}
+        for row in db.query('SELECT * FROM "rows" WHERE batch_id = ? ORDER BY seq', by_batch):
+            yield {"type": "row", **decode_row(row)}
+        for table, kind in (("approvals", "approval"), ("attempts", "attempt")):
+            for item in db.query(f"SELECT * FROM {table} WHERE batch_id = ? ORDER BY id", by_batch):
+                yield {"type": kind, **item}
+        for item in db.query("SELECT * FROM callbacks WHERE batch_id = ? ORDER BY id", by_batch):
+            yield {"type": "callback", **decode_callback(item)}
+        for item in db.query("SELECT * FROM events WHERE batch_id = ? ORDER BY id", by_batch):
+            item["data"] = json.loads(item["data"])
+            yield {"type": "event", **item}
+
+
+def _damage_text(found: list[str]) -> str:
+    """SQLite's integrity check findings as one line."""
+    first = "; ".join(str(item) for item in found[:3])
+    return f"SQLite's integrity check found: {first[:300]}"

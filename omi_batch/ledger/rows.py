@@ -142,6 +142,7 @@ class Rows:
                 ),
             )
             seen: set[int] = set()
+            planned = []  # the rows as the event carries them, so verify can rebuild them
             for seq, item in enumerate(plan):
                 row = int(item["row"])
                 if row in seen:
@@ -167,6 +168,14 @@ class Rows:
                         stamp,
                     ),
                 )
+                planned.append({
+                    "row": row, "source_email": item["source_email"],
+                    "target_email": item["target_email"],
+                    "requested_target": item.get("requested_target") or item["target_email"],
+                    "via": list(item.get("via") or ()), "conv_ids": list(item.get("conv_ids") or ()),
+                    "replace_existing_members": bool(item.get("replace_existing_members")),
+                    "note": item.get("note") or "",
+                })  # fmt: skip
             tx.event(
                 "batch_created",
                 batch_id,
@@ -181,6 +190,8 @@ class Rows:
                     "row_count": len(plan),
                     "warnings": len(warning_list),
                     "plan_sha256": hashlib.sha256(canonical_json(plan).encode("utf-8")).hexdigest(),
+                    "created_at": stamp,
+                    "rows": planned,
                 },
             )
         return batch_id
@@ -485,7 +496,7 @@ class Rows:
                         decision,
                         batch_id,
                         row,
-                        {"by": by, "how": how, "from": current, "to": decision},
+                        {"by": by, "how": how, "from": current, "to": decision, **approval},
                     )
                     changed += decision == "approved"
         return changed

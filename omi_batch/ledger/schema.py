@@ -129,9 +129,28 @@ def _migration_2_review_and_indexes(db: sqlite_utils.Database) -> None:
     )
 
 
+def _migration_3_receipts_and_refusals(db: sqlite_utils.Database) -> None:
+    """``callbacks.receipt`` (one delivery stored once, whatever the spool replays) and the
+    ``refusals`` counts per minute and reason (issue 12)."""
+    db.executescript(
+        """
+        ALTER TABLE callbacks ADD COLUMN receipt TEXT;
+        CREATE UNIQUE INDEX callbacks_by_receipt ON callbacks (receipt) WHERE receipt IS NOT NULL;
+        CREATE INDEX attempts_by_request ON attempts (batch_id, request_id);
+        CREATE TABLE refusals (
+            minute TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            count INTEGER NOT NULL,
+            PRIMARY KEY (minute, reason)
+        );
+        """
+    )
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _migration_1_tables,
     _migration_2_review_and_indexes,
+    _migration_3_receipts_and_refusals,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -141,6 +160,8 @@ def migrate(db: sqlite_utils.Database, target: int | None = None) -> int:
     one ``BEGIN IMMEDIATE`` transaction; return the version it is at afterwards."""
     target = SCHEMA_VERSION if target is None else target
     conn = db.conn
+    if conn.execute("PRAGMA user_version").fetchone()[0] == target:
+        return target  # nothing due: opening writes nothing (a reader works on a read-only disk)
     conn.execute("BEGIN IMMEDIATE")
     try:
         version = conn.execute("PRAGMA user_version").fetchone()[0]

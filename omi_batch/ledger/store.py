@@ -23,12 +23,13 @@ from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import sqlite_utils
 
-from omi_batch.errors import LedgerError, NotFound
+from omi_batch.errors import LedgerDamaged, LedgerError, LedgerGone, NotFound
 from omi_batch.ledger.chain import GENESIS, HeadFile, canonical_json, event_hash, event_text
-from omi_batch.ledger.schema import migrate
+from omi_batch.ledger.schema import SCHEMA_VERSION, migrate
 
 BUSY_RETRIES = 2  # extra BEGIN IMMEDIATE tries after the busy handler itself gave up
 
@@ -54,6 +55,21 @@ def os_user() -> str:
 def _is_busy(error: sqlite3.Error) -> bool:
     text = str(error).lower()
     return "locked" in text or "busy" in text
+
+
+_DAMAGE_WORDS = ("malformed", "not a database", "corrupt")
+
+
+def ledger_error(path: Path, error: sqlite3.Error) -> LedgerError:
+    """The one error of a failed SQLite call: LedgerDamaged (exit 1) when the file is damaged,
+    else LedgerError (exit 3) saying what SQLite said."""
+    text = str(error)
+    if any(word in text.lower() for word in _DAMAGE_WORDS):
+        return LedgerDamaged(f"the ledger {path} is damaged or tampered: {text}")
+    return LedgerError(f"ledger {path}: {text}")
+
+
+NOT_OURS = "restore the ledger from a backup, or move it away to start a new one"
 
 
 class Tx:
@@ -110,29 +126,124 @@ class Tx:
 class Store:
     """Connections and transactions of the ledger file (a part of :class:`Ledger`)."""
 
-    def __init__(self, path: str | os.PathLike, *, busy_timeout: float = 10.0, create: bool = True):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        busy_timeout: float = 10.0,
+        create: bool = True,
+        read_only: bool = False,
+        check_head: bool = True,
+    ):
         """Open (``create``: and create, with its folder) the ledger and migrate it.
 
         ``create=False`` raises NotFound when the file does not exist: ``ledger verify`` must
-        not conjure an empty, "intact" ledger out of a typo.
+        not conjure an empty, "intact" ledger out of a typo. A ledger is created only where no
+        file is: an empty, foreign or version-0 file is refused, and so is a ledger with fewer
+        events than its head file names (``check_head``; verify reports that itself).
+        ``read_only``: open with SQLite's ``mode=ro`` and write nothing (``status``,
+        ``report``, ``verify``, ``export``), so they work on a read-only mount or a full disk.
         """
         self.path = Path(path)
         self.busy_timeout = float(busy_timeout)
+        self.read_only = bool(read_only)
         self.head_path = Path(f"{self.path}.head")
         self._local = threading.local()
         self._lock = threading.Lock()
         self.head_file = HeadFile(self.head_path)
         self._connections: list[tuple[int, sqlite3.Connection]] = []  # (pid, connection)
         self._generation = 0
-        if not self.path.exists():
-            if not create:
+        self._immutable = False
+        self._wal_id: tuple[int, int] | None = None  # the -wal file our commits went to
+        existed = self.path.exists()
+        head = self.head_file.read() if check_head or not existed else None
+        if not existed:
+            if not create or self.read_only:
                 raise NotFound(f"no ledger at {self.path}")
+            if head is not None and head[0] != 0:
+                raise self._head_ahead(head[0], 0)
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._create()
+            existed = True
+        if self.path.stat().st_size == 0:
+            raise LedgerError(
+                f"{self.path} is empty (0 bytes): it is not a ledger; restore it from a backup, "
+                "or move it away to start a new ledger"
+            )
         try:
-            migrate(self._db())
+            if existed:  # looked at without writing a byte: a foreign file stays as it was
+                probe = self._open_read_only()
+                try:
+                    self._check_ours(probe)
+                finally:
+                    probe.close()
+            db = self._db()
+            if self.read_only:
+                self._check_version(db.conn)
+            else:
+                migrate(db)
+            if head is not None and head[0] > 0:
+                found = db.conn.execute("SELECT max(id) FROM events").fetchone()[0] or 0
+                if head[0] > found:
+                    raise self._head_ahead(head[0], found)
         except sqlite3.DatabaseError as error:
             self.close()
-            raise LedgerError(f"{self.path} is not a usable ledger: {error}") from None
+            if isinstance(error, sqlite3.OperationalError) or "not a database" in str(error):
+                raise LedgerError(f"{self.path} is not a usable ledger: {error}") from None
+            raise ledger_error(self.path, error) from None
+        except BaseException:
+            self.close()
+            raise
+
+    def _create(self) -> None:
+        """Make a new ledger whole under a temporary name, then link it into place (never
+        over a file): another process never sees it half made, and one that created it first
+        wins (its ledger is the one both open)."""
+        temp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{secrets.token_hex(4)}.new")
+        try:
+            conn = sqlite3.connect(str(temp), isolation_level=None)
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                migrate(sqlite_utils.Database(conn, execute_plugins=False))
+            finally:
+                conn.close()
+            with contextlib.suppress(FileExistsError):
+                os.link(temp, self.path)
+        finally:
+            for leftover in (temp, Path(f"{temp}-wal"), Path(f"{temp}-shm")):
+                with contextlib.suppress(FileNotFoundError):
+                    leftover.unlink()
+
+    def _head_ahead(self, named: int, found: int) -> LedgerError:
+        has = "none" if not found else str(found)
+        return LedgerError(
+            f"{self.head_path} names event {named}, but the ledger has {has}: it was deleted, "
+            f"replaced or cut; restore it from a backup (or move {self.head_path.name} away "
+            "to start a new ledger)"
+        )
+
+    def _check_ours(self, conn: sqlite3.Connection) -> None:
+        """LedgerError unless the existing file is an omi-batch ledger (it has our tables)."""
+        tables = {name for (name,) in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}  # fmt: skip
+        if not {"events", "rows", "batches"} <= tables:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            raise LedgerError(
+                f"{self.path} is an SQLite file but not an omi-batch ledger (schema version "
+                f"{version}, no ledger tables); {NOT_OURS}"
+            )
+
+    def _check_version(self, conn: sqlite3.Connection) -> None:
+        """A read-only open of a ledger whose schema is not this omi-batch's: say what to do."""
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise LedgerError(
+                f"the ledger has schema version {version}, newer than this omi-batch knows "
+                f"({SCHEMA_VERSION}): upgrade omi-batch"
+            )
+        if version < SCHEMA_VERSION:  # a migration is due: the one time a read writes
+            writable = Store(self.path, busy_timeout=self.busy_timeout, check_head=False)
+            writable.close()
 
     def __repr__(self) -> str:
         return f"Ledger({str(self.path)!r})"
@@ -146,6 +257,8 @@ class Store:
     # ----------------------------------------------------------------- connections
 
     def _open(self) -> sqlite3.Connection:
+        if self.read_only:
+            return self._open_read_only()
         conn = sqlite3.connect(
             str(self.path),
             timeout=self.busy_timeout,
@@ -170,6 +283,31 @@ class Store:
             conn.close()
             raise
         return conn
+
+    def _open_read_only(self) -> sqlite3.Connection:
+        """A ``mode=ro`` connection that writes nothing. Where SQLite cannot even make its
+        shared-memory file (a read-only folder or mount) and no -wal file holds anything, it
+        is opened ``immutable``: nobody can be writing a ledger there."""
+        name = quote(str(self.path.absolute()))
+        modes = ["mode=ro"] if not self._immutable else []
+        wal = Path(f"{self.path}-wal")
+        if not (wal.exists() and wal.stat().st_size):
+            modes.append("mode=ro&immutable=1")
+        last: sqlite3.Error | None = None
+        for mode in modes:
+            conn = sqlite3.connect(f"file:{name}?{mode}", uri=True, timeout=self.busy_timeout,
+                                   isolation_level=None, check_same_thread=False)  # fmt: skip
+            try:
+                conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            except sqlite3.OperationalError as error:
+                conn.close()
+                last = error
+                continue
+            self._immutable = "immutable" in mode
+            return conn
+        assert last is not None
+        raise last
 
     def _db(self) -> sqlite_utils.Database:
         """This thread's Database (opened on first use, again after fork or close)."""
@@ -199,11 +337,33 @@ class Store:
             if owner == pid:  # a connection inherited through fork is not ours to close
                 with contextlib.suppress(sqlite3.Error):
                     conn.close()
+        self._wal_id = None
         self.head_file.close()
+
+    def _check_wal(self) -> None:
+        """LedgerGone when the -wal file our commits go to was deleted or replaced under us:
+        SQLite would keep writing to the unlinked file, lost when the process ends (issue 12;
+        the head file is checked the same way)."""
+        wal = f"{self.path}-wal"
+        try:
+            found = os.stat(wal)
+        except FileNotFoundError:
+            found = None
+        if found is not None and self._wal_id is None:
+            self._wal_id = (found.st_dev, found.st_ino)
+            return
+        if found is None or (found.st_dev, found.st_ino) != self._wal_id:
+            raise LedgerGone(
+                f"the ledger's write-ahead log {wal} was deleted or replaced while in use: what "
+                "is written now would be lost; stop this process, then run omi-batch ledger "
+                "verify"
+            )
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[Tx]:
         """One short ``BEGIN IMMEDIATE … COMMIT``; publishes the new head after the commit."""
+        if self.read_only:
+            raise LedgerError(f"ledger {self.path} was opened read-only")
         conn = self._db().conn
         for attempt in range(BUSY_RETRIES + 1):
             try:
@@ -221,12 +381,13 @@ class Store:
         try:
             yield tx
             conn.execute("COMMIT")
+            self._check_wal()
         except BaseException as error:
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
             if isinstance(error, sqlite3.Error):
-                raise LedgerError(f"ledger {self.path}: {error}") from None
+                raise ledger_error(self.path, error) from None
             raise
         if tx.head is not None:
             self.head_file.publish(*tx.head)
@@ -239,4 +400,4 @@ class Store:
         try:
             return list(self._db().query(sql, tuple(params)))
         except sqlite3.Error as error:
-            raise LedgerError(f"ledger {self.path}: {error}") from None
+            raise ledger_error(self.path, error) from None
