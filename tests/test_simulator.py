@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -1021,3 +1022,84 @@ def test_simulator_serve_runs_as_a_process(receiver, tmp_path):
     assert f"POST {TRANSFER} -> 202" in err
     assert "OMI simulator stopped." in err
     assert API_KEY not in out + err + line
+
+
+def test_simulator_serve_plays_the_rate_limit_bearer_auth_directory_and_ticket_flags(
+    receiver, tmp_path
+):
+    env = {**os.environ, "OMI_API_KEY": API_KEY, "PYTHONUNBUFFERED": "1"}
+    flags = ["--rate-limit", "0.001:60", "--rate-limit-retry-after", "none", "--auth", "bearer",
+             "--token-lifetime", "600", "--no-token-expires-in", "--refuse-token-after", "1",
+             "--directory-shape", "list", "--directory-fault", "forbidden",
+             "--no-ticket-callbacks", "--ticket-window-days", "400"]  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-m", "omi_batch", "simulator", "serve", "--port", "0", "-v", *flags],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: lines.put(process.stdout.readline()), daemon=True).start()
+        url = lines.get(timeout=30).split(" on ", 1)[1].strip()
+        auth = requests.get(url + "/api/auth", params={"apiKey": API_KEY}, timeout=10)
+        payload = auth.json()["payload"]
+        assert set(payload) == {"access_token", "access_type", "token_type"}
+        bearer = {"Authorization": "Bearer " + payload["access_token"]}
+        assert requests.post(url + TRANSFER, json={}, headers={"x-api-key": API_KEY}, timeout=10
+                             ).json()["message"] == "auth_invalid"  # fmt: skip
+
+        def tickets(preview: bool) -> requests.Response:
+            body = {"sourceEmail": THU, "targetEmail": KHOA, "previewChanges": preview,
+                    "callbackResultConfig": {"url": receiver.url + "/t", "headers": {}}}  # fmt: skip
+            return requests.post(url + TICKETS, json=body, headers=bearer, timeout=10)
+
+        assert tickets(preview=False).status_code == 202
+        for _ in range(20):  # bounded: until the worker has moved the tickets
+            if tickets(preview=True).json()["payload"]["updatedRecords"] == 0:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("the ticket transfer was never applied")
+        body = {"sourceEmail": LAN, "targetEmail": HONG,
+                "callbackResultConfig": {"url": receiver.url + "/c", "headers": {}}}  # fmt: skip
+        assert (
+            requests.post(url + TRANSFER, json=body, headers=bearer, timeout=10).status_code == 202
+        )
+        # the worker sends in order: had the tickets called back, it would have come first
+        assert [c["path"] for c in receiver.wait_for(1, timeout=20)] == ["/c"]
+        directory = requests.get(url + "/api/agent/list", headers=bearer, timeout=10)
+        assert (directory.status_code, directory.json()["message"]) == (403, "permission_denied")
+        refresh = requests.get(url + "/api/auth", params={"apiKey": API_KEY}, timeout=10)
+        assert (refresh.status_code, refresh.json()["message"]) == (401, "api_key_invalid")
+        for _ in range(70):  # bounded: the 60-request bucket runs dry
+            refused = requests.get(url + "/api/auth", params={"apiKey": API_KEY}, timeout=10)
+            if refused.status_code == 429:
+                break
+        assert refused.status_code == 429 and "Retry-After" not in refused.headers
+    finally:
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=30)
+    assert process.returncode == 0
+    assert f"POST {TICKETS} -> 202" in err and "GET /api/auth -> 429 [rate_limited]" in err
+    assert receiver.received[0]["body"]["action"] == "CONVERSATION_AGENT_TRANSFER"
+    assert API_KEY not in out + err and payload["access_token"] not in out + err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--rate-limit", "fast"], "Invalid value for '--rate-limit': --rate-limit is RPS[:BURST]"),
+        (["--auth", "token"], "Invalid value for '--auth'"),
+        (["--token-lifetime", "0"], "Invalid value for '--token-lifetime'"),
+        (["--directory-fault", "down"], "Invalid value for '--directory-fault'"),
+    ],
+)
+def test_simulator_serve_refuses_bad_flags_with_exit_2(runner, flags, message):
+    from omi_batch.cli import cli
+
+    result = runner.invoke(cli, ["simulator", "serve", *flags])
+    assert result.exit_code == 2
+    assert message in result.output

@@ -57,6 +57,18 @@ def webhook_serve(host: str, port: int, threads: int, ledger_path: str) -> None:
     click.echo("Webhook receiver stopped.", err=True)
 
 
+def _check_rate_limit(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Refuse a malformed --rate-limit before anything starts."""
+    from omi_batch.errors import UsageError
+    from omi_batch.simulator.gate import parse_rate_limit
+
+    try:
+        parse_rate_limit(value)
+    except UsageError as error:
+        raise click.BadParameter(str(error).replace("rate_limit", "--rate-limit", 1)) from None
+    return value
+
+
 @click.group()
 def simulator() -> None:
     """The built-in OMI simulator, for demos and tests. Never talks to the real OMI."""
@@ -82,7 +94,8 @@ def simulator() -> None:
     envvar="OMI_API_KEY",
     default="sim-key",
     show_default=False,
-    help="The only x-api-key accepted (default: sim-key, or OMI_API_KEY). Never printed.",
+    help="The only API key accepted, as x-api-key or by GET /api/auth (default: sim-key, or "
+    "OMI_API_KEY). Never printed.",
 )
 @click.option(
     "--preview-mode",
@@ -167,6 +180,100 @@ def simulator() -> None:
     help="Fraction of executes whose callback says ERROR (nothing moved).",
 )
 @click.option(
+    "--rate-limit",
+    metavar="RPS[:BURST]",
+    default=None,
+    callback=_check_rate_limit,
+    help="A hidden token bucket over every request of every endpoint: RPS a second, bursts of "
+    "BURST (default: one second's worth). Off by default.",
+)
+@click.option(
+    "--rate-limit-retry-after",
+    type=click.Choice(["header", "none", "envelope"]),
+    default="header",
+    show_default=True,
+    help="How --rate-limit refuses: 429 with Retry-After (whole seconds), 429 without it, or "
+    "HTTP 200 with a -9999 rate_limit_exceeded envelope.",
+)
+@click.option(
+    "--auth",
+    type=click.Choice(["api-key", "bearer", "both"]),
+    default="api-key",
+    show_default=True,
+    help="What the transfer and chat endpoints accept: x-api-key, Authorization: Bearer with a "
+    "token from GET /api/auth, or either.",
+)
+@click.option(
+    "--directory-auth",
+    type=click.Choice(["api-key", "bearer", "both"]),
+    default="bearer",
+    show_default=True,
+    help="The same for the agent directory (GET /api/agent/list); the vendor documents Bearer.",
+)
+@click.option(
+    "--token-lifetime",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    default=86400.0,
+    show_default=True,
+    help="Seconds a token lives; then requests with it get 401 token_expired.",
+)
+@click.option(
+    "--token-expires-in/--no-token-expires-in",
+    default=True,
+    show_default=True,
+    help="Whether GET /api/auth says expires_in.",
+)
+@click.option(
+    "--refuse-token-after",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="N",
+    help="Issue N tokens, then refuse every other GET /api/auth with 401 api_key_invalid "
+    "(a refresh that fails).",
+)
+@click.option(
+    "--directory-shape",
+    type=click.Choice(["items", "data", "list"]),
+    default="items",
+    show_default=True,
+    help="Where the directory puts its agents: payload.items, payload.data (with total), or "
+    "payload as a bare list.",
+)
+@click.option(
+    "--directory-fault",
+    type=click.Choice(["permission_denied", "forbidden", "not_found", "unavailable", "error"]),
+    default=None,
+    help="The directory refuses: permission_denied (200, -9999), forbidden (403), or is "
+    "unreachable: not_found (404), unavailable (503), error (500).",
+)
+@click.option(
+    "--ticket-callbacks/--no-ticket-callbacks",
+    default=True,
+    show_default=True,
+    help="Whether ticket transfers call back (TICKET_AGENT_TRANSFER); OMI may send none.",
+)
+@click.option(
+    "--ticket-preview-mode",
+    type=click.Choice(["sync", "async"]),
+    default=None,
+    help="Like --preview-mode, for ticket previews only (default: as --preview-mode).",
+)
+@click.option(
+    "--ticket-window-days",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="DAYS",
+    help="Move only tickets created in the last DAYS days (default: every open ticket).",
+)
+@click.option(
+    "--ticket-fault",
+    type=click.Choice(["permission_denied", "forbidden"]),
+    default=None,
+    help="The key lacks the permission to assign others' tickets: ticket transfers answer "
+    "permission_denied (200, -9999, or 403 for forbidden); conversations still work.",
+)
+@click.option(
     "--seed", type=int, default=0, show_default=True, help="Seed of the random faults (repeatable)."
 )
 @click.option("-v", "--verbose", count=True, help="Log one line per request on stderr.")
@@ -190,19 +297,35 @@ def simulator_serve(
     callback_delay: float,
     reorder_callbacks: bool,
     callback_error_rate: float,
+    rate_limit: str | None,
+    rate_limit_retry_after: str,
+    auth: str,
+    directory_auth: str,
+    token_lifetime: float,
+    token_expires_in: bool,
+    refuse_token_after: int | None,
+    directory_shape: str,
+    directory_fault: str | None,
+    ticket_callbacks: bool,
+    ticket_preview_mode: str | None,
+    ticket_window_days: int | None,
+    ticket_fault: str | None,
     seed: int,
     verbose: int,
 ) -> None:
     """Run the OMI simulator until Ctrl-C or SIGTERM; print the address it listens on.
 
-    It answers OMI's endpoints (transfer, new_room, guest_send_message, message list) over a
-    fixture of agents and conversations, and POSTs each transfer's callback like OMI does.
-    Point OMI_BASE_URL at the printed address.
+    It answers OMI's endpoints (conversation and ticket transfer, new_room,
+    guest_send_message, message list, GET /api/auth, the agent directory GET /api/agent/list)
+    over a fixture of agents, conversations and tickets, and POSTs each transfer's callback
+    like OMI does. Point OMI_BASE_URL at the printed address.
 
     \b
     Example:
         omi-batch simulator serve --port 0
         omi-batch simulator serve --port 9000 --rate-limit-rate 0.1 --drop-callbacks 0.05 -v
+        omi-batch simulator serve --rate-limit 20:5 --auth bearer --token-lifetime 60
+        omi-batch simulator serve --no-ticket-callbacks --directory-fault permission_denied
     """
     import signal
 
@@ -221,6 +344,8 @@ def simulator_serve(
         callback_delay=callback_delay,
         reorder_callbacks=reorder_callbacks,
         callback_error_rate=callback_error_rate,
+        directory_fault=directory_fault,
+        ticket_fault=ticket_fault,
     )
     sim = Simulator(
         fixture=fixture,
@@ -229,6 +354,17 @@ def simulator_serve(
         preview_field=preview_field,
         faults=faults,
         seed=seed,
+        rate_limit=rate_limit,
+        rate_limit_retry_after=rate_limit_retry_after,
+        auth=auth,
+        directory_auth=directory_auth,
+        token_lifetime=token_lifetime,
+        token_expires_in=token_expires_in,
+        refuse_token_after=refuse_token_after,
+        directory_shape=directory_shape,
+        ticket_callbacks=ticket_callbacks,
+        ticket_preview_mode=ticket_preview_mode,
+        ticket_window_days=ticket_window_days,
     )
     if verbose:
         logging.getLogger("omi_batch.simulator").setLevel(logging.INFO)
