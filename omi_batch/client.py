@@ -43,6 +43,7 @@ from omi_batch import __version__ as _version
 from omi_batch.config import DEFAULT_AUTH, Secret, parse_auth, scrub
 from omi_batch.errors import EXIT_CONFIG, ConfigError, OmiBatchError, UsageError
 from omi_batch.ratelimit import AdaptiveLimiter, Ticket
+from omi_batch.verdicts import read_count
 
 log = logging.getLogger("omi_batch.client")
 
@@ -70,7 +71,6 @@ REFRESH_CODES = frozenset({"token_expired", "auth_invalid"})
 TICKETS_DENIED = "your key lacks the permission to assign other agents' tickets"
 RATE_LIMIT_CODES = frozenset({"rate_limit_exceeded"})
 # Where a preview may carry its count (see docs/design.md, "client"); first match wins.
-COUNT_FIELDS = ("updatedRecords", "totalRecords", "total", "count")
 
 _EXCERPT = 160  # characters of a non-JSON answer quoted in an error
 _CHANNEL = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
@@ -362,30 +362,6 @@ def _auth_hint(code: str | None) -> str:
     if code == "token_expired":
         return "the credential has expired"
     return "the API key may not do this (check its rights in the OMI web app)"
-
-
-def read_count(payload: Any) -> int | None:
-    """The preview count in a transfer's payload, or None when there is none (it will come by
-    callback). Raises ApiError("bad_count") for a negative or non-integer count."""
-    if isinstance(payload, dict):
-        value = next((payload[k] for k in COUNT_FIELDS if payload.get(k) is not None), None)
-    else:
-        value = payload
-    if value is None:
-        return None
-    count: int | None = None
-    if isinstance(value, bool):
-        count = None
-    elif isinstance(value, int):
-        count = value
-    elif isinstance(value, float) and value.is_integer():
-        count = int(value)
-    elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
-        count = int(value.strip())
-    if count is None or count < 0:
-        shown = json.dumps(value, ensure_ascii=False)[:40]
-        raise ApiError(None, "bad_count", f"the count is not a whole number >= 0: {shown}")
-    return count
 
 
 def _transfer_result(http_status: int, envelope: dict, secrets: Sequence[str]) -> TransferResult:

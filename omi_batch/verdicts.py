@@ -10,6 +10,7 @@ applied), ``unexpected``, ``unknown``, ``error`` (applying it failed: kept) and
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,6 +22,8 @@ APPLIED_VERDICTS = ("applied", "late", "confirmed")
 # Verdicts of a callback that was not accepted: refused ones start with REFUSED.
 NOT_ACCEPTED = ("unknown", "error")
 REFUSED = "refused:"
+# Where a preview answer may put its count (OMI's field is not confirmed).
+COUNT_FIELDS = ("updatedRecords", "totalRecords", "total", "count")
 
 
 def is_accepted(verdict: str) -> bool:
@@ -29,16 +32,36 @@ def is_accepted(verdict: str) -> bool:
 
 
 def whole_count(value: Any) -> int | None:
-    """An ``updatedRecords`` value as an int, or None when it is absent or not a count."""
+    """A count as OMI writes it (an int, a whole float, ASCII digits) as an int >= 0; None when
+    ``value`` is absent or not such a count. The one count parser (callbacks and answers)."""
     if isinstance(value, bool):
         return None
+    count: int | None = None
     if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
-    return None
+        count = value
+    elif isinstance(value, float) and value.is_integer():
+        count = int(value)
+    elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        count = int(value.strip())
+    return count if count is not None and count >= 0 else None
+
+
+def read_count(payload: Any) -> int | None:
+    """The preview count in a transfer's payload, or None when there is none (it will come by
+    callback). Raises ApiError("bad_count") for a negative or non-integer count."""
+    if isinstance(payload, dict):
+        value = next((payload[k] for k in COUNT_FIELDS if payload.get(k) is not None), None)
+    else:
+        value = payload
+    if value is None:
+        return None
+    count = whole_count(value)
+    if count is None:
+        from omi_batch.client import ApiError  # only on this error path: the client is heavy
+
+        shown = json.dumps(value, ensure_ascii=False)[:40]
+        raise ApiError(None, "bad_count", f"the count is not a whole number >= 0: {shown}")
+    return count
 
 
 def review(current: Mapping[str, Any], what: str) -> dict[str, Any]:

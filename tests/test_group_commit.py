@@ -60,7 +60,7 @@ def step(batch_id: str, row: int, **fields) -> dict:
 def commits(led: Ledger) -> list[str]:
     """The COMMIT statements this thread's ledger connection runs from now on."""
     seen: list[str] = []
-    led._db().conn.set_trace_callback(seen.append)
+    led._connection().set_trace_callback(seen.append)
     return seen
 
 

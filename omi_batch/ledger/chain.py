@@ -21,10 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
 from omi_batch.errors import LedgerDamaged, LedgerError
-from omi_batch.ledger.schema import decode_batch, decode_callback, decode_row
+from omi_batch.ledger.schema import decode_batch, decode_callback, decode_row, query
 
 try:  # the head file is guarded by flock where there is one (every POSIX system)
     import fcntl
@@ -232,7 +230,7 @@ class Audit:
         from omi_batch.ledger.rows import ROW_FIELDS
 
         sidecar = self.head_file.read()  # read before the snapshot: it never runs ahead of it
-        conn = self._db().conn
+        conn = self._connection()
         try:
             conn.execute("BEGIN")
             try:
@@ -395,18 +393,19 @@ class Audit:
 
     @staticmethod
     def _export_items(conn: sqlite3.Connection, batch_id: str) -> Iterator[dict]:
-        db = sqlite_utils.Database(conn, execute_plugins=False)
         by_batch = (batch_id,)
-        for batch in db.query("SELECT * FROM batches WHERE id = ?", by_batch):
+        for batch in query(conn, "SELECT * FROM batches WHERE id = ?", by_batch):
             yield {"type": "batch", **decode_batch(batch)}
-        for row in db.query('SELECT * FROM "rows" WHERE batch_id = ? ORDER BY seq', by_batch):
+        for row in query(conn, 'SELECT * FROM "rows" WHERE batch_id = ? ORDER BY seq', by_batch):
             yield {"type": "row", **decode_row(row)}
         for table, kind in (("approvals", "approval"), ("attempts", "attempt")):
-            for item in db.query(f"SELECT * FROM {table} WHERE batch_id = ? ORDER BY id", by_batch):
+            for item in query(
+                conn, f"SELECT * FROM {table} WHERE batch_id = ? ORDER BY id", by_batch
+            ):
                 yield {"type": kind, **item}
-        for item in db.query("SELECT * FROM callbacks WHERE batch_id = ? ORDER BY id", by_batch):
+        for item in query(conn, "SELECT * FROM callbacks WHERE batch_id = ? ORDER BY id", by_batch):
             yield {"type": "callback", **decode_callback(item)}
-        for item in db.query("SELECT * FROM events WHERE batch_id = ? ORDER BY id", by_batch):
+        for item in query(conn, "SELECT * FROM events WHERE batch_id = ? ORDER BY id", by_batch):
             item["data"] = json.loads(item["data"])
             yield {"type": "event", **item}
 

@@ -5,17 +5,25 @@ so a ledger written by an older omi-batch opens in a newer one (as sqlite-utils 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
-
-import sqlite_utils
 
 from omi_batch.errors import LedgerError
 
 
-def _migration_1_tables(db: sqlite_utils.Database) -> None:
+def _run(conn: sqlite3.Connection, script: str) -> None:
+    """Each statement of ``script`` inside the open transaction (``executescript`` would
+    commit it first)."""
+    for statement in script.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
+def _migration_1_tables(conn: sqlite3.Connection) -> None:
     """The tables of the first ledger."""
-    db.executescript(
+    _run(
+        conn,
         """
         CREATE TABLE batches (
             id TEXT PRIMARY KEY,
@@ -108,14 +116,15 @@ def _migration_1_tables(db: sqlite_utils.Database) -> None:
             prev_hash TEXT NOT NULL,
             hash TEXT NOT NULL
         );
-        """
+        """,
     )
 
 
-def _migration_2_review_and_indexes(db: sqlite_utils.Database) -> None:
+def _migration_2_review_and_indexes(conn: sqlite3.Connection) -> None:
     """``rows.needs_review`` (a conflicting callback flags the row), the attempt's message and
     whether its outcome is unknown (sent, no answer), and the lookup indexes."""
-    db.executescript(
+    _run(
+        conn,
         """
         ALTER TABLE "rows" ADD COLUMN needs_review INTEGER NOT NULL DEFAULT 0;
         ALTER TABLE attempts ADD COLUMN message TEXT;
@@ -125,14 +134,15 @@ def _migration_2_review_and_indexes(db: sqlite_utils.Database) -> None:
         CREATE INDEX callbacks_by_row ON callbacks (batch_id, "row", phase);
         CREATE INDEX approvals_by_row ON approvals (batch_id, "row");
         CREATE INDEX events_by_batch ON events (batch_id);
-        """
+        """,
     )
 
 
-def _migration_3_receipts_and_refusals(db: sqlite_utils.Database) -> None:
+def _migration_3_receipts_and_refusals(conn: sqlite3.Connection) -> None:
     """``callbacks.receipt`` (one delivery stored once, whatever the spool replays) and the
     ``refusals`` counts per minute and reason (issue 12)."""
-    db.executescript(
+    _run(
+        conn,
         """
         ALTER TABLE callbacks ADD COLUMN receipt TEXT;
         CREATE UNIQUE INDEX callbacks_by_receipt ON callbacks (receipt) WHERE receipt IS NOT NULL;
@@ -143,11 +153,11 @@ def _migration_3_receipts_and_refusals(db: sqlite_utils.Database) -> None:
             count INTEGER NOT NULL,
             PRIMARY KEY (minute, reason)
         );
-        """
+        """,
     )
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migration_1_tables,
     _migration_2_review_and_indexes,
     _migration_3_receipts_and_refusals,
@@ -155,11 +165,11 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-def migrate(db: sqlite_utils.Database, target: int | None = None) -> int:
+def migrate(db: Any, target: int | None = None) -> int:
     """Bring ``db`` (autocommit connection) up to schema ``target`` (default: the newest) in
     one ``BEGIN IMMEDIATE`` transaction; return the version it is at afterwards."""
     target = SCHEMA_VERSION if target is None else target
-    conn = db.conn
+    conn: sqlite3.Connection = getattr(db, "conn", db)  # a connection, or a Database over one
     if conn.execute("PRAGMA user_version").fetchone()[0] == target:
         return target  # nothing due: opening writes nothing (a reader works on a read-only disk)
     conn.execute("BEGIN IMMEDIATE")
@@ -171,7 +181,7 @@ def migrate(db: sqlite_utils.Database, target: int | None = None) -> int:
                 f"({SCHEMA_VERSION}): upgrade omi-batch"
             )
         for number in range(version + 1, target + 1):
-            MIGRATIONS[number - 1](db)
+            MIGRATIONS[number - 1](conn)
             version = number
         conn.execute(f"PRAGMA user_version = {int(version)}")
         conn.execute("COMMIT")
@@ -219,3 +229,11 @@ def decode_callback(record: dict) -> dict:
     record["headers"] = json.loads(record["headers"]) if record.get("headers") else {}
     record["applied"] = bool(record.get("applied"))
     return record
+
+
+def query(conn: sqlite3.Connection, sql: str, params: Iterable[Any] = ()) -> Iterator[dict]:
+    """The rows of ``sql``, one dict (column name: value) at a time."""
+    cursor = conn.execute(sql, tuple(params))
+    names = [d[0] for d in cursor.description]
+    for found in cursor:
+        yield dict(zip(names, found, strict=True))

@@ -25,11 +25,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import sqlite_utils
-
 from omi_batch.errors import LedgerDamaged, LedgerError, LedgerGone, NotFound
 from omi_batch.ledger.chain import GENESIS, HeadFile, canonical_json, event_hash, event_text
-from omi_batch.ledger.schema import SCHEMA_VERSION, migrate
+from omi_batch.ledger.schema import SCHEMA_VERSION, migrate, query
 
 BUSY_RETRIES = 2  # extra BEGIN IMMEDIATE tries after the busy handler itself gave up
 
@@ -177,13 +175,13 @@ class Store:
                     self._check_ours(probe)
                 finally:
                     probe.close()
-            db = self._db()
+            conn = self._connection()
             if self.read_only:
-                self._check_version(db.conn)
+                self._check_version(conn)
             else:
-                migrate(db)
+                migrate(conn)
             if head is not None and head[0] > 0:
-                found = db.conn.execute("SELECT max(id) FROM events").fetchone()[0] or 0
+                found = conn.execute("SELECT max(id) FROM events").fetchone()[0] or 0
                 if head[0] > found:
                     raise self._head_ahead(head[0], found)
         except sqlite3.DatabaseError as error:
@@ -204,7 +202,7 @@ class Store:
             conn = sqlite3.connect(str(temp), isolation_level=None)
             try:
                 conn.execute("PRAGMA journal_mode = WAL")
-                migrate(sqlite_utils.Database(conn, execute_plugins=False))
+                migrate(conn)
             finally:
                 conn.close()
             with contextlib.suppress(FileExistsError):
@@ -309,12 +307,12 @@ class Store:
         assert last is not None
         raise last
 
-    def _db(self) -> sqlite_utils.Database:
-        """This thread's Database (opened on first use, again after fork or close)."""
+    def _connection(self) -> sqlite3.Connection:
+        """This thread's connection (opened on first use, again after fork or close)."""
         local = self._local
         pid = os.getpid()
         if (
-            getattr(local, "db", None) is None
+            getattr(local, "conn", None) is None
             or local.pid != pid
             or local.generation != self._generation
         ):
@@ -323,8 +321,8 @@ class Store:
                 self._connections.append((pid, conn))
                 local.generation = self._generation
             local.pid = pid
-            local.db = sqlite_utils.Database(conn, execute_plugins=False)
-        return local.db
+            local.conn = conn
+        return local.conn
 
     def close(self) -> None:
         """Close every connection this object opened (in any thread of this process). The
@@ -364,7 +362,7 @@ class Store:
         """One short ``BEGIN IMMEDIATE … COMMIT``; publishes the new head after the commit."""
         if self.read_only:
             raise LedgerError(f"ledger {self.path} was opened read-only")
-        conn = self._db().conn
+        conn = self._connection()
         for attempt in range(BUSY_RETRIES + 1):
             try:
                 conn.execute("BEGIN IMMEDIATE")
@@ -398,6 +396,6 @@ class Store:
 
     def _query(self, sql: str, params: Iterable[Any] = ()) -> list[dict]:
         try:
-            return list(self._db().query(sql, tuple(params)))
+            return list(query(self._connection(), sql, params))
         except sqlite3.Error as error:
             raise ledger_error(self.path, error) from None
