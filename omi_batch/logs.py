@@ -169,7 +169,7 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False, default=str)
 
 
-class _Handler(logging.StreamHandler):
+class StderrHandler(logging.StreamHandler):
     """Our stderr handler (so a second ``setup_logging`` replaces it and nothing else).
     Without a stream of its own it writes to whatever ``sys.stderr`` is at the time."""
 
@@ -204,9 +204,9 @@ def setup_logging(
         raise ValueError(f"log format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     add_secrets_from(os.environ if env is None else env)
     root = logging.getLogger()
-    for handler in [h for h in root.handlers if isinstance(h, _Handler)]:
+    for handler in [h for h in root.handlers if isinstance(h, StderrHandler)]:
         root.removeHandler(handler)
-    handler = _Handler(stream)
+    handler = StderrHandler(stream)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root.addHandler(handler)
     root.setLevel(level_for(verbose))
@@ -216,6 +216,7 @@ def setup_logging(
 __all__ = [
     "FORMATS",
     "JsonFormatter",
+    "StderrHandler",
     "TextFormatter",
     "add_secret",
     "add_secrets_from",

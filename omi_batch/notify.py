@@ -222,7 +222,7 @@ def batch_finished(
     job: str | None = None,
 ) -> Message:
     """ "Batch finished": the summary line (counts per status) and the totals per target."""
-    from omi_batch.reports import result_status
+    from omi_batch.states import result_status
 
     statuses = Counter(result_status(dict(r)) for r in rows)
     line = summary or ", ".join(f"{n} {s}" for s, n in sorted(statuses.items())) or "no rows"
@@ -262,7 +262,7 @@ def rows_need_attention(
 ) -> Message | None:
     """ "Needs attention" for a batch with failed or unconfirmed rows (None when it has none),
     listing the first of them with their errors."""
-    from omi_batch.reports import result_status
+    from omi_batch.states import result_status
 
     bad = [r for r in rows if result_status(dict(r)) in ("failed", "unconfirmed")]
     if not bad:

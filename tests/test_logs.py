@@ -24,7 +24,7 @@ def stream():
     buffer = io.StringIO()
     yield buffer
     root = logging.getLogger()
-    for handler in [h for h in root.handlers if isinstance(h, logs._Handler)]:
+    for handler in [h for h in root.handlers if isinstance(h, logs.StderrHandler)]:
         root.removeHandler(handler)
     root.setLevel(logging.WARNING)
 
@@ -106,7 +106,7 @@ def test_setting_up_again_replaces_its_own_handler_only(stream):
     try:
         logs.setup_logging(0, "text", stream=io.StringIO(), env={})
         logs.setup_logging(1, "json", stream=stream, env={})
-        ours = [h for h in root.handlers if isinstance(h, logs._Handler)]
+        ours = [h for h in root.handlers if isinstance(h, logs.StderrHandler)]
         assert len(ours) == 1 and other in root.handlers
         assert root.level == logging.INFO
     finally:
@@ -116,3 +116,120 @@ def test_setting_up_again_replaces_its_own_handler_only(stream):
 def test_an_unknown_format_is_refused():
     with pytest.raises(ValueError, match="log format must be one of text, json, not 'xml'"):
         logs.setup_logging(0, "xml")
+
+
+def test_webhook_serve_logs_json_lines_without_a_secret(ledger_path):
+    import os
+    import queue
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    import requests
+
+    from omi_batch.ledger import Ledger
+
+    with Ledger(ledger_path) as ledger:
+        batch_id = ledger.create_batch(
+            source_file="departures.csv", source_sha256="0" * 64, created_by="test",
+            base_url=None, options={}, input_rows=1, warnings=[],
+            rows=[{"row": 2, "source_email": "an.nguyen@example.vn",
+                   "target_email": "binh.tran@example.vn",
+                   "requested_target": "binh.tran@example.vn", "via": (), "conv_ids": (),
+                   "replace_existing_members": False, "note": ""}],
+        )  # fmt: skip
+        for state in ("previewed", "approved", "submitted"):
+            fields = {"request_id": "req-2"} if state == "submitted" else {}
+            ledger.set_state(batch_id, 2, state, event=state, **fields)
+    token = callbacks.token(Secret(WEBHOOK_SECRET), batch_id, 2, "execute")
+    env = {**os.environ, **ENV}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "omi_batch", "webhook", "serve", "--port", "0", "--metrics",
+         "--log-format", "json", "-vv", "--ledger", str(ledger_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    lines_out: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines_out.put(x) for x in process.stdout],
+                     daemon=True).start()  # fmt: skip
+    try:
+        url = lines_out.get(timeout=60).split()[-1]
+        body = b'{"requestId": "req-2", "status": "SUCCESS", "payload": {"updatedRecords": 3}}'
+        answers = [
+            requests.post(f"{url}/callbacks/{batch_id}/2/execute", data=body,
+                          headers={callbacks.HEADER: token}, timeout=10).status_code,
+            requests.post(f"{url}/callbacks/{batch_id}/2/execute", data=body,
+                          headers={callbacks.HEADER: token[::-1]}, timeout=10).status_code,
+        ]  # fmt: skip
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+    stderr = process.stderr.read()
+    assert answers == [200, 401]
+    records = [json.loads(line) for line in stderr.splitlines()]  # every line is JSON
+    callbacks_logged = [r for r in records if r["event"] == "callback"]
+    assert [(r["batch"], r["row"], r["level"]) for r in callbacks_logged] == [
+        (batch_id, 2, "INFO"), (batch_id, 2, "INFO"),
+    ]  # fmt: skip
+    assert "verdict=applied status=200" in callbacks_logged[0]["message"]
+    assert "verdict=refused:bad_credential status=401" in callbacks_logged[1]["message"]
+    assert records[-1]["message"] == "Webhook receiver stopped."
+    for secret in (API_KEY, WEBHOOK_SECRET, token, token[::-1]):
+        assert secret not in stderr
+
+
+JOB = """\
+ledger = "work/ledger.db"
+{extra}
+[folders]
+inbox = "work/inbox"
+review = "work/review"
+approved = "work/approved"
+archive = "work/archive"
+reports = "work/reports"
+[approval]
+policy = "auto"
+max_conversations_per_row = 1000
+max_conversations_per_batch = 10000
+[run]
+rate = 100.0
+wait = 10
+listen = "127.0.0.1:0"
+"""
+
+
+@pytest.mark.parametrize("asked", ["option", "job file"])
+def test_a_job_tick_logs_json_lines_without_a_secret(tmp_path, runner, simulator, stream, asked):
+    from pathlib import Path
+
+    from omi_batch.cli import cli
+
+    _, server = simulator
+    sample = Path(__file__).resolve().parent.parent / "data" / "sample_offboarding.csv"
+    job_file = tmp_path / "offboarding.toml"
+    job_file.write_text(JOB.format(extra='log_format = "json"' if asked == "job file" else ""))
+    (tmp_path / "work" / "inbox").mkdir(parents=True)
+    (tmp_path / "work" / "inbox" / "departures.csv").write_text(
+        "".join(sample.read_text(encoding="utf-8").splitlines(True)[:-1]), encoding="utf-8"
+    )
+    args = ["job", "run", str(job_file), "-vv"] + (["--log-format", "json"] if asked == "option"
+                                                    else [])  # fmt: skip
+    env = {"OMI_BASE_URL": server.url, **ENV, "OMI_WEBHOOK_URL": None}
+
+    result = runner.invoke(cli, args, env=env)
+
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.stderr.splitlines()]  # every line is JSON
+    jobs = [r for r in records if r["logger"] == "omi_batch.jobs"]
+    assert jobs[-1]["message"].startswith("job offboarding: tick done: 1 new batch(es)")
+    [created] = [r for r in jobs if "created with" in r["message"]]
+    assert created["batch"] and created["level"] == "INFO"
+    assert any(r["event"] == "callback" for r in records)  # the tick's receiver logged too
+    for secret in (API_KEY, WEBHOOK_SECRET):
+        assert secret not in result.stderr
+    tokens = [callbacks.token(Secret(WEBHOOK_SECRET), created["batch"], row, phase)
+              for row in range(2, 8) for phase in callbacks.PHASES]  # fmt: skip
+    assert not [t for t in tokens if t in result.stderr]

@@ -562,3 +562,43 @@ def test_the_example_job_files_optional_keys_parse_once_uncommented(tmp_path):
     )
     assert job.metrics_file == Path("/var/lib/node_exporter/textfile/omi_batch.prom")
     assert job.log_format == "json"
+
+
+# --------------------------------------------------------------------------- by hand
+
+
+def test_run_with_notify_says_the_batch_finished(tmp_path, runner, env, receiver):
+    from omi_batch.cli import cli
+
+    csv_file = tmp_path / "departures.csv"
+    csv_file.write_text(GOOD_CSV, encoding="utf-8")
+    url = receiver.url(query="+X-Hook-Token=${OMI_NOTIFY_TOKEN}")
+    result = runner.invoke(
+        cli,
+        ["run", str(csv_file), "--yes", "--listen", "127.0.0.1:0", "--wait", "10",
+         "--ledger", str(tmp_path / "ledger.db"), "--reports", str(tmp_path / "reports"),
+         "--notify", url],
+        env={"OMI_NOTIFY_TOKEN": TOKEN},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    [post] = receiver.posts
+    assert post["headers"]["X-Hook-Token"] == TOKEN
+    assert post["body"]["title"].endswith(" finished: 5 succeeded")
+    assert post["body"]["message"].splitlines()[1] == "Per target:"
+    assert TOKEN not in result.output
+
+
+def test_execute_with_a_notify_variable_unset_exits_3_before_sending(tmp_path, runner, env):
+    from omi_batch.cli import cli
+
+    result = runner.invoke(
+        cli,
+        ["execute", "20261201-093000-ab12", "--yes", "--ledger", str(tmp_path / "ledger.db"),
+         "--notify", "json://127.0.0.1:9/hook?-token=${OMI_NOTIFY_TOKEN}"],
+        env={"OMI_NOTIFY_TOKEN": None},
+    )  # fmt: skip
+    assert result.exit_code == 3
+    assert result.output.splitlines()[-1] == (
+        "Error: OMI_NOTIFY_TOKEN is not set: a notification URL reads a secret from it"
+    )
+    assert not (tmp_path / "ledger.db").exists()

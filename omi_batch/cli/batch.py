@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -13,6 +14,7 @@ from omi_batch.cli.options import (
     ledger_option,
     limit_option,
     listen_option,
+    notify_option,
     reports_option,
     wait_option,
 )
@@ -89,7 +91,11 @@ class _Session:
                            "command's receiver can check these callbacks.", err=True)  # fmt: skip
             # The receiver wakes the pipeline's waits the moment a callback is stored.
             notifying = NotifyingLedger(self.ledger, lambda *key: self.pipeline.notify(*key), lock)
-            self.receiver = webhook.start(webhook.make_app(notifying, secret), host, port)
+            from omi_batch.metrics import make_metrics
+
+            metrics = make_metrics(self.ledger)  # GET /metrics beside the callbacks
+            app = webhook.make_app(notifying, secret, metrics=metrics)
+            self.receiver = webhook.start(metrics.wrap(app), host, port)
             click.echo(f"Webhook receiver listening on {self.receiver.url}", err=True)
             if not webhook_url:
                 webhook_url = self.receiver.url
@@ -111,6 +117,16 @@ class _Session:
         self.pipeline.close()
         if self.receiver is not None:
             self.receiver.stop()
+
+
+def _notifier(urls: tuple[str, ...]) -> Any:
+    """The --notify notifier, checked before anything is created (exit 3 for an unset
+    variable or an unknown service); None without --notify. No outbox: a failure is logged."""
+    if not urls:
+        return None
+    from omi_batch.notify import notifier_for
+
+    return notifier_for(urls)
 
 
 def _require_confirmation_means(yes: bool) -> None:
@@ -175,7 +191,20 @@ def _execute_done(session: _Session, batch_id: str, reports_dir: str,
     else:
         print_results(rows)
     print_reports(written)
+    _notify_finished(session, batch_id, rows, written)
     exit_for(rows, approved_only)
+
+
+def _notify_finished(session: _Session, batch_id: str, rows: list, written: dict) -> None:
+    """--notify: the batch finished (and needs attention when rows failed or are unconfirmed)."""
+    notifier = getattr(session, "notifier", None)
+    if notifier is None:
+        return
+    from omi_batch import notify
+
+    attention = notify.rows_need_attention(batch_id, rows, retry_report=written.get("retry"))
+    notifier.send(notify.batch_finished(batch_id, rows),
+                  *([attention] if attention else []))  # fmt: skip
 
 
 @click.command()
@@ -313,6 +342,7 @@ def approve(
 @http_options
 @listen_option
 @wait_option(300.0)
+@notify_option
 @json_option
 @handle_errors
 def execute(
@@ -325,6 +355,7 @@ def execute(
     timeout: float,
     listen: str | None,
     wait: float,
+    notify_urls: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Execute the approved, not yet confirmed transfers of BATCH and wait for their callbacks.
@@ -334,9 +365,12 @@ def execute(
     \b
     Example:
         omi-batch execute 20261125-093000-ab12 --listen 127.0.0.1:8080
+        omi-batch execute 20261125-093000-ab12 --notify 'json://hooks.example.vn/x?-token=${T}'
     """
+    notifier = _notifier(notify_urls)
     options = {"concurrency": concurrency, "rate": rate, "timeout": timeout, "wait": wait}
     with _Session(ledger_path, listen=listen, yes=yes, **options) as session:
+        session.notifier = notifier
         _execute(session, batch, reports_dir, yes, as_json=as_json)
 
 
@@ -349,6 +383,7 @@ def execute(
 @http_options
 @listen_option
 @wait_option(300.0)
+@notify_option
 @json_option
 @handle_errors
 def run(
@@ -362,6 +397,7 @@ def run(
     timeout: float,
     listen: str | None,
     wait: float,
+    notify_urls: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Validate, preview, confirm, execute and wait: the whole flow for FILE.
@@ -370,19 +406,23 @@ def run(
     Example:
         omi-batch run departures.csv --listen 127.0.0.1:8080
         omi-batch run departures.csv --yes --limit 3
+        omi-batch run departures.csv --yes --notify 'mailto://bot:${SMTP_PASSWORD}@mail.example.vn'
     """
     from omi_batch.roster import read_plan
 
     plan = read_plan(file, limit=limit)
     for warning in plan.warnings:
         click.echo(f"Warning: {warning}", err=True)
+    notifier = _notifier(notify_urls)
     options = {"concurrency": concurrency, "rate": rate, "timeout": timeout, "wait": wait}
     with _Session(ledger_path, listen=listen, create=True, yes=yes, **options) as session:
+        session.notifier = notifier
         pipeline = session.pipeline
         batch_id = pipeline.create_batch(plan, options={"command": "run", **options})
         click.echo(f"Batch {batch_id}: previewing {len(plan.transfers)} row(s)", err=True)
         pipeline.preview(batch_id)
-        print_reports(pipeline.preview_summary(batch_id, reports_dir).reports)
+        written = pipeline.preview_summary(batch_id, reports_dir).reports
+        print_reports(written)
         rows = session.ledger.rows(batch_id)
         print_plan_summary(rows)
         if not any(r["state"] == "previewed" for r in rows):
@@ -391,6 +431,12 @@ def run(
             return
         if not yes and not click.confirm("Execute every row that previewed ok?", err=True):
             click.echo(f"Nothing executed. Approve later: omi-batch approve {batch_id}", err=True)
+            if notifier is not None:
+                from omi_batch import notify
+
+                workbook = written.get("review") or written.get("preview")
+                notifier.send(notify.review_waiting(batch_id, rows, workbook=workbook,
+                                                    file=Path(plan.source_file).name))  # fmt: skip
             return
         pipeline.approve(batch_id, approve_all=True)
         _execute(session, batch_id, reports_dir, yes=True, approved_only=False, as_json=as_json)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Callable
 
 import click
@@ -117,8 +116,53 @@ def add_verbose_option(group: click.Group) -> None:
             ))  # fmt: skip
 
 
-def setup_logging(verbose: int) -> None:
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(
-        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+def notify_option(f: Callable) -> Callable:
+    return click.option(
+        "--notify",
+        "notify_urls",
+        multiple=True,
+        metavar="URL",
+        help="Say when the batch finished, or needs attention, at this apprise URL (mailto://, "
+        "slack://, json://, ...; write a secret as ${NAME}: it is read from the environment "
+        "variable NAME). Repeatable.",
+    )(f)
+
+
+def log_format() -> str | None:
+    """The --log-format given on this command line, if any."""
+    ctx = click.get_current_context(silent=True)
+    return ctx.meta.get("omi_batch.log_format") if ctx is not None else None
+
+
+def _log_format_callback(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value:
+        ctx.meta["omi_batch.log_format"] = value
+        verbose = max(ctx.find_root().params.get("verbose") or 0,
+                      ctx.meta.get("omi_batch.verbose", 0))  # fmt: skip
+        setup_logging(verbose, value)
+
+
+def log_format_option(f: Callable) -> Callable:
+    return click.option(
+        "--log-format",
+        type=click.Choice(["text", "json"]),
+        default=None,
+        expose_value=False,
+        is_eager=True,
+        callback=_log_format_callback,
+        help="How stderr logs: text (default) or json, one object a line (time, level, event, "
+        "batch, row, request_id, message). Never a secret.",
+    )(f)
+
+
+def setup_logging(verbose: int, fmt: str | None = None) -> None:
+    """Log on stderr at the level -v asks for, as text or JSON (omi_batch.logs), scrubbed of
+    secrets. When something else already logs (a test harness) and no format was asked for,
+    leave it be, as logging.basicConfig would."""
+    from omi_batch import logs
+
+    fmt = fmt or log_format()
+    root = logging.getLogger()
+    if fmt is None and any(not isinstance(h, logs.StderrHandler) for h in root.handlers):
+        return
+    logs.setup_logging(verbose, fmt or "text")

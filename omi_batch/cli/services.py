@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from omi_batch.cli.options import ledger_option, verbosity
+from omi_batch.cli.options import ledger_option, log_format, log_format_option, verbosity
 from omi_batch.cli.output import handle_errors
 
 
@@ -29,14 +29,23 @@ def webhook() -> None:
 @click.option(
     "--threads", type=click.IntRange(1, 256), default=16, show_default=True, help="Worker threads."
 )
+@click.option(
+    "--metrics",
+    "with_metrics",
+    is_flag=True,
+    help="Also answer GET /metrics in the Prometheus format: callbacks by verdict, refusals "
+    "by reason, answer and ledger-write latency, rows by state of each open batch.",
+)
 @ledger_option
+@log_format_option
 @handle_errors
-def webhook_serve(host: str, port: int, threads: int, ledger_path: str) -> None:
+def webhook_serve(host: str, port: int, threads: int, with_metrics: bool, ledger_path: str) -> None:
     """Run the webhook receiver until SIGTERM or Ctrl-C. Needs OMI_WEBHOOK_SECRET.
 
     \b
     Example:
         OMI_WEBHOOK_SECRET=... omi-batch webhook serve --port 8080
+        OMI_WEBHOOK_SECRET=... omi-batch webhook serve --metrics --log-format json
     """
     from omi_batch.config import Settings
     from omi_batch.ledger import Ledger
@@ -47,14 +56,27 @@ def webhook_serve(host: str, port: int, threads: int, ledger_path: str) -> None:
     # One line per callback is the service's log, so it shows without -v.
     logging.getLogger(LOGGER_NAME).setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
     ledger = Ledger(ledger_path)
-    serve(
-        make_app(ledger, secret),
-        host,
-        port,
-        threads=threads,
-        ready=lambda url: click.echo(f"Webhook receiver listening on {url}"),
-    )
-    click.echo("Webhook receiver stopped.", err=True)
+    metrics = None
+    if with_metrics:
+        from omi_batch.metrics import make_metrics
+
+        metrics = make_metrics(ledger)
+    app = make_app(ledger, secret, metrics=metrics)
+
+    def say(text: str, event: str) -> None:
+        """Talk on stderr: a log record when the log is JSON, so every line stays JSON."""
+        if log_format() == "json":
+            logging.getLogger(LOGGER_NAME).info(text, extra={"event": event})
+        else:
+            click.echo(text, err=True)
+
+    def ready(url: str) -> None:
+        click.echo(f"Webhook receiver listening on {url}")
+        if metrics is not None:
+            say(f"Metrics at {url}/metrics", "metrics")
+
+    serve(metrics.wrap(app) if metrics else app, host, port, threads=threads, ready=ready)
+    say("Webhook receiver stopped.", "stopped")
 
 
 def _check_rate_limit(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
