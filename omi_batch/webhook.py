@@ -345,6 +345,8 @@ class WebhookApp:
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.close()
+        if self.spool is not None:
+            self.spool.close()
 
     def _read_body(self, environ: dict) -> bytes:
         """At most ``max_body`` bytes of the body; a longer one is refused with 413.
