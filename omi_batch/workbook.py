@@ -34,7 +34,7 @@ _NUMBER_COLUMNS = {"row", "conversations", "sources_count", "conversations_previ
                    "updated_records", "difference", "attempts", "moved"}  # fmt: skip
 _WRAP_COLUMNS = {"error", "warnings", "note", "sources", "conv_ids"}
 _WIDTH = {"batch": 22, "row": 6, "approved": 11, "preview_status": 16, "status": 14,
-          "submitted_at": 25, "completed_at": 25, "ledger_head": 20}  # fmt: skip
+          "submitted_at": 25, "completed_at": 25}  # fmt: skip
 _WRAP_WIDTH = {"error": 40, "warnings": 46, "note": 34, "sources": 50, "conv_ids": 51}
 _MAX_WIDTH = 40
 _LINE_HEIGHT = 14.5  # points a line of 11-point text takes
@@ -355,9 +355,10 @@ class _Styles:
         self.header_fill = PatternFill("solid", fgColor=_HEADER_FILL)
         self.header_align = Alignment(wrap_text=True, vertical="center")
         self.border = Border(bottom=Side(style="thin", color="FFBFBFBF"))
-        self.top = Alignment(vertical="top")
+        self.top = Alignment(vertical="top", horizontal="left", indent=1)
         self.centre = Alignment(vertical="top", horizontal="center")
-        self.wrap = Alignment(vertical="top", wrap_text=True)
+        self.number = Alignment(vertical="top", horizontal="right", indent=1)
+        self.wrap = Alignment(vertical="top", horizontal="left", indent=1, wrap_text=True)
         self.locked = Protection(locked=True)
         self.unlocked = Protection(locked=False)
         self.fills: dict[str, Any] = {}
@@ -448,7 +449,11 @@ def _table(
         template = WriteOnlyCell(sheet)
         number = kind in ("row", "number")
         template.number_format = "0" if number else "@"
-        template.alignment = {"wrap": styles.wrap, "row": styles.centre}.get(kind, styles.top)
+        template.alignment = {
+            "wrap": styles.wrap,
+            "row": styles.centre,
+            "number": styles.number,
+        }.get(kind, styles.top)
         template.protection = styles.unlocked if editable else styles.locked
         if not number:
             template.quotePrefix = True  # typed text stays text, even "=…" or "0123"
@@ -498,7 +503,8 @@ def _width(column: str, values: list[object]) -> float:
     longest = max((len(str(v)) for v in values if v is not None), default=0)
     if column in _WRAP_WIDTH:
         return float(max(min(_WRAP_WIDTH[column], longest + 2), header, 12))
-    return float(min(max(longest + 2, header, 10), _MAX_WIDTH))
+    ceiling = 68 if column == "ledger_head" else _MAX_WIDTH  # a hash: one line, never cut
+    return float(min(max(longest + 3, header, 10), ceiling))
 
 
 def _page(sheet: Any) -> None:
