@@ -710,7 +710,9 @@ class _Tick:
                      len(planned))  # fmt: skip
             self.result.sent = True
             self.pipeline.preview(batch_id, rows=planned)
-        self.pipeline.preview_summary(batch_id, self.job.reports)
+        self.pipeline.preview_summary(
+            batch_id, self.job.reports, max_age_hours=self.job.max_age_hours
+        )
         rows = self.ledger.rows(batch_id)
         previewed = [r for r in rows if r["conversations_previewed"] is not None]
         failed = [r for r in rows if r["state"] == "preview_failed"]
@@ -719,17 +721,22 @@ class _Tick:
                  sum(r["conversations_previewed"] for r in previewed), len(failed))  # fmt: skip
 
     def _to_review(self, batch_id: str, reason: str | None = None) -> None:
-        """Put the preview and targets reports in the review folder (once) and say so."""
+        """Put the review workbook and the preview and targets reports in the review folder
+        (once) and say so."""
         job = self.job
         if batch_id not in self.result.waiting:
             self.result.waiting.append(batch_id)
-        wanted = [job.reports / f"{batch_id}-{kind}.csv" for kind in ("preview", "targets")]
+        wanted = [job.reports / f"{batch_id}-review.xlsx"] + [
+            job.reports / f"{batch_id}-{kind}.csv" for kind in ("preview", "targets")
+        ]
         if all((job.review / p.name).exists() for p in wanted):
             log.info("job %s: batch %s: still waiting for review", job.name, batch_id)
             return
         for path in wanted:
             if not path.exists():
-                self.pipeline.preview_summary(batch_id, job.reports)
+                self.pipeline.preview_summary(
+                    batch_id, job.reports, max_age_hours=job.max_age_hours
+                )
             _copy(path, job.review / path.name)
         because = f" ({reason})" if reason else ""
         log.info("job %s: batch %s: waiting for review%s: fill the approved column of %s and "
@@ -741,7 +748,7 @@ class _Tick:
         self._notify(
             notify.review_waiting, batch_id, self.ledger.rows(batch_id),
             file=self.ledger.batch(batch_id)["options"].get("source_name"),
-            workbook=workbook if workbook.exists() else job.review / wanted[0].name,
+            workbook=workbook,
             approve_command=f"fill the approved column and save the report in {job.approved} "
             f"(or: omi-batch approve {batch_id} --report FILE --ledger {job.ledger})",
         )  # fmt: skip
@@ -823,7 +830,9 @@ class _Tick:
                  self.job.name, batch_id, len(rows))  # fmt: skip
         self.result.sent = True
         self.pipeline.preview(batch_id, rows=rows)
-        self.pipeline.preview_summary(batch_id, self.job.reports)
+        self.pipeline.preview_summary(
+            batch_id, self.job.reports, max_age_hours=self.job.max_age_hours
+        )
         for copy in self.job.review.glob(f"{batch_id}-*"):
             copy.unlink(missing_ok=True)
         self._to_review(batch_id, "previewed again")
@@ -894,7 +903,7 @@ class _Tick:
         final = job.archive / batch_id
         partial = job.archive / f".{batch_id}.partial"
         partial.mkdir(parents=True, exist_ok=True)
-        self.pipeline.write_reports(batch_id, job.reports)
+        self.pipeline.write_reports(batch_id, job.reports, max_age_hours=job.max_age_hours)
         for path in sorted(job.reports.glob(f"{batch_id}-*")):
             _move(path, partial / path.name)
         for path in job.review.glob(f"{batch_id}-*"):

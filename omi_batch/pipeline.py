@@ -429,12 +429,27 @@ class Pipeline:
         finally:
             self._flush_attempts()
 
-    def preview_summary(self, batch_id: str, reports_dir: str | Path | None = None) -> Summary:
+    def preview_summary(
+        self, batch_id: str, reports_dir: str | Path | None = None, *, max_age_hours: float = 24.0
+    ) -> Summary:
         rows = self.ledger.rows(batch_id)
         summary = Summary(batch_id, counts=count_states(rows))
         if reports_dir is not None:
-            summary.reports = reports.write_preview_reports(rows, batch_id, reports_dir)
+            summary.reports = self._preview_reports(rows, batch_id, reports_dir, max_age_hours)
         return summary
+
+    def _preview_reports(
+        self, rows: list[dict], batch_id: str, reports_dir: str | Path, max_age_hours: float
+    ) -> dict[str, Path]:
+        """The preview and targets CSV reports, and the review workbook beside them."""
+        from omi_batch import workbook
+
+        written = reports.write_preview_reports(rows, batch_id, reports_dir)
+        written["review_xlsx"] = workbook.write_review_workbook(
+            rows, self.ledger.batch(batch_id), workbook.review_path(reports_dir, batch_id),
+            max_age_hours=max_age_hours,
+        )  # fmt: skip
+        return written
 
     # ------------------------------------------------------------------ approve
 
@@ -694,12 +709,21 @@ class Pipeline:
 
     # ------------------------------------------------------------------ reports
 
-    def write_reports(self, batch_id: str, reports_dir: str | Path) -> dict[str, Path]:
+    def write_reports(
+        self, batch_id: str, reports_dir: str | Path, *, max_age_hours: float = 24.0
+    ) -> dict[str, Path]:
+        """Every report the batch has reached: preview (CSV and workbook), then results."""
+        from omi_batch import workbook
+
         rows = self.ledger.rows(batch_id)
-        written = reports.write_preview_reports(rows, batch_id, reports_dir)
+        written = self._preview_reports(rows, batch_id, reports_dir, max_age_hours)
         if any(r["state"] in STARTED for r in rows) or any(r["approved_at"] for r in rows):
             head = self.ledger.head()
             written |= reports.write_result_reports(rows, batch_id, reports_dir, head)
+            written["results_xlsx"] = workbook.write_results_workbook(
+                rows, self.ledger.batch(batch_id), workbook.results_path(reports_dir, batch_id),
+                head=head,
+            )  # fmt: skip
         return written
 
 

@@ -214,7 +214,6 @@ def write_results_workbook(
         *[(_STATUS_VI[s], s, counts[s]) for s in reports.RESULT_STATUSES if counts.get(s)],
         ("Hội thoại đã chuyển", "Conversations moved", sum(moved_by_target(rows).values())),
         ("Mã băm sổ ghi", "Ledger head", head or ""),
-        ("Ghi lúc", "Written at", _now()),
     ]
     steps = [
         ("Trang Results có kết quả của từng dòng. Dòng tô màu cam là dòng thất bại; màu vàng là "
@@ -294,19 +293,12 @@ def _review_facts(
         ("Thời hạn xem trước", "Preview age limit", f"{max_age_hours:g} h"),
         ("Duyệt trước lúc", "Approve before", deadline),
         ("Lệnh duyệt", "Approve command", f"omi-batch approve {batch_info['id']} --report {name}"),
-        ("Ghi lúc", "Written at", _now()),
     ]  # fmt: skip
 
 
 def _iso(moment: datetime) -> str:
     """A time as the ledger writes it (UTC, ``Z``)."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _now() -> str:
-    from omi_batch.ledger import now
-
-    return now()
 
 
 # --------------------------------------------------------------------------- openpyxl

@@ -65,7 +65,8 @@ def test_the_demo_runs_the_whole_flow_and_stops_the_simulator(tmp_path):
     assert "Nguyễn Thị Lan" not in done.stdout  # names are in the reports, not the table
     out = tmp_path / "demo"
     reports = sorted(p.name.split("-", 3)[-1] for p in (out / "reports").iterdir())
-    assert reports == ["preview.csv", "results.csv", "retry.csv", "targets.csv"]
+    assert reports == ["preview.csv", "results.csv", "results.xlsx", "retry.csv", "review.xlsx",
+                       "targets.csv"]  # fmt: skip
     preview = next((out / "reports").glob("*-preview.csv")).read_text(encoding="utf-8-sig")
     assert "Nguyễn Thị Lan nghỉ việc" in preview
     with Ledger(out / "ledger.db") as ledger:

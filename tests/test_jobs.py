@@ -24,6 +24,8 @@ REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "data" / "sample_offboarding.csv"
 # The sample without its last row (whose target has no OMI account): every row can succeed.
 GOOD_CSV = "".join(SAMPLE.read_text(encoding="utf-8").splitlines(keepends=True)[:-1])
+# What the review folder gets: the workbook for a person, the CSV reports for scripts.
+REVIEW_FILES = ("preview.csv", "review.xlsx", "targets.csv")
 BAD_CSV = "source_email,target_email\nan.nguyen@example,binh.tran@example.vn\n"
 
 JOB = """\
@@ -359,7 +361,7 @@ def test_a_batch_travels_inbox_review_approved_archive(tmp_path, runner, simulat
     batch_id = batch["id"]
     assert batch["options"]["source_name"] == "departures.csv"
     assert names(job.inbox) == []
-    assert names(job.review) == [f"{batch_id}-preview.csv", f"{batch_id}-targets.csv"]
+    assert names(job.review) == [f"{batch_id}-{kind}" for kind in REVIEW_FILES]
     assert states(job, batch_id) == {2: "previewed", 3: "previewed", 4: "previewed",
                                      5: "previewed", 6: "previewed", 7: "preview_failed"}  # fmt: skip
     assert (f"job offboarding: batch {batch_id}: 5 row(s) previewed, 73 conversation(s) to move, "
@@ -381,7 +383,8 @@ def test_a_batch_travels_inbox_review_approved_archive(tmp_path, runner, simulat
     assert names(job.review) == names(job.approved) == names(job.reports) == []
     assert names(job.archive / batch_id) == sorted(
         f"{batch_id}-{kind}" for kind in ("approved.csv", "preview.csv", "targets.csv",
-                                          "results.csv", "retry.csv", "source-departures.csv")
+                                          "results.csv", "retry.csv", "source-departures.csv",
+                                          "review.xlsx", "results.xlsx")
     )  # fmt: skip
     assert f"job offboarding: batch {batch_id}: 5 row(s) approved, 0 skipped" in messages(job_log)
     retry = (job.archive / batch_id / f"{batch_id}-retry.csv").read_text(encoding="utf-8-sig")
@@ -433,7 +436,7 @@ def test_auto_over_a_ceiling_is_left_for_review_saying_why(
     assert result.waiting == [batch_id] and result.executed == []
     assert set(states(job, batch_id).values()) == {"previewed"}
     assert f"job offboarding: batch {batch_id}: left for review: {reason}" in messages(job_log)
-    assert names(job.review) == [f"{batch_id}-preview.csv", f"{batch_id}-targets.csv"]
+    assert names(job.review) == [f"{batch_id}-{kind}" for kind in REVIEW_FILES]
 
 
 def test_a_bad_file_is_set_aside_and_the_others_go_on(tmp_path, simulator, job_log):
@@ -482,7 +485,7 @@ def test_an_approved_report_that_no_longer_matches_is_rejected(tmp_path, simulat
         report.name, f"{report.name}.errors.csv", "approved-by-me.csv",
         "approved-by-me.csv.errors.csv"])  # fmt: skip
     assert set(states(job, batch_id).values()) == {"previewed"}  # nothing approved
-    assert names(job.review) == [f"{batch_id}-preview.csv", f"{batch_id}-targets.csv"]
+    assert names(job.review) == [f"{batch_id}-{kind}" for kind in REVIEW_FILES]
 
 
 def test_a_second_tick_while_one_runs_says_so_and_exits_0(tmp_path, runner, simulator):
@@ -584,7 +587,7 @@ def test_a_stale_preview_is_previewed_again_instead_of_approved(tmp_path, simula
     with Ledger(job.ledger) as ledger:
         assert all(r["previewed_at"] > "2025" for r in ledger.rows(batch_id))
     assert set(states(job, batch_id).values()) == {"previewed"}
-    assert names(job.review) == [f"{batch_id}-preview.csv", f"{batch_id}-targets.csv"]
+    assert names(job.review) == [f"{batch_id}-{kind}" for kind in REVIEW_FILES]
 
 
 def test_the_example_job_file_runs_a_whole_life_against_the_simulator(

@@ -17,9 +17,11 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from collections import Counter
 from pathlib import Path
 
+import openpyxl
 import pytest
 from conftest import API_KEY, WEBHOOK_SECRET
 
@@ -195,8 +197,10 @@ def test_run_moves_every_row_and_confirms_each_by_callback(
         assert all(r["verified_by"] == "callback" for r in ledger.rows(batch_id, ["succeeded"]))
     assert execute_requests(sim) == Counter({2: 1, 3: 1, 4: 1, 5: 1, 6: 1})
     assert sorted(p.name for p in reports_dir.iterdir()) == [
-        f"{batch_id}-{kind}.csv" for kind in ("preview", "results", "retry", "targets")
-    ]
+        f"{batch_id}-{kind}"
+        for kind in ("preview.csv", "results.csv", "results.xlsx", "retry.csv", "review.xlsx",
+                     "targets.csv")
+    ]  # fmt: skip
     results = read_report(reports_dir / f"{batch_id}-results.csv")
     assert list(results[0]) == RESULTS_COLUMNS
     by_row = {int(r["row"]): r for r in results}
@@ -872,7 +876,15 @@ def test_report_rewrites_the_same_reports_from_the_ledger(
     result = invoke(runner, "report", batch_id, "--ledger", ledger_path, "--reports", again)
     assert result.exit_code == 0
     for path in reports_dir.iterdir():
-        assert (again / path.name).read_bytes() == path.read_bytes(), path.name
+        if path.suffix == ".xlsx":  # a zip stamps the time it was written: compare the cells
+            assert sheets(again / path.name) == sheets(path), path.name
+        else:
+            assert (again / path.name).read_bytes() == path.read_bytes(), path.name
+
+
+def sheets(path: Path) -> dict[str, list[tuple]]:
+    book = openpyxl.load_workbook(path)
+    return {sheet.title: list(sheet.iter_rows(values_only=True)) for sheet in book.worksheets}
 
 
 def test_retry_report_validates_and_runs(
@@ -932,7 +944,11 @@ def test_no_secret_or_callback_token_is_printed_logged_stored_or_reported(
     ]
     blobs = {"output": "\n".join(outputs), "log": caplog.text}
     for path in reports_dir.iterdir():
-        blobs[path.name] = path.read_text(encoding="utf-8-sig")
+        if path.suffix == ".xlsx":  # the sheets' XML, unzipped
+            with zipfile.ZipFile(path) as archive:
+                blobs[path.name] = "".join(archive.read(n).decode() for n in archive.namelist())
+        else:
+            blobs[path.name] = path.read_text(encoding="utf-8-sig")
     for suffix in ("", "-wal", ".head"):
         path = Path(f"{ledger_path}{suffix}")
         if path.exists():
@@ -977,9 +993,11 @@ def test_run_json_prints_the_batch_as_status_does_plus_its_reports(
     )
     assert {k: v for k, v in data.items() if k != "reports"} == status
     assert data["reports"] == {
-        kind: str(reports_dir / f"{batch_id}-{kind}.csv")
-        for kind in ("preview", "targets", "results", "retry")
-    }
+        **{kind: str(reports_dir / f"{batch_id}-{kind}.csv")
+           for kind in ("preview", "targets", "results", "retry")},
+        "review_xlsx": str(reports_dir / f"{batch_id}-review.xlsx"),
+        "results_xlsx": str(reports_dir / f"{batch_id}-results.xlsx"),
+    }  # fmt: skip
     assert data["state"] == "succeeded"
 
 

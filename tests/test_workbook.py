@@ -314,3 +314,56 @@ def test_every_cell_written_is_text_or_a_whole_number(review):
 def test_workbook_paths_sit_beside_the_csv_reports(tmp_path):
     assert workbook.review_path(tmp_path, "B1") == Path(tmp_path) / "B1-review.xlsx"
     assert workbook.results_path(tmp_path, "B1") == Path(tmp_path) / "B1-results.xlsx"
+
+
+JOB = """\
+ledger = "work/ledger.db"
+[folders]
+inbox = "work/inbox"
+review = "work/review"
+approved = "work/approved"
+archive = "work/archive"
+reports = "work/reports"
+[approval]
+policy = "manual"
+[run]
+rate = 100.0
+wait = 10
+listen = "127.0.0.1:0"
+"""
+
+
+def test_a_job_puts_the_workbook_in_review_and_executes_it_once_saved_into_approved(
+    runner, simulator, tmp_path
+):
+    from conftest import API_KEY
+
+    _, server = simulator
+    job_file = tmp_path / "offboarding.toml"
+    job_file.write_text(JOB)
+    work = tmp_path / "work"
+    (work / "inbox").mkdir(parents=True)
+    sample = Path(__file__).resolve().parent.parent / "data" / "sample_offboarding.csv"
+    (work / "inbox" / "departures.csv").write_bytes(sample.read_bytes())
+    env = {"OMI_BASE_URL": server.url, "OMI_API_KEY": API_KEY}
+    result = runner.invoke(cli, ["job", "run", str(job_file)], env=env)
+    assert result.exit_code == 0, result.output
+    [review] = sorted((work / "review").glob("*-review.xlsx"))
+    batch_id = review.name.removesuffix("-review.xlsx")
+
+    book = openpyxl.load_workbook(review)  # a person opens it from the review folder
+    for line in by_row(book["Review"]).values():
+        if line["preview_status"].value == "previewed":
+            line["approved"].value = "yes"
+    temporary = work / f".{review.name}"
+    book.save(temporary)  # saved elsewhere, then moved in whole
+    temporary.replace(work / "approved" / review.name)
+
+    result = runner.invoke(cli, ["job", "run", str(job_file)], env=env)
+    assert result.exit_code == 1, result.output  # the sample's row 7 failed its preview
+    with Ledger(work / "ledger.db") as ledger:
+        states = {r["row"]: r["state"] for r in ledger.rows(batch_id)}
+    assert states == {2: "succeeded", 3: "succeeded", 4: "succeeded", 5: "succeeded",
+                      6: "succeeded", 7: "preview_failed"}  # fmt: skip
+    archived = sorted(p.name for p in (work / "archive" / batch_id).iterdir())
+    assert f"{batch_id}-approved.xlsx" in archived and f"{batch_id}-results.xlsx" in archived
