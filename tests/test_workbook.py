@@ -49,6 +49,24 @@ def batch(runner, env, tmp_path, ledger_path, reports_dir):
         return batch_id, ledger.rows(batch_id), ledger.batch(batch_id)
 
 
+def test_preview_writes_the_review_workbook_beside_the_csv_reports(
+    runner, env, tmp_path, ledger_path, reports_dir
+):
+    source = tmp_path / "departures.csv"
+    source.write_text(CSV, encoding="utf-8")
+    result = invoke(runner, "preview", source, "--rate", "1000", "--listen", "127.0.0.1:0",
+                    "--wait", "5", "--ledger", ledger_path, "--reports", reports_dir)  # fmt: skip
+    batch_id = result.stdout.strip()
+    book = reports_dir / f"{batch_id}-review.xlsx"
+    assert sorted(p.name for p in reports_dir.iterdir()) == [
+        f"{batch_id}-preview.csv", book.name, f"{batch_id}-targets.csv"]  # fmt: skip
+    assert f"review_xlsx report: {book}" in result.stderr
+    assert (f"Next: fill the `approved` column of {book.name} (or of the preview CSV), then "
+            f"omi-batch approve {batch_id} --report {book}") in result.stderr  # fmt: skip
+    lines = by_row(openpyxl.load_workbook(book)["Review"])
+    assert sorted(lines) == [2, 3, 4, 5, 6, 7, 9]
+
+
 @pytest.fixture
 def review(batch, tmp_path):
     """The review workbook of ``batch``: ``(path, batch id, rows by row number)``."""

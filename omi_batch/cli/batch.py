@@ -283,8 +283,9 @@ def preview(
                    "reports": {k: str(v) for k, v in summary.reports.items()}})  # fmt: skip
     else:
         click.echo(batch_id)
-    click.echo(f"Next: fill the `approved` column, then omi-batch approve {batch_id} --report "
-               f"{summary.reports['preview']}", err=True)  # fmt: skip
+    book = summary.reports["review_xlsx"]
+    click.echo(f"Next: fill the `approved` column of {book.name} (or of the preview CSV), then "
+               f"omi-batch approve {batch_id} --report {book}", err=True)  # fmt: skip
     exit_for(rows, approved_only=False)
 
 
@@ -313,6 +314,7 @@ def approve(
 
     \b
     Example:
+        omi-batch approve 20261125-093000-ab12 --report data/reports/20261125-093000-ab12-review.xlsx
         omi-batch approve 20261125-093000-ab12 --report data/reports/20261125-093000-ab12-preview.csv
         omi-batch approve 20261125-093000-ab12 --all
     """
