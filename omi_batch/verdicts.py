@@ -14,7 +14,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from omi_batch.bodies import count_text, parse_count, safe_text
+from omi_batch.bodies import MAX_COUNT, count_text, parse_count, safe_text
 from omi_batch.states import FINAL, NEEDS_REVIEW, OUTCOME_UNKNOWN, review_error
 
 # Verdicts that count as the row's result (callbacks.applied = 1).
@@ -43,7 +43,7 @@ def whole_count(value: Any) -> int | None:
         count = int(value)
     elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
         count = int(value.strip())
-    return count if count is not None and count >= 0 else None
+    return count if count is not None and 0 <= count <= MAX_COUNT else None
 
 
 def read_count(payload: Any) -> int | None:

@@ -59,3 +59,13 @@ def test_bodies_that_are_not_callbacks_are_refused_by_name(raw, reason):
 )  # fmt: skip
 def test_only_a_non_negative_64_bit_integer_is_a_count(value, expected):
     assert parse_count(value) == expected
+
+
+def test_a_count_too_large_for_sqlite_is_no_count_in_an_answer_either():
+    from omi_batch.verdicts import whole_count
+
+    assert (whole_count(2**63 - 1), whole_count(2**63), whole_count(10**400)) == (
+        2**63 - 1,
+        None,
+        None,
+    )
