@@ -19,7 +19,6 @@ import logging
 import math
 import os
 import re
-import secrets as _secrets
 import shutil
 import time
 import tomllib
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from omi_batch.callbacks import parse_listen
-from omi_batch.config import PRODUCTION_URL, STAGING_URL, Secret, Settings
+from omi_batch.config import PRODUCTION_URL, STAGING_URL, Settings
 from omi_batch.errors import (
     EXIT_CONFIG,
     EXIT_INCOMPLETE,
@@ -524,7 +523,6 @@ class _Tick:
 
     def run(self) -> TickResult:
         from omi_batch.ledger import Ledger
-        from omi_batch.pipeline import Pipeline
 
         job = self.job
         for folder in (job.inbox, job.review, job.approved, job.archive, job.rejected,
@@ -535,36 +533,28 @@ class _Tick:
             from omi_batch.metrics import make_metrics
 
             self.metrics = make_metrics(self.ledger, job=job.name)
-        receiver = None
+        session = None
         try:
             if not (_files(job.inbox) or _files(job.approved) or self._open_batches()):
                 log.info("job %s: nothing to do", job.name)
                 return self.result
-            webhook_url, secret = self.settings.webhook_url, self.settings.webhook_secret
-            if job.listen is not None:
-                from omi_batch import webhook
+            from omi_batch.session import Session
 
-                if secret is None:  # only this tick's receiver needs to check these callbacks
-                    secret = Secret(_secrets.token_urlsafe(32))
-                app = webhook.make_app(self.ledger, secret, metrics=self.metrics)
-                receiver = webhook.start(app, *job.listen)
-                webhook_url = webhook_url or receiver.url
-                log.info("job %s: webhook receiver listening on %s", job.name, receiver.url)
-            self.pipeline = Pipeline(
-                self.ledger, self.settings, webhook_url=webhook_url, webhook_secret=secret,
+            # With listen, callbacks wake the waits and share commits, as `--listen` does.
+            session = Session(
+                self.settings, self.ledger, listen=job.listen, metrics=self.metrics,
+                say=lambda text: log.info("job %s: %s", job.name, text[:1].lower() + text[1:]),
                 concurrency=job.concurrency, rate=job.rate, timeout=job.timeout, wait=job.wait,
             )  # fmt: skip
-            try:
-                self._inbox()
-                self._approved()
-                for batch_id in self._open_batches():
-                    if batch_id not in self.touched:
-                        self._guarded(batch_id, self._advance, batch_id)
-            finally:
-                self.pipeline.close()
+            self.pipeline = session.pipeline
+            self._inbox()
+            self._approved()
+            for batch_id in self._open_batches():
+                if batch_id not in self.touched:
+                    self._guarded(batch_id, self._advance, batch_id)
         finally:
-            if receiver is not None:
-                receiver.stop()
+            if session is not None:
+                session.close()
             self.ledger.close()
         log.info("job %s: %s", job.name, self.result.summary())
         return self.result

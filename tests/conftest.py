@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import pytest
 from click.testing import CliRunner
-
-# Distinctive values so a test can grep every output, log, ledger and report for them.
-API_KEY = "test-api-key-5b8e1f0c9d7a"
-WEBHOOK_SECRET = "test-webhook-secret-c41d77a2e9"
+from helpers import API_KEY, WEBHOOK_SECRET
 
 
 @pytest.fixture

@@ -6,11 +6,13 @@ import json
 import time
 
 import requests
-from conftest import WEBHOOK_SECRET
 
 from omi_batch import callbacks
 from omi_batch.config import Secret
 
+# Distinctive values so a test can grep every output, log, ledger and report for them.
+API_KEY = "test-api-key-5b8e1f0c9d7a"
+WEBHOOK_SECRET = "test-webhook-secret-c41d77a2e9"
 SECRET = Secret(WEBHOOK_SECRET)
 TIMEOUT = 10  # seconds, per HTTP request: a bound, not a timing assertion
 

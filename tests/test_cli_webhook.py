@@ -14,7 +14,7 @@ import threading
 
 import pytest
 import requests
-from conftest import WEBHOOK_SECRET
+from helpers import WEBHOOK_SECRET
 
 from omi_batch import callbacks
 from omi_batch.cli import cli

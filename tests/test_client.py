@@ -11,7 +11,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import API_KEY
+from helpers import API_KEY
 
 from omi_batch.client import (
     TRANSFER_PATH,

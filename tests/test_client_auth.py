@@ -4,7 +4,7 @@ OMI says it expired (mid-run), and stops with exit 3 when the new one is refused
 from __future__ import annotations
 
 import pytest
-from conftest import API_KEY
+from helpers import API_KEY
 
 from omi_batch.client import AUTH_PATH, TRANSFER_PATH, Attempt, AuthError, OmiClient
 from omi_batch.config import Secret, Settings

@@ -4,7 +4,7 @@ variants, and a key without the tickets permission failing the row, not the run.
 from __future__ import annotations
 
 import pytest
-from conftest import API_KEY
+from helpers import API_KEY
 
 from omi_batch.client import TICKET_PATH, ApiError, Attempt, AuthError, OmiClient
 from omi_batch.config import Secret

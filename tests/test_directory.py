@@ -7,7 +7,7 @@ from __future__ import annotations
 import socket
 
 import pytest
-from conftest import API_KEY
+from helpers import API_KEY
 
 from omi_batch import directory
 from omi_batch.client import AGENTS_PATH, AUTH_PATH, Agent, OmiClient

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import API_KEY, WEBHOOK_SECRET
+from helpers import API_KEY, WEBHOOK_SECRET
 from test_jobs import make_job
 from test_pipeline import Stack, execute_requests
 

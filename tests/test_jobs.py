@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import API_KEY, WEBHOOK_SECRET
+from helpers import API_KEY, WEBHOOK_SECRET
 
 from omi_batch.cli import cli
 from omi_batch.errors import UsageError

@@ -8,7 +8,7 @@ import json
 import logging
 
 import pytest
-from conftest import API_KEY, WEBHOOK_SECRET
+from helpers import API_KEY, WEBHOOK_SECRET
 
 from omi_batch import callbacks, logs
 from omi_batch.config import Secret

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import requests
-from conftest import API_KEY, WEBHOOK_SECRET
+from helpers import API_KEY, WEBHOOK_SECRET
 from prometheus_client.parser import text_string_to_metric_families
 
 from omi_batch import callbacks, webhook

@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import API_KEY
+from helpers import API_KEY
 
 from omi_batch import notify
 from omi_batch.errors import ConfigError, UsageError

@@ -23,18 +23,18 @@ from pathlib import Path
 
 import openpyxl
 import pytest
-from conftest import API_KEY, WEBHOOK_SECRET
+from helpers import API_KEY, WEBHOOK_SECRET
 
-from omi_batch import callbacks, webhook
+from omi_batch import callbacks
 from omi_batch.cli import cli
 from omi_batch.client import RetryPolicy
 from omi_batch.config import Secret, Settings
 from omi_batch.errors import UsageError
 from omi_batch.ledger import Ledger
-from omi_batch.ledger.serial import SerialLedger
-from omi_batch.pipeline import Pipeline, RateLimiter
+from omi_batch.pipeline import RateLimiter
 from omi_batch.reports import RESULTS_COLUMNS, escape_cell
 from omi_batch.roster import read_plan
+from omi_batch.session import Session
 from omi_batch.simulator import Faults
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -125,35 +125,21 @@ def assert_honest(ledger: Ledger, batch_id: str) -> None:
 
 
 class Stack:
-    """Library-level set-up: a ledger, an in-process receiver and a pipeline."""
+    """Library-level set-up: the runtime as every command opens it (``Session``: a ledger, an
+    in-process receiver and a pipeline)."""
 
     def __init__(self, tmp_path, server, *, webhook_url: bool = True, **options):
-        self.ledger = Ledger(tmp_path / "ledger.db")
-        serial = SerialLedger(self.ledger)
-        self.receiver = None
-        url = None
-        self.pipeline: Pipeline | None = None
-        if webhook_url:
-            from omi_batch.ledger.serial import NotifyingLedger
-
-            app = webhook.make_app(
-                NotifyingLedger(
-                    self.ledger, lambda *key: self.pipeline.notify(*key), serial.write_lock
-                ),
-                Secret(WEBHOOK_SECRET),
-            )
-            self.receiver = webhook.start(app, "127.0.0.1", 0)
-            url = self.receiver.url
         settings = Settings(
-            base_url=server.url,
-            api_key=Secret(API_KEY),
-            webhook_url=url,
-            webhook_secret=Secret(WEBHOOK_SECRET),
+            base_url=server.url, api_key=Secret(API_KEY), webhook_secret=Secret(WEBHOOK_SECRET)
         )
         options.setdefault("rate", 1000)
         options.setdefault("wait", 5)
         options.setdefault("retry", FAST_RETRY)
-        self.pipeline = Pipeline(serial, settings, **options)
+        self.ledger = Ledger(tmp_path / "ledger.db")
+        listen = ("127.0.0.1", 0) if webhook_url else None
+        self.session = Session(settings, self.ledger, listen=listen, **options)
+        self.receiver = self.session.receiver
+        self.pipeline = self.session.pipeline
 
     def run(self, csv_path) -> str:
         batch_id = self.pipeline.create_batch(read_plan(csv_path))
@@ -163,9 +149,7 @@ class Stack:
         return batch_id
 
     def close(self):
-        self.pipeline.close()
-        if self.receiver:
-            self.receiver.stop()
+        self.session.close()
         self.ledger.close()
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from conftest import API_KEY
+from helpers import API_KEY
 
 from omi_batch.client import OmiClient, RateLimited, RetryPolicy
 from omi_batch.config import Secret

@@ -9,7 +9,7 @@ import random
 import socket
 
 import pytest
-from conftest import API_KEY
+from helpers import API_KEY
 
 from omi_batch.client import Attempt, OmiClient, RetryPolicy
 from omi_batch.config import Secret

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-from conftest import WEBHOOK_SECRET
+from helpers import WEBHOOK_SECRET
 
 from omi_batch import callbacks
 from omi_batch.config import Secret

@@ -54,69 +54,25 @@ def _parse_listen(listen: str) -> tuple[str, int]:
     return address
 
 
-def _is_loopback(url: str | None) -> bool:
-    from urllib.parse import urlsplit
+def _session(ledger_path: str, *, listen: str | None = None, create: bool = False,
+             yes: bool = True, **options: Any) -> Any:  # fmt: skip
+    """The runtime of a command (``omi_batch.session.Session``), its messages on stderr."""
+    from omi_batch.config import Settings
+    from omi_batch.session import Session
 
-    host = (urlsplit(url or "").hostname or "").lower()
-    return host == "localhost" or host.startswith("127.") or host == "::1"
+    settings = Settings.from_env()
+    settings.require_api()  # before anything is created: exit 3, nothing changed
+    if not yes:
+        _require_confirmation_means(yes)
+    address = _parse_listen(listen) if listen else None
+    ledger = _open_ledger(ledger_path, create=create)
+    metrics = None
+    if address is not None:
+        from omi_batch.metrics import make_metrics
 
-
-class _Session:
-    """The settings, ledger, receiver (--listen) and pipeline one command works with."""
-
-    def __init__(self, ledger_path: str, *, listen: str | None = None, create: bool = False,
-                 yes: bool = True, **options: Any) -> None:  # fmt: skip
-        import secrets
-
-        from omi_batch.config import Secret, Settings
-        from omi_batch.ledger.serial import NotifyingLedger, SerialLedger
-        from omi_batch.pipeline import Pipeline
-
-        self.settings = Settings.from_env()
-        self.settings.require_api()  # before anything is created: exit 3, nothing changed
-        if not yes:
-            _require_confirmation_means(yes)
-        self.ledger = _open_ledger(ledger_path, create=create)
-        serial = SerialLedger(self.ledger)  # the pipeline and the receiver take turns writing
-        lock = serial.write_lock
-        self.receiver = None
-        webhook_url, secret = self.settings.webhook_url, self.settings.webhook_secret
-        if listen:
-            from omi_batch import webhook
-
-            host, port = _parse_listen(listen)
-            if secret is None:
-                secret = Secret(secrets.token_urlsafe(32))
-                click.echo("OMI_WEBHOOK_SECRET is not set: using a one-off secret, so only this "
-                           "command's receiver can check these callbacks.", err=True)  # fmt: skip
-            # The receiver wakes the pipeline's waits the moment a callback is stored.
-            notifying = NotifyingLedger(self.ledger, lambda *key: self.pipeline.notify(*key), lock)
-            from omi_batch.metrics import make_metrics
-
-            metrics = make_metrics(self.ledger)  # GET /metrics beside the callbacks
-            app = webhook.make_app(notifying, secret, metrics=metrics)
-            self.receiver = webhook.start(metrics.wrap(app), host, port)
-            click.echo(f"Webhook receiver listening on {self.receiver.url}", err=True)
-            if not webhook_url:
-                webhook_url = self.receiver.url
-                if not _is_loopback(self.settings.base_url):
-                    click.echo(f"Warning: OMI_WEBHOOK_URL is not set, so OMI is told to call "
-                               f"{webhook_url}, which it cannot reach from outside this "
-                               "machine: set OMI_WEBHOOK_URL to the public address that "
-                               "forwards to it.", err=True)  # fmt: skip
-        elif webhook_url and secret is None:
-            click.echo("Warning: OMI_WEBHOOK_URL is set but OMI_WEBHOOK_SECRET is not, so no "
-                       "callback can be checked: transfers will end unconfirmed.", err=True)  # fmt: skip
-        self.pipeline = Pipeline(serial, self.settings, webhook_url=webhook_url,
-                                 webhook_secret=secret, progress=progress(), **options)  # fmt: skip
-
-    def __enter__(self) -> _Session:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.pipeline.close()
-        if self.receiver is not None:
-            self.receiver.stop()
+        metrics = make_metrics(ledger)  # GET /metrics beside the callbacks
+    return Session(settings, ledger, listen=address, say=lambda text: click.echo(text, err=True),
+                   metrics=metrics, metrics_endpoint=True, progress=progress(), **options)  # fmt: skip
 
 
 def _notifier(urls: tuple[str, ...]) -> Any:
@@ -135,7 +91,7 @@ def _require_confirmation_means(yes: bool) -> None:
         raise click.UsageError("not at a terminal: confirm with --yes")
 
 
-def _execute(session: _Session, batch_id: str, reports_dir: str, yes: bool,
+def _execute(session: Any, batch_id: str, reports_dir: str, yes: bool,
              approved_only: bool = True, as_json: bool = False) -> None:  # fmt: skip
     session.ledger.batch(batch_id)
     # Held from before the first request to the results: another execute or reconcile of this
@@ -144,7 +100,7 @@ def _execute(session: _Session, batch_id: str, reports_dir: str, yes: bool,
         _execute_locked(session, batch_id, reports_dir, yes, approved_only, as_json)
 
 
-def _execute_locked(session: _Session, batch_id: str, reports_dir: str, yes: bool,
+def _execute_locked(session: Any, batch_id: str, reports_dir: str, yes: bool,
                     approved_only: bool, as_json: bool) -> None:  # fmt: skip
     from omi_batch.errors import EXIT_CONFIG, EXIT_INCOMPLETE, OmiBatchError
     from omi_batch.pipeline import now_iso
@@ -181,7 +137,7 @@ def _execute_locked(session: _Session, batch_id: str, reports_dir: str, yes: boo
     _execute_done(session, batch_id, reports_dir, approved_only, as_json)
 
 
-def _execute_done(session: _Session, batch_id: str, reports_dir: str,
+def _execute_done(session: Any, batch_id: str, reports_dir: str,
                   approved_only: bool = True, as_json: bool = False) -> None:  # fmt: skip
     written = session.pipeline.write_reports(batch_id, reports_dir)
     rows = session.ledger.rows(batch_id)
@@ -195,7 +151,7 @@ def _execute_done(session: _Session, batch_id: str, reports_dir: str,
     exit_for(rows, approved_only)
 
 
-def _notify_finished(session: _Session, batch_id: str, rows: list, written: dict) -> None:
+def _notify_finished(session: Any, batch_id: str, rows: list, written: dict) -> None:
     """--notify: the batch finished (and needs attention when rows failed or are unconfirmed)."""
     notifier = getattr(session, "notifier", None)
     if notifier is None:
@@ -270,7 +226,7 @@ def preview(
 
     plan = read_plan(file, limit=limit)
     options = {"concurrency": concurrency, "rate": rate, "timeout": timeout, "wait": wait}
-    with _Session(ledger_path, listen=listen, create=True, **options) as session:
+    with _session(ledger_path, listen=listen, create=True, **options) as session:
         batch_id = session.pipeline.create_batch(plan, options={"command": "preview", **options})
         click.echo(f"Batch {batch_id}: previewing {len(plan.transfers)} row(s)", err=True)
         session.pipeline.preview(batch_id)
@@ -371,7 +327,7 @@ def execute(
     """
     notifier = _notifier(notify_urls)
     options = {"concurrency": concurrency, "rate": rate, "timeout": timeout, "wait": wait}
-    with _Session(ledger_path, listen=listen, yes=yes, **options) as session:
+    with _session(ledger_path, listen=listen, yes=yes, **options) as session:
         session.notifier = notifier
         _execute(session, batch, reports_dir, yes, as_json=as_json)
 
@@ -417,7 +373,7 @@ def run(
         click.echo(f"Warning: {warning}", err=True)
     notifier = _notifier(notify_urls)
     options = {"concurrency": concurrency, "rate": rate, "timeout": timeout, "wait": wait}
-    with _Session(ledger_path, listen=listen, create=True, yes=yes, **options) as session:
+    with _session(ledger_path, listen=listen, create=True, yes=yes, **options) as session:
         session.notifier = notifier
         pipeline = session.pipeline
         batch_id = pipeline.create_batch(plan, options={"command": "run", **options})
@@ -471,7 +427,7 @@ def reconcile(
         omi-batch reconcile 20261125-093000-ab12
     """
     options = {"concurrency": concurrency, "rate": rate, "timeout": timeout, "wait": wait}
-    with _Session(ledger_path, listen=listen, **options) as session:
+    with _session(ledger_path, listen=listen, **options) as session:
         session.ledger.batch(batch)
         with session.pipeline.batch_lock(batch):
             before = session.ledger.rows(batch, states=["unconfirmed", "submitted"])
