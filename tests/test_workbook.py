@@ -354,7 +354,7 @@ listen = "127.0.0.1:0"
 def test_a_job_puts_the_workbook_in_review_and_executes_it_once_saved_into_approved(
     runner, simulator, tmp_path
 ):
-    from conftest import API_KEY
+    from helpers import API_KEY
 
     _, server = simulator
     job_file = tmp_path / "offboarding.toml"
