@@ -345,7 +345,7 @@ class _Styles:
         self.font = Font(name=_FONT, size=11)
         self.header_font = Font(name=_FONT, size=11, bold=True, color="FFFFFFFF")
         self.header_fill = PatternFill("solid", fgColor=_HEADER_FILL)
-        self.header_align = Alignment(wrap_text=True, vertical="center")
+        self.header_align = Alignment(wrap_text=True, vertical="center", indent=1)
         self.border = Border(bottom=Side(style="thin", color="FFBFBFBF"))
         self.top = Alignment(vertical="top", horizontal="left", indent=1)
         self.centre = Alignment(vertical="top", horizontal="center")
