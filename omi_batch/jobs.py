@@ -868,6 +868,8 @@ class _Tick:
                      f" ({resumed} resumed after an interrupted tick)" if resumed else "")  # fmt: skip
             self.result.sent = True
             summary = self.pipeline.execute(batch_id)
+            if summary.stopped is not None:  # stopped part-way: the tick stops (exit 3)
+                raise summary.stopped
             self.result.executed.append(batch_id)
             log.info("job %s: batch %s: executed: %s", job.name, batch_id,
                      _counts(summary.counts))  # fmt: skip
@@ -883,6 +885,8 @@ class _Tick:
                 log.info("job %s: batch %s: executing %d held row(s) now that the rows before "
                          "them succeeded", job.name, batch_id, len(freed))  # fmt: skip
                 summary = self.pipeline.execute(batch_id)
+                if summary.stopped is not None:  # stopped part-way: the tick stops (exit 3)
+                    raise summary.stopped
                 log.info("job %s: batch %s: executed: %s", job.name, batch_id,
                          _counts(summary.counts))  # fmt: skip
         self._archive(batch_id)

@@ -10,7 +10,6 @@ finds nothing left to move; a row whose callback never came is ``unconfirmed``.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
@@ -24,13 +23,21 @@ from pathlib import Path
 from omi_batch import callbacks, reports
 from omi_batch.client import ApiError, Attempt, AuthError, OmiClient, RetryPolicy, TransportError
 from omi_batch.config import Secret, Settings
-from omi_batch.errors import ConfigError, IllegalTransition, InputError, UsageError
+from omi_batch.errors import (
+    EXIT_CONFIG,
+    ConfigError,
+    IllegalTransition,
+    InputError,
+    OmiBatchError,
+    UsageError,
+)
 from omi_batch.ledger import Ledger, os_user
 from omi_batch.ledger import now as ledger_now
 from omi_batch.ledger.serial import SerialLedger
 from omi_batch.locks import ProcessLock
 from omi_batch.roster import Plan
 from omi_batch.states import (
+    APPROVED,
     DECIDED,
     HELD,
     STARTED,
@@ -84,6 +91,10 @@ class Summary:
     batch_id: str
     counts: dict[str, int] = field(default_factory=dict)
     reports: dict[str, Path] = field(default_factory=dict)
+    due: int = 0  # execute: the rows that were to be submitted
+    declined: bool = False  # execute: the person said no; nothing was sent
+    sent: int = 0  # execute: rows submitted by this run
+    stopped: OmiBatchError | None = None  # execute: stopped part-way after sending (exit 1)
 
 
 class Unreachable(ConfigError):
@@ -156,8 +167,6 @@ class Pipeline:
         self._waiters_lock = threading.Lock()
         self._pending = threading.local()  # successful attempts waiting for their row's step
         self._early: list[tuple] = []  # preflight attempts made before their batch existed
-        self._locks: dict[str, int] = {}  # batch → how many of our callers hold its lock
-        self._locks_guard = threading.Lock()
 
     # ------------------------------------------------------------------ plumbing
 
@@ -175,25 +184,6 @@ class Pipeline:
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
-
-    @contextlib.contextmanager
-    def batch_lock(self, batch_id: str):
-        """Hold the batch's :class:`BatchLock` (BatchBusy if another process has it). Taken
-        again by this pipeline (the CLI around execute, then execute itself), it is a no-op."""
-        with self._locks_guard:
-            held = self._locks.get(batch_id, 0)
-            self._locks[batch_id] = held + 1
-        try:
-            if held:
-                yield
-                return
-            with BatchLock(self.ledger.path, batch_id):
-                yield
-        finally:
-            with self._locks_guard:
-                self._locks[batch_id] -= 1
-                if not self._locks[batch_id]:
-                    del self._locks[batch_id]
 
     def _record_attempt(self, attempt: Attempt) -> None:
         """Store a failed attempt at once; hold a successful one (always a call's last) so the
@@ -527,13 +517,42 @@ class Pipeline:
 
     # ------------------------------------------------------------------ execute
 
-    def execute(self, batch_id: str) -> Summary:
+    def execute(
+        self,
+        batch_id: str,
+        *,
+        confirm: Callable[[list[dict]], bool] | None = None,
+        reports_dir: str | Path | None = None,
+    ) -> Summary:
         """Submit approved, not yet confirmed rows; each source's rows in order, each confirmed
-        before the next starts; wait for callbacks; never resubmit a confirmed row. Holds the
-        batch lock (BatchBusy when another process executes or reconciles it)."""
+        before the next starts; wait for callbacks; never resubmit a confirmed row.
+
+        Holds the batch lock from before the first request to the reports (BatchBusy when
+        another process executes or reconciles it). ``confirm(rows due)`` may decline (nothing
+        is sent). Stopped part-way (key refused, OMI unreachable) after some rows were sent,
+        the summary says so in ``stopped`` (exit 1: the reports say which); stopped before
+        anything was sent, the error is raised (exit 3). ``reports_dir``: the reports are
+        written there either way."""
         self.ledger.batch(batch_id)  # NotFound early
-        with self.batch_lock(batch_id):
-            return self._execute(batch_id)
+        with BatchLock(self.ledger.path, batch_id):
+            due = self.ledger.rows(batch_id, states=list(TO_EXECUTE))
+            if due and confirm is not None and not confirm(due):
+                return Summary(batch_id, due=len(due), declined=True)
+            started = now_iso()
+            try:
+                summary = self._execute(batch_id)
+            except OmiBatchError as error:
+                written = self.write_reports(batch_id, reports_dir) if reports_dir else {}
+                sent = [r for r in self.ledger.rows(batch_id)
+                        if (r["submitted_at"] or "") >= started and r["state"] != APPROVED]  # fmt: skip
+                if error.exit_code != EXIT_CONFIG or not sent:
+                    raise
+                return Summary(batch_id, reports=written, due=len(due), sent=len(sent),
+                               stopped=error)  # fmt: skip
+            summary.due = len(due)
+            if reports_dir is not None:
+                summary.reports = self.write_reports(batch_id, reports_dir)
+            return summary
 
     def _execute(self, batch_id: str) -> Summary:
         every = self.ledger.rows(batch_id)
@@ -677,7 +696,7 @@ class Pipeline:
         """Preview unconfirmed rows again: nothing left to move means the transfer happened.
         Holds the batch lock, as :meth:`execute` does."""
         self.ledger.batch(batch_id)
-        with self.batch_lock(batch_id):
+        with BatchLock(self.ledger.path, batch_id):
             return self._reconcile(batch_id)
 
     def _reconcile(self, batch_id: str) -> Summary:

@@ -12,9 +12,10 @@ import click
 
 from omi_batch.cli import batch, job, ledger, services
 from omi_batch.cli.options import add_verbose_option, setup_logging
+from omi_batch.cli.output import Group
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="omi-batch")
 @click.option("-v", "--verbose", count=True, help="More detail on stderr (-vv for debug).")
 def cli(verbose: int) -> None:

@@ -22,7 +22,6 @@ from omi_batch.cli.output import (
     batch_json,
     echo_json,
     exit_for,
-    handle_errors,
     print_plan,
     print_plan_summary,
     print_reports,
@@ -30,6 +29,8 @@ from omi_batch.cli.output import (
     progress,
     table,
 )
+from omi_batch.errors import EXIT_INCOMPLETE
+from omi_batch.states import OUTCOME_UNKNOWN
 
 
 def _open_ledger(path: str, *, create: bool = False, read_only: bool = False):
@@ -91,55 +92,43 @@ def _require_confirmation_means(yes: bool) -> None:
         raise click.UsageError("not at a terminal: confirm with --yes")
 
 
-def _execute(session: Any, batch_id: str, reports_dir: str, yes: bool,
-             approved_only: bool = True, as_json: bool = False) -> None:  # fmt: skip
-    session.ledger.batch(batch_id)
-    # Held from before the first request to the results: another execute or reconcile of this
-    # batch is refused (exit 2, nothing sent) instead of resubmitting our in-flight rows.
-    with session.pipeline.batch_lock(batch_id):
-        _execute_locked(session, batch_id, reports_dir, yes, approved_only, as_json)
+def _start_execute(batch_id: str, yes: bool) -> Any:
+    """The ``confirm`` execute calls with the rows due: asks (unless --yes), then says so."""
+
+    def start(rows: list[dict]) -> bool:
+        conversations = sum(r["conversations_previewed"] or 0 for r in rows)
+        targets = len({r["target_email"] for r in rows})
+        if not yes and not click.confirm(
+            f"Execute {len(rows)} transfer(s): {conversations} conversation(s) to {targets} "
+            "target agent(s)?", err=True,
+        ):  # fmt: skip
+            click.echo(f"Nothing executed. Run omi-batch execute {batch_id} when ready.", err=True)
+            return False
+        click.echo(f"Batch {batch_id}: executing {len(rows)} row(s)", err=True)
+        return True
+
+    return start
 
 
-def _execute_locked(session: Any, batch_id: str, reports_dir: str, yes: bool,
-                    approved_only: bool, as_json: bool) -> None:  # fmt: skip
-    from omi_batch.errors import EXIT_CONFIG, EXIT_INCOMPLETE, OmiBatchError
-    from omi_batch.pipeline import now_iso
-
-    rows = session.ledger.rows(batch_id, states=["approved", "submitted", "unconfirmed"])
-    if not rows:
+def _show_execute(session: Any, summary: Any, approved_only: bool = True,
+                  as_json: bool = False) -> None:  # fmt: skip
+    """Render what execute did: stopped part-way, declined, nothing due, or the results."""
+    batch_id = summary.batch_id
+    if summary.stopped is not None:
+        click.echo(f"Error: {summary.stopped}", err=True)
+        click.echo(f"Stopped after {summary.sent} transfer(s) were sent; the reports say "
+                   f"which. Run omi-batch execute {batch_id} again to resume.", err=True)  # fmt: skip
+        sys.exit(EXIT_INCOMPLETE)
+    if summary.declined:
+        return
+    if not summary.due:
         click.echo(f"Batch {batch_id}: no row is approved or unconfirmed, so nothing to "
                    f"execute (approve first: omi-batch approve {batch_id} --all).", err=True)  # fmt: skip
-        _execute_done(session, batch_id, reports_dir, approved_only, as_json)
-        return
-    conversations = sum(r["conversations_previewed"] or 0 for r in rows)
-    targets = len({r["target_email"] for r in rows})
-    if not yes and not click.confirm(
-        f"Execute {len(rows)} transfer(s): {conversations} conversation(s) to {targets} "
-        "target agent(s)?", err=True,
-    ):  # fmt: skip
-        click.echo(f"Nothing executed. Run omi-batch execute {batch_id} when ready.", err=True)
-        return
-    click.echo(f"Batch {batch_id}: executing {len(rows)} row(s)", err=True)
-    started = now_iso()
-    try:
-        session.pipeline.execute(batch_id)
-    except OmiBatchError as error:
-        # Stopped part-way (key refused, OMI unreachable): still write what happened.
-        session.pipeline.write_reports(batch_id, reports_dir)
-        sent = [r for r in session.ledger.rows(batch_id)
-                if (r["submitted_at"] or "") >= started and r["state"] != "approved"]  # fmt: skip
-        if error.exit_code == EXIT_CONFIG and sent:
-            click.echo(f"Error: {error}", err=True)
-            click.echo(f"Stopped after {len(sent)} transfer(s) were sent; the reports say "
-                       f"which. Run omi-batch execute {batch_id} again to resume.", err=True)  # fmt: skip
-            sys.exit(EXIT_INCOMPLETE)
-        raise
-    _execute_done(session, batch_id, reports_dir, approved_only, as_json)
+    _execute_done(session, batch_id, summary.reports, approved_only, as_json)
 
 
-def _execute_done(session: Any, batch_id: str, reports_dir: str,
+def _execute_done(session: Any, batch_id: str, written: dict,
                   approved_only: bool = True, as_json: bool = False) -> None:  # fmt: skip
-    written = session.pipeline.write_reports(batch_id, reports_dir)
     rows = session.ledger.rows(batch_id)
     if as_json:
         data = batch_json(session.ledger, batch_id, rows)
@@ -167,7 +156,6 @@ def _notify_finished(session: Any, batch_id: str, rows: list, written: dict) -> 
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @limit_option
 @json_option
-@handle_errors
 def validate(file: str, limit: int | None, as_json: bool) -> None:
     """Read and validate FILE (CSV or .xlsx) and print the plan. Sends nothing.
 
@@ -200,7 +188,6 @@ def validate(file: str, limit: int | None, as_json: bool) -> None:
 @listen_option
 @wait_option(60.0)
 @json_option
-@handle_errors
 def preview(
     file: str,
     limit: int | None,
@@ -262,7 +249,6 @@ def preview(
     help="Hours a preview stays fresh enough to approve.",
 )
 @ledger_option
-@handle_errors
 def approve(
     batch: str, approve_all: bool, report_file: str | None, max_age: float, ledger_path: str
 ) -> None:
@@ -302,7 +288,6 @@ def approve(
 @wait_option(300.0)
 @notify_option
 @json_option
-@handle_errors
 def execute(
     batch: str,
     yes: bool,
@@ -329,7 +314,10 @@ def execute(
     options = {"concurrency": concurrency, "rate": rate, "timeout": timeout, "wait": wait}
     with _session(ledger_path, listen=listen, yes=yes, **options) as session:
         session.notifier = notifier
-        _execute(session, batch, reports_dir, yes, as_json=as_json)
+        summary = session.pipeline.execute(
+            batch, confirm=_start_execute(batch, yes), reports_dir=reports_dir
+        )
+        _show_execute(session, summary, as_json=as_json)
 
 
 @click.command()
@@ -343,7 +331,6 @@ def execute(
 @wait_option(300.0)
 @notify_option
 @json_option
-@handle_errors
 def run(
     file: str,
     yes: bool,
@@ -385,7 +372,8 @@ def run(
         print_plan_summary(rows)
         if not any(r["state"] == "previewed" for r in rows):
             click.echo("No row previewed ok: nothing to execute.", err=True)
-            _execute_done(session, batch_id, reports_dir, approved_only=False, as_json=as_json)
+            written = pipeline.write_reports(batch_id, reports_dir)
+            _execute_done(session, batch_id, written, approved_only=False, as_json=as_json)
             return
         if not yes and not click.confirm("Execute every row that previewed ok?", err=True):
             click.echo(f"Nothing executed. Approve later: omi-batch approve {batch_id}", err=True)
@@ -397,7 +385,10 @@ def run(
                                                     file=Path(plan.source_file).name))  # fmt: skip
             return
         pipeline.approve(batch_id, approve_all=True)
-        _execute(session, batch_id, reports_dir, yes=True, approved_only=False, as_json=as_json)
+        summary = pipeline.execute(
+            batch_id, confirm=_start_execute(batch_id, True), reports_dir=reports_dir
+        )
+        _show_execute(session, summary, approved_only=False, as_json=as_json)
 
 
 @click.command()
@@ -408,7 +399,6 @@ def run(
 @listen_option
 @wait_option(60.0)
 @json_option
-@handle_errors
 def reconcile(
     batch: str,
     ledger_path: str,
@@ -428,19 +418,17 @@ def reconcile(
     """
     options = {"concurrency": concurrency, "rate": rate, "timeout": timeout, "wait": wait}
     with _session(ledger_path, listen=listen, **options) as session:
-        session.ledger.batch(batch)
-        with session.pipeline.batch_lock(batch):
-            before = session.ledger.rows(batch, states=["unconfirmed", "submitted"])
-            click.echo(f"Batch {batch}: reconciling {len(before)} unconfirmed row(s)", err=True)
-            session.pipeline.reconcile(batch)
-            _execute_done(session, batch, reports_dir, as_json=as_json)
+        before = session.ledger.rows(batch, states=list(OUTCOME_UNKNOWN))
+        click.echo(f"Batch {batch}: reconciling {len(before)} unconfirmed row(s)", err=True)
+        session.pipeline.reconcile(batch)
+        written = session.pipeline.write_reports(batch, reports_dir)
+        _execute_done(session, batch, written, as_json=as_json)
 
 
 @click.command()
 @click.argument("batch", required=False)
 @ledger_option
 @json_option
-@handle_errors
 def status(batch: str | None, ledger_path: str, as_json: bool) -> None:
     """List the batches, newest first, or one BATCH's rows and states.
 
@@ -482,7 +470,6 @@ def status(batch: str | None, ledger_path: str, as_json: bool) -> None:
 @click.argument("batch")
 @ledger_option
 @reports_option
-@handle_errors
 def report(batch: str, ledger_path: str, reports_dir: str) -> None:
     """Write BATCH's reports again from the ledger.
 

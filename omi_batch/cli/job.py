@@ -9,7 +9,6 @@ import sys
 import click
 
 from omi_batch.cli.options import log_format, log_format_option, setup_logging, verbosity
-from omi_batch.cli.output import handle_errors
 
 
 @click.group()
@@ -20,7 +19,6 @@ def job() -> None:
 @job.command("run")
 @click.argument("jobfile", type=click.Path(exists=True, dir_okay=False))
 @log_format_option
-@handle_errors
 def job_run(jobfile: str) -> None:
     """Run one tick of the job JOBFILE: safe to run every few minutes.
 

@@ -8,7 +8,6 @@ import sys
 import click
 
 from omi_batch.cli.options import ledger_option
-from omi_batch.cli.output import handle_errors
 
 
 @click.group("ledger")
@@ -18,7 +17,6 @@ def ledger_group() -> None:
 
 @ledger_group.command("verify")
 @ledger_option
-@handle_errors
 def ledger_verify(ledger_path: str) -> None:
     """Check the ledger: SQLite's integrity check, the audit log's hash chain, and every row
     rebuilt from the audit events; exit 1 naming what is damaged or was edited.
@@ -52,7 +50,6 @@ def ledger_verify(ledger_path: str) -> None:
 @ledger_group.command("export")
 @click.argument("batch")
 @ledger_option
-@handle_errors
 def ledger_export(batch: str, ledger_path: str) -> None:
     """Print BATCH's whole audit trail as JSON lines.
 

@@ -3,11 +3,12 @@ progress bars (stdout is data, stderr is talk)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
@@ -18,33 +19,46 @@ from omi_batch.errors import EXIT_INTERRUPTED, OmiBatchError, StorageError
 log = logging.getLogger("omi_batch")
 
 
-def handle_errors(f: Callable) -> Callable:
+@contextlib.contextmanager
+def errors_to_exit() -> Iterator[None]:
     """Turn library errors into one line on stderr and the exit code they carry."""
+    try:
+        yield
+    except click.Abort:  # Ctrl-C or end of input at a prompt
+        click.echo("\nInterrupted: nothing more was done.", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except OmiBatchError as error:
+        if verbosity():
+            log.exception("traceback")
+        click.echo(f"Error: {error}", err=True)
+        for problem in getattr(error, "problems", []):
+            click.echo(f"  {problem}", err=True)
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        click.echo("Interrupted: state is saved; run the same command again to resume.", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except OSError as error:  # a full disk, a read-only folder, a file where a folder is
+        if verbosity():
+            log.exception("traceback")
+        click.echo(f"Error: {storage_message(error)}", err=True)
+        sys.exit(StorageError.exit_code)
+
+
+class Group(click.Group):
+    """The root group: every command's errors become one line and an exit code, once."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with errors_to_exit():
+            return super().invoke(ctx)
+
+
+def handle_errors(f: Callable) -> Callable:
+    """:func:`errors_to_exit` for one function run outside the root group."""
 
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
+        with errors_to_exit():
             return f(*args, **kwargs)
-        except click.Abort:  # Ctrl-C or end of input at a prompt
-            click.echo("\nInterrupted: nothing more was done.", err=True)
-            sys.exit(EXIT_INTERRUPTED)
-        except OmiBatchError as error:
-            if verbosity():
-                log.exception("traceback")
-            click.echo(f"Error: {error}", err=True)
-            for problem in getattr(error, "problems", []):
-                click.echo(f"  {problem}", err=True)
-            sys.exit(error.exit_code)
-        except KeyboardInterrupt:
-            click.echo(
-                "Interrupted: state is saved; run the same command again to resume.", err=True
-            )
-            sys.exit(EXIT_INTERRUPTED)
-        except OSError as error:  # a full disk, a read-only folder, a file where a folder is
-            if verbosity():
-                log.exception("traceback")
-            click.echo(f"Error: {storage_message(error)}", err=True)
-            sys.exit(StorageError.exit_code)
 
     return wrapper
 

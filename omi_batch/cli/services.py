@@ -9,7 +9,6 @@ from typing import Any
 import click
 
 from omi_batch.cli.options import ledger_option, log_format, log_format_option, verbosity
-from omi_batch.cli.output import handle_errors
 
 
 @click.group()
@@ -38,7 +37,6 @@ def webhook() -> None:
 )
 @ledger_option
 @log_format_option
-@handle_errors
 def webhook_serve(host: str, port: int, threads: int, with_metrics: bool, ledger_path: str) -> None:
     """Run the webhook receiver until SIGTERM or Ctrl-C. Needs OMI_WEBHOOK_SECRET.
 
@@ -299,7 +297,6 @@ def simulator() -> None:
     "--seed", type=int, default=0, show_default=True, help="Seed of the random faults (repeatable)."
 )
 @click.option("-v", "--verbose", count=True, help="Log one line per request on stderr.")
-@handle_errors
 def simulator_serve(
     host: str,
     port: int,
