@@ -176,7 +176,7 @@ def review_waiting(
     approve_command: str | None = None,
     job: str | None = None,
 ) -> Message:
-    """ "Review waiting": the batch, its file, rows, conversations and target load, the workbook
+    """The review-waiting message: the batch, its file, rows, conversations and target load, the workbook
     (attached where the service takes attachments) and the command that approves it."""
     previewed = [r for r in rows if r.get("conversations_previewed") is not None]
     failed = sum(r.get("state") == "preview_failed" for r in rows)
@@ -221,7 +221,7 @@ def batch_finished(
     summary: str | None = None,
     job: str | None = None,
 ) -> Message:
-    """ "Batch finished": the summary line (counts per status) and the totals per target."""
+    """The batch-finished message: the summary line (counts per status) and the totals per target."""
     from omi_batch.states import result_status
 
     statuses = Counter(result_status(dict(r)) for r in rows)
@@ -260,11 +260,11 @@ def rows_need_attention(
     retry_report: str | os.PathLike | None = None,
     job: str | None = None,
 ) -> Message | None:
-    """ "Needs attention" for a batch with failed or unconfirmed rows (None when it has none),
-    listing the first of them with their errors."""
-    from omi_batch.states import result_status
+    """The needs-attention message of a batch with rows that failed, stayed unconfirmed or
+    failed their preview (None when it has none), listing the first of them with their errors."""
+    from omi_batch.states import PROBLEMS, result_status
 
-    bad = [r for r in rows if result_status(dict(r)) in ("failed", "unconfirmed")]
+    bad = [r for r in rows if result_status(dict(r)) in PROBLEMS]
     if not bad:
         return None
     counts = Counter(result_status(dict(r)) for r in bad)
@@ -275,7 +275,7 @@ def rows_need_attention(
         *_listed(
             [
                 f"  row {r['row']} {r['source_email']} -> {r['target_email']}: "
-                f"{result_status(dict(r))}" + (f": {r['error']}" if r.get("error") else "")
+                f"{result_status(dict(r))}" + (f": {why}" if (why := _why(r)) else "")
                 for r in bad
             ],
             limit=5,
@@ -291,6 +291,11 @@ def rows_need_attention(
     )
 
 
+def _why(row: Mapping[str, Any]) -> str:
+    """A row's error, or its preview's error (what the results report shows)."""
+    return str(row.get("error") or row.get("preview_error") or "")
+
+
 def file_rejected(
     file: str,
     error: str,
@@ -299,7 +304,7 @@ def file_rejected(
     errors_report: str | os.PathLike | None = None,
     job: str | None = None,
 ) -> Message:
-    """ "Needs attention" for a rejected input file, with its first errors."""
+    """The needs-attention message of a rejected input file, with its first errors."""
     listed = []
     for problem in problems:
         row = getattr(problem, "row", None)

@@ -160,7 +160,7 @@ def test_batch_finished_gives_the_summary_line_and_the_totals_per_target(receive
     assert post["body"]["attachments"] == []
 
 
-def test_needs_attention_lists_the_failed_and_unconfirmed_rows_with_their_errors(receiver):
+def test_needs_attention_lists_the_rows_a_person_must_look_at_with_their_errors(receiver):
     message = notify.rows_need_attention(BATCH, finished_rows(), retry_report="r/x-retry.csv")
     assert message is not None
 
@@ -168,15 +168,15 @@ def test_needs_attention_lists_the_failed_and_unconfirmed_rows_with_their_errors
 
     [post] = receiver.posts
     assert post["body"]["type"] == "warning"
-    assert (
-        post["body"]["title"]
-        == f"omi-batch: batch {BATCH} needs attention: 1 failed, 1 unconfirmed"
+    assert post["body"]["title"] == (
+        f"omi-batch: batch {BATCH} needs attention: 1 failed, 1 preview_failed, 1 unconfirmed"
     )
     assert post["body"]["message"].splitlines() == [
-        f"Batch {BATCH}: 1 failed, 1 unconfirmed.",
+        f"Batch {BATCH}: 1 failed, 1 preview_failed, 1 unconfirmed.",
         "  row 2 cuong.le@example.vn -> binh.tran@example.vn: failed: "
         "ERROR callback: conversation locked",
         "  row 3 dung.pham@example.vn -> hoa.vo@example.vn: unconfirmed: no callback within 300 s",
+        "  row 4 em.ho@example.vn -> hoa.vo@example.vn: preview_failed: target agent not found",
         "Retry report: r/x-retry.csv",
     ]
 
