@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import json
+import re
 import time
+from collections import Counter
 
 import requests
 
 from omi_batch import callbacks
-from omi_batch.config import Secret
+from omi_batch.client import RetryPolicy
+from omi_batch.config import Secret, Settings
+from omi_batch.jobs import load_job
+from omi_batch.ledger import Ledger
+from omi_batch.roster import read_plan
+from omi_batch.session import Session
 
 # Distinctive values so a test can grep every output, log, ledger and report for them.
 API_KEY = "test-api-key-5b8e1f0c9d7a"
@@ -66,3 +73,81 @@ def wait_until(check, *, tries: int = 400, pause: float = 0.05) -> bool:
             return True
         time.sleep(pause)
     return bool(check())
+
+
+# ---------------------------------------------------------------------------- runtime
+
+TRANSFER = "/api/v3/agent/conversation/transfer"
+FAST_RETRY = RetryPolicy(max_attempts=8, base=0.0, max_wait=0.0, max_total=20)
+
+
+def execute_requests(sim) -> Counter:
+    """How many execute requests (previewChanges false) each row received, by callback URL."""
+    counts: Counter = Counter()
+    for event in sim.events:
+        body = event.get("body")
+        request = event["kind"] == "request" and event["path"] == TRANSFER
+        if request and isinstance(body, dict) and not body.get("previewChanges"):
+            url = (body.get("callbackResultConfig") or {}).get("url", "")
+            match = re.search(r"/callbacks/[^/]+/(\d+)/execute$", url)
+            counts[int(match.group(1)) if match else None] += 1
+    return counts
+
+
+class Stack:
+    """Library-level set-up: the runtime as every command opens it (``Session``: a ledger, an
+    in-process receiver and a pipeline)."""
+
+    def __init__(self, tmp_path, server, *, webhook_url: bool = True, **options):
+        settings = Settings(
+            base_url=server.url, api_key=Secret(API_KEY), webhook_secret=Secret(WEBHOOK_SECRET)
+        )
+        options.setdefault("rate", 1000)
+        options.setdefault("wait", 5)
+        options.setdefault("retry", FAST_RETRY)
+        self.ledger = Ledger(tmp_path / "ledger.db")
+        listen = ("127.0.0.1", 0) if webhook_url else None
+        self.session = Session(settings, self.ledger, listen=listen, **options)
+        self.receiver = self.session.receiver
+        self.pipeline = self.session.pipeline
+
+    def run(self, csv_path) -> str:
+        batch_id = self.pipeline.create_batch(read_plan(csv_path))
+        self.pipeline.preview(batch_id)
+        self.pipeline.approve(batch_id, approve_all=True)
+        self.pipeline.execute(batch_id)
+        return batch_id
+
+    def close(self):
+        self.session.close()
+        self.ledger.close()
+
+
+# ---------------------------------------------------------------------------- jobs
+
+JOB = """\
+ledger = "work/ledger.db"
+[folders]
+inbox = "work/inbox"
+review = "work/review"
+approved = "work/approved"
+archive = "work/archive"
+reports = "work/reports"
+[approval]
+policy = "{policy}"
+max_conversations_per_row = {per_row}
+max_conversations_per_batch = {per_batch}
+[run]
+rate = 100.0
+wait = {wait}
+{listen}
+"""
+
+
+def make_job(tmp_path, policy="manual", per_row=1000, per_batch=10000, wait=10, listen=True):
+    """A job in ``tmp_path/work``; with ``listen`` each tick runs its own receiver."""
+    path = tmp_path / "offboarding.toml"
+    text = JOB.format(policy=policy, per_row=per_row, per_batch=per_batch, wait=wait,
+                      listen='listen = "127.0.0.1:0"' if listen else "")  # fmt: skip
+    path.write_text(text)
+    return load_job(path)

@@ -14,9 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import API_KEY, WEBHOOK_SECRET
-from test_jobs import make_job
-from test_pipeline import Stack, execute_requests
+from helpers import API_KEY, WEBHOOK_SECRET, Stack, execute_requests, make_job
 
 from omi_batch import callbacks
 from omi_batch.cli import cli

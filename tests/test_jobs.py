@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import API_KEY, WEBHOOK_SECRET
+from helpers import API_KEY, JOB, WEBHOOK_SECRET, make_job
 
 from omi_batch.cli import cli
 from omi_batch.errors import UsageError
@@ -28,38 +28,11 @@ GOOD_CSV = "".join(SAMPLE.read_text(encoding="utf-8").splitlines(keepends=True)[
 REVIEW_FILES = ("preview.csv", "review.xlsx", "targets.csv")
 BAD_CSV = "source_email,target_email\nan.nguyen@example,binh.tran@example.vn\n"
 
-JOB = """\
-ledger = "work/ledger.db"
-[folders]
-inbox = "work/inbox"
-review = "work/review"
-approved = "work/approved"
-archive = "work/archive"
-reports = "work/reports"
-[approval]
-policy = "{policy}"
-max_conversations_per_row = {per_row}
-max_conversations_per_batch = {per_batch}
-[run]
-rate = 100.0
-wait = {wait}
-{listen}
-"""
-
 
 @pytest.fixture(autouse=True)
 def job_log(caplog):
     caplog.set_level(logging.INFO, logger="omi_batch.jobs")
     return caplog
-
-
-def make_job(tmp_path, policy="manual", per_row=1000, per_batch=10000, wait=10, listen=True):
-    """A job in ``tmp_path/work``; with ``listen`` each tick runs its own receiver."""
-    path = tmp_path / "offboarding.toml"
-    text = JOB.format(policy=policy, per_row=per_row, per_batch=per_batch, wait=wait,
-                      listen='listen = "127.0.0.1:0"' if listen else "")  # fmt: skip
-    path.write_text(text)
-    return load_job(path)
 
 
 def env_for(server) -> dict[str, str]:

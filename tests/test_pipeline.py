@@ -23,22 +23,19 @@ from pathlib import Path
 
 import openpyxl
 import pytest
-from helpers import API_KEY, WEBHOOK_SECRET
+from helpers import API_KEY, WEBHOOK_SECRET, Stack, execute_requests
 
 from omi_batch import callbacks
 from omi_batch.cli import cli
-from omi_batch.client import RetryPolicy
-from omi_batch.config import Secret, Settings
+from omi_batch.config import Secret
 from omi_batch.errors import UsageError
 from omi_batch.ledger import Ledger
 from omi_batch.pipeline import RateLimiter
 from omi_batch.reports import RESULTS_COLUMNS, escape_cell
 from omi_batch.roster import read_plan
-from omi_batch.session import Session
 from omi_batch.simulator import Faults
 
 ROOT = Path(__file__).resolve().parent.parent
-TRANSFER = "/api/v3/agent/conversation/transfer"
 VIP = "6a92a56ca95c2c0b07465834;6ac43424980ae047cc1ebe17"
 
 # Every agent here is in the simulator's sample fixture; rows 2-6 preview ok.
@@ -52,8 +49,6 @@ minh.tran@example.vn,hong.le@example.vn,false,,
 ROWS = [2, 3, 4, 5, 6]
 # The sample's last row names an agent OMI does not know: it fails its preview.
 UNKNOWN_TARGET = "thu.dang@example.vn,long.ly@example.vn,false,,no OMI account yet\n"
-
-FAST_RETRY = RetryPolicy(max_attempts=8, base=0.0, max_wait=0.0, max_total=20)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -90,19 +85,6 @@ def read_report(path: Path) -> list[dict]:
     return list(csv.DictReader(io.StringIO(data.decode("utf-8-sig"))))
 
 
-def execute_requests(sim) -> Counter:
-    """How many execute requests (previewChanges false) each row received, by callback URL."""
-    counts: Counter = Counter()
-    for event in sim.events:
-        body = event.get("body")
-        request = event["kind"] == "request" and event["path"] == TRANSFER
-        if request and isinstance(body, dict) and not body.get("previewChanges"):
-            url = (body.get("callbackResultConfig") or {}).get("url", "")
-            match = re.search(r"/callbacks/[^/]+/(\d+)/execute$", url)
-            counts[int(match.group(1)) if match else None] += 1
-    return counts
-
-
 def assert_honest(ledger: Ledger, batch_id: str) -> None:
     """No row is succeeded without a stored SUCCESS callback or a verifying preview."""
     good = {
@@ -122,35 +104,6 @@ def assert_honest(ledger: Ledger, batch_id: str) -> None:
                 c["row"] == row["row"] and c["status"] == "ERROR"
                 for c in ledger.callbacks(batch_id)
             )
-
-
-class Stack:
-    """Library-level set-up: the runtime as every command opens it (``Session``: a ledger, an
-    in-process receiver and a pipeline)."""
-
-    def __init__(self, tmp_path, server, *, webhook_url: bool = True, **options):
-        settings = Settings(
-            base_url=server.url, api_key=Secret(API_KEY), webhook_secret=Secret(WEBHOOK_SECRET)
-        )
-        options.setdefault("rate", 1000)
-        options.setdefault("wait", 5)
-        options.setdefault("retry", FAST_RETRY)
-        self.ledger = Ledger(tmp_path / "ledger.db")
-        listen = ("127.0.0.1", 0) if webhook_url else None
-        self.session = Session(settings, self.ledger, listen=listen, **options)
-        self.receiver = self.session.receiver
-        self.pipeline = self.session.pipeline
-
-    def run(self, csv_path) -> str:
-        batch_id = self.pipeline.create_batch(read_plan(csv_path))
-        self.pipeline.preview(batch_id)
-        self.pipeline.approve(batch_id, approve_all=True)
-        self.pipeline.execute(batch_id)
-        return batch_id
-
-    def close(self):
-        self.session.close()
-        self.ledger.close()
 
 
 @pytest.fixture
