@@ -27,11 +27,13 @@ class UsageError(OmiBatchError):
 
 
 class InputError(UsageError):
-    """The input file has problems. ``problems`` lists every one (each has a row and a code)."""
+    """The input file has problems. ``problems`` lists them (each has a row and a code) — the
+    first ones when there are many; ``total`` counts them all."""
 
-    def __init__(self, message: str, problems: list | None = None):
+    def __init__(self, message: str, problems: list | None = None, total: int | None = None):
         super().__init__(message)
         self.problems = list(problems or [])
+        self.total = len(self.problems) if total is None else total
 
 
 class NotFound(UsageError):

@@ -1,33 +1,35 @@
 """Read the offboarding CSV (or .xlsx), validate every row and resolve it into a plan.
 
-Pure: no network, no ledger. A file with any problem raises :class:`InputError` listing every
-problem at once, each with the row number as Excel shows it (header = row 1; a quoted newline
-inside a cell does not shift the rows after it). Warnings (duplicate rows, chains) go into the
-plan and the run goes on.
+Pure: no network, no ledger. A file with any problem raises :class:`InputError` with every
+problem counted and the first ones listed (all of them in an errors CSV on request), each with
+the row number as Excel shows it (header = row 1; a quoted newline inside a cell does not shift
+the rows after it). Warnings (duplicate rows, chains) go into the plan and the run goes on.
 
-The file's structure (rows, cells per row) is read with the ``csv`` module, so row numbers and
-extra or missing cells are exact; the cells then go into a pandas frame of text for the checks
-that run over every row. ``.xlsx`` is read with openpyxl.
+The file is read by :mod:`omi_batch.tables` one row at a time, and each row is checked as it
+comes: only what the checks between rows need is kept (one string per distinct address, each
+normalized once by email-validator, so one mailbox written two ways is one agent).
 
 Problem codes. The file: ``too_big``, ``empty_file``, ``binary_file``, ``bad_encoding``,
 ``bad_xlsx``, ``bad_quotes``, ``missing_column``, ``duplicate_column``, ``no_rows``. A row:
 ``extra_fields``, ``missing_fields``, ``too_long``, ``missing_value``, ``bad_email``,
-``source_is_target``, ``bad_boolean``, ``scientific_conv_id``. Between rows: ``duplicate_conversation``,
-``two_catch_alls``, ``cycle``. Warning codes: ``duplicate_row``, ``chain``, ``shared_split``, ``unknown_column``,
+``source_is_target``, ``bad_boolean``, ``bad_scope``, ``scientific_conv_id``,
+``tickets_with_conv_ids``. Between rows: ``duplicate_conversation``, ``two_catch_alls``,
+``two_ticket_rows``, ``split_chain``, ``cycle``. Warning codes: ``duplicate_row``, ``chain``, ``shared_split``, ``unknown_column``,
 ``extra_sheets``.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, NamedTuple
 
-from omi_batch.errors import InputError
+from omi_batch.errors import InputError, UsageError
 from omi_batch.tables import (
     SCIENTIFIC_ADVICE,
     Problem,
@@ -41,7 +43,19 @@ MAX_CELL = 1_000  # an email, a boolean, one conversation id
 MAX_CONV_IDS_CELL = 100_000  # a whole conv_ids cell (many ids)
 MAX_NOTE = 10_000
 
-FIELDS = ("source_email", "target_email", "replace_existing_members", "conv_ids", "note")
+EMAIL_CACHE = 200_000  # distinct address cells normalized once each (then the cache starts over)
+MAX_PROBLEMS = 100  # problems an InputError carries (all are counted, and written on request)
+
+FIELDS = ("source_email", "target_email", "replace_existing_members", "conv_ids", "note", "scope")
+SCOPES = ("conversations", "tickets", "both")
+# What a row moves, compared like header names (lower-case, no spaces, "_" or "-").
+SCOPE_ALIASES = {
+    **dict.fromkeys(
+        ("conversations", "conversation", "convs", "conv", "chats", "chat"), "conversations"
+    ),
+    **dict.fromkeys(("tickets", "ticket"), "tickets"),
+    **dict.fromkeys(("both", "all"), "both"),
+}
 REQUIRED = ("source_email", "target_email")
 # Header names are compared lower-cased with spaces, "_" and "-" removed.
 ALIASES = {
@@ -53,6 +67,7 @@ ALIASES = {
     "convids": "conv_ids",
     "convid": "conv_ids",
     "note": "note",
+    "scope": "scope",
 }
 BOOLEANS = {
     "": False,
@@ -83,10 +98,20 @@ class Transfer:
     conv_ids: tuple[str, ...]
     replace_existing_members: bool
     note: str
+    scope: str = "conversations"  # conversations, tickets or both
 
     @property
     def catch_all(self) -> bool:
-        return not self.conv_ids
+        """Takes every conversation of its source not routed by another row."""
+        return not self.conv_ids and self.scope != "tickets"
+
+    @property
+    def moves_conversations(self) -> bool:
+        return self.scope != "tickets"
+
+    @property
+    def moves_tickets(self) -> bool:
+        return self.scope != "conversations"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -98,6 +123,7 @@ class Transfer:
             "conv_ids": list(self.conv_ids),
             "replace_existing_members": self.replace_existing_members,
             "note": self.note,
+            "scope": self.scope,
         }
 
 
@@ -119,6 +145,15 @@ class Plan:
     def targets(self) -> list[str]:
         """Distinct (resolved) target agents, in plan order."""
         return list(dict.fromkeys(t.target_email for t in self.transfers))
+
+    def warnings_by_row(self) -> dict[int, list[str]]:
+        """Each row's warnings (``code: message``), for the report line of that row; warnings
+        about the whole file (no row) are not in it."""
+        by_row: dict[int, list[str]] = {}
+        for warning in self.warnings:
+            if warning.row is not None:
+                by_row.setdefault(warning.row, []).append(f"{warning.code}: {warning.message}")
+        return by_row
 
     def to_dict(self) -> dict[str, Any]:
         """The plan as plain JSON-ready data (what ``validate --json`` prints)."""
@@ -163,40 +198,9 @@ class Plan:
 # --------------------------------------------------------------------------- reading
 
 
-@dataclass
-class _Sheet:
-    """The raw cells of a file: the header and every data row, with Excel row numbers."""
-
-    header_row: int
-    header: list[str]
-    rows: list[tuple[int, list[str]]] = field(default_factory=list)
-    padded: bool = False  # a workbook row has every cell, even the empty ones
-    warnings: list[Problem] = field(default_factory=list)
-
-
-def _refuse(name: str, problems: Sequence[Problem]) -> InputError:
-    count = len(problems)
-    noun = "problem" if count == 1 else "problems"
-    return InputError(f"{name}: {count} {noun} found; nothing was sent", list(problems))
-
-
 def _has_roster_columns(header: list[str]) -> bool:
     names = {ALIASES.get(_header_key(h)) for h in header}
     return all(f in names for f in REQUIRED)
-
-
-def _read_sheet(path: Path) -> tuple[_Sheet, str]:
-    """Read a CSV or .xlsx file into raw cells (and its SHA-256); refuse unreadable files."""
-    try:
-        with open_table(path, wanted=_has_roster_columns) as table:
-            sheet = _Sheet(table.header_row, table.header, padded=table.padded,
-                           warnings=list(table.warnings))  # fmt: skip
-            same: dict[str, str] = {}  # one str object per distinct cell: agents repeat a lot
-            for number, cells in table.rows:
-                sheet.rows.append((number, [same.setdefault(c, c) for c in cells]))
-            return sheet, table.sha256
-    except TableError as error:
-        raise _refuse(path.name, [error.problem]) from None
 
 
 def _cells(count: int) -> str:
@@ -214,7 +218,7 @@ def _header_key(name: str) -> str:
     return re.sub(r"[\s_\-]+", "", name.strip().lstrip("\ufeff").lower())
 
 
-def _map_columns(sheet: _Sheet) -> tuple[dict[str, int], list[Problem], list[Problem]]:
+def _map_columns(sheet: Any) -> tuple[dict[str, int], list[Problem], list[Problem]]:
     """Which column holds each field; problems (missing/duplicate) and warnings (unknown)."""
     columns: dict[str, int] = {}
     problems: list[Problem] = []
@@ -262,55 +266,119 @@ def _camel(name: str) -> str:
 # --------------------------------------------------------------------------- validation
 
 
-def read_plan(path: str | os.PathLike[str], *, limit: int | None = None) -> Plan:
-    """Read, validate and resolve the file at ``path`` into a plan; ``limit`` keeps the first
-    N transfers of the plan (the whole file is still validated).
+class _Problems:
+    """Every problem found: all counted, each written to the errors CSV (if asked) as it is found,
+    and only the first ``keep`` by row held in memory — a file of a million bad rows costs no
+    more than a good one."""
 
-    Raises ``InputError`` listing every problem when the file cannot be used as it is.
+    def __init__(self, keep: int, errors_csv: str | os.PathLike[str] | None):
+        self.keep = keep
+        self.total = 0
+        self._items: list[tuple[int, int, Problem]] = []
+        self._handle: IO[str] | None = None
+        self._writer: Any = None
+        if errors_csv is not None:
+            self._handle = Path(errors_csv).open(  # noqa: SIM115 - closed by close()
+                "w", encoding="utf-8-sig", newline=""
+            )
+            self._writer = csv.writer(self._handle, lineterminator="\r\n")
+            self._writer.writerow(["row", "code", "message"])
+
+    def add(self, problem: Problem) -> None:
+        self.total += 1
+        self._items.append((problem.row or 0, self.total, problem))
+        if len(self._items) >= 4 * self.keep + 64:
+            self._trim()
+        if self._writer is not None:
+            self._writer.writerow(
+                ["" if problem.row is None else problem.row, problem.code, escape(problem.message)]
+            )
+
+    def _trim(self) -> None:
+        self._items.sort(key=lambda item: (item[0], item[1]))
+        del self._items[self.keep :]
+
+    def first(self) -> list[Problem]:
+        """The first ``keep`` problems, by row (a row's own problems before those between rows)."""
+        self._trim()
+        return [p for _, _, p in self._items]
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+def escape(text: str) -> str:
+    """A cell of the errors CSV, safe to open in Excel (never read as a formula)."""
+    return "'" + text if text.startswith(("=", "+", "-", "@", "\t", "\r")) else text
+
+
+def _scope_of(text: str) -> str | None:
+    return SCOPE_ALIASES.get(_header_key(text)) if text else None
+
+
+def read_plan(
+    path: str | os.PathLike[str],
+    *,
+    limit: int | None = None,
+    scope: str | None = None,
+    errors_csv: str | os.PathLike[str] | None = None,
+    max_problems: int = MAX_PROBLEMS,
+) -> Plan:
+    """Read, validate and resolve the file at ``path`` into a plan; ``limit`` keeps the first
+    N transfers of the plan (the whole file is still validated); ``scope`` is what a row with no
+    ``scope`` cell moves (``conversations`` when not given).
+
+    The rows are checked as they are read. Raises ``InputError`` when the file cannot be used
+    as it is: its ``problems`` are the first ``max_problems`` (by row) and ``total`` counts them
+    all; with ``errors_csv``, every problem is written to that file (row, code, message) as it
+    is found.
     """
     path = Path(path)
     name = path.name
-    sheet, sha256 = _read_sheet(path)
-    columns, problems, warnings = _map_columns(sheet)
-    warnings = sheet.warnings + warnings
-    if problems:
+    default_scope = _scope_of(scope or "conversations")
+    if default_scope is None:
+        raise UsageError(f"scope {scope!r} is not one of: {', '.join(SCOPES)}")
+    problems = _Problems(max_problems, errors_csv)
+    try:
+        return _read_plan(path, limit, default_scope, problems)
+    except TableError as error:
+        problems.add(error.problem)
+        raise _refuse(name, problems) from None
+    finally:
+        problems.close()
+
+
+def _refuse(name: str, problems: _Problems | Sequence[Problem]) -> InputError:
+    if not isinstance(problems, _Problems):
+        found, total = list(problems), len(problems)
+    else:
+        found, total = problems.first(), problems.total
+    noun = "problem" if total == 1 else "problems"
+    return InputError(f"{name}: {total:,} {noun} found; nothing was sent", found, total=total)
+
+
+def _read_plan(path: Path, limit: int | None, default_scope: str, problems: _Problems) -> Plan:
+    name = path.name
+    with open_table(path, wanted=_has_roster_columns) as table:
+        columns, header_problems, warnings = _map_columns(table)
+        warnings = table.warnings + warnings
+        if header_problems:
+            for problem in header_problems:
+                problems.add(problem)
+            raise _refuse(name, problems)
+        checker = _RowChecker(columns, table, problems, default_scope)
+        for number, cells in table.rows:
+            checker.check(number, cells)
+        sha256 = table.sha256
+    if checker.input_rows == 0:
+        problems.add(Problem(None, "no_rows", "the file has a header but no rows"))
         raise _refuse(name, problems)
-
-    # Structure: every row has as many cells as the header has columns (empty cells past the
-    # last named column, as Excel writes them, are fine). Broken rows get no further checks.
-    width = max(i for i, h in enumerate(sheet.header) if h.strip()) + 1
-    good: list[tuple[int, list[str]]] = []
-    input_rows = 0
-    for number, cells in sheet.rows:
-        if _blank(cells):
-            continue
-        input_rows += 1
-        if len(cells) < width and not sheet.padded:
-            problems.append(
-                Problem(
-                    number,
-                    "missing_fields",
-                    f"{_cells(len(cells))} but the header has {width} columns",
-                )
-            )
-        elif len(cells) > width and not _blank(cells[width:]):
-            problems.append(
-                Problem(
-                    number,
-                    "extra_fields",
-                    f"{_cells(len(cells))} but the header has {width} columns "
-                    "(a cell with a delimiter in it must be quoted)",
-                )
-            )
-        else:
-            good.append((number, cells))
-    if input_rows == 0:
-        raise _refuse(name, [Problem(None, "no_rows", "the file has a header but no rows")])
-
-    rows = _check_rows(good, columns, problems)
-    transfers = _resolve(rows, problems, warnings)
-    if problems:
-        problems.sort(key=lambda p: p.row if p.row is not None else 0)
+    input_rows = checker.input_rows
+    transfers = _resolve(checker.rows, problems, warnings)
+    del checker  # its rows and caches: the plan is all that is left
+    if problems.total:
         raise _refuse(name, problems)
     warnings.sort(key=lambda p: p.row if p.row is not None else 0)
     total = len(transfers)
@@ -326,155 +394,132 @@ def read_plan(path: str | os.PathLike[str], *, limit: int | None = None) -> Plan
     )
 
 
-@dataclass(frozen=True, slots=True)
-class _Row:
+class _Row(NamedTuple):
     row: int
     source: str
     target: str
     replace: bool
     conv_ids: tuple[str, ...]
     note: str
+    scope: str
 
 
-def _check_rows(
-    good: list[tuple[int, list[str]]], columns: dict[str, int], problems: list[Problem]
-) -> list[_Row]:
-    """Check every cell (over the whole column at once); return the rows usable between rows."""
-    import pandas as pd
+_LIMITS = (
+    ("source_email", MAX_CELL),
+    ("target_email", MAX_CELL),
+    ("replace_existing_members", MAX_CELL),
+    ("conv_ids", MAX_CONV_IDS_CELL),
+    ("note", MAX_NOTE),
+    ("scope", MAX_CELL),
+)
 
-    numbers = [number for number, _ in good]
 
-    def column(index: int, normalise: Any) -> list[str]:
-        # Normalised once per distinct cell; the same agent on many rows shares one string.
-        done: dict[str, str] = {}
-        values = []
-        for _, cells in good:
-            raw = cells[index] if index < len(cells) else ""
-            value = done.get(raw)
-            if value is None:
-                value = done[raw] = normalise(raw)
-            values.append(value)
-        return values
+class _RowChecker:
+    """Checks each row as it is read, keeping only what the checks between rows need."""
 
-    def trim_lower(cell: str) -> str:
-        return unescape(cell.strip()).lower()
+    def __init__(self, columns: dict[str, int], table: Any, problems: _Problems, scope: str):
+        self.columns = columns
+        self.index = [columns.get(f) for f, _ in _LIMITS]
+        self.padded = table.padded
+        self.width = max(i for i, h in enumerate(table.header) if h.strip()) + 1
+        self.problems = problems
+        self.scope = scope
+        self.input_rows = 0
+        self.rows: list[_Row] = []
+        self.emails: dict[str, tuple[str, bool]] = {}  # cell → (normalized address, valid)
+        self.texts: dict[str, str] = {}  # one str per distinct short cell (notes, flags)
 
-    def trim_lines(cell: str) -> str:  # a note written on Windows keeps plain newlines
-        return unescape(cell.strip()).replace("\r\n", "\n")
+    def email(self, cell: str) -> tuple[str, bool]:
+        """The address as email-validator normalizes it (NFC, one domain spelling), once per
+        distinct cell: one mailbox written two ways is one agent."""
+        found = self.emails.get(cell)
+        if found is None:
+            if len(self.emails) >= EMAIL_CACHE:  # a file of distinct addresses: keep it bounded
+                self.emails.clear()
+            text = unescape(cell.strip()).lower()
+            found = self.emails[cell] = _normalized_email(text) if text else ("", True)
+        return found
 
-    def trim(cell: str) -> str:
-        return unescape(cell.strip())
-
-    normalise = {"source_email": trim_lower, "target_email": trim_lower, "note": trim_lines}
-    data = {name: column(index, normalise.get(name, trim)) for name, index in columns.items()}
-    for name in FIELDS:
-        data.setdefault(name, [""] * len(good))
-    frame = pd.DataFrame(data, index=numbers, dtype=str)
-    del data
-    found: list[tuple[int, int, Problem]] = []  # (row, order, problem): sorted afterwards
-
-    def report(mask: pd.Series, code: str, message: Any, order: int) -> None:
-        for number in mask.index[mask.to_numpy()]:
-            found.append((number, order, Problem(int(number), code, message(number))))
-
-    limits = {
-        "source_email": MAX_CELL,
-        "target_email": MAX_CELL,
-        "replace_existing_members": MAX_CELL,
-        "conv_ids": MAX_CONV_IDS_CELL,
-        "note": MAX_NOTE,
-    }
-    unusable = pd.Series(False, index=frame.index)
-    for order, (name, most) in enumerate(limits.items()):
-        lengths = frame[name].str.len()
-        long = lengths > most
-        report(
-            long,
-            "too_long",
-            lambda n, c=name, s=lengths, m=most: f"{c} is {s[n]:,} characters long (at most {m:,})",
-            order,
-        )
-        frame.loc[long, name] = ""
-        if name in REQUIRED:
-            unusable |= long
-    for order, name in enumerate(REQUIRED, start=10):
-        empty = (frame[name] == "") & ~unusable
-        report(empty, "missing_value", lambda n, c=name: f"{c} is empty", order)
-        unusable |= empty
-
-    # email-validator once per distinct address: a big file names the same agents many times.
-    emails = pd.unique(pd.concat([frame["source_email"], frame["target_email"]]))
-    invalid = [email for email in emails if email and not _valid_email(email)]
-    for order, name in enumerate(REQUIRED, start=20):
-        bad = frame[name].isin(invalid)
-        report(
-            bad,
-            "bad_email",
-            lambda n, c=name: f"{frame.at[n, c]!r} is not a valid email address",
-            order,
-        )
-    same = (frame["source_email"] == frame["target_email"]) & ~unusable
-    report(
-        same,
-        "source_is_target",
-        lambda n: f"source and target are both {frame.at[n, 'source_email']!r}",
-        30,
-    )
-    unusable |= same
-
-    words = frame["replace_existing_members"].str.lower()
-    bad_flag = ~words.isin(list(BOOLEANS))
-    report(
-        bad_flag,
-        "bad_boolean",
-        lambda n: (
-            f"replace_existing_members is {frame.at[n, 'replace_existing_members']!r}: "
-            "use true/false, yes/no or 1/0 (blank = false)"
-        ),
-        40,
-    )
-    flags = words.isin([word for word, value in BOOLEANS.items() if value])
-
-    conv_ids = pd.Series(
-        [_split_conv_ids(cell) for cell in frame["conv_ids"].tolist()], index=frame.index
-    )
-    long_id = pd.Series(
-        [any(len(i) > MAX_CELL for i in ids) for ids in conv_ids], index=frame.index
-    )
-    report(
-        long_id,
-        "too_long",
-        lambda n: f"a conversation id is longer than {MAX_CELL:,} characters",
-        50,
-    )
-
-    scientific = pd.Series(
-        [next((i for i in ids if is_scientific(i)), None) for ids in conv_ids], index=frame.index
-    )
-    report(
-        scientific.notna(),
-        "scientific_conv_id",
-        lambda n: f"conv_ids has {scientific[n]!r}; {SCIENTIFIC_ADVICE}",
-        51,
-    )
-
-    found.sort(key=lambda item: (item[0], item[1]))
-    problems.extend(p for _, _, p in found)
-    keep = ~unusable.to_numpy()
-    return [
-        _Row(n, s, t, f, c, note)
-        for n, s, t, f, c, note, k in zip(
-            numbers,
-            frame["source_email"].tolist(),
-            frame["target_email"].tolist(),
-            flags.tolist(),
-            conv_ids.tolist(),
-            frame["note"].tolist(),
-            keep.tolist(),
-            strict=True,
-        )
-        if k
-    ]
+    def check(self, number: int, cells: list[str]) -> None:
+        if _blank(cells):
+            return
+        self.input_rows += 1
+        add = self.problems.add
+        width = self.width
+        if len(cells) < width and not self.padded:
+            add(Problem(number, "missing_fields",
+                        f"{_cells(len(cells))} but the header has {width} columns"))  # fmt: skip
+            return
+        if len(cells) > width and not _blank(cells[width:]):
+            add(Problem(number, "extra_fields",
+                        f"{_cells(len(cells))} but the header has {width} columns "
+                        "(a cell with a delimiter in it must be quoted)"))  # fmt: skip
+            return
+        raw = [cells[i] if i is not None and i < len(cells) else "" for i in self.index]
+        unusable = False
+        for position, (field_name, most) in enumerate(
+            _LIMITS if sum(map(len, raw)) > MAX_CELL else ()
+        ):
+            if len(raw[position]) > most:
+                size = len(unescape(raw[position].strip()))
+                if size > most:
+                    add(Problem(number, "too_long",
+                                f"{field_name} is {size:,} characters long (at most {most:,})"))  # fmt: skip
+                    raw[position] = ""
+                    unusable = unusable or field_name in REQUIRED
+        source_cell, target_cell, flag_cell, ids_cell, note_cell, scope_cell = raw
+        source, source_ok = self.email(source_cell)
+        target, target_ok = self.email(target_cell)
+        if not unusable and not source:
+            add(Problem(number, "missing_value", "source_email is empty"))
+            unusable = True
+        if not unusable and not target:
+            add(Problem(number, "missing_value", "target_email is empty"))
+            unusable = True
+        if source and not source_ok:
+            add(Problem(number, "bad_email", f"{source!r} is not a valid email address"))
+            unusable = True
+        if target and not target_ok:
+            add(Problem(number, "bad_email", f"{target!r} is not a valid email address"))
+            unusable = True
+        if not unusable and source == target:
+            add(Problem(number, "source_is_target", f"source and target are both {source!r}"))
+            unusable = True
+        word = unescape(flag_cell.strip()).lower()
+        replace = BOOLEANS.get(word)
+        if replace is None:
+            add(Problem(number, "bad_boolean",
+                        f"replace_existing_members is {unescape(flag_cell.strip())!r}: "
+                        "use true/false, yes/no or 1/0 (blank = false)"))  # fmt: skip
+            replace = False
+        scope_text = unescape(scope_cell.strip())
+        scope = _scope_of(scope_text) if scope_text else self.scope
+        if scope is None:
+            add(Problem(number, "bad_scope",
+                        f"scope is {scope_text!r}: use conversations, tickets or both "
+                        f"(blank = {self.scope})"))  # fmt: skip
+            unusable = True
+        conv_ids = _split_conv_ids(unescape(ids_cell.strip()))
+        if conv_ids:
+            if any(len(i) > MAX_CELL for i in conv_ids):
+                add(Problem(number, "too_long",
+                            f"a conversation id is longer than {MAX_CELL:,} characters"))  # fmt: skip
+            scientific = next((i for i in conv_ids if is_scientific(i)), None)
+            if scientific is not None:
+                add(Problem(number, "scientific_conv_id",
+                            f"conv_ids has {scientific!r}; {SCIENTIFIC_ADVICE}"))  # fmt: skip
+            if scope is not None and scope != "conversations":
+                add(Problem(number, "tickets_with_conv_ids",
+                            f"scope is {scope} but the row has conv_ids: conv_ids pick "
+                            "conversations, and tickets move from a source as a whole; use scope "
+                            "conversations here and a row without conv_ids for the tickets"))  # fmt: skip
+                unusable = True
+        if unusable:
+            return
+        note = unescape(note_cell.strip()).replace("\r\n", "\n")
+        if note:
+            note = self.texts.setdefault(note, note) if len(note) < 200 else note
+        self.rows.append(_Row(number, source, target, replace, conv_ids, note, scope))
 
 
 def _split_conv_ids(cell: str) -> tuple[str, ...]:
@@ -489,6 +534,19 @@ _FAST_EMAIL = re.compile(
     r"@(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}"
 )
 _SPECIAL_DOMAINS = ("arpa", "invalid", "local", "localhost", "onion", "test")
+
+
+def _normalized_email(email: str) -> tuple[str, bool]:
+    """``(address, valid)``: a valid address as email-validator normalizes it (NFC local part,
+    the domain in one spelling, so ``xn--cng-ty-ixa.vn`` is ``công-ty.vn``), with no DNS."""
+    if _fast_valid(email):
+        return email, True
+    from email_validator import EmailNotValidError, validate_email
+
+    try:
+        return validate_email(email, check_deliverability=False).normalized.lower(), True
+    except EmailNotValidError:
+        return email, False
 
 
 def _valid_email(email: str) -> bool:
@@ -525,64 +583,21 @@ class _Cycle:
         self.agents = agents  # the loop, first agent not repeated
 
 
-def _resolve(rows: list[_Row], problems: list[Problem], warnings: list[Problem]) -> list[Transfer]:
-    """Drop duplicate rows, check conflicts between rows, follow chains, order the plan."""
-    seen: dict[tuple, int] = {}
-    catch_all: dict[str, _Row] = {}
-    routed: dict[tuple[str, str], int] = {}
-    by_source: dict[str, list[_Row]] = {}
-    for r in rows:
-        key = (r.source, r.target, r.conv_ids, r.replace)
-        if key in seen:
-            warnings.append(
-                Problem(r.row, "duplicate_row", f"same transfer as row {seen[key]}: kept once")
-            )
-            continue
-        seen[key] = r.row
-        if not r.conv_ids:
-            first = catch_all.get(r.source)
-            if first is not None:
-                what = (
-                    f"this row sends them to {r.target}"
-                    if first.target != r.target
-                    else "this row has another replace_existing_members"
-                )
-                problems.append(
-                    Problem(
-                        r.row,
-                        "two_catch_alls",
-                        f"{r.source} already goes to {first.target} in row {first.row} "
-                        f"(a row without conv_ids); {what}",
-                    )
-                )
-                continue
-            catch_all[r.source] = r
-        else:
-            clash = [(c, routed[(r.source, c)]) for c in r.conv_ids if (r.source, c) in routed]
-            for conv_id, other in clash:
-                problems.append(
-                    Problem(
-                        r.row,
-                        "duplicate_conversation",
-                        f"conversation {conv_id!r} of {r.source} is already in row {other}",
-                    )
-                )
-            if clash:
-                continue
-            for conv_id in r.conv_ids:
-                routed[(r.source, conv_id)] = r.row
-        by_source.setdefault(r.source, []).append(r)
+_End = tuple[str, tuple[str, ...]] | _Cycle
 
-    ends: dict[str, tuple[str, tuple[str, ...]] | _Cycle] = {}
 
-    def end_of(agent: str) -> tuple[str, tuple[str, ...]] | _Cycle:
-        """Where the chain starting at leaving ``agent`` ends, and the agents it passes."""
+def _chains(moves: dict[str, _Row]) -> Any:
+    """``end_of(agent)``: where the chain of ``moves`` (leaving agent → its row) starting at
+    ``agent`` ends, and the leaving agents it passes (or a :class:`_Cycle`)."""
+    ends: dict[str, _End] = {}
+
+    def end_of(agent: str) -> _End:
         if agent in ends:
             return ends[agent]
         path: list[str] = []
         on_path: set[str] = set()
         current = agent
-        tail: tuple[str, tuple[str, ...]] | _Cycle
+        tail: _End
         while True:  # bounded: each turn adds a new agent to on_path, or stops
             if current in ends:
                 tail = ends[current]
@@ -590,12 +605,12 @@ def _resolve(rows: list[_Row], problems: list[Problem], warnings: list[Problem])
             if current in on_path:
                 tail = _Cycle(tuple(path[path.index(current) :]))
                 break
-            if current not in catch_all:
+            if current not in moves:
                 tail = (current, ())
                 break
             on_path.add(current)
             path.append(current)
-            current = catch_all[current].target
+            current = moves[current].target
         # Memoise every agent on the path: each one's chain is the rest of this one.
         for index, member in enumerate(path):
             if isinstance(tail, _Cycle):
@@ -604,6 +619,82 @@ def _resolve(rows: list[_Row], problems: list[Problem], warnings: list[Problem])
                 ends[member] = (tail[0], tuple(path[index:]) + tail[1])
         return ends[agent]
 
+    return end_of
+
+
+def _same_row(r: _Row, before: Sequence[_Row], seen: dict[str, dict[tuple, int]]) -> int | None:
+    """The row of ``r``'s source saying exactly what ``r`` says, if any (then ``r`` is kept once).
+    A source's few rows are compared one by one; one with many gets an index."""
+    key = (r.target, r.conv_ids, r.replace, r.scope)
+    if len(before) < 16:
+        return next(
+            (b.row for b in before if (b.target, b.conv_ids, b.replace, b.scope) == key), None
+        )
+    index = seen.get(r.source)
+    if index is None:
+        index = seen[r.source] = {}
+        for b in before:
+            index.setdefault((b.target, b.conv_ids, b.replace, b.scope), b.row)
+    first = index.setdefault(key, r.row)
+    return None if first == r.row else first
+
+
+def _resolve(rows: list[_Row], problems: _Problems, warnings: list[Problem]) -> list[Transfer]:
+    """Drop duplicate rows, check conflicts between rows, follow chains, order the plan.
+
+    A row without ``conv_ids`` whose scope has conversations is its source's catch-all (one per
+    source); a row whose scope has tickets moves all its source's tickets (one per source).
+    Conversations follow the chain of catch-all rows, tickets the chain of ticket rows."""
+    add = problems.add
+    seen: dict[str, dict[tuple, int]] = {}  # per source with many rows: its rows by content
+    catch_all: dict[str, _Row] = {}
+    tickets: dict[str, _Row] = {}
+    routed: dict[tuple[str, str], int] = {}
+    by_source: dict[str, list[_Row]] = {}
+    for r in rows:
+        first_row = _same_row(r, by_source.get(r.source, ()), seen)
+        if first_row is not None:
+            warnings.append(
+                Problem(r.row, "duplicate_row", f"same transfer as row {first_row}: kept once")
+            )
+            continue
+        if r.scope != "conversations":
+            other = tickets.get(r.source)
+            if other is not None:
+                add(Problem(r.row, "two_ticket_rows",
+                            f"the tickets of {r.source} already go to {other.target} in row "
+                            f"{other.row}; tickets move from a source as a whole, so only one "
+                            "row of a source may have scope tickets or both"))  # fmt: skip
+                continue
+        if r.conv_ids:
+            clash = [(c, routed[(r.source, c)]) for c in r.conv_ids if (r.source, c) in routed]
+            for conv_id, other_row in clash:
+                add(Problem(r.row, "duplicate_conversation",
+                            f"conversation {conv_id!r} of {r.source} is already in row {other_row}"))  # fmt: skip
+            if clash:
+                continue
+            for conv_id in r.conv_ids:
+                routed[(r.source, conv_id)] = r.row
+        elif r.scope != "tickets":
+            first = catch_all.get(r.source)
+            if first is not None:
+                what = (
+                    f"this row sends them to {r.target}"
+                    if first.target != r.target
+                    else "this row has another replace_existing_members"
+                )
+                add(Problem(r.row, "two_catch_alls",
+                            f"{r.source} already goes to {first.target} in row {first.row} "
+                            f"(a row without conv_ids); {what}"))  # fmt: skip
+                continue
+            catch_all[r.source] = r
+        if r.scope != "conversations":
+            tickets[r.source] = r
+        by_source.setdefault(r.source, []).append(r)
+    del seen, routed
+
+    kinds = {"conversations": (catch_all,), "tickets": (tickets,), "both": (catch_all, tickets)}
+    end_of = {id(catch_all): _chains(catch_all), id(tickets): _chains(tickets)}
     cycles: dict[tuple[str, ...], set[int]] = {}
 
     def add_cycle(agents: Sequence[str], rows_in: Iterable[int]) -> None:
@@ -611,25 +702,38 @@ def _resolve(rows: list[_Row], problems: list[Problem], warnings: list[Problem])
         key = tuple(agents[turn:]) + tuple(agents[:turn])
         cycles.setdefault(key, set()).update(rows_in)
 
+    def follow(r: _Row, source: str, moves: dict[str, _Row]) -> tuple[str, tuple[str, ...]] | None:
+        """Where row ``r``'s kind of work ends along ``moves``; None (a cycle noted) if it loops."""
+        if r.target not in moves:
+            return r.target, ()
+        end = end_of[id(moves)](r.target)
+        if isinstance(end, _Cycle):
+            add_cycle(end.agents, (moves[a].row for a in end.agents))
+            return None
+        final, via = end
+        if final == source or source in via:
+            # the chain comes back to the agent who is leaving: a cycle through this row
+            loop = via[: via.index(source)] if source in via else via
+            add_cycle((source, *loop), [r.row, *(moves[a].row for a in loop)])
+            return None
+        return end
+
+    def run_order(r: _Row) -> int:
+        return 0 if r.conv_ids else (2 if r.scope == "tickets" else 1)
+
     transfers: list[Transfer] = []
     for source, source_rows in by_source.items():
-        ordered = [r for r in source_rows if r.conv_ids] + [
-            r for r in source_rows if not r.conv_ids
-        ]
-        for r in ordered:
-            if r.target not in catch_all:
-                final, via = r.target, ()
-            else:
-                end = end_of(r.target)
-                if isinstance(end, _Cycle):
-                    add_cycle(end.agents, (catch_all[a].row for a in end.agents))
-                    continue
-                final, via = end
-                if final == source or source in via:
-                    # the chain comes back to the agent who is leaving: a cycle through this row
-                    loop = via[: via.index(source)] if source in via else via
-                    add_cycle((source, *loop), [r.row, *(catch_all[a].row for a in loop)])
-                    continue
+        for r in sorted(source_rows, key=run_order) if len(source_rows) > 1 else source_rows:
+            ends = [(moves, follow(r, source, moves)) for moves in kinds[r.scope]]
+            if any(end is None for _, end in ends):
+                continue
+            (moves, (final, via)), *more = ends  # type: ignore[misc]
+            if more and more[0][1][0] != final:  # type: ignore[index]
+                add(Problem(r.row, "split_chain",
+                            f"{r.target} is leaving too: its conversations go on to {final} but "
+                            f"its tickets to {more[0][1][0]}; give this row's conversations "  # type: ignore[index]
+                            "and tickets one row each"))  # fmt: skip
+                continue
             if r.conv_ids and not r.replace and source in catch_all:
                 # OMI cannot exclude conversations from a transfer: the source stays a member of
                 # these, so its catch-all row will add its own target to them as well.
@@ -648,7 +752,7 @@ def _resolve(rows: list[_Row], problems: list[Problem], warnings: list[Problem])
                     Problem(
                         r.row,
                         "chain",
-                        f"{r.target} is leaving too (row {catch_all[r.target].row}), so this "
+                        f"{r.target} is leaving too (row {moves[r.target].row}), so this "
                         f"transfer goes to {final} via {', '.join(via)}",
                     )
                 )
@@ -662,6 +766,7 @@ def _resolve(rows: list[_Row], problems: list[Problem], warnings: list[Problem])
                     conv_ids=r.conv_ids,
                     replace_existing_members=r.replace,
                     note=r.note,
+                    scope=r.scope,
                 )
             )
 
@@ -672,7 +777,7 @@ def _resolve(rows: list[_Row], problems: list[Problem], warnings: list[Problem])
         start = agents.index(starts[0]) if starts else 0
         loop = agents[start:] + agents[:start] + (agents[start],)
         rows_text = ", ".join(str(n) for n in sorted(cycle_rows))
-        problems.append(
+        add(
             Problem(
                 first,
                 "cycle",

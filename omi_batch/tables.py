@@ -105,7 +105,7 @@ class Table:
 def unescape(cell: str) -> str:
     """Undo our reports' formula escape (``'=x`` → ``=x``), so a report reads back as it was
     written."""
-    if len(cell) > 1 and cell[0] == "'" and cell[1] in _FORMULA_START:
+    if cell[:1] == "'" and len(cell) > 1 and cell[1] in _FORMULA_START:
         return cell[1:]
     return cell
 
@@ -310,7 +310,7 @@ def _csv_rows(name: str, reader: Any) -> Iterator[tuple[int, list[str]]]:
                 if _blank(cells):
                     continue
                 seen_header = True
-            yield number, [c if c.isascii() else nfc(c) for c in cells]
+            yield number, cells if "".join(cells).isascii() else [nfc(c) for c in cells]
     except csv.Error as error:
         row = number + 1
         if "field larger than field limit" in str(error):

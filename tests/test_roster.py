@@ -339,6 +339,7 @@ def test_json_pieces_are_the_same_plan_as_to_dict():
         "conv_ids": [],
         "replace_existing_members": False,
         "note": "",
+        "scope": "conversations",
     }
     assert plan.to_dict()["warnings"][0] == {
         "row": 2,
