@@ -35,16 +35,19 @@ CODES = ("source_not_found", "target_not_found", "target_inactive", "target_dele
 WARNING = "directory_unavailable"
 
 
-def check_agents(plan: Plan, client: OmiClient) -> tuple[list[Problem], list[Problem]]:
+def check_agents(
+    plan: Plan, client: OmiClient, *, context: dict | None = None
+) -> tuple[list[Problem], list[Problem]]:
     """(problems, warnings) from OMI's agent directory for every row of ``plan``: problems
     carry their row number and one of :data:`CODES`; the one possible warning
-    (``directory_unavailable``) means the directory could not be read and nothing was checked."""
+    (``directory_unavailable``) means the directory could not be read and nothing was checked.
+    ``context`` goes with every attempt (see ``OmiClient.on_attempt``)."""
     sources, targets = plan.sources(), plan.targets()
     wanted = list(dict.fromkeys([*sources, *targets]))
     if not wanted:
         return [], []
     try:
-        found = look_up(client, wanted)
+        found = look_up(client, wanted, context=context)
     except ApiError as error:  # AuthError, TransportError, permission_denied, bad answers
         log.debug("agent directory unavailable: %s", error)
         return [], [
@@ -58,20 +61,22 @@ def check_agents(plan: Plan, client: OmiClient) -> tuple[list[Problem], list[Pro
     return _problems(plan, found), []
 
 
-def look_up(client: OmiClient, emails: Iterable[str]) -> dict[str, Agent]:
+def look_up(
+    client: OmiClient, emails: Iterable[str], *, context: dict | None = None
+) -> dict[str, Agent]:
     """The directory entries of ``emails`` (lower-case), those OMI has; raises ApiError when
     the directory cannot be read."""
     wanted = {e.strip().lower() for e in emails}
     found: dict[str, Agent] = {}
     if len(wanted) <= KEYWORD_MAX:
         for email in sorted(wanted):
-            for agent in client.list_agents(keyword=email, size=PAGE_SIZE):
+            for agent in client.list_agents(keyword=email, size=PAGE_SIZE, context=context):
                 if agent.email == email:
                     found[email] = agent
                     break
     missing = wanted - set(found)
     if missing:
-        for agent in client.list_agents(size=PAGE_SIZE):
+        for agent in client.list_agents(size=PAGE_SIZE, context=context):
             if agent.email in missing:
                 found[agent.email] = agent
     return found

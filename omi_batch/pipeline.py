@@ -21,7 +21,15 @@ from datetime import datetime
 from pathlib import Path
 
 from omi_batch import callbacks, reports
-from omi_batch.client import ApiError, Attempt, AuthError, OmiClient, RetryPolicy, TransportError
+from omi_batch.client import (
+    ApiError,
+    Attempt,
+    AuthError,
+    OmiClient,
+    RateLimited,
+    RetryPolicy,
+    TransportError,
+)
 from omi_batch.config import Secret, Settings
 from omi_batch.errors import (
     EXIT_CONFIG,
@@ -35,6 +43,7 @@ from omi_batch.ledger import Ledger, os_user
 from omi_batch.ledger import now as ledger_now
 from omi_batch.ledger.serial import SerialLedger
 from omi_batch.locks import ProcessLock
+from omi_batch.ratelimit import DEFAULT_CEILING, AdaptiveLimiter, SlowDown
 from omi_batch.roster import Plan
 from omi_batch.states import (
     APPROVED,
@@ -56,32 +65,16 @@ who = os_user
 
 
 class Progress:
-    """What the pipeline tells about long work; the CLI draws bars, a job logs, tests ignore."""
+    """What the pipeline tells about long work; the CLI draws bars, a job logs, tests ignore.
+    ``rate`` is set by the pipeline: the limiter's current requests per second, to show."""
+
+    rate: Callable[[], float] | None = None
 
     def start(self, phase: str, total: int) -> None: ...
 
     def advance(self, phase: str, n: int = 1) -> None: ...
 
     def done(self, phase: str) -> None: ...
-
-
-class RateLimiter:
-    """At most ``rate`` acquisitions per second across threads (evenly spaced)."""
-
-    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep):  # fmt: skip
-        self.interval = 1.0 / rate
-        self._next = 0.0
-        self._lock = threading.Lock()
-        self._clock, self._sleep = clock, sleep
-
-    def acquire(self) -> None:
-        with self._lock:
-            now = self._clock()
-            slot = max(now, self._next)
-            self._next = slot + self.interval
-        if slot > now:
-            self._sleep(slot - now)
 
 
 @dataclass
@@ -132,7 +125,7 @@ class Pipeline:
         *,
         client: OmiClient | None = None,
         concurrency: int = 4,
-        rate: float = 5.0,
+        rate: float = DEFAULT_CEILING,
         timeout: float = 30.0,
         wait: float = 60.0,
         webhook_url: str | None = None,
@@ -149,7 +142,12 @@ class Pipeline:
         self.timeout = timeout
         self.progress = progress or Progress()
         self.poll_interval = poll_interval
-        self.limiter = RateLimiter(rate)
+        # One limiter for every request of this pipeline, retries included; ``rate`` is its
+        # ceiling (see omi_batch.ratelimit). Each slow-down is one ledger event.
+        self.limiter = AdaptiveLimiter(rate, on_slow_down=self._slowed_down)
+        self.progress.rate = lambda: self.limiter.rate
+        self._events_batch: str | None = None  # the batch a slow-down is recorded in
+        self._early_slow_downs: list[SlowDown] = []  # before that batch exists
         self.webhook_url = webhook_url or settings.webhook_url
         self.webhook_secret = webhook_secret or settings.webhook_secret
         self._client = client
@@ -177,6 +175,7 @@ class Pipeline:
             self._client = OmiClient(
                 self.settings.base_url, self.settings.api_key, timeout=self.timeout,
                 on_attempt=self._record_attempt, pool_size=max(4, self.concurrency),
+                auth=self.settings.auth, limiter=self.limiter,
                 **self._client_options,
             )  # fmt: skip
         return self._client
@@ -315,13 +314,20 @@ class Pipeline:
 
     # ------------------------------------------------------------------ preview
 
-    def create_batch(self, plan: Plan, *, options: dict | None = None) -> str:
-        """Check the key and that OMI answers (one preview, nothing moves), then the batch."""
+    def create_batch(
+        self, plan: Plan, *, options: dict | None = None, check_agents: bool = False
+    ) -> str:
+        """Check the key and that OMI answers (one preview, nothing moves), then (with
+        ``check_agents``; the CLI's default) every source and target in OMI's agent directory,
+        then the batch. Directory problems raise InputError (exit 2): nothing sent, no batch."""
         self.settings.require_api()
         if not plan.transfers:
             raise UsageError("the plan has no transfers")
         self._early = []
+        self._events_batch = None
         self.preflight(asdict(plan.transfers[0]))
+        if check_agents:
+            self.check_agents(plan)
         batch_id = self.ledger.create_batch(
             source_file=plan.source_file,
             source_sha256=plan.sha256,
@@ -335,7 +341,43 @@ class Pipeline:
         early, self._early = self._early, []
         for row, data in early:  # the preflight's attempts belong to the audit trail too
             self.ledger.record_attempt(batch_id, row, "preflight", data)
+        self._record_slow_downs(batch_id)
         return batch_id
+
+    def check_agents(self, plan: Plan) -> list:
+        """Look every source and target of ``plan`` up in OMI's agent directory: InputError
+        (exit 2) listing each problem with its row; the one warning when the directory cannot
+        be read is added to ``plan.warnings`` (and logged) and returned."""
+        from omi_batch import directory
+
+        problems, warnings = directory.check_agents(
+            plan, self.client, context={"phase": "preflight", "batch_id": None, "row": None}
+        )
+        if problems:
+            raise InputError(
+                f"{len(problems)} problem(s) in OMI's agent directory: nothing was sent and no "
+                "batch was created (fix the file, or --no-check-agents to skip this check)",
+                problems,
+            )
+        for warning in warnings:
+            log.warning("%s", warning.message)
+            plan.warnings.append(warning)
+        return warnings
+
+    def _slowed_down(self, event: SlowDown) -> None:
+        """One ledger event per slow-down (not per refused request)."""
+        batch_id = self._events_batch
+        if batch_id is None:
+            self._early_slow_downs.append(event)
+            return
+        self.ledger.log("slowed_down", batch_id=batch_id, **_slow_down(event))
+
+    def _record_slow_downs(self, batch_id: str) -> None:
+        """From now on slow-downs go to ``batch_id``; the ones before it was known too."""
+        self._events_batch = batch_id
+        early, self._early_slow_downs = self._early_slow_downs, []
+        for event in early:
+            self.ledger.log("slowed_down", batch_id=batch_id, **_slow_down(event))
 
     def preflight(self, row: dict) -> None:
         """One preview of ``row`` (nothing moves, nothing is written) to learn, before anything
@@ -344,7 +386,6 @@ class Pipeline:
         ``preflight``: at once when ``row`` is a ledger row (it has a ``batch_id``), else by
         :meth:`create_batch` once the batch exists."""
         self.settings.require_api()
-        self.limiter.acquire()
         context = {"phase": "preflight", "batch_id": row.get("batch_id"), "row": row.get("row")}
         try:
             self.client.transfer_conversations(
@@ -363,13 +404,13 @@ class Pipeline:
 
     def preview(self, batch_id: str, *, rows: list[dict] | None = None) -> Summary:
         """Preview every planned row (or ``rows``) and write the preview reports."""
+        self._record_slow_downs(batch_id)
         rows = rows if rows is not None else self.ledger.rows(batch_id, states=["planned"])
         self._map(lambda row: self._preview_row(batch_id, row), rows, "preview")
         return self.preview_summary(batch_id)
 
     def _preview_count(self, batch_id: str, row: dict, phase: str) -> tuple[int | None, str | None]:
         """Ask OMI how many conversations this row would move: (count, error)."""
-        self.limiter.acquire()
         try:
             result = self.client.transfer_conversations(
                 row["source_email"], row["target_email"], preview=True,
@@ -555,6 +596,7 @@ class Pipeline:
             return summary
 
     def _execute(self, batch_id: str) -> Summary:
+        self._record_slow_downs(batch_id)
         every = self.ledger.rows(batch_id)
         rows = [r for r in every if r["state"] in TO_EXECUTE]
         by_source: dict[str, list[dict]] = {}
@@ -620,7 +662,6 @@ class Pipeline:
     def _submit_and_wait(self, batch_id: str, row: dict) -> dict:
         number = row["row"]
         callback = self._callback(batch_id, number, "execute")
-        self.limiter.acquire()
         try:
             result = self.client.transfer_conversations(
                 row["source_email"], row["target_email"], preview=False,
@@ -644,7 +685,9 @@ class Pipeline:
             return self._settle(batch_id, number, "unconfirmed",
                                 f"outcome unknown: {error}")  # fmt: skip
         except ApiError as error:
-            if error.retryable:  # retries ran out on 429/5xx: OMI may or may not have started it
+            if isinstance(error, RateLimited) and not error.outcome_unknown:
+                return self._settle(batch_id, number, "failed", f"rate_limited: {error}")
+            if error.retryable:  # retries ran out on 5xx: OMI may or may not have started it
                 return self._settle(batch_id, number, "unconfirmed", f"outcome unknown: {error}")
             if error.outcome_unknown:  # a 4xx now, but an earlier attempt may have been applied
                 return self._settle(batch_id, number, "unconfirmed", _unknown(error))
@@ -700,6 +743,7 @@ class Pipeline:
             return self._reconcile(batch_id)
 
     def _reconcile(self, batch_id: str) -> Summary:
+        self._record_slow_downs(batch_id)
         rows = self.ledger.rows(batch_id, states=["unconfirmed", "submitted"])
         if rows:
             self.preflight(rows[0])  # a refused key or a dead API: exit 3, nothing changed
@@ -747,6 +791,17 @@ class Pipeline:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _slow_down(event: SlowDown) -> dict:
+    """A slow-down as a ledger event's data."""
+    return {
+        "number": event.number,
+        "rate_before": round(event.rate_before, 3),
+        "rate_after": round(event.rate_after, 3),
+        "retry_after": event.retry_after,
+        "reason": event.reason,
+    }
 
 
 def _unknown(error: ApiError) -> str:

@@ -35,7 +35,7 @@ log = logging.getLogger("omi_batch.ratelimit")
 
 DEFAULT_CEILING = 20.0  # req/s: polite by default; --rate raises it
 DEFAULT_START = 5.0  # req/s, or the ceiling when that is lower
-DEFAULT_FLOOR = 0.1  # req/s: never slower than one request every ten seconds
+DEFAULT_FLOOR = 1.0  # req/s: never slower than one request a second (a Retry-After may pause longer)
 SLOW_START_GAIN = 0.25  # each success before the first refusal: rate * (1 + gain)
 DECREASE = 0.7
 RECOVERY = 40  # successes to climb back to the rate that was refused
@@ -186,7 +186,7 @@ class AdaptiveLimiter:
                 sent = sum(1 for t in self._sent if now - WINDOW <= t <= now) / WINDOW
                 basis = min(before, sent) if sent > 0 else before
                 after = max(self.floor, basis * self.decrease)
-                self._step = (basis - after) / self.recovery
+                self._step = basis * (1.0 - self.decrease) / self.recovery
                 self._rate = after
                 self._slow_start = False
                 self._slow_downs += 1

@@ -30,7 +30,6 @@ from omi_batch.cli import cli
 from omi_batch.config import Secret
 from omi_batch.errors import UsageError
 from omi_batch.ledger import Ledger
-from omi_batch.pipeline import RateLimiter
 from omi_batch.reports import RESULTS_COLUMNS, escape_cell
 from omi_batch.roster import read_plan
 from omi_batch.simulator import Faults
@@ -290,19 +289,6 @@ def test_preview_report_escapes_formula_cells(runner, env, csv_file, ledger_path
 def test_cells_that_excel_would_run_are_escaped(text):
     assert escape_cell(text) == "'" + text
     assert escape_cell("a" + text) == "a" + text
-
-
-def test_rate_limiter_spaces_requests_evenly():
-    clock = [100.0]
-    slept: list[float] = []
-
-    def sleep(seconds: float) -> None:
-        slept.append(seconds)
-
-    limiter = RateLimiter(5, clock=lambda: clock[0], sleep=sleep)
-    for _ in range(6):
-        limiter.acquire()
-    assert slept == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
 
 
 # --------------------------------------------------------------------------- approve
