@@ -117,7 +117,7 @@ class Job:
     max_conversations_per_batch: int | None = None
     max_age_hours: float = 24.0
     concurrency: int = 4
-    rate: float = 5.0
+    rate: float = 20.0
     timeout: float = 30.0
     wait: float = 300.0
     listen: tuple[str, int] | None = None
@@ -255,7 +255,7 @@ def load_job(path: str | os.PathLike) -> Job:
         max_conversations_per_batch=checked.get("approval.max_conversations_per_batch"),
         max_age_hours=checked.get("approval.max_age_hours", 24.0),
         concurrency=checked.get("run.concurrency", 4),
-        rate=checked.get("run.rate", 5.0),
+        rate=checked.get("run.rate", 20.0),
         timeout=checked.get("run.timeout", 30.0),
         wait=checked.get("run.wait", 300.0),
         listen=checked.get("run.listen"),

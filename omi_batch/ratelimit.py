@@ -35,7 +35,7 @@ log = logging.getLogger("omi_batch.ratelimit")
 
 DEFAULT_CEILING = 20.0  # req/s: polite by default; --rate raises it
 DEFAULT_START = 5.0  # req/s, or the ceiling when that is lower
-DEFAULT_FLOOR = 1.0  # req/s: never slower than one request a second (a Retry-After may pause longer)
+DEFAULT_FLOOR = 1.0  # req/s at least (a Retry-After may still pause longer)
 SLOW_START_GAIN = 0.25  # each success before the first refusal: rate * (1 + gain)
 DECREASE = 0.7
 RECOVERY = 40  # successes to climb back to the rate that was refused

@@ -10,8 +10,10 @@ import pytest
 from helpers import API_KEY
 
 from omi_batch import directory
+from omi_batch.cli import cli
 from omi_batch.client import AGENTS_PATH, AUTH_PATH, Agent, OmiClient
 from omi_batch.config import Secret
+from omi_batch.ledger import Ledger
 from omi_batch.roster import read_plan
 
 ACTIVE = ["lan.nguyen", "minh.tran", "hong.le", "bao.pham", "mai.hoang", "anh.vu", "thu.dang"]
@@ -163,3 +165,58 @@ def test_a_directory_repeating_its_page_is_not_read_forever(make_simulator):
         agents = list(client.list_agents())
     assert agents == [Agent("a@example.vn", True, False), Agent("b@example.vn", None, None)]
     assert len([e for e in sim.events if e["path"] == AGENTS_PATH]) == 2
+
+
+# --------------------------------------------------------------------------- in the commands
+
+
+def write_csv(tmp_path, rows) -> str:
+    path = tmp_path / "departures.csv"
+    lines = ["source_email,target_email"] + [f"{s},{t}" for s, t in rows]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return str(path)
+
+
+BAD_ROWS = [(email("lan.nguyen"), email("minh.tran")), (email("hong.le"), email("yen.ly"))]
+
+
+def transfers_sent(sim) -> list[dict]:
+    return [e for e in sim.events if e["kind"] == "request" and "transfer" in e["path"]]
+
+
+def test_validate_check_agents_lists_the_problems_and_sends_nothing(runner, env, tmp_path):
+    sim, _ = env
+    result = runner.invoke(cli, ["validate", write_csv(tmp_path, BAD_ROWS), "--check-agents"])
+    assert result.exit_code == 2, result.output
+    assert "row 3: target_deleted: target yen.ly@example.vn is deleted in OMI" in result.output
+    assert transfers_sent(sim) == []
+    assert not list(tmp_path.glob("*.db"))
+
+
+def test_preview_with_check_agents_creates_no_batch_when_a_target_is_deleted(
+    runner, env, tmp_path, ledger_path, reports_dir
+):
+    sim, _ = env
+    args = ["preview", write_csv(tmp_path, BAD_ROWS), "--check-agents", "--ledger",
+            str(ledger_path), "--reports", str(reports_dir)]  # fmt: skip
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    assert "1 problem(s) in OMI's agent directory: nothing was sent and no batch was created" in (
+        result.output
+    )
+    assert [e["body"]["previewChanges"] for e in transfers_sent(sim)] == [True]  # preflight only
+    if ledger_path.exists():
+        with Ledger(ledger_path) as ledger:
+            assert ledger.batches() == []
+
+
+def test_preview_goes_on_with_one_warning_when_the_directory_is_forbidden(
+    runner, env, tmp_path, ledger_path, reports_dir
+):
+    sim, _ = env
+    sim.faults.directory_fault = "permission_denied"
+    args = ["preview", write_csv(tmp_path, BAD_ROWS[:1]), "--check-agents", "--ledger",
+            str(ledger_path), "--reports", str(reports_dir), "--listen", "127.0.0.1:0"]  # fmt: skip
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert result.output.count("OMI's agent directory could not be read") == 1

@@ -221,3 +221,30 @@ def test_a_rate_limit_fails_the_call_only_after_the_rate_limit_total(make_simula
     assert all(a.error == "rate_limited" for a in attempts)
     assert time.slept >= 2.0 * (len(attempts) - 1)  # every Retry-After waited, for all
     assert time.slept <= 10 + 4  # and given up once 10 s of rate limiting had passed
+
+
+def test_a_run_under_a_hidden_limit_succeeds_and_records_each_slow_down_once(
+    runner, env, tmp_path, ledger_path, reports_dir
+):
+    from omi_batch.cli import cli
+    from omi_batch.ledger import Ledger
+
+    sim, _ = env
+    sim.rate_limit = "10:1"
+    rows = [("lan.nguyen", "hong.le"), ("bao.pham", "anh.vu"), ("hung.bui", "ngoc.do"),
+            ("thu.dang", "mai.hoang")]  # fmt: skip
+    path = tmp_path / "departures.csv"
+    path.write_text("source_email,target_email\n" + "".join(
+        f"{s}@example.vn,{t}@example.vn\n" for s, t in rows), encoding="utf-8")  # fmt: skip
+    result = runner.invoke(cli, ["run", str(path), "--yes", "--rate", "200", "--concurrency", "8",
+                                 "--listen", "127.0.0.1:0", "--ledger", str(ledger_path),
+                                 "--reports", str(reports_dir)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    with Ledger(ledger_path) as ledger:
+        (batch,) = ledger.batches()
+        states = {r["state"] for r in ledger.rows(batch["id"])}
+        slowed = [e for e in ledger.events(batch["id"]) if e["kind"] == "slowed_down"]
+    assert states == {"succeeded"}
+    refused = sim.stats["refused"]
+    assert 1 <= len(slowed) <= refused <= 6  # one event per slow-down, never one per refusal
+    assert all(e["data"]["rate_after"] < e["data"]["rate_before"] for e in slowed)

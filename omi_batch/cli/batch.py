@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from omi_batch.cli.options import (
+    check_agents_option,
     http_options,
     json_option,
     ledger_option,
@@ -155,21 +156,31 @@ def _notify_finished(session: Any, batch_id: str, rows: list, written: dict) -> 
 @click.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @limit_option
+@click.option(
+    "--check-agents",
+    is_flag=True,
+    help="Also look every source and target up in OMI's agent directory (reads only: no "
+    "transfer, no batch); a target missing, deactivated or deleted, or a source missing, is a "
+    "problem (exit 2).",
+)
 @json_option
-def validate(file: str, limit: int | None, as_json: bool) -> None:
+def validate(file: str, limit: int | None, check_agents: bool, as_json: bool) -> None:
     """Read and validate FILE (CSV or .xlsx) and print the plan. Sends nothing.
 
     Every problem is listed with its row number as Excel shows it (the header is row 1);
-    any problem means exit 2.
+    any problem means exit 2. With --check-agents it reads OMI's agent directory too.
 
     \b
     Example:
         omi-batch validate departures.csv
         omi-batch validate departures.xlsx --json
+        omi-batch validate departures.csv --check-agents
     """
     from omi_batch.roster import read_plan
 
     plan = read_plan(file, limit=limit)
+    if check_agents:
+        _check_agents(plan)
     if as_json:
         for piece in plan.iter_json():  # streamed: a big plan is never one huge string
             click.echo(piece, nl=False)
@@ -179,12 +190,41 @@ def validate(file: str, limit: int | None, as_json: bool) -> None:
     print_plan(plan)
 
 
+def _directory_warnings(plan) -> None:
+    """The directory check's one warning (it could not read the directory), on stderr."""
+    for warning in plan.warnings:
+        if warning.code == "directory_unavailable":
+            click.echo(f"Warning: {warning}", err=True)
+
+
+def _check_agents(plan) -> None:
+    """validate --check-agents: the directory check alone (InputError, exit 2, on problems)."""
+    from omi_batch import directory
+    from omi_batch.client import OmiClient
+    from omi_batch.config import Settings
+    from omi_batch.errors import InputError
+    from omi_batch.ratelimit import AdaptiveLimiter
+
+    settings = Settings.from_env()
+    settings.require_api()
+    limiter = AdaptiveLimiter()
+    with OmiClient(settings.base_url, settings.api_key, auth=settings.auth,
+                   limiter=limiter) as client:  # fmt: skip
+        problems, warnings = directory.check_agents(plan, client)
+    if problems:
+        raise InputError(
+            f"{len(problems)} problem(s) in OMI's agent directory: nothing was sent", problems
+        )
+    plan.warnings.extend(warnings)
+
+
 @click.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @limit_option
 @ledger_option
 @reports_option
 @http_options
+@check_agents_option
 @listen_option
 @wait_option(60.0)
 @json_option
@@ -196,6 +236,7 @@ def preview(
     concurrency: int,
     rate: float,
     timeout: float,
+    check_agents: bool,
     listen: str | None,
     wait: float,
     as_json: bool,
@@ -214,7 +255,10 @@ def preview(
     plan = read_plan(file, limit=limit)
     options = {"concurrency": concurrency, "rate": rate, "timeout": timeout, "wait": wait}
     with _session(ledger_path, listen=listen, create=True, **options) as session:
-        batch_id = session.pipeline.create_batch(plan, options={"command": "preview", **options})
+        batch_id = session.pipeline.create_batch(
+            plan, options={"command": "preview", **options}, check_agents=check_agents
+        )
+        _directory_warnings(plan)
         click.echo(f"Batch {batch_id}: previewing {len(plan.transfers)} row(s)", err=True)
         session.pipeline.preview(batch_id)
         summary = session.pipeline.preview_summary(batch_id, reports_dir)
@@ -327,6 +371,7 @@ def execute(
 @ledger_option
 @reports_option
 @http_options
+@check_agents_option
 @listen_option
 @wait_option(300.0)
 @notify_option
@@ -340,6 +385,7 @@ def run(
     concurrency: int,
     rate: float,
     timeout: float,
+    check_agents: bool,
     listen: str | None,
     wait: float,
     notify_urls: tuple[str, ...],
@@ -363,7 +409,10 @@ def run(
     with _session(ledger_path, listen=listen, create=True, yes=yes, **options) as session:
         session.notifier = notifier
         pipeline = session.pipeline
-        batch_id = pipeline.create_batch(plan, options={"command": "run", **options})
+        batch_id = pipeline.create_batch(
+            plan, options={"command": "run", **options}, check_agents=check_agents
+        )
+        _directory_warnings(plan)
         click.echo(f"Batch {batch_id}: previewing {len(plan.transfers)} row(s)", err=True)
         pipeline.preview(batch_id)
         written = pipeline.preview_summary(batch_id, reports_dir).reports

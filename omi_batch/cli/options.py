@@ -59,9 +59,10 @@ def http_options(f: Callable) -> Callable:
     f = click.option(
         "--rate",
         type=click.FloatRange(min=0.01),
-        default=5.0,
+        default=20.0,
         show_default=True,
-        help="At most this many requests per second.",
+        help="Ceiling of requests per second. The rate starts at 5 (or this, if lower), "
+        "rises while OMI accepts and slows down at once when OMI says too many.",
     )(f)
     f = click.option(
         "--concurrency",
@@ -71,6 +72,17 @@ def http_options(f: Callable) -> Callable:
         help="Transfers in flight at once.",
     )(f)
     return f
+
+
+def check_agents_option(f: Callable) -> Callable:
+    """--check-agents/--no-check-agents: look every source and target up in OMI's directory."""
+    return click.option(
+        "--check-agents/--no-check-agents",
+        default=False,  # on once make demo's sample no longer relies on an unknown target
+        show_default=True,
+        help="Before anything else, look every source and target up in OMI's agent directory: "
+        "a target missing, deactivated or deleted, or a source missing, stops with exit 2.",
+    )(f)
 
 
 def listen_option(f: Callable) -> Callable:

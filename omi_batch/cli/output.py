@@ -92,7 +92,10 @@ def echo_json(data: Any) -> None:
 
 
 class RichProgress:
-    """Progress bars on stderr, only when stderr is a terminal (a job's log stays clean)."""
+    """Progress bars on stderr, only when stderr is a terminal (a job's log stays clean);
+    each shows the rate limiter's current requests per second (``rate``, set by the pipeline)."""
+
+    rate: Callable[[], float] | None = None
 
     def __init__(self) -> None:
         from rich.console import Console
@@ -100,18 +103,22 @@ class RichProgress:
 
         self._bars = Progress(
             "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), console=Console(stderr=True), transient=False,
+            TimeElapsedColumn(), "{task.fields[rate]}", console=Console(stderr=True),
+            transient=False,
         )  # fmt: skip
         self._tasks: dict[str, Any] = {}
 
     def start(self, phase: str, total: int) -> None:
         if not self._tasks:
             self._bars.start()
-        self._tasks[phase] = self._bars.add_task(phase, total=total)
+        self._tasks[phase] = self._bars.add_task(phase, total=total, rate=self._rate())
 
     def advance(self, phase: str, n: int = 1) -> None:
         if phase in self._tasks:
-            self._bars.advance(self._tasks[phase], n)
+            self._bars.update(self._tasks[phase], advance=n, rate=self._rate())
+
+    def _rate(self) -> str:
+        return f"{self.rate():.1f} req/s" if self.rate is not None else ""
 
     def done(self, phase: str) -> None:
         self._tasks.pop(phase, None)
