@@ -44,7 +44,7 @@ from omi_batch.ledger import now as ledger_now
 from omi_batch.ledger.serial import SerialLedger
 from omi_batch.locks import ProcessLock
 from omi_batch.ratelimit import DEFAULT_CEILING, AdaptiveLimiter, SlowDown
-from omi_batch.roster import Plan
+from omi_batch.roster import Plan, Problem
 from omi_batch.states import (
     APPROVED,
     DECIDED,
@@ -323,6 +323,7 @@ class Pipeline:
         self.settings.require_api()
         if not plan.transfers:
             raise UsageError("the plan has no transfers")
+        refuse_ticket_scopes(plan)
         self._early = []
         self._events_batch = None
         self.preflight(asdict(plan.transfers[0]))
@@ -814,3 +815,23 @@ def _show(value: object) -> str:
     if isinstance(value, list):
         return repr(";".join(value))
     return repr(value)
+
+
+def refuse_ticket_scopes(plan: Plan) -> None:
+    """Refuse, before anything is sent, a plan that asks to move tickets: preview and execute
+    move conversations only so far, and a row that says ``tickets`` must never end
+    ``succeeded`` after a conversation transfer (issue 15)."""
+    rows = [t for t in plan.transfers if t.scope != "conversations"]
+    if rows:
+        problems = [
+            Problem(t.row, "scope_not_supported",
+                    f"scope is {t.scope}: preview and execute move conversations only for now; "
+                    "move this agent's tickets in OMI itself, and set scope to conversations "
+                    "(or leave it blank) to move the conversations here")
+            for t in rows
+        ]  # fmt: skip
+        raise InputError(
+            f"{len(rows)} row(s) ask to move tickets, which omi-batch cannot do yet: "
+            "nothing was sent",
+            problems,
+        )
