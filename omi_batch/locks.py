@@ -1,4 +1,5 @@
-"""One kind of lock: an exclusive ``flock`` on a file, which the OS releases if the holder dies.
+"""One kind of lock: an exclusive lock on a file (through ``filelock``), which the OS releases if
+the holder dies.
 
 A job tick holds one per job, so two ticks never overlap; ``execute`` and ``reconcile`` hold one
 per batch, so two processes never resubmit each other's rows. The file keeps the holder's pid for
@@ -7,9 +8,10 @@ the message; it is never unlinked (unlinking a lock file races with the next tak
 
 from __future__ import annotations
 
-import fcntl
 import os
 from pathlib import Path
+
+from filelock import lock_descriptor
 
 
 class ProcessLock:
@@ -26,9 +28,7 @@ class ProcessLock:
     def __enter__(self) -> ProcessLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not lock_descriptor(fd, blocking=False):
             try:
                 holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
             finally:

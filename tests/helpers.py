@@ -43,7 +43,7 @@ def make_batch(ledger, rows: int = 3, state: str = "submitted", request_ids: boo
             fields = {}
             if step == "submitted" and request_ids:
                 fields = {"request_id": f"req-{transfer['row']}"}
-            ledger.set_state(batch, transfer["row"], step, event=f"test {step}", **fields)
+            ledger.record_step(batch, transfer["row"], state=step, event=f"test {step}", **fields)
     return batch
 
 

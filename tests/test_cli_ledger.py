@@ -40,9 +40,11 @@ def filled(ledger_path):
             warnings=[],
             rows=ROWS,
         )
-        led.set_state(batch_id, 2, "previewed", event="previewed", conversations_previewed=3)
+        led.record_step(
+            batch_id, 2, state="previewed", event="previewed", conversations_previewed=3
+        )
         led.approve(batch_id, approve=[2], by="hr-admin", how="all")
-        led.set_state(batch_id, 2, "submitted", event="submitted", request_id="req-1")
+        led.record_step(batch_id, 2, state="submitted", event="submitted", request_id="req-1")
         body = {"requestId": "req-1", "status": "SUCCESS", "payload": {"updatedRecords": 3}}
         led.receive_callback(
             batch_id=batch_id,

@@ -50,7 +50,7 @@ def _make_submitted_batch(ledger_path) -> str:
     )
     for state in ("previewed", "approved", "submitted"):
         fields = {"request_id": "req-2"} if state == "submitted" else {}
-        ledger.set_state(batch, 2, state, event=f"test {state}", **fields)
+        ledger.record_step(batch, 2, state=state, event=f"test {state}", **fields)
     return batch
 
 

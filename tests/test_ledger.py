@@ -92,7 +92,7 @@ def new_batch(led: Ledger, transfers=TRANSFERS) -> str:
 
 def walk(led: Ledger, batch_id: str, row: int, state: str) -> None:
     for step in PATHS[state]:
-        led.set_state(batch_id, row, step, event=step)
+        led.record_step(batch_id, row, state=step, event=step)
 
 
 def event_count(led: Ledger) -> int:
@@ -135,7 +135,7 @@ def test_a_new_batch_keeps_the_plan_in_order_with_every_row_planned(led):
 def test_batches_are_listed_newest_first_with_their_state_counts(led):
     first = new_batch(led)
     second = new_batch(led, TRANSFERS[:1])
-    led.set_state(second, 2, "skipped", event="skipped")
+    led.record_step(second, 2, state="skipped", event="skipped")
 
     listed = led.batches()
 
@@ -164,7 +164,7 @@ def test_an_unknown_batch_or_row_is_not_found(led):
     with pytest.raises(NotFound):
         led.rows("nope")
     with pytest.raises(NotFound, match="^no row 99 in batch"):
-        led.set_state(batch_id, 99, "previewed", event="previewed")
+        led.record_step(batch_id, 99, state="previewed", event="previewed")
 
 
 def test_a_plan_with_a_row_twice_creates_no_batch(led):
@@ -202,12 +202,18 @@ def test_a_file_that_is_not_sqlite_is_refused_cleanly(tmp_path):
 
 def test_a_row_walks_the_whole_happy_path(led):
     batch_id = new_batch(led)
-    led.set_state(batch_id, 2, "previewed", event="previewed", conversations_previewed=12)
+    led.record_step(batch_id, 2, state="previewed", event="previewed", conversations_previewed=12)
     led.approve(batch_id, approve=[2], by="hr-admin", how="all")
-    led.set_state(batch_id, 2, "submitted", event="submitted", expect=["approved"])
-    done = led.set_state(
-        batch_id, 2, "succeeded", event="confirmed", updated_records=12, verified_by="callback"
+    led.record_step(batch_id, 2, state="submitted", event="submitted", expect=["approved"])
+    led.record_step(
+        batch_id,
+        2,
+        state="succeeded",
+        event="confirmed",
+        updated_records=12,
+        verified_by="callback",
     )
+    done = led.row(batch_id, 2)
 
     assert done["state"] == "succeeded"
     assert done["conversations_previewed"] == 12
@@ -235,7 +241,7 @@ def test_every_illegal_transition_is_refused_and_writes_nothing(led, start, targ
     before = snapshot(led, batch_id)
 
     with pytest.raises(IllegalTransition) as error:
-        led.set_state(batch_id, 2, target, event="move", error="should not be written")
+        led.record_step(batch_id, 2, state=target, event="move", error="should not be written")
 
     assert str(error.value) == f"row 2 of batch {batch_id} cannot go from {start} to {target}"
     assert snapshot(led, batch_id) == before
@@ -251,11 +257,11 @@ def test_the_state_machine_has_exactly_the_documented_transitions():
 def test_expect_refuses_a_row_in_another_state_and_writes_nothing(led):
     batch_id = new_batch(led)
     walk(led, batch_id, 2, "submitted")
-    led.set_state(batch_id, 2, "unconfirmed", event="wait_over")
+    led.record_step(batch_id, 2, state="unconfirmed", event="wait_over")
     before = snapshot(led, batch_id)
 
     with pytest.raises(IllegalTransition) as error:
-        led.set_state(batch_id, 2, "succeeded", event="x", expect=["submitted"])
+        led.record_step(batch_id, 2, state="succeeded", event="x", expect=["submitted"])
 
     assert str(error.value) == f"row 2 of batch {batch_id} is unconfirmed, not submitted"
     assert snapshot(led, batch_id) == before
@@ -274,7 +280,7 @@ def test_unknown_states_and_fields_are_refused(led, state, fields, message):
     batch_id = new_batch(led)
     before = snapshot(led, batch_id)
     with pytest.raises(LedgerError, match=message):
-        led.set_state(batch_id, 2, state, event="x", **fields)
+        led.record_step(batch_id, 2, state=state, event="x", **fields)
     assert snapshot(led, batch_id) == before
 
 
@@ -300,7 +306,7 @@ def test_threads_sharing_one_ledger_keep_every_state_change(led):
         try:
             for row in rows:
                 for step in PATHS["succeeded"]:
-                    led.set_state(batch_id, row, step, event=step)
+                    led.record_step(batch_id, row, state=step, event=step)
                 led.log("worker_done", batch_id=batch_id, row=row)
         except BaseException as error:  # pragma: no cover - reported below
             errors.append(error)
@@ -383,7 +389,7 @@ def test_an_attempt_can_be_the_clients_dataclass(led):
 def test_approve_and_skip_in_one_call(led):
     batch_id = new_batch(led)
     for row in (2, 3, 4):
-        led.set_state(batch_id, row, "previewed", event="previewed")
+        led.record_step(batch_id, row, state="previewed", event="previewed")
 
     approved = led.approve(batch_id, approve=[2, 4], skip=[3], by="lan.hr", how="report")
 
@@ -407,7 +413,7 @@ def test_approve_and_skip_in_one_call(led):
 
 def test_approving_twice_changes_nothing_the_second_time(led):
     batch_id = new_batch(led)
-    led.set_state(batch_id, 2, "previewed", event="previewed")
+    led.record_step(batch_id, 2, state="previewed", event="previewed")
     assert led.approve(batch_id, approve=[2], by="a", how="all") == 1
     before = snapshot(led, batch_id)
 
@@ -426,7 +432,7 @@ def test_approving_twice_changes_nothing_the_second_time(led):
 )
 def test_a_bad_approval_refuses_the_whole_call(led, approve, skip, error, message):
     batch_id = new_batch(led)
-    led.set_state(batch_id, 2, "previewed", event="previewed")
+    led.record_step(batch_id, 2, state="previewed", event="previewed")
     walk(led, batch_id, 4, "succeeded")
     before = snapshot(led, batch_id)
 
@@ -481,7 +487,7 @@ def unconfirmed_row(led, batch_id, row=2):
 
 def preview_verified_row(led, batch_id, row=2):
     walk(led, batch_id, row, "unconfirmed")
-    led.set_state(batch_id, row, "succeeded", event="verified", verified_by="preview")
+    led.record_step(batch_id, row, state="succeeded", event="verified", verified_by="preview")
 
 
 def applied_success(led, batch_id, row=2):
@@ -918,7 +924,7 @@ def test_export_gives_the_whole_trail_of_one_batch(led):
     other = new_batch(led, TRANSFERS[:1])
     walk(led, batch_id, 2, "previewed")
     led.approve(batch_id, approve=[2], by="lan.hr", how="all")
-    led.set_state(batch_id, 2, "submitted", event="submitted")
+    led.record_step(batch_id, 2, state="submitted", event="submitted")
     led.record_attempt(batch_id, 2, "execute", attempt())
     deliver(led, batch_id, data=body())
     led.log("note", batch_id=other, text="not this batch")

@@ -40,10 +40,14 @@ def ran(ledger_path):
                                     created_by="hr-admin", base_url="http://127.0.0.1:9",
                                     options={}, input_rows=2, warnings=[], rows=ROWS)  # fmt: skip
         for row in (2, 3):
-            led.set_state(batch_id, row, "previewed", event="previewed", conversations_previewed=3)
+            led.record_step(
+                batch_id, row, state="previewed", event="previewed", conversations_previewed=3
+            )
         led.approve(batch_id, approve=[2, 3], by="hr-admin", how="all")
         for row in (2, 3):
-            led.set_state(batch_id, row, "submitted", event="submitted", request_id=f"req-{row}")
+            led.record_step(
+                batch_id, row, state="submitted", event="submitted", request_id=f"req-{row}"
+            )
         assert callback(led, batch_id, 2, "SUCCESS", "req-2") == "applied"
         assert callback(led, batch_id, 3, "ERROR", "req-3") == "applied"
     return ledger_path, batch_id

@@ -141,7 +141,7 @@ def test_webhook_serve_logs_json_lines_without_a_secret(ledger_path):
         )  # fmt: skip
         for state in ("previewed", "approved", "submitted"):
             fields = {"request_id": "req-2"} if state == "submitted" else {}
-            ledger.set_state(batch_id, 2, state, event=state, **fields)
+            ledger.record_step(batch_id, 2, state=state, event=state, **fields)
     token = callbacks.token(Secret(WEBHOOK_SECRET), batch_id, 2, "execute")
     env = {**os.environ, **ENV}
     process = subprocess.Popen(

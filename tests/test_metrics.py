@@ -120,9 +120,9 @@ def test_the_receiver_still_answers_its_own_paths_behind_the_metrics(serving):
 def test_rows_by_state_are_listed_for_open_batches_only(serving, ledger):
     metrics, url = serving
     open_batch = new_batch(ledger, rows=3)
-    ledger.set_state(open_batch, 2, "previewed", event="previewed")
+    ledger.record_step(open_batch, 2, state="previewed", event="previewed")
     done = new_batch(ledger, rows=1)
-    ledger.set_state(done, 2, "skipped", event="skipped")
+    ledger.record_step(done, 2, state="skipped", event="skipped")
 
     found = samples(requests.get(f"{url}/metrics", timeout=10).text)
 
@@ -310,7 +310,7 @@ def test_webhook_serve_with_metrics_answers_a_scrape_beside_the_callbacks(ledger
         for row in (2, 3):
             for state in ("previewed", "approved", "submitted"):
                 fields = {"request_id": f"req-{row}"} if state == "submitted" else {}
-                led.set_state(batch_id, row, state, event=state, **fields)
+                led.record_step(batch_id, row, state=state, event=state, **fields)
     env = {**os.environ, "OMI_WEBHOOK_SECRET": WEBHOOK_SECRET}
     process = subprocess.Popen(
         [sys.executable, "-m", "omi_batch", "webhook", "serve", "--port", "0", "--metrics",

@@ -54,7 +54,7 @@ def make_batch(ledger, rows: int = 3, state: str = "submitted") -> str:
     for transfer in transfers:
         for step in path[: path.index(state) + 1] if state != "planned" else []:
             fields = {"request_id": f"req-{transfer['row']}"} if step == "submitted" else {}
-            ledger.set_state(batch, transfer["row"], step, event=f"test {step}", **fields)
+            ledger.record_step(batch, transfer["row"], state=step, event=f"test {step}", **fields)
     return batch
 
 

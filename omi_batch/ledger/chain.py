@@ -21,13 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from filelock import lock_descriptor, unlock_descriptor
+
 from omi_batch.errors import LedgerDamaged, LedgerError
 from omi_batch.ledger.schema import decode_batch, decode_callback, decode_row, query
 
-try:  # the head file is guarded by flock where there is one (every POSIX system)
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
+LOCK_POLL = 0.001  # seconds between tries for the head file's lock while another process has it
 
 GENESIS = "0" * 64
 HEAD_RECORD = 128  # bytes of the head file's one record: JSON padded with spaces, then \n
@@ -102,9 +101,9 @@ class HeadFile:
         Called on EVERY commit, so it is made cheap rather than rare (issue 5/6): publishing
         less often would leave a window in which cutting the tail of the chain goes unnoticed.
         The file is one fixed-width record (:data:`HEAD_RECORD` bytes) in a file kept open per
-        process; under an exclusive ``flock`` (readers take a shared one) we read the current
-        record, compare ids and overwrite it in place with one ``pwrite``: no temp file, no
-        rename, no fsync (the old way did not fsync either). It runs right after COMMIT, never
+        process; under the file's lock (``filelock.lock_descriptor``, readers take it too) we
+        read the current record, compare ids and overwrite it in place with one ``pwrite``: no
+        temp file, no rename, no fsync (the old way did not fsync either). It runs right after COMMIT, never
         before: a head written before a commit that then failed would name an event that does
         not exist, a false alarm. A crash between the two leaves the head one commit behind,
         which ``verify`` accepts (it checks that the event the head names is intact). The file
@@ -116,8 +115,7 @@ class HeadFile:
                 fd = self._fd(record)
                 if fd is None:  # created just now, holding our record
                     return
-                if fcntl is not None:
-                    fcntl.flock(fd, fcntl.LOCK_EX)
+                lock_descriptor(fd, poll_interval=LOCK_POLL)
                 try:
                     if not self._is_current():  # removed or replaced since it was opened
                         self._close_fd()
@@ -131,8 +129,8 @@ class HeadFile:
                         os.ftruncate(fd, len(record))
                     return
                 finally:
-                    if fcntl is not None and self._held is not None:
-                        fcntl.flock(fd, fcntl.LOCK_UN)
+                    if self._held is not None:
+                        unlock_descriptor(fd)
 
     def _fd(self, record: bytes) -> int | None:
         """This process's open descriptor of ``<ledger>.head`` (under ``_lock``); when
@@ -182,14 +180,13 @@ class HeadFile:
 
     def read(self) -> tuple[int, str] | None:
         """``(event id, hash)`` from ``<ledger>.head``, or None when there is none; ``(-1, "")``
-        when it is there but unreadable. Read under a shared ``flock``, so never mid-write."""
+        when it is there but unreadable. Read under the file's lock, so never mid-write."""
         try:
             fd = os.open(self.path, os.O_RDONLY)
         except FileNotFoundError:
             return None
         try:
-            if fcntl is not None:
-                fcntl.flock(fd, fcntl.LOCK_SH)
+            lock_descriptor(fd, poll_interval=LOCK_POLL)
             found = os.read(fd, HEAD_READ_LIMIT)
         finally:
             os.close(fd)  # also releases the flock

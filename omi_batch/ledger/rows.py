@@ -15,7 +15,7 @@ from omi_batch.ledger.schema import decode_batch, decode_row, encode_field
 from omi_batch.ledger.store import Tx, new_batch_id, now
 from omi_batch.states import STATES, TRANSITIONS
 
-# Row columns a caller may set through set_state / update_row (never the identity, the state
+# Row columns a caller may set through record_step / update_row (never the identity, the state
 # or updated_at, which the ledger writes itself).
 ROW_FIELDS = frozenset(
     {
@@ -273,30 +273,6 @@ class Rows:
             [encode_field(name, value) for name, value in columns.items()] + [batch_id, row],
         )
 
-    def set_state(
-        self,
-        batch_id: str,
-        row: int,
-        state: str,
-        *,
-        event: str,
-        expect: Iterable[str] | None = None,
-        **fields: Any,
-    ) -> dict:
-        """Move a row to ``state`` (checked against TRANSITIONS, and against ``expect`` — the
-        states the caller believes the row is in — inside the transaction), writing ``fields``
-        and an audit event ``event``. IllegalTransition, and nothing written, otherwise."""
-        self._check_fields(fields)
-        if state not in STATES:
-            raise IllegalTransition(f"{state!r} is not a row state")
-        row = int(row)
-        with self._write() as tx:
-            current = self._locked_row(tx, batch_id, row)["state"]
-            _check_move(batch_id, row, current, state, expect)
-            self._write_row(tx, batch_id, row, {**fields, "state": state})
-            tx.event(event, batch_id, row, {**fields, "from": current, "to": state})
-        return self.row(batch_id, row)
-
     def update_row(self, batch_id: str, row: int, *, event: str, **fields: Any) -> dict:
         """Write ``fields`` on a row without changing its state, with an audit event."""
         self._check_fields(fields)
@@ -343,7 +319,7 @@ class Rows:
         """One pipeline step in ONE transaction (added for issue 5, by the pipeline's owner):
         store ``attempts`` (HTTP attempts of ``phase``, as :meth:`record_attempt` does), then
         write ``fields`` and, when ``state`` is given, move the row there (checked like
-        :meth:`set_state`, ``expect`` included), with the audit event ``event``. ``reason`` goes
+        ``TRANSITIONS`` and ``expect``), with the audit event ``event``. ``reason`` goes
         into that event only (a why with no row column). IllegalTransition, and nothing written
         (not even the attempts), when the move is not allowed."""
         step = dict(fields, batch_id=batch_id, row=row, event=event, state=state, expect=expect,

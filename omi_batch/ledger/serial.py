@@ -47,7 +47,7 @@ class SerialLedger:
     pass through. The in-process receiver shares ``write_lock`` (see :class:`NotifyingLedger`).
     """
 
-    WRITES = frozenset({"create_batch", "set_state", "update_row", "record_attempt", "approve",
+    WRITES = frozenset({"create_batch", "update_row", "record_attempt", "approve",
                         "log", "receive_callback", "record_steps", "record_group"})  # fmt: skip
 
     def __init__(self, ledger: Ledger):
