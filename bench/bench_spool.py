@@ -111,10 +111,12 @@ def main() -> int:
         )  # fmt: skip
         numbers = range(2, rows + 2)
         for number in numbers:
-            ledger.set_state(batch, number, "previewed", event="bench preview")
+            ledger.record_step(batch, number, state="previewed", event="bench preview")
         ledger.approve(batch, approve=numbers, by="bench", how="all")
         for number in numbers:
-            ledger.set_state(batch, number, "submitted", event="bench", request_id=f"r{number}")
+            ledger.record_step(
+                batch, number, state="submitted", event="bench", request_id=f"r{number}"
+            )
         env = {**os.environ, "OMI_WEBHOOK_SECRET": SECRET}
         receiver = subprocess.Popen(
             [sys.executable, "-m", "omi_batch", "webhook", "serve", "--port", "0",

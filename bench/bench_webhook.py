@@ -66,10 +66,12 @@ def submitted_batch(ledger: Ledger, rows: int) -> str:
     batch = new_batch(ledger, rows)
     numbers = range(2, rows + 2)
     for number in numbers:
-        ledger.set_state(batch, number, "previewed", event="bench preview")
+        ledger.record_step(batch, number, state="previewed", event="bench preview")
     ledger.approve(batch, approve=numbers, by="bench", how="all")
     for number in numbers:
-        ledger.set_state(batch, number, "submitted", event="bench execute", request_id=f"r{number}")
+        ledger.record_step(
+            batch, number, state="submitted", event="bench execute", request_id=f"r{number}"
+        )
     return batch
 
 
@@ -80,13 +82,13 @@ def execute_steps(ledger: Ledger, batch: str, row: int) -> list:
     """The ledger writes `preview` + `execute` make for one row, as callables."""
     attempt = {"endpoint": "transfer", "number": 1, "started_at": "now", "http_status": 202}
     return [
-        lambda: ledger.set_state(
-            batch, row, "previewed", event="preview", conversations_previewed=3
+        lambda: ledger.record_step(
+            batch, row, state="previewed", event="preview", conversations_previewed=3
         ),
         lambda: ledger.approve(batch, approve=[row], by="runner", how="all"),
         lambda: ledger.record_attempt(batch, row, "execute", attempt),
-        lambda: ledger.set_state(batch, row, "submitted", event="execute", request_id="x"),
-        lambda: ledger.set_state(batch, row, "unconfirmed", event="wait over"),
+        lambda: ledger.record_step(batch, row, state="submitted", event="execute", request_id="x"),
+        lambda: ledger.record_step(batch, row, state="unconfirmed", event="wait over"),
     ]
 
 
