@@ -23,7 +23,7 @@ from pathlib import Path
 
 import openpyxl
 import pytest
-from helpers import API_KEY, WEBHOOK_SECRET, Stack, execute_requests
+from helpers import API_KEY, WEBHOOK_SECRET, Stack, execute_requests, wait_until
 
 from omi_batch import callbacks
 from omi_batch.cli import cli
@@ -33,6 +33,7 @@ from omi_batch.ledger import Ledger
 from omi_batch.reports import RESULTS_COLUMNS, escape_cell
 from omi_batch.roster import read_plan
 from omi_batch.simulator import Faults
+from omi_batch.spool import Spool, spool_path
 
 ROOT = Path(__file__).resolve().parent.parent
 VIP = "6a92a56ca95c2c0b07465834;6ac43424980ae047cc1ebe17"
@@ -447,6 +448,20 @@ FAULTS = {
 }  # fmt: skip
 
 
+def settle(sim, stack: Stack, batch_id: str) -> None:
+    """Wait until every callback the simulator sent is stored: one answered while the ledger
+    was busy waits in the receiver's spool until its writer applies it."""
+    assert sim.wait_idle(10)
+    delivered = sum(1 for e in sim.events if e["kind"] == "callback" and e["delivery"] == 200)
+    spool = Spool(spool_path(stack.ledger.path))
+    try:
+        assert wait_until(
+            lambda: spool.count() == 0 and len(stack.ledger.callbacks(batch_id)) >= delivered
+        )
+    finally:
+        spool.close()
+
+
 @pytest.mark.parametrize("faults", FAULTS.values(), ids=FAULTS.keys())
 def test_under_faults_every_row_ends_succeeded_or_honestly_not(
     make_simulator, tmp_path, csv_file, stacks, faults
@@ -456,7 +471,7 @@ def test_under_faults_every_row_ends_succeeded_or_honestly_not(
     stack = Stack(tmp_path, server, wait=wait, timeout=0.3)
     stacks.append(stack)
     batch_id = stack.run(csv_file)
-    sim.wait_idle(5)  # late callbacks land after execute gave up waiting
+    settle(sim, stack, batch_id)  # late callbacks land after execute gave up waiting
     rows = stack.ledger.rows(batch_id)
     assert {r["state"] for r in rows} <= {"succeeded", "failed", "unconfirmed", "approved"}
     assert_honest(stack.ledger, batch_id)
@@ -472,8 +487,38 @@ def test_under_faults_every_row_ends_succeeded_or_honestly_not(
         assert "late" in verdicts
     if "duplicate_callbacks" in faults and len(faults) == 1:
         assert {r["state"] for r in rows} == {"succeeded"}
-        verdicts = Counter(c["verdict"] for c in stack.ledger.callbacks(batch_id))
-        assert verdicts["duplicate"] == verdicts["applied"] == 5
+        callbacks = stack.ledger.callbacks(batch_id)
+        results = Counter(c["row"] for c in callbacks if c["verdict"] in ("applied", "late"))
+        assert results == Counter(ROWS)  # each row got its result once
+        # Each request is called back twice: its second copy is a duplicate. Under load an
+        # execute may get no answer within --timeout and is sent again, so that row has two
+        # requests (four callbacks); the first request's pair is kept, never applied twice.
+        verdicts = Counter(c["verdict"] for c in callbacks)
+        assert verdicts["duplicate"] == len({c["request_id"] for c in callbacks})
+
+
+def test_a_row_sent_again_after_no_answer_has_both_requests_kept_and_one_result(
+    make_simulator, tmp_path, csv_file, stacks
+):
+    sim, server = make_simulator(faults=Faults(duplicate_callbacks=1.0))
+    stack = Stack(tmp_path, server, wait=1.5, timeout=0.3)
+    stacks.append(stack)
+    batch_id = stack.pipeline.create_batch(read_plan(csv_file, limit=1))
+    stack.pipeline.preview(batch_id)
+    stack.pipeline.approve(batch_id, approve_all=True)
+    # OMI applies the execute but answers after --timeout: the row is sent again.
+    sim.script({"apply": True, "delay": 1.0})
+    stack.pipeline.preflight = lambda row: None  # the scripted answer is for the execute
+    stack.pipeline.execute(batch_id)
+    settle(sim, stack, batch_id)
+    callbacks = stack.ledger.callbacks(batch_id)
+    assert len(callbacks) == 4  # two requests, each called back twice
+    assert len({c["request_id"] for c in callbacks}) == 2
+    verdicts = Counter(c["verdict"] for c in callbacks)
+    assert verdicts["duplicate"] == 2
+    assert verdicts["applied"] + verdicts["late"] == 1
+    assert [r["state"] for r in stack.ledger.rows(batch_id)] == ["succeeded"]
+    assert_honest(stack.ledger, batch_id)
 
 
 def test_dropped_callbacks_end_unconfirmed_and_reconcile_verifies_them(
