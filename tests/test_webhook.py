@@ -518,8 +518,16 @@ def test_a_ledger_locked_too_long_keeps_the_callback_in_the_spool_and_applies_it
             time.sleep(0.05)
         assert ledger.row(batch, 2)["state"] == "succeeded"
         retry = send(server, batch, 2, result())
-        assert (retry.status_code, retry.json()) == (200, {"verdict": "duplicate"})
+        # Answered at once as a duplicate, or spooled again when the ledger is slower than
+        # answer_within on a loaded machine: either way it is stored once and changes nothing.
+        assert retry.status_code == 200
+        assert retry.json()["verdict"] in ("duplicate", "spooled")
+        for _ in range(400):  # bounded wait for a spooled retry to be written
+            if len(recorded(ledger, batch)) == 2:
+                break
+            time.sleep(0.05)
     assert [c["verdict"] for c in recorded(ledger, batch)] == ["applied", "duplicate"]
+    assert ledger.row(batch, 2)["state"] == "succeeded"
 
 
 # --------------------------------------------------------------------------- log and secrets
