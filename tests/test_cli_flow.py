@@ -1,0 +1,562 @@
+"""The flow says what happened and what to do next, and it is right (issue #10, items 2, 5, 7,
+8 and 9): resuming, configuration errors, batch states, cancel, and the end-of-run summary.
+
+Commands run through click's CliRunner (or as a real process where a signal or a terminal is
+needed) against the simulator over loopback HTTP, with a real ledger file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import select
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import pytest
+
+from omi_batch import webhook
+from omi_batch.cli import cli
+from omi_batch.config import Secret
+from omi_batch.ledger import Ledger
+from omi_batch.simulator import Faults
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "data" / "sample_offboarding.csv"
+TRANSFER = "/api/v3/agent/conversation/transfer"
+KEY = "flow-test-key-7d21c9a4"
+SECRET = "flow-test-secret-e8b03f55"
+FAST = ["--rate", "1000", "--listen", "127.0.0.1:0", "--wait", "10"]
+BOX = re.compile("[━┃│╇┏┓┗┛╋─]")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def invoke(runner, *args):
+    return runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def where(ledger_path, reports_dir) -> list:
+    return ["--ledger", str(ledger_path), "--reports", str(reports_dir)]
+
+
+def use(monkeypatch, server, webhook_url: str | None = None) -> None:
+    """Point this process's OMI_* at ``server`` (and at ``webhook_url``, if given)."""
+    monkeypatch.setenv("OMI_BASE_URL", server.url)
+    monkeypatch.setenv("OMI_API_KEY", KEY)
+    monkeypatch.setenv("OMI_WEBHOOK_SECRET", SECRET)
+    monkeypatch.delenv("OMI_BATCH_LEDGER", raising=False)
+    if webhook_url:
+        monkeypatch.setenv("OMI_WEBHOOK_URL", webhook_url)
+    else:
+        monkeypatch.delenv("OMI_WEBHOOK_URL", raising=False)
+
+
+def child(args: list, **popen) -> subprocess.Popen:
+    """``omi-batch ARGS`` as its own process, with this process's environment."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.Popen([sys.executable, "-m", "omi_batch", *map(str, args)], env=env,
+                            **popen)  # fmt: skip
+
+
+def wait_until(check, seconds: float = 20.0, what: str = "") -> object:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.02)
+    pytest.fail(f"never happened: {what}")
+
+
+def rows_of(ledger_path) -> list[dict]:
+    with Ledger(ledger_path) as ledger:
+        batches = ledger.batches()
+        return ledger.rows(batches[0]["id"]) if batches else []
+
+
+def only_batch(ledger_path) -> str:
+    with Ledger(ledger_path) as ledger:
+        [batch] = ledger.batches()
+        return batch["id"]
+
+
+def read_report(path: Path) -> list[dict]:
+    return list(csv.DictReader(io.StringIO(path.read_bytes().decode("utf-8-sig"))))
+
+
+def transfers(sim, *, preview: bool) -> Counter:
+    """Transfer requests sent, by (source, target)."""
+    sent: Counter = Counter()
+    for event in sim.events:
+        body = event.get("body")
+        if event["kind"] == "request" and event["path"] == TRANSFER and isinstance(body, dict):
+            if bool(body.get("previewChanges")) == preview:
+                sent[(body["sourceEmail"], body["targetEmail"])] += 1
+    return sent
+
+
+def moved_by_request(sim, batch_id: str) -> dict[int, dict[str, int]]:
+    """What each execute request moved, as the simulator reported it: {row: {request: n}}."""
+    found: dict[int, dict[str, int]] = defaultdict(dict)
+    for event in sim.events:
+        match = re.search(rf"/callbacks/{batch_id}/(\d+)/execute$", event.get("url") or "")
+        if event["kind"] == "callback" and match and event["body"]["status"] == "SUCCESS":
+            found[int(match.group(1))][event["request_id"]] = event["body"]["payload"][
+                "updatedRecords"
+            ]
+    return found
+
+
+@pytest.fixture
+def omi(make_simulator):
+    """The sample simulator, answering to this module's key: ``(sim, server)``."""
+    return make_simulator(api_key=KEY)
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def previewed_batch(runner, monkeypatch, server, ledger_path, reports_dir) -> str:
+    use(monkeypatch, server)
+    result = invoke(runner, "preview", SAMPLE, *FAST, *where(ledger_path, reports_dir))
+    assert result.exit_code == 1, result.output  # row 7 fails its preview
+    return result.stdout.strip().splitlines()[-1]
+
+
+# --------------------------------------------------------------------------- item 2
+
+
+def test_a_resumed_execute_counts_what_every_request_of_a_row_moved(
+    runner, make_simulator, monkeypatch, ledger_path, reports_dir
+):
+    sim, server = make_simulator(api_key=KEY, faults=Faults(latency_ms=300, callback_delay=5))
+    # The receiver runs as a service (`webhook serve`) on the same ledger: callbacks of the
+    # interrupted run still arrive.
+    receiver_ledger = Ledger(ledger_path)
+    receiver = webhook.start(webhook.make_app(receiver_ledger, Secret(SECRET)), "127.0.0.1", 0)
+    try:
+        use(monkeypatch, server, receiver.url)
+        result = invoke(runner, "preview", SAMPLE, "--rate", "1000",
+                        *where(ledger_path, reports_dir))  # fmt: skip
+        batch_id = result.stdout.strip().splitlines()[-1]
+        assert invoke(runner, "approve", batch_id, "--all", "--ledger", ledger_path).exit_code == 0
+        process = child(["execute", batch_id, "--yes", "--rate", "1000", "--wait", "30",
+                         *where(ledger_path, reports_dir)],
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+        try:
+            wait_until(lambda: sum(r["state"] == "submitted" and bool(r["request_id"])
+                                   for r in rows_of(ledger_path)) >= 4,
+                       what="four rows accepted by OMI")  # fmt: skip
+            process.send_signal(signal.SIGINT)
+            process.communicate(timeout=20)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=10)
+        assert process.returncode == 130
+        sim.faults.callback_delay = 0.1  # the resent requests are answered first
+        result = invoke(runner, "execute", batch_id, "--yes", "--rate", "1000", "--wait", "20",
+                        *where(ledger_path, reports_dir))  # fmt: skip
+        assert sim.wait_idle(timeout=20)  # the first requests' callbacks have come too
+    finally:
+        receiver.stop()
+        receiver_ledger.close()
+    moved = moved_by_request(sim, batch_id)
+    resent = [n for n, requests in moved.items() if len(requests) > 1]
+    assert resent, "no row was sent twice"
+    with Ledger(ledger_path) as ledger:
+        rows = {r["row"]: r for r in ledger.rows(batch_id)}
+        kept = defaultdict(dict)
+        for callback in ledger.callbacks(batch_id):
+            if callback["phase"] == "execute":
+                kept[callback["row"]][callback["request_id"]] = callback["updated_records"]
+    for number, requests in moved.items():
+        row = rows[number]
+        assert row["state"] == "succeeded", row
+        assert not row["needs_review"], row
+        assert row["updated_records"] == sum(requests.values()), (number, requests)
+        assert kept[number] == requests  # the ledger keeps each request's own figure
+    assert all(sum(moved[n].values()) > 0 for n in resent)
+    assert invoke(runner, "report", batch_id, *where(ledger_path, reports_dir)).exit_code == 0
+    results = {int(r["row"]): r for r in read_report(reports_dir / f"{batch_id}-results.csv")}
+    for number in resent:
+        assert int(results[number]["updated_records"]) == sum(moved[number].values())
+
+
+# --------------------------------------------------------------------------- item 5
+
+
+def test_an_interrupted_run_names_the_command_that_finishes_its_preview(
+    runner, make_simulator, monkeypatch, ledger_path, reports_dir
+):
+    sim, server = make_simulator(api_key=KEY, faults=Faults(latency_ms=400))
+    use(monkeypatch, server)
+    process = child(["run", SAMPLE, "--yes", "--concurrency", "1", "--rate", "1000",
+                     *where(ledger_path, reports_dir)],
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        wait_until(lambda: Counter(r["state"] for r in rows_of(ledger_path))["previewed"] >= 1,
+                   what="a row previewed")  # fmt: skip
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+    assert process.returncode == 130
+    batch_id = only_batch(ledger_path)
+    assert "planned" in {r["state"] for r in rows_of(ledger_path)}
+    text = stderr.decode()
+    expected = f"omi-batch preview --batch {batch_id} {' '.join(where(ledger_path, reports_dir))}"
+    assert f"Interrupted: state is saved; resume with: {expected}" in text
+    assert "run the same command again" not in text
+    sim.faults.latency_ms = 0
+    before = transfers(sim, preview=True)
+    result = invoke(runner, *shlex.split(expected)[1:])
+    assert result.exit_code == 1, result.output  # row 7 fails its preview
+    assert only_batch(ledger_path) == batch_id  # no new batch
+    rows = rows_of(ledger_path)
+    assert {r["row"]: r["state"] for r in rows} == {
+        2: "previewed", 3: "previewed", 4: "previewed", 5: "previewed", 6: "previewed",
+        7: "preview_failed",
+    }  # fmt: skip
+    again = transfers(sim, preview=True) - before
+    done_before = {(r["source_email"], r["target_email"]) for r in rows
+                   if r["previewed_at"] and before[(r["source_email"], r["target_email"])]}  # fmt: skip
+    assert sum(again.values()) >= 1
+    assert sum(again.values()) <= len(rows) - len(done_before) + 2  # + preflight + in-flight
+
+
+def test_an_interrupted_run_names_the_execute_command_that_resumes_it(
+    runner, make_simulator, monkeypatch, ledger_path, reports_dir
+):
+    _, server = make_simulator(api_key=KEY, faults=Faults(callback_delay=3))
+    use(monkeypatch, server)
+    process = child(["run", SAMPLE, "--yes", "--rate", "1000", "--listen", "127.0.0.1:0",
+                     "--wait", "30", *where(ledger_path, reports_dir)],
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        wait_until(lambda: "submitted" in {r["state"] for r in rows_of(ledger_path)},
+                   what="a row submitted")  # fmt: skip
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+    assert process.returncode == 130
+    batch_id = only_batch(ledger_path)
+    assert (
+        f"Interrupted: state is saved; resume with: omi-batch execute {batch_id} --yes "
+        f"{' '.join(where(ledger_path, reports_dir))} --listen 127.0.0.1:0"
+    ) in stderr.decode()
+
+
+def test_preview_batch_previews_again_only_the_rows_that_need_it(
+    runner, omi, monkeypatch, ledger_path, reports_dir
+):
+    sim, server = omi
+    batch_id = previewed_batch(runner, monkeypatch, server, ledger_path, reports_dir)
+    before = transfers(sim, preview=True)
+    result = invoke(runner, "preview", "--batch", batch_id, *FAST,
+                    *where(ledger_path, reports_dir))  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert f"Batch {batch_id}: previewing 1 row(s) again" in result.stderr
+    again = transfers(sim, preview=True) - before
+    assert again == Counter({("thu.dang@example.vn", "long.ly@example.vn"): 2})  # + preflight
+    assert only_batch(ledger_path) == batch_id
+    result = invoke(runner, "preview", "--batch", batch_id, "--max-age", "0", *FAST,
+                    *where(ledger_path, reports_dir))  # fmt: skip
+    assert f"Batch {batch_id}: previewing 6 row(s) again" in result.stderr
+    assert only_batch(ledger_path) == batch_id
+
+
+def test_preview_needs_either_a_file_or_a_batch(runner, env, ledger_path, reports_dir):
+    result = invoke(runner, "preview", *where(ledger_path, reports_dir))
+    assert result.exit_code == 2
+    assert "Error: say what to preview: a FILE, or --batch BATCH" in result.stderr
+
+
+# --------------------------------------------------------------------------- item 7
+
+
+def test_a_wrong_base_url_is_a_configuration_error_naming_the_url_tried(
+    runner, omi, monkeypatch, ledger_path, reports_dir
+):
+    _, server = omi
+    use(monkeypatch, server)
+    monkeypatch.setenv("OMI_BASE_URL", f"{server.url}/omi")
+    result = invoke(runner, "preview", SAMPLE, *FAST, *where(ledger_path, reports_dir))
+    assert result.exit_code == 3, result.output
+    assert (
+        f"OMI answered 404 for every preview tried at {server.url}/omi{TRANSFER}: there is no "
+        f"such endpoint there. Check OMI_BASE_URL ({server.url}/omi)"
+    ) in result.stderr
+    if ledger_path.exists():
+        with Ledger(ledger_path) as ledger:
+            assert ledger.batches() == []
+
+
+def test_a_closed_port_names_the_url_it_tried(
+    runner, env, monkeypatch, ledger_path, reports_dir
+):
+    url = f"http://127.0.0.1:{closed_port()}"
+    monkeypatch.setenv("OMI_BASE_URL", url)
+    result = invoke(runner, "preview", SAMPLE, *FAST, *where(ledger_path, reports_dir))
+    assert result.exit_code == 3, result.output
+    assert f"{url}{TRANSFER}" in result.stderr
+    assert "OMI_BASE_URL" in result.stderr
+
+
+# --------------------------------------------------------------------------- item 8
+
+
+def test_a_batch_whose_approved_rows_all_succeeded_reads_succeeded(
+    runner, env, ledger_path, reports_dir
+):
+    result = invoke(runner, "run", SAMPLE, "--yes", *FAST, *where(ledger_path, reports_dir))
+    assert result.exit_code == 1, result.output  # row 7 of the file failed its preview
+    status = json.loads(invoke(runner, "status", "--json", "--ledger", ledger_path).stdout)
+    assert [b["state"] for b in status["batches"]] == ["succeeded"]
+
+
+def test_status_shows_counts_per_state_and_the_preview_age(
+    runner, omi, monkeypatch, ledger_path, reports_dir
+):
+    _, server = omi
+    batch_id = previewed_batch(runner, monkeypatch, server, ledger_path, reports_dir)
+    result = invoke(runner, "status", "--ledger", ledger_path)
+    assert result.exit_code == 0
+    [line] = [x for x in result.stdout.splitlines() if x.strip().startswith(batch_id)]
+    assert "5 previewed, 1 preview_failed" in line
+    assert re.search(r"\b\d+ (s|min|h) ago\b", line), line
+    status = json.loads(invoke(runner, "status", "--json", "--ledger", ledger_path).stdout)
+    assert status["batches"][0]["counts"] == {"previewed": 5, "preview_failed": 1}
+    assert status["batches"][0]["previewed_at"]
+
+
+def test_status_state_filters_batches_and_rows(
+    runner, omi, monkeypatch, ledger_path, reports_dir
+):
+    _, server = omi
+    waiting = previewed_batch(runner, monkeypatch, server, ledger_path, reports_dir)
+    invoke(runner, "run", SAMPLE, "--yes", *FAST, *where(ledger_path, reports_dir))
+    with Ledger(ledger_path) as ledger:
+        done = ledger.batches()[0]["id"]
+    result = invoke(runner, "status", "--state", "succeeded", "--json", "--ledger", ledger_path)
+    assert result.exit_code == 0, result.output
+    assert [b["batch"] for b in json.loads(result.stdout)["batches"]] == [done]
+    result = invoke(runner, "status", "--state", "previewed", "--json", "--ledger", ledger_path)
+    assert [b["batch"] for b in json.loads(result.stdout)["batches"]] == [waiting]
+    result = invoke(runner, "status", waiting, "--state", "preview_failed", "--json",
+                    "--ledger", ledger_path)  # fmt: skip
+    assert [r["row"] for r in json.loads(result.stdout)["rows"]] == [7]
+    result = invoke(runner, "status", "--state", "nonsense", "--ledger", ledger_path)
+    assert result.exit_code == 2
+
+
+def test_an_interrupted_batch_is_not_shown_executing_when_nothing_runs(
+    runner, omi, monkeypatch, ledger_path, reports_dir
+):
+    _, server = omi
+    batch_id = previewed_batch(runner, monkeypatch, server, ledger_path, reports_dir)
+    assert invoke(runner, "approve", batch_id, "--all", "--ledger", ledger_path).exit_code == 0
+    with Ledger(ledger_path) as ledger:  # what a killed execute leaves behind
+        ledger.set_state(batch_id, 2, "submitted", event="submitted", expect=["approved"],
+                         submitted_at="2026-01-01T00:00:00.000Z")  # fmt: skip
+    status = json.loads(invoke(runner, "status", "--json", "--ledger", ledger_path).stdout)
+    assert status["batches"][0]["state"] == "interrupted"
+    result = invoke(runner, "status", batch_id, "--ledger", ledger_path)
+    assert f"Next: omi-batch execute {batch_id}" in result.stderr
+
+
+def test_cancel_abandons_a_batch_that_will_not_be_run(
+    runner, omi, monkeypatch, ledger_path, reports_dir
+):
+    sim, server = omi
+    batch_id = previewed_batch(runner, monkeypatch, server, ledger_path, reports_dir)
+    result = invoke(runner, "cancel", batch_id, "--ledger", ledger_path)
+    assert result.exit_code == 0, result.output
+    assert f"Batch {batch_id} cancelled: nothing of it will be sent." in result.stderr
+    status = json.loads(invoke(runner, "status", "--json", "--ledger", ledger_path).stdout)
+    assert status["batches"][0]["state"] == "cancelled"
+    with Ledger(ledger_path) as ledger:
+        assert [e["kind"] for e in ledger.events(batch_id)][-1] == "batch_cancelled"
+    for args in (["approve", batch_id, "--all"],
+                 ["execute", batch_id, "--yes", *FAST, "--reports", reports_dir]):  # fmt: skip
+        result = invoke(runner, *args, "--ledger", ledger_path)
+        assert result.exit_code == 2, args
+        assert f"Error: batch {batch_id} was cancelled" in result.stderr
+    assert sum(transfers(sim, preview=False).values()) == 0
+
+
+def test_cancel_is_refused_once_anything_was_submitted(runner, env, ledger_path, reports_dir):
+    invoke(runner, "run", SAMPLE, "--yes", *FAST, *where(ledger_path, reports_dir))
+    batch_id = only_batch(ledger_path)
+    result = invoke(runner, "cancel", batch_id, "--ledger", ledger_path)
+    assert result.exit_code == 2
+    assert result.stderr.startswith(
+        f"Error: batch {batch_id} cannot be cancelled: 5 row(s) were already submitted to OMI"
+    )
+    status = json.loads(invoke(runner, "status", "--json", "--ledger", ledger_path).stdout)
+    assert status["batches"][0]["state"] == "succeeded"
+
+
+def test_approving_nothing_does_not_point_at_an_execute_that_would_do_nothing(
+    runner, omi, monkeypatch, ledger_path, reports_dir, tmp_path
+):
+    _, server = omi
+    batch_id = previewed_batch(runner, monkeypatch, server, ledger_path, reports_dir)
+    report = reports_dir / f"{batch_id}-preview.csv"
+    result = invoke(runner, "approve", batch_id, "--report", report, "--ledger", ledger_path)
+    assert result.exit_code == 0, result.output
+    assert f"Batch {batch_id}: 0 row(s) approved, 5 skipped." in result.stderr
+    assert "Next: omi-batch execute" not in result.stderr
+
+
+def test_a_preview_where_every_row_failed_does_not_point_at_approve(
+    runner, env, ledger_path, reports_dir, tmp_path
+):
+    departures = tmp_path / "departures.csv"
+    departures.write_text("source_email,target_email\nthu.dang@example.vn,long.ly@example.vn\n")
+    result = invoke(runner, "preview", departures, *FAST, *where(ledger_path, reports_dir))
+    assert result.exit_code == 1
+    assert "omi-batch approve" not in result.stderr
+
+
+def test_approve_points_at_an_execute_with_a_receiver_when_none_is_configured(
+    runner, omi, monkeypatch, ledger_path, reports_dir
+):
+    _, server = omi
+    batch_id = previewed_batch(runner, monkeypatch, server, ledger_path, reports_dir)
+    result = invoke(runner, "approve", batch_id, "--all", "--ledger", ledger_path)
+    assert f"Next: omi-batch execute {batch_id} --listen 127.0.0.1:8080" in result.stderr
+
+
+def test_execute_without_a_receiver_says_rows_will_end_unconfirmed_before_sending(
+    runner, omi, monkeypatch, ledger_path, reports_dir
+):
+    _, server = omi
+    batch_id = previewed_batch(runner, monkeypatch, server, ledger_path, reports_dir)
+    assert invoke(runner, "approve", batch_id, "--all", "--ledger", ledger_path).exit_code == 0
+    result = invoke(runner, "execute", batch_id, "--yes", "--rate", "1000",
+                    *where(ledger_path, reports_dir))  # fmt: skip
+    assert result.exit_code == 1
+    warning = (
+        "Warning: no webhook receiver (set OMI_WEBHOOK_URL, or use --listen HOST:PORT): OMI "
+        "cannot report the results, so the 5 row(s) will end unconfirmed"
+    )
+    assert warning in result.stderr
+    assert result.stderr.index(warning) < result.stderr.index(f"Batch {batch_id}: executing")
+
+
+# --------------------------------------------------------------------------- item 9
+
+
+def test_the_end_of_a_run_is_a_summary_a_manager_can_read(runner, env, ledger_path, reports_dir):
+    result = invoke(runner, "run", SAMPLE, "--yes", *FAST, *where(ledger_path, reports_dir))
+    batch_id = only_batch(ledger_path)
+    rows = rows_of(ledger_path)
+    moved = sum(r["updated_records"] or 0 for r in rows)
+    assert (
+        f"Batch {batch_id}: 5 rows succeeded, 0 failed, 0 unconfirmed, 0 skipped, "
+        f"1 failed its preview; {moved} conversations moved."
+    ) in result.stderr
+    received: dict[str, int] = defaultdict(int)
+    for r in rows:
+        if r["updated_records"] is not None:
+            received[r["target_email"]] += r["updated_records"]
+    lines = result.stderr.splitlines()
+    start = lines.index("Conversations received, per target agent:")
+    shown = dict(re.fullmatch(r"  (\S+)\s+(\d+)", x).groups() for x in lines[start + 1 :][:4])
+    assert {k: int(v) for k, v in shown.items()} == received
+
+
+def test_the_targets_report_says_what_each_target_received(
+    runner, env, ledger_path, reports_dir
+):
+    invoke(runner, "run", SAMPLE, "--yes", *FAST, *where(ledger_path, reports_dir))
+    batch_id = only_batch(ledger_path)
+    targets = read_report(reports_dir / f"{batch_id}-targets.csv")
+    assert list(targets[0]) == ["target_email", "sources", "conversations", "moved"]
+    received: dict[str, int] = defaultdict(int)
+    for r in rows_of(ledger_path):
+        if r["updated_records"] is not None:
+            received[r["target_email"]] += r["updated_records"]
+    assert {t["target_email"]: int(t["moved"]) for t in targets} == received
+
+
+def test_the_targets_report_of_a_preview_has_no_moved_column(
+    runner, omi, monkeypatch, ledger_path, reports_dir
+):
+    _, server = omi
+    batch_id = previewed_batch(runner, monkeypatch, server, ledger_path, reports_dir)
+    targets = read_report(reports_dir / f"{batch_id}-targets.csv")
+    assert list(targets[0]) == ["target_email", "sources", "conversations"]
+
+
+def test_in_a_pipe_no_table_borders_and_no_path_printed_twice(
+    runner, env, ledger_path, reports_dir
+):
+    result = invoke(runner, "run", SAMPLE, "--yes", *FAST, *where(ledger_path, reports_dir))
+    batch_id = only_batch(ledger_path)
+    assert not BOX.search(result.stdout), result.stdout
+    for kind in ("preview", "targets", "results", "retry"):
+        path = str(reports_dir / f"{batch_id}-{kind}.csv")
+        assert result.output.count(path) == 1, (kind, result.output)
+    status = invoke(runner, "status", "--ledger", ledger_path).stdout
+    assert not BOX.search(status), status
+
+
+def test_the_progress_bar_on_a_terminal_shows_rate_and_eta(
+    make_simulator, monkeypatch, ledger_path, reports_dir
+):
+    import pty
+
+    _, server = make_simulator(api_key=KEY, faults=Faults(latency_ms=150))
+    use(monkeypatch, server)
+    monkeypatch.setenv("TERM", "xterm")
+    monkeypatch.setenv("COLUMNS", "120")
+    master, slave = pty.openpty()
+    process = child(["preview", SAMPLE, "--concurrency", "1", "--rate", "1000",
+                     *where(ledger_path, reports_dir)],
+                    stdout=subprocess.DEVNULL, stderr=slave, stdin=subprocess.DEVNULL)  # fmt: skip
+    os.close(slave)
+    seen = b""
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+            elif process.poll() is not None:
+                break
+        process.wait(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+        os.close(master)
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", seen.decode("utf-8", "replace"))
+    assert re.search(r"\d+(\.\d+)? rows/s", text), text
+    assert re.search(r"eta (\d+:\d\d:\d\d|-:--:--)", text), text

@@ -1,0 +1,323 @@
+"""Reviewing a batch in Excel: what the operator approved in the preview report is exactly what
+runs, and the report never loses the operator's decisions (issue #10, items 1, 3, 4 and 6).
+
+Every test drives the command line against the simulator over loopback HTTP, with a real
+ledger file, on the sample file the README uses (data/sample_offboarding.csv: row 4 routes
+bao.pham's 2 VIP conversations to mai.hoang, row 5 takes "all the rest" of his to anh.vu, row 7
+names an agent OMI does not know).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from omi_batch.cli import cli
+from omi_batch.ledger import Ledger
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "data" / "sample_offboarding.csv"
+TRANSFER = "/api/v3/agent/conversation/transfer"
+PREVIEW_COLUMNS = [
+    "batch", "row", "source_email", "target_email", "conv_ids", "replace_existing_members",
+    "conversations", "preview_status", "error", "warnings", "note", "approved",
+]  # fmt: skip
+CHAIN = (
+    "chain: minh.tran@example.vn is leaving too (row 3), so this transfer goes to "
+    "hong.le@example.vn via minh.tran@example.vn"
+)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def invoke(runner, *args):
+    return runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def where(ledger_path, reports_dir) -> list:
+    return ["--ledger", ledger_path, "--reports", reports_dir]
+
+
+FAST = ["--rate", "1000", "--listen", "127.0.0.1:0", "--wait", "10"]
+
+
+def read_report(path: Path) -> list[dict]:
+    return list(csv.DictReader(io.StringIO(path.read_bytes().decode("utf-8-sig"))))
+
+
+def write_report(path: Path, rows: list[dict]) -> Path:
+    """Save report rows the way Excel's "CSV UTF-8" does (BOM, CRLF)."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\r\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    path.write_text(out.getvalue(), encoding="utf-8-sig", newline="")
+    return path
+
+
+def preview(runner, ledger_path, reports_dir, file=SAMPLE) -> tuple[str, Path]:
+    """Preview ``file``: (batch id, path of its preview report)."""
+    result = invoke(runner, "preview", file, *FAST, *where(ledger_path, reports_dir))
+    assert result.exit_code in (0, 1), result.output
+    batch_id = result.stdout.strip().splitlines()[-1]
+    return batch_id, reports_dir / f"{batch_id}-preview.csv"
+
+
+def mark(rows: list[dict], approved: dict[int, str]) -> list[dict]:
+    for r in rows:
+        r["approved"] = approved.get(int(r["row"].lstrip("'")), "")
+    return rows
+
+
+def states(ledger_path, batch_id) -> dict[int, str]:
+    with Ledger(ledger_path) as ledger:
+        return {r["row"]: r["state"] for r in ledger.rows(batch_id)}
+
+
+def executes(sim) -> Counter:
+    """Execute requests (previewChanges false) sent, by (source, target)."""
+    sent: Counter = Counter()
+    for event in sim.events:
+        body = event.get("body")
+        if event["kind"] == "request" and event["path"] == TRANSFER and isinstance(body, dict):
+            if not body.get("previewChanges"):
+                sent[(body["sourceEmail"], body["targetEmail"])] += 1
+    return sent
+
+
+# --------------------------------------------------------------------------- item 1
+
+
+@pytest.mark.parametrize("how", ["left empty", "deleted from the report"])
+def test_approving_a_catch_all_without_its_conv_ids_row_is_refused_naming_both(
+    runner, env, ledger_path, reports_dir, tmp_path, how
+):
+    batch_id, path = preview(runner, ledger_path, reports_dir)
+    rows = mark(read_report(path), {5: "yes"})
+    if how == "deleted from the report":
+        rows = [r for r in rows if r["row"] != "4"]
+    edited = write_report(tmp_path / "approved.csv", rows)
+    result = invoke(runner, "approve", batch_id, "--report", edited, "--ledger", ledger_path)
+    assert result.exit_code == 2, result.output
+    assert (
+        "row 5 (bao.pham@example.vn → anh.vu@example.vn, all his other conversations) is "
+        "approved but row 4 of the same source (2 conversations to mai.hoang@example.vn) is "
+        "not: OMI cannot leave conversations out of a transfer, so row 5 would move those 2 "
+        "conversations to anh.vu@example.vn too; approve row 4 too, or clear row 5"
+    ) in result.stderr
+    assert "nothing was approved" in result.stderr
+    assert set(states(ledger_path, batch_id).values()) <= {"previewed", "preview_failed"}
+
+
+def test_approving_both_rows_of_a_split_source_is_accepted(
+    runner, env, ledger_path, reports_dir, tmp_path
+):
+    batch_id, path = preview(runner, ledger_path, reports_dir)
+    edited = write_report(tmp_path / "approved.csv", mark(read_report(path), {4: "yes", 5: "yes"}))
+    result = invoke(runner, "approve", batch_id, "--report", edited, "--ledger", ledger_path)
+    assert result.exit_code == 0, result.output
+    assert states(ledger_path, batch_id)[4] == states(ledger_path, batch_id)[5] == "approved"
+
+
+def test_approve_all_leaves_out_a_catch_all_whose_conv_ids_row_failed_its_preview(
+    runner, env, ledger_path, reports_dir, tmp_path
+):
+    text = SAMPLE.read_text(encoding="utf-8").replace(
+        "bao.pham@example.vn,mai.hoang@example.vn", "bao.pham@example.vn,long.ly@example.vn"
+    )
+    departures = tmp_path / "departures.csv"
+    departures.write_text(text, encoding="utf-8")
+    batch_id, _ = preview(runner, ledger_path, reports_dir, departures)
+    assert states(ledger_path, batch_id)[4] == "preview_failed"
+    result = invoke(runner, "approve", batch_id, "--all", "--ledger", ledger_path)
+    assert result.exit_code == 0, result.output
+    assert (
+        "row 5 is not approved: row 4 of the same source failed its preview, and row 5 would "
+        "move its conversations too"
+    ) in result.stderr
+    assert states(ledger_path, batch_id) == {
+        2: "approved", 3: "approved", 4: "preview_failed", 5: "previewed", 6: "approved",
+        7: "preview_failed",
+    }  # fmt: skip
+
+
+def test_execute_holds_a_catch_all_whose_conv_ids_row_was_not_approved(
+    runner, env, ledger_path, reports_dir
+):
+    sim, _ = env
+    batch_id, _ = preview(runner, ledger_path, reports_dir)
+    # A ledger approved that way by hand or by an older version: execute must still hold row 5.
+    with Ledger(ledger_path) as ledger:
+        ledger.approve(batch_id, approve=[5], skip=[2, 3, 4, 6], by="someone", how="by hand")
+    result = invoke(runner, "execute", batch_id, "--yes", *FAST, *where(ledger_path, reports_dir))
+    assert result.exit_code == 1, result.output
+    assert executes(sim)[("bao.pham@example.vn", "anh.vu@example.vn")] == 0
+    with Ledger(ledger_path) as ledger:
+        row = ledger.row(batch_id, 5)
+    assert row["state"] == "approved"
+    assert row["error"] == "held: row 4 of the same source is skipped"
+
+
+def test_filling_yes_down_onto_a_row_that_failed_its_preview_says_which_row_to_clear(
+    runner, env, ledger_path, reports_dir, tmp_path
+):
+    batch_id, path = preview(runner, ledger_path, reports_dir)
+    rows = mark(read_report(path), dict.fromkeys(range(2, 8), "yes"))
+    edited = write_report(tmp_path / "approved.csv", rows)
+    result = invoke(runner, "approve", batch_id, "--report", edited, "--ledger", ledger_path)
+    assert result.exit_code == 2, result.output
+    assert (
+        "row 7 failed its preview (OMI answered 200 user_not_found: targetEmail: no agent with "
+        "email long.ly@example.vn), so it cannot be approved: clear row 7's approved cell"
+    ) in result.stderr
+    assert "no longer matches" not in result.stderr
+    assert set(states(ledger_path, batch_id).values()) <= {"previewed", "preview_failed"}
+
+
+# --------------------------------------------------------------------------- item 3
+
+
+def test_the_preview_report_names_its_batch_on_every_row(runner, env, ledger_path, reports_dir):
+    batch_id, path = preview(runner, ledger_path, reports_dir)
+    rows = read_report(path)
+    assert list(rows[0]) == PREVIEW_COLUMNS
+    assert {r["batch"] for r in rows} == {batch_id}
+
+
+def test_approve_refuses_the_report_of_another_batch(
+    runner, env, ledger_path, reports_dir, tmp_path
+):
+    first, _ = preview(runner, ledger_path, reports_dir)
+    second, path = preview(runner, ledger_path, reports_dir)
+    edited = write_report(tmp_path / "approved.csv", mark(read_report(path), {2: "yes"}))
+    result = invoke(runner, "approve", first, "--report", edited, "--ledger", ledger_path)
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (
+        f"Error: approved.csv is the preview report of batch {second}, not of batch {first}: "
+        "nothing was approved\n"
+    )
+    assert set(states(ledger_path, first).values()) <= {"previewed", "preview_failed"}
+
+
+@pytest.mark.parametrize(
+    "column,value,was",
+    [("replace_existing_members", "false", "true"), ("conversations", "1", "2"),
+     ("target_email", "hong.le@example.vn", "mai.hoang@example.vn")],
+)  # fmt: skip
+def test_approve_refuses_a_changed_cell_it_cannot_honour_naming_the_row(
+    runner, env, ledger_path, reports_dir, tmp_path, column, value, was
+):
+    batch_id, path = preview(runner, ledger_path, reports_dir)
+    rows = mark(read_report(path), {4: "yes", 5: "yes"})
+    rows[2][column] = value  # row 4
+    edited = write_report(tmp_path / "approved.csv", rows)
+    result = invoke(runner, "approve", batch_id, "--report", edited, "--ledger", ledger_path)
+    assert result.exit_code == 2, result.output
+    assert (
+        f"row 4: {column} is {value!r} in the report but {was!r} in the ledger: approve records "
+        "only the approved and note columns"
+    ) in result.stderr
+    assert set(states(ledger_path, batch_id).values()) <= {"previewed", "preview_failed"}
+
+
+def test_approve_keeps_an_edited_note_and_an_excel_upper_case_boolean(
+    runner, env, ledger_path, reports_dir, tmp_path
+):
+    batch_id, path = preview(runner, ledger_path, reports_dir)
+    rows = mark(read_report(path), {4: "yes", 5: "yes"})
+    rows[2]["note"] = "checked with Mai"
+    rows[2]["replace_existing_members"] = "TRUE"  # Excel upper-cases a boolean it opened
+    edited = write_report(tmp_path / "approved.csv", rows)
+    result = invoke(runner, "approve", batch_id, "--report", edited, "--ledger", ledger_path)
+    assert result.exit_code == 0, result.output
+    assert f"Batch {batch_id}: 2 row(s) approved, 3 skipped." in result.stderr
+
+
+def test_rows_deleted_from_the_report_are_not_approved_and_named(
+    runner, env, ledger_path, reports_dir, tmp_path
+):
+    batch_id, path = preview(runner, ledger_path, reports_dir)
+    rows = [r for r in mark(read_report(path), {2: "yes", 3: "yes"}) if r["row"] not in ("4", "6")]
+    edited = write_report(tmp_path / "approved.csv", rows)
+    result = invoke(runner, "approve", batch_id, "--report", edited, "--ledger", ledger_path)
+    assert result.exit_code == 0, result.output
+    assert "2 rows not in the report: 4, 6 (not approved)" in result.stderr
+    assert states(ledger_path, batch_id) == {
+        2: "approved", 3: "approved", 4: "previewed", 5: "skipped", 6: "previewed",
+        7: "preview_failed",
+    }  # fmt: skip
+
+
+# --------------------------------------------------------------------------- item 4
+
+
+def test_execute_before_approve_keeps_the_yes_typed_into_the_preview_report(
+    runner, env, ledger_path, reports_dir
+):
+    sim, _ = env
+    batch_id, path = preview(runner, ledger_path, reports_dir)
+    write_report(path, mark(read_report(path), {2: "yes", 3: "yes"}))  # edited in place
+    typed = path.read_bytes()
+    result = invoke(runner, "execute", batch_id, "--yes", *FAST, *where(ledger_path, reports_dir))
+    assert result.exit_code == 2, result.output
+    assert (
+        f"batch {batch_id} has no approved row, so nothing was sent: approve first: "
+        f"omi-batch approve {batch_id} --report {path}"
+    ) in result.stderr
+    assert path.read_bytes() == typed
+    assert sum(executes(sim).values()) == 0
+    result = invoke(runner, "approve", batch_id, "--report", path, "--ledger", ledger_path)
+    assert result.exit_code == 0, result.output
+    assert f"Batch {batch_id}: 2 row(s) approved, 3 skipped." in result.stderr
+
+
+def test_execute_and_report_leave_an_edited_preview_report_as_it_is(
+    runner, env, ledger_path, reports_dir
+):
+    batch_id, path = preview(runner, ledger_path, reports_dir)
+    assert invoke(runner, "approve", batch_id, "--all", "--ledger", ledger_path).exit_code == 0
+    rows = read_report(path)
+    rows[0]["note"] = "my own remark"
+    write_report(path, rows)
+    typed = path.read_bytes()
+    result = invoke(runner, "execute", batch_id, "--yes", *FAST, *where(ledger_path, reports_dir))
+    assert result.exit_code == 0, result.output
+    assert invoke(runner, "report", batch_id, *where(ledger_path, reports_dir)).exit_code == 0
+    assert path.read_bytes() == typed
+    assert (reports_dir / f"{batch_id}-results.csv").exists()
+
+
+# --------------------------------------------------------------------------- item 6
+
+
+def test_preview_prints_the_warnings_and_puts_them_beside_their_row(
+    runner, env, ledger_path, reports_dir
+):
+    batch_id, path = preview(runner, ledger_path, reports_dir)
+    rows = {int(r["row"]): r for r in read_report(path)}
+    assert rows[2]["warnings"] == CHAIN
+    assert {n: r["warnings"] for n, r in rows.items() if n != 2} == dict.fromkeys(range(3, 8), "")
+    result = invoke(runner, "preview", SAMPLE, *FAST, *where(ledger_path, reports_dir))
+    assert f"Warning: row 2: {CHAIN}" in result.stderr
+
+
+def test_preview_report_shows_a_shared_split_warning_on_the_conv_ids_row(
+    runner, env, ledger_path, reports_dir, tmp_path
+):
+    text = SAMPLE.read_text(encoding="utf-8").replace(
+        "mai.hoang@example.vn,true,", "mai.hoang@example.vn,false,"
+    )
+    departures = tmp_path / "departures.csv"
+    departures.write_text(text, encoding="utf-8")
+    result = invoke(runner, "preview", departures, *FAST, *where(ledger_path, reports_dir))
+    batch_id = result.stdout.strip().splitlines()[-1]
+    warning = re.search(r"Warning: row 4: (shared_split: .*)", result.stderr)
+    assert warning, result.stderr
+    rows = {int(r["row"]): r for r in read_report(reports_dir / f"{batch_id}-preview.csv")}
+    assert rows[4]["warnings"] == warning.group(1)
