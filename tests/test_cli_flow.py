@@ -100,9 +100,9 @@ def transfers(sim, *, preview: bool) -> Counter:
     sent: Counter = Counter()
     for event in sim.events:
         body = event.get("body")
-        if event["kind"] == "request" and event["path"] == TRANSFER and isinstance(body, dict):
-            if bool(body.get("previewChanges")) == preview:
-                sent[(body["sourceEmail"], body["targetEmail"])] += 1
+        request = event["kind"] == "request" and event["path"] == TRANSFER
+        if request and isinstance(body, dict) and bool(body.get("previewChanges")) == preview:
+            sent[(body["sourceEmail"], body["targetEmail"])] += 1
     return sent
 
 
@@ -311,9 +311,7 @@ def test_a_wrong_base_url_is_a_configuration_error_naming_the_url_tried(
             assert ledger.batches() == []
 
 
-def test_a_closed_port_names_the_url_it_tried(
-    runner, env, monkeypatch, ledger_path, reports_dir
-):
+def test_a_closed_port_names_the_url_it_tried(runner, env, monkeypatch, ledger_path, reports_dir):
     url = f"http://127.0.0.1:{closed_port()}"
     monkeypatch.setenv("OMI_BASE_URL", url)
     result = invoke(runner, "preview", SAMPLE, *FAST, *where(ledger_path, reports_dir))
@@ -349,9 +347,7 @@ def test_status_shows_counts_per_state_and_the_preview_age(
     assert status["batches"][0]["previewed_at"]
 
 
-def test_status_state_filters_batches_and_rows(
-    runner, omi, monkeypatch, ledger_path, reports_dir
-):
+def test_status_state_filters_batches_and_rows(runner, omi, monkeypatch, ledger_path, reports_dir):
     _, server = omi
     waiting = previewed_batch(runner, monkeypatch, server, ledger_path, reports_dir)
     invoke(runner, "run", SAMPLE, "--yes", *FAST, *where(ledger_path, reports_dir))
@@ -486,9 +482,7 @@ def test_the_end_of_a_run_is_a_summary_a_manager_can_read(runner, env, ledger_pa
     assert {k: int(v) for k, v in shown.items()} == received
 
 
-def test_the_targets_report_says_what_each_target_received(
-    runner, env, ledger_path, reports_dir
-):
+def test_the_targets_report_says_what_each_target_received(runner, env, ledger_path, reports_dir):
     invoke(runner, "run", SAMPLE, "--yes", *FAST, *where(ledger_path, reports_dir))
     batch_id = only_batch(ledger_path)
     targets = read_report(reports_dir / f"{batch_id}-targets.csv")

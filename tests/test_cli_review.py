@@ -85,9 +85,9 @@ def executes(sim) -> Counter:
     sent: Counter = Counter()
     for event in sim.events:
         body = event.get("body")
-        if event["kind"] == "request" and event["path"] == TRANSFER and isinstance(body, dict):
-            if not body.get("previewChanges"):
-                sent[(body["sourceEmail"], body["targetEmail"])] += 1
+        request = event["kind"] == "request" and event["path"] == TRANSFER
+        if request and isinstance(body, dict) and not body.get("previewChanges"):
+            sent[(body["sourceEmail"], body["targetEmail"])] += 1
     return sent
 
 
