@@ -701,7 +701,7 @@ class _Tick:
             self.result.sent = True
             self.pipeline.preview(batch_id, rows=planned)
         self.pipeline.preview_summary(
-            batch_id, self.job.reports, max_age_hours=self.job.max_age_hours
+            batch_id, self.job.reports, max_age_hours=self.job.max_age_hours, replace=True
         )
         rows = self.ledger.rows(batch_id)
         previewed = [r for r in rows if r["conversations_previewed"] is not None]
@@ -725,7 +725,7 @@ class _Tick:
         for path in wanted:
             if not path.exists():
                 self.pipeline.preview_summary(
-                    batch_id, job.reports, max_age_hours=job.max_age_hours
+                    batch_id, job.reports, max_age_hours=job.max_age_hours, replace=True
                 )
             _copy(path, job.review / path.name)
         because = f" ({reason})" if reason else ""
@@ -821,7 +821,7 @@ class _Tick:
         self.result.sent = True
         self.pipeline.preview(batch_id, rows=rows)
         self.pipeline.preview_summary(
-            batch_id, self.job.reports, max_age_hours=self.job.max_age_hours
+            batch_id, self.job.reports, max_age_hours=self.job.max_age_hours, replace=True
         )
         for copy in self.job.review.glob(f"{batch_id}-*"):
             copy.unlink(missing_ok=True)
@@ -897,7 +897,8 @@ class _Tick:
         final = job.archive / batch_id
         partial = job.archive / f".{batch_id}.partial"
         partial.mkdir(parents=True, exist_ok=True)
-        self.pipeline.write_reports(batch_id, job.reports, max_age_hours=job.max_age_hours)
+        self.pipeline.write_reports(batch_id, job.reports, max_age_hours=job.max_age_hours,
+                                   replace=True)
         for path in sorted(job.reports.glob(f"{batch_id}-*")):
             _move(path, partial / path.name)
         for path in job.review.glob(f"{batch_id}-*"):

@@ -46,15 +46,22 @@ from omi_batch.locks import ProcessLock
 from omi_batch.ratelimit import DEFAULT_CEILING, AdaptiveLimiter, SlowDown
 from omi_batch.roster import Plan, Problem
 from omi_batch.states import (
+    APPROVABLE,
     APPROVED,
     DECIDED,
+    FAILED,
     HELD,
+    PREVIEW_FAILED,
+    PREVIEWED,
+    SKIPPED,
     STARTED,
     TO_EXECUTE,
     count_states,
+    covers,
     held_error,
     holds,
     stale_rows,
+    uncovered_by,
 )
 
 log = logging.getLogger("omi_batch.pipeline")
@@ -92,6 +99,16 @@ class Summary:
 
 class Unreachable(ConfigError):
     """OMI kept failing before anything was done (exit 3)."""
+
+
+class NothingApproved(UsageError):
+    """Execute found no row ever approved (exit 2; nothing was sent)."""
+
+    def __init__(self, batch_id: str, reports_dir: str | Path | None = None):
+        report = reports.report_path(reports_dir, batch_id, "preview") if reports_dir else None
+        how = f"--report {report}" if report is not None and report.exists() else "--all"
+        super().__init__(f"batch {batch_id} has no approved row, so nothing was sent: approve "
+                         f"first: omi-batch approve {batch_id} {how}")  # fmt: skip
 
 
 class BatchBusy(UsageError):
@@ -462,25 +479,49 @@ class Pipeline:
             self._flush_attempts()
 
     def preview_summary(
-        self, batch_id: str, reports_dir: str | Path | None = None, *, max_age_hours: float = 24.0
+        self,
+        batch_id: str,
+        reports_dir: str | Path | None = None,
+        *,
+        max_age_hours: float = 24.0,
+        replace: bool | list[dict] = False,
     ) -> Summary:
+        """The batch's counts, and (with ``reports_dir``) its preview and targets reports and
+        review workbook; an existing preview report is kept or replaced as
+        ``reports.write_preview_reports`` says."""
         rows = self.ledger.rows(batch_id)
         summary = Summary(batch_id, counts=count_states(rows))
         if reports_dir is not None:
-            summary.reports = self._preview_reports(rows, batch_id, reports_dir, max_age_hours)
+            summary.reports = self._preview_reports(rows, batch_id, reports_dir, max_age_hours,
+                                                    replace)  # fmt: skip
         return summary
 
     def _preview_reports(
-        self, rows: list[dict], batch_id: str, reports_dir: str | Path, max_age_hours: float
+        self,
+        rows: list[dict],
+        batch_id: str,
+        reports_dir: str | Path,
+        max_age_hours: float,
+        replace: bool | list[dict] = False,
     ) -> dict[str, Path]:
-        """The preview and targets CSV reports, and the review workbook beside them."""
+        """The preview and targets CSV reports, and the review workbook beside them. Neither
+        review file a person may have edited is overwritten (see
+        ``reports.write_preview_reports``): an existing workbook is kept, or, after a new
+        preview (``replace`` the rows before it), the new one gets a new name."""
         from omi_batch import workbook
 
-        written = reports.write_preview_reports(rows, batch_id, reports_dir)
+        info = self.ledger.batch(batch_id)
+        written = reports.write_preview_reports(rows, batch_id, reports_dir,
+                                                info.get("warnings") or [], replace=replace)  # fmt: skip
+        book = workbook.review_path(reports_dir, batch_id)
+        if book.exists() and replace is not True:
+            if replace is False:
+                written["review_xlsx"] = book
+                return written
+            book = reports.free_report_path(book)
         written["review_xlsx"] = workbook.write_review_workbook(
-            rows, self.ledger.batch(batch_id), workbook.review_path(reports_dir, batch_id),
-            max_age_hours=max_age_hours,
-        )  # fmt: skip
+            rows, info, book, max_age_hours=max_age_hours
+        )
         return written
 
     # ------------------------------------------------------------------ approve
@@ -496,31 +537,36 @@ class Pipeline:
         notes: list[str] | None = None,
     ) -> tuple[list[int], list[int]]:
         """Record approvals; return (approved rows, skipped rows). ``--all`` approves the
-        ``previewed`` rows only (a row the operator skipped stays skipped). A report row already
-        submitted or finished is left as it is, and ``notes`` (if given) receives a line saying
-        so, so a report written after an execute can still be used."""
+        ``previewed`` rows only (a row the operator skipped stays skipped), and leaves out a
+        catch-all row whose ``conv_ids`` rows are not approved (it would take their
+        conversations). A report must be this batch's, with no cell changed but ``approved``
+        and ``note``. A report row already submitted or finished is left as it is. ``notes``
+        (if given) receives a line for everything left out or left as it was."""
         if approve_all == (report_file is not None):
             raise UsageError("say either --all or --report FILE")
+        notes = notes if notes is not None else []
         rows = {r["row"]: r for r in self.ledger.rows(batch_id)}
         if approve_all:
-            chosen = [n for n, r in rows.items() if r["state"] == "previewed"]
+            chosen = [n for n, r in rows.items() if r["state"] == PREVIEWED]
             skipped: list[int] = []
             how = "all"
+            for catch_all, blocker in uncovered_catch_alls(rows.values(), chosen, skipped):
+                chosen.remove(catch_all["row"])
+                notes.append(f"row {catch_all['row']} is not approved: row {blocker['row']} of "
+                             f"the same source {_why_not(blocker)}, and row "
+                             f"{catch_all['row']} would move its conversations too")  # fmt: skip
         else:
-            chosen, skipped = self._approvals_from_report(
-                batch_id, rows, Path(report_file), notes if notes is not None else []
-            )
+            chosen, skipped = self._approvals_from_report(batch_id, rows, Path(report_file), notes)
             how = f"report {Path(report_file).name}"
         stale = stale_rows([rows[n] for n in chosen], max_age_hours, now)
         if stale:
             raise UsageError(
                 f"the preview of row {stale[0]} is older than --max-age {max_age_hours:g} h: "
-                "preview the file again and approve the new batch"
+                f"preview it again (omi-batch preview --batch {batch_id}) and approve again"
             )
         if not chosen and not skipped:
-            past = ("approved", "skipped", *DECIDED)  # decided before: nothing to record
-            if any(r["state"] in past for r in rows.values()):
-                return [], []
+            if any(r["state"] in (APPROVED, SKIPPED, *DECIDED) for r in rows.values()):
+                return [], []  # decided before: nothing to record
             raise UsageError(f"batch {batch_id} has no previewed row to approve")
         self.ledger.approve(batch_id, approve=chosen, skip=skipped, by=who(), how=how)
         return chosen, skipped
@@ -528,33 +574,69 @@ class Pipeline:
     def _approvals_from_report(
         self, batch_id: str, rows: dict[int, dict], path: Path, notes: list[str]
     ) -> tuple[list[int], list[int]]:
-        problems = []
-        chosen, skipped = [], []
-        for entry in reports.read_approvals(path):
-            row = rows.get(entry["row"])
+        entries = reports.read_approvals(path)
+        named = {e["cells"].get("batch", "") for e in entries}
+        others = sorted(named - {batch_id, ""})
+        if others:
+            raise UsageError(f"{path.name} is the preview report of batch {', '.join(others)}, "
+                             f"not of batch {batch_id}: nothing was approved")  # fmt: skip
+        if entries and named == {""}:
+            raise UsageError(f"{path.name} names no batch in its batch column: nothing was "
+                             f"approved (the preview report of batch {batch_id} names it)")  # fmt: skip
+        warnings = self.ledger.batch(batch_id).get("warnings") or []
+        expected = reports.expected_cells(list(rows.values()), warnings)
+        mismatches: list[str] = []
+        refusals: list[str] = []
+        chosen: list[int] = []
+        skipped: list[int] = []
+        seen: set[int] = set()
+        for entry in entries:
+            number = entry["row"]
+            row = rows.get(number)
             if row is None:
-                problems.append(f"row {entry['row']}: not in batch {batch_id} (rows were added)")
+                mismatches.append(f"row {number}: not in batch {batch_id} (rows were added)")
                 continue
-            for key in ("source_email", "target_email", "conv_ids"):
-                if entry[key] != row[key]:
-                    problems.append(f"row {entry['row']}: {key} is {_show(entry[key])} in the "
-                                    f"report but {_show(row[key])} in the ledger")  # fmt: skip
-                    break
+            if number in seen:
+                mismatches.append(f"row {number}: in the report twice")
+                continue
+            seen.add(number)
+            changed = reports.changed_cells(entry["cells"], expected[number])
+            if changed:
+                column, theirs, ours = changed[0]
+                mismatches.append(f"row {number}: {column} is {theirs!r} in the report but "
+                                  f"{ours!r} in the ledger: approve records only the approved "
+                                  "and note columns")  # fmt: skip
+                continue
+            state = row["state"]
+            if state in DECIDED:  # past approval: neither approved nor skipped again
+                notes.append(f"row {number} is already {state}: left as it is")
+            elif not entry["approved"]:
+                if state in APPROVABLE:
+                    skipped.append(number)
+            elif state == PREVIEW_FAILED:
+                refusals.append(f"row {number} failed its preview ({row['preview_error']}), so "
+                                f"it cannot be approved: clear row {number}'s approved cell")  # fmt: skip
+            elif state not in APPROVABLE:
+                refusals.append(f"row {number} is {state}: only previewed rows can be approved; "
+                                f"clear row {number}'s approved cell")  # fmt: skip
             else:
-                if row["state"] in DECIDED:  # past approval: neither approved nor skipped again
-                    notes.append(f"row {row['row']} is already {row['state']}: left as it is")
-                elif not entry["approved"]:
-                    if row["state"] in ("previewed", "approved", "skipped"):
-                        skipped.append(row["row"])
-                elif row["state"] not in ("previewed", "approved", "skipped"):
-                    problems.append(f"row {row['row']}: is {row['state']}; only previewed rows "
-                                    "can be approved")  # fmt: skip
-                else:
-                    chosen.append(row["row"])
-        if problems:
-            raise InputError(
-                f"{path.name} no longer matches batch {batch_id}: nothing was approved", problems
-            )
+                chosen.append(number)
+        if not mismatches:  # a mismatched row is not approved: that alone would refuse more
+            for catch_all, blocker in uncovered_catch_alls(rows.values(), chosen, skipped):
+                refusals.append(_uncovered(catch_all, blocker, batch_id))
+        if mismatches or refusals:
+            header = (f"{path.name} no longer matches batch {batch_id}" if mismatches
+                      else f"{path.name} cannot be approved as it is")  # fmt: skip
+            raise InputError(f"{header}: nothing was approved", mismatches + refusals)
+        missing = [n for n, r in rows.items() if n not in seen and r["state"] in APPROVABLE]
+        left = [n for n in missing if rows[n]["state"] != APPROVED]
+        if left:
+            notes.append(f"{_plural(len(left), 'row')} not in the report: "
+                         f"{', '.join(map(str, left))} (not approved)")  # fmt: skip
+        kept = [n for n in missing if rows[n]["state"] == APPROVED]
+        if kept:
+            notes.append(f"{_plural(len(kept), 'row')} not in the report but approved before: "
+                         f"{', '.join(map(str, kept))} (left approved)")  # fmt: skip
         return chosen, skipped
 
     # ------------------------------------------------------------------ execute
@@ -574,8 +656,13 @@ class Pipeline:
         is sent). Stopped part-way (key refused, OMI unreachable) after some rows were sent,
         the summary says so in ``stopped`` (exit 1: the reports say which); stopped before
         anything was sent, the error is raised (exit 3). ``reports_dir``: the reports are
-        written there either way."""
+        written there either way. NothingApproved (exit 2, nothing sent) when no row was ever
+        approved; its message names the command that approves, with the preview report in
+        ``reports_dir`` when there is one."""
         self.ledger.batch(batch_id)  # NotFound early
+        rows = self.ledger.rows(batch_id)
+        if not any(r["state"] in TO_EXECUTE or r["state"] in DECIDED for r in rows):
+            raise NothingApproved(batch_id, reports_dir)
         with BatchLock(self.ledger.path, batch_id):
             due = self.ledger.rows(batch_id, states=list(TO_EXECUTE))
             if due and confirm is not None and not confirm(due):
@@ -596,6 +683,15 @@ class Pipeline:
                 summary.reports = self.write_reports(batch_id, reports_dir)
             return summary
 
+    def receiver_warning(self, count: int) -> str | None:
+        """What to tell before ``count`` rows are submitted when OMI has nowhere to report
+        their results (no webhook URL or secret): they will end unconfirmed."""
+        if self.webhook_url and self.webhook_secret:
+            return None
+        return (f"no webhook receiver (set OMI_WEBHOOK_URL, or use --listen HOST:PORT): OMI "
+                f"cannot report the results, so the {count} row(s) will end unconfirmed; "
+                "omi-batch reconcile checks them afterwards")  # fmt: skip
+
     def _execute(self, batch_id: str) -> Summary:
         self._record_slow_downs(batch_id)
         every = self.ledger.rows(batch_id)
@@ -607,8 +703,6 @@ class Pipeline:
                 by_source.setdefault(row["source_email"], []).append(row)
         if rows:
             self.preflight(rows[0])  # a refused key or a dead API: exit 3, nothing changed
-            if not self._callback(batch_id, rows[0]["row"], "execute"):
-                log.warning("no webhook (OMI_WEBHOOK_URL/--listen): transfers will end unconfirmed")
         self._pool("execute", len(rows), [
             lambda g=group: self._execute_source(batch_id, g) for group in by_source.values()
         ])  # fmt: skip
@@ -616,7 +710,9 @@ class Pipeline:
 
     def _execute_source(self, batch_id: str, group: list[dict]) -> None:
         """One source's rows in run order. A row that holds (``states.holds``: failed,
-        preview_failed, or left unconfirmed now) holds the rows after it."""
+        preview_failed, or left unconfirmed now) holds the rows after it, and a ``conv_ids``
+        row that will not run (skipped, not approved) holds its source's catch-all row, which
+        would take its conversations (``states.uncovered_by``)."""
         blocker: dict | None = None
         for row in group:
             if self._stop.is_set():
@@ -625,6 +721,7 @@ class Pipeline:
                 if holds(row) and blocker is None:
                     blocker = row
                 continue
+            blocker = blocker or uncovered_by(group, row)
             if blocker is not None:
                 self.ledger.update_row(batch_id, row["row"], event=HELD, error=held_error(blocker))
                 self.progress.advance("execute")
@@ -774,13 +871,21 @@ class Pipeline:
     # ------------------------------------------------------------------ reports
 
     def write_reports(
-        self, batch_id: str, reports_dir: str | Path, *, max_age_hours: float = 24.0
+        self,
+        batch_id: str,
+        reports_dir: str | Path,
+        *,
+        max_age_hours: float = 24.0,
+        replace: bool = False,
     ) -> dict[str, Path]:
-        """Every report the batch has reached: preview (CSV and workbook), then results."""
+        """Every report the batch has reached: preview (CSV and workbook), then results. The
+        preview report and workbook are written only when there are none (a person may have
+        typed into them), or with ``replace`` (a folder only the program writes); the targets
+        report gets ``moved`` once rows were executed."""
         from omi_batch import workbook
 
         rows = self.ledger.rows(batch_id)
-        written = self._preview_reports(rows, batch_id, reports_dir, max_age_hours)
+        written = self._preview_reports(rows, batch_id, reports_dir, max_age_hours, replace)
         if any(r["state"] in STARTED for r in rows) or any(r["approved_at"] for r in rows):
             head = self.ledger.head()
             written |= reports.write_result_reports(rows, batch_id, reports_dir, head)
@@ -835,3 +940,56 @@ def refuse_ticket_scopes(plan: Plan) -> None:
             "nothing was sent",
             problems,
         )
+
+
+def uncovered_catch_alls(
+    rows: Iterable[dict], chosen: Iterable[int] = (), skipped: Iterable[int] = ()
+) -> list[tuple[dict, dict]]:
+    """``(catch-all row, conv_ids row)`` pairs where the catch-all row would be approved (with
+    ``chosen`` approved and ``skipped`` skipped) while a ``conv_ids`` row of the same source
+    would not run: OMI cannot leave conversations out of a transfer, so the catch-all row
+    would move them to its own target."""
+    rows = list(rows)
+    after = {r["row"]: r["state"] for r in rows}
+    after.update(dict.fromkeys(chosen, APPROVED))
+    after.update(dict.fromkeys(skipped, SKIPPED))
+    found = []
+    for catch_all in rows:
+        if catch_all["conv_ids"] or after[catch_all["row"]] != APPROVED:
+            continue
+        for other in rows:
+            same = other["source_email"] == catch_all["source_email"] and other["conv_ids"]
+            if same and not covers(after[other["row"]]):
+                found.append((catch_all, dict(other, state=after[other["row"]])))
+    return found
+
+
+def _why_not(row: dict) -> str:
+    return {PREVIEW_FAILED: "failed its preview", FAILED: "failed"}.get(
+        row["state"], "is not approved"
+    )
+
+
+def _uncovered(catch_all: dict, blocker: dict, batch_id: str) -> str:
+    """Why approving ``catch_all`` is refused while ``blocker`` would not run, and the fix."""
+    n, b = catch_all["row"], blocker["row"]
+    count = len(blocker["conv_ids"])
+    what = _plural(count, "conversation")
+    if blocker["state"] == PREVIEW_FAILED:
+        fix = f"fix row {b} and preview it again (omi-batch preview --batch {batch_id}), or clear row {n}"
+        why = "failed its preview"
+    elif blocker["state"] == FAILED:
+        fix = f"run row {b} again first, or clear row {n}"
+        why = "failed"
+    else:
+        fix = f"approve row {b} too, or clear row {n}"
+        why = "is not"
+    return (f"row {n} ({catch_all['source_email']} → {catch_all['target_email']}, all the other "
+            f"conversations) is approved but row {b} of the same source ({what} to "
+            f"{blocker['target_email']}) {why}: OMI cannot leave conversations out of a "
+            f"transfer, so row {n} would move those {what} to {catch_all['target_email']} too; "
+            f"{fix}")  # fmt: skip
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"

@@ -262,7 +262,7 @@ def report_path(reports_dir: str | Path, batch_id: str, kind: str) -> Path:
     return Path(reports_dir) / f"{batch_id}-{kind}.csv"
 
 
-def _free_report_path(path: Path) -> Path:
+def free_report_path(path: Path) -> Path:
     """``<batch>-preview-2.csv``, ``-3`` …: the first name beside ``path`` not taken yet."""
     for number in range(2, 10_000):
         candidate = path.with_name(f"{path.stem}-{number}{path.suffix}")
@@ -294,7 +294,7 @@ def write_preview_reports(
         if before is None:
             data = None
         elif path.read_bytes() != before:
-            path = _free_report_path(path)
+            path = free_report_path(path)
     if data is not None:
         _write_bytes(data, path)
     return {

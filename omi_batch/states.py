@@ -84,14 +84,41 @@ def is_held(row: Mapping[str, Any]) -> bool:
     return row["state"] == APPROVED and str(row.get("error") or "").startswith(f"{HELD}:")
 
 
+# A ``conv_ids`` row in one of these routes (or has routed) its conversations before its
+# source's catch-all row runs. In any other state (skipped, not approved, failed its preview)
+# the catch-all row would take them: OMI cannot leave conversations out of a transfer.
+COVERING = (APPROVED, SUBMITTED, UNCONFIRMED, SUCCEEDED)
+
+
+def covers(state: str) -> bool:
+    """Whether a ``conv_ids`` row in ``state`` keeps its conversations from its source's
+    catch-all row (see COVERING)."""
+    return state in COVERING
+
+
+def uncovered_by(rows: Iterable[Mapping[str, Any]], row: Mapping[str, Any]) -> Any:
+    """For a catch-all row (no ``conv_ids``): the first ``conv_ids`` row of its source in
+    ``rows`` that does not cover its conversations (see COVERING), or None."""
+    if row["conv_ids"]:
+        return None
+    for other in rows:
+        same = other["source_email"] == row["source_email"] and other["row"] != row["row"]
+        if same and other["conv_ids"] and not covers(other["state"]):
+            return other
+    return None
+
+
 def blocker_before(rows: Iterable[Mapping[str, Any]], row: Mapping[str, Any]) -> Any:
-    """The first row before ``row`` (in run order) of its source that holds it, or None."""
+    """The row of ``row``'s source that holds it, or None: the first one before it (in run
+    order) that holds (see HOLDING), else, for a catch-all row, a ``conv_ids`` row that does
+    not cover its conversations (see :func:`uncovered_by`)."""
+    rows = list(rows)
     for earlier in rows:
         if earlier["row"] == row["row"]:
-            return None
+            break
         if earlier["source_email"] == row["source_email"] and holds(earlier):
             return earlier
-    return None
+    return uncovered_by(rows, row)
 
 
 # ---------------------------------------------------------------------------- review

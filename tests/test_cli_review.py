@@ -106,7 +106,7 @@ def test_approving_a_catch_all_without_its_conv_ids_row_is_refused_naming_both(
     result = invoke(runner, "approve", batch_id, "--report", edited, "--ledger", ledger_path)
     assert result.exit_code == 2, result.output
     assert (
-        "row 5 (bao.pham@example.vn → anh.vu@example.vn, all his other conversations) is "
+        "row 5 (bao.pham@example.vn → anh.vu@example.vn, all the other conversations) is "
         "approved but row 4 of the same source (2 conversations to mai.hoang@example.vn) is "
         "not: OMI cannot leave conversations out of a transfer, so row 5 would move those 2 "
         "conversations to anh.vu@example.vn too; approve row 4 too, or clear row 5"

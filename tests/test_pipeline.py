@@ -340,13 +340,15 @@ def test_approve_from_the_edited_report(runner, previewed, ledger_path, tmp_path
     [
         (lambda rows: rows[1].update(source_email="lan.nguyen@example.vn"),
          "row 3: source_email is 'lan.nguyen@example.vn' in the report but "
-         "'bao.pham@example.vn' in the ledger"),
+         "'bao.pham@example.vn' in the ledger: approve records only the approved and note "
+         "columns"),
         (lambda rows: rows[2].update(target_email="hong.le@example.vn"),
          "row 4: target_email is 'hong.le@example.vn' in the report but "
-         "'anh.vu@example.vn' in the ledger"),
+         "'anh.vu@example.vn' in the ledger: approve records only the approved and note "
+         "columns"),
         (lambda rows: rows[1].update(conv_ids="6a92a56ca95c2c0b07465834"),
          "row 3: conv_ids is '6a92a56ca95c2c0b07465834' in the report but "
-         f"'{VIP}' in the ledger"),
+         f"'{VIP}' in the ledger: approve records only the approved and note columns"),
         (lambda rows: rows.append(dict(rows[0], row="9")),
          "row 9: not in batch {batch} (rows were added)"),
     ],
@@ -403,8 +405,8 @@ def test_a_stale_preview_must_be_refreshed_before_approval(runner, previewed, le
     result = invoke(runner, "approve", batch_id, "--all", "--max-age", "0", "--ledger", ledger_path)
     assert result.exit_code == 2
     assert result.stderr == (
-        "Error: the preview of row 2 is older than --max-age 0 h: preview the file again and "
-        "approve the new batch\n"
+        "Error: the preview of row 2 is older than --max-age 0 h: preview it again "
+        f"(omi-batch preview --batch {batch_id}) and approve again\n"
     )
     with Ledger(ledger_path) as ledger:
         assert {r["state"] for r in ledger.rows(batch_id)} == {"previewed"}
@@ -844,7 +846,9 @@ def test_report_rewrites_the_same_reports_from_the_ledger(
     result = invoke(runner, "report", batch_id, "--ledger", ledger_path, "--reports", again)
     assert result.exit_code == 0
     for path in reports_dir.iterdir():
-        if path.suffix == ".xlsx":  # a zip stamps the time it was written: compare the cells
+        if path.name.endswith(("-preview.csv", "-review.xlsx")):  # kept as preview wrote them
+            assert (again / path.name).exists()  # (#10): their approved column differs
+        elif path.suffix == ".xlsx":  # a zip stamps the time it was written: compare the cells
             assert sheets(again / path.name) == sheets(path), path.name
         else:
             assert (again / path.name).read_bytes() == path.read_bytes(), path.name

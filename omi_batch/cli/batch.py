@@ -93,10 +93,14 @@ def _require_confirmation_means(yes: bool) -> None:
         raise click.UsageError("not at a terminal: confirm with --yes")
 
 
-def _start_execute(batch_id: str, yes: bool) -> Any:
-    """The ``confirm`` execute calls with the rows due: asks (unless --yes), then says so."""
+def _start_execute(batch_id: str, yes: bool, pipeline: Any = None) -> Any:
+    """The ``confirm`` execute calls with the rows due: warns when their results cannot come
+    back (no receiver), asks (unless --yes), then says so."""
 
     def start(rows: list[dict]) -> bool:
+        warning = pipeline.receiver_warning(len(rows)) if pipeline is not None else None
+        if warning:
+            click.echo(f"Warning: {warning}", err=True)
         conversations = sum(r["conversations_previewed"] or 0 for r in rows)
         targets = len({r["target_email"] for r in rows})
         if not yes and not click.confirm(
@@ -122,9 +126,9 @@ def _show_execute(session: Any, summary: Any, approved_only: bool = True,
         sys.exit(EXIT_INCOMPLETE)
     if summary.declined:
         return
-    if not summary.due:
-        click.echo(f"Batch {batch_id}: no row is approved or unconfirmed, so nothing to "
-                   f"execute (approve first: omi-batch approve {batch_id} --all).", err=True)  # fmt: skip
+    if not summary.due:  # no row was ever approved: NothingApproved (exit 2) said so before
+        click.echo(f"Batch {batch_id}: every approved row is done already: nothing to "
+                   "execute.", err=True)  # fmt: skip
     _execute_done(session, batch_id, summary.reports, approved_only, as_json)
 
 
@@ -253,6 +257,8 @@ def preview(
     from omi_batch.roster import read_plan
 
     plan = read_plan(file, limit=limit)
+    for warning in plan.warnings:
+        click.echo(f"Warning: {warning}", err=True)
     options = {"concurrency": concurrency, "rate": rate, "timeout": timeout, "wait": wait}
     with _session(ledger_path, listen=listen, create=True, **options) as session:
         batch_id = session.pipeline.create_batch(
@@ -263,16 +269,30 @@ def preview(
         session.pipeline.preview(batch_id)
         summary = session.pipeline.preview_summary(batch_id, reports_dir)
         rows = session.ledger.rows(batch_id)
+    _preview_done(batch_id, rows, summary, as_json)
+
+
+def _preview_done(batch_id: str, rows: list[dict], summary: Any, as_json: bool) -> None:
+    """After a preview: what it found, its reports, the batch id, and what to do next."""
+    from omi_batch.states import PREVIEWED
+
     print_plan_summary(rows)
-    print_reports(summary.reports)
+    preview_report = summary.reports["preview"]
+    ready = any(r["state"] == PREVIEWED for r in rows)
+    # The preview report's path is in the Next line; printed alone only when there is none.
+    print_reports({k: v for k, v in summary.reports.items() if k != "preview" or not ready})
     if as_json:
         echo_json({"batch": batch_id, "counts": summary.counts,
                    "reports": {k: str(v) for k, v in summary.reports.items()}})  # fmt: skip
     else:
         click.echo(batch_id)
-    book = summary.reports["review_xlsx"]
-    click.echo(f"Next: fill the `approved` column of {book.name} (or of the preview CSV), then "
-               f"omi-batch approve {batch_id} --report {book}", err=True)  # fmt: skip
+    if ready:
+        book = summary.reports.get("review_xlsx")
+        also = f" (or of {Path(book).name})" if book else ""
+        click.echo(f"Next: fill the `approved` column of the preview report{also}, then "
+                   f"omi-batch approve {batch_id} --report {preview_report}", err=True)  # fmt: skip
+    else:
+        click.echo("Nothing to approve: no row previewed ok (see the errors above).", err=True)
     exit_for(rows, approved_only=False)
 
 
@@ -319,7 +339,20 @@ def approve(
     for note in notes:
         click.echo(note, err=True)
     click.echo(f"Batch {batch}: {len(chosen)} row(s) approved, {len(skipped)} skipped.", err=True)
-    click.echo(f"Next: omi-batch execute {batch}", err=True)
+    click.echo(_next_execute(ledger, batch, pipeline), err=True)
+
+
+def _next_execute(ledger: Any, batch_id: str, pipeline: Any) -> str:
+    """The Next line after approve: the execute that would run the approved rows (with a
+    receiver when none is configured), or that there is nothing to execute."""
+    from omi_batch.states import TO_EXECUTE
+
+    if not ledger.rows(batch_id, states=TO_EXECUTE):
+        return "Nothing is approved, so there is nothing to execute."
+    if pipeline.receiver_warning(0) is None:
+        return f"Next: omi-batch execute {batch_id}"
+    return (f"Next: omi-batch execute {batch_id} --listen 127.0.0.1:8080 (OMI_WEBHOOK_URL is "
+            "not set: without a receiver the rows would end unconfirmed)")  # fmt: skip
 
 
 @click.command()
@@ -359,7 +392,7 @@ def execute(
     with _session(ledger_path, listen=listen, yes=yes, **options) as session:
         session.notifier = notifier
         summary = session.pipeline.execute(
-            batch, confirm=_start_execute(batch, yes), reports_dir=reports_dir
+            batch, confirm=_start_execute(batch, yes, session.pipeline), reports_dir=reports_dir
         )
         _show_execute(session, summary, as_json=as_json)
 
@@ -425,7 +458,8 @@ def run(
             _execute_done(session, batch_id, written, approved_only=False, as_json=as_json)
             return
         if not yes and not click.confirm("Execute every row that previewed ok?", err=True):
-            click.echo(f"Nothing executed. Approve later: omi-batch approve {batch_id}", err=True)
+            click.echo(f"Nothing executed. Approve later: omi-batch approve {batch_id} --report "
+                       f"{written['preview']}", err=True)  # fmt: skip
             if notifier is not None:
                 from omi_batch import notify
 
@@ -435,7 +469,7 @@ def run(
             return
         pipeline.approve(batch_id, approve_all=True)
         summary = pipeline.execute(
-            batch_id, confirm=_start_execute(batch_id, True), reports_dir=reports_dir
+            batch_id, confirm=_start_execute(batch_id, True, pipeline), reports_dir=reports_dir
         )
         _show_execute(session, summary, approved_only=False, as_json=as_json)
 
