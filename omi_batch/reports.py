@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from omi_batch.errors import UsageError
 from omi_batch.states import NEEDS_REVIEW, PROBLEMS, result_status, review_error
 
 PREVIEW_COLUMNS = [
