@@ -575,6 +575,10 @@ class Pipeline:
         self, batch_id: str, rows: dict[int, dict], path: Path, notes: list[str]
     ) -> tuple[list[int], list[int]]:
         entries = reports.read_approvals(path)
+        missing = [c for c in reports.REQUIRED_COLUMNS if entries and c not in entries[0]["cells"]]
+        if missing:
+            raise UsageError(f"{path.name} is not a preview report of batch {batch_id}: no "
+                             f"column {', '.join(missing)}; nothing was approved")  # fmt: skip
         named = {e["cells"].get("batch", "") for e in entries}
         others = sorted(named - {batch_id, ""})
         if others:

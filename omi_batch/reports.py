@@ -324,11 +324,10 @@ def write_result_reports(
 
 def read_approvals(path: str | Path) -> list[dict]:
     """Read a preview report a person edited (see :func:`omi_batch.tables.read_approvals`: the
-    one reader of table files, so `approve` reads what `validate` reads), with the columns
-    `approve` needs to trust it."""
+    one reader of table files, so `approve` reads what `validate` reads)."""
     from omi_batch import tables
 
-    return tables.read_approvals(path, required=REQUIRED_COLUMNS)
+    return tables.read_approvals(path)
 
 
 def expected_cells(rows: list[dict], warnings: Iterable[dict] = ()) -> dict[int, dict[str, str]]:
