@@ -32,6 +32,10 @@ from omi_batch.simulator import Faults
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "data" / "sample_offboarding.csv"
+# The sample's header and rows 2-6: every agent in them is known to the simulator.
+SAMPLE_TEXT = "".join(SAMPLE.read_text(encoding="utf-8").splitlines(keepends=True)[:6])
+assert "bao.pham@example.vn,anh.vu@example.vn,false,," in SAMPLE_TEXT
+UNKNOWN = "OMI answered 200 user_not_found: targetEmail: no agent with email long.ly@example.vn"
 TRANSFER = "/api/v3/agent/conversation/transfer"
 KEY = "flow-test-key-7d21c9a4"
 SECRET = "flow-test-secret-e8b03f55"
@@ -130,10 +134,24 @@ def closed_port() -> int:
         return sock.getsockname()[1]
 
 
-def previewed_batch(runner, monkeypatch, server, ledger_path, reports_dir) -> str:
+@pytest.fixture
+def departures(tmp_path) -> Path:
+    path = tmp_path / "departures.csv"
+    path.write_text(SAMPLE_TEXT, encoding="utf-8")
+    return path
+
+
+def fail_preview(ledger_path, batch_id: str, row: int, error: str = UNKNOWN) -> None:
+    """Leave ``row`` as a preview OMI refused leaves it (the ledger's own state move)."""
+    with Ledger(ledger_path) as ledger:
+        ledger.set_state(batch_id, row, "preview_failed", event="preview_failed",
+                         preview_error=error, conversations_previewed=None)  # fmt: skip
+
+
+def previewed_batch(runner, monkeypatch, server, ledger_path, reports_dir, file) -> str:
     use(monkeypatch, server)
-    result = invoke(runner, "preview", SAMPLE, *FAST, *where(ledger_path, reports_dir))
-    assert result.exit_code == 1, result.output  # row 7 fails its preview
+    result = invoke(runner, "preview", file, *FAST, *where(ledger_path, reports_dir))
+    assert result.exit_code == 0, result.output
     return result.stdout.strip().splitlines()[-1]
 
 
@@ -141,7 +159,7 @@ def previewed_batch(runner, monkeypatch, server, ledger_path, reports_dir) -> st
 
 
 def test_a_resumed_execute_counts_what_every_request_of_a_row_moved(
-    runner, make_simulator, monkeypatch, ledger_path, reports_dir
+    runner, make_simulator, monkeypatch, departures, ledger_path, reports_dir
 ):
     sim, server = make_simulator(api_key=KEY, faults=Faults(latency_ms=300, callback_delay=5))
     # The receiver runs as a service (`webhook serve`) on the same ledger: callbacks of the
@@ -150,7 +168,7 @@ def test_a_resumed_execute_counts_what_every_request_of_a_row_moved(
     receiver = webhook.start(webhook.make_app(receiver_ledger, Secret(SECRET)), "127.0.0.1", 0)
     try:
         use(monkeypatch, server, receiver.url)
-        result = invoke(runner, "preview", SAMPLE, "--rate", "1000",
+        result = invoke(runner, "preview", departures, "--rate", "1000",
                         *where(ledger_path, reports_dir))  # fmt: skip
         batch_id = result.stdout.strip().splitlines()[-1]
         assert invoke(runner, "approve", batch_id, "--all", "--ledger", ledger_path).exit_code == 0
@@ -201,11 +219,11 @@ def test_a_resumed_execute_counts_what_every_request_of_a_row_moved(
 
 
 def test_an_interrupted_run_names_the_command_that_finishes_its_preview(
-    runner, make_simulator, monkeypatch, ledger_path, reports_dir
+    runner, make_simulator, monkeypatch, departures, ledger_path, reports_dir
 ):
     sim, server = make_simulator(api_key=KEY, faults=Faults(latency_ms=400))
     use(monkeypatch, server)
-    process = child(["run", SAMPLE, "--yes", "--concurrency", "1", "--rate", "1000",
+    process = child(["run", departures, "--yes", "--concurrency", "1", "--rate", "1000",
                      *where(ledger_path, reports_dir)],
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
     try:
@@ -227,13 +245,10 @@ def test_an_interrupted_run_names_the_command_that_finishes_its_preview(
     sim.faults.latency_ms = 0
     before = transfers(sim, preview=True)
     result = invoke(runner, *shlex.split(expected)[1:])
-    assert result.exit_code == 1, result.output  # row 7 fails its preview
+    assert result.exit_code == 0, result.output
     assert only_batch(ledger_path) == batch_id  # no new batch
     rows = rows_of(ledger_path)
-    assert {r["row"]: r["state"] for r in rows} == {
-        2: "previewed", 3: "previewed", 4: "previewed", 5: "previewed", 6: "previewed",
-        7: "preview_failed",
-    }  # fmt: skip
+    assert {r["row"]: r["state"] for r in rows} == dict.fromkeys(range(2, 7), "previewed")
     again = transfers(sim, preview=True) - before
     done_before = {(r["source_email"], r["target_email"]) for r in rows
                    if r["previewed_at"] and before[(r["source_email"], r["target_email"])]}  # fmt: skip
@@ -242,11 +257,11 @@ def test_an_interrupted_run_names_the_command_that_finishes_its_preview(
 
 
 def test_an_interrupted_run_names_the_execute_command_that_resumes_it(
-    runner, make_simulator, monkeypatch, ledger_path, reports_dir
+    runner, make_simulator, monkeypatch, departures, ledger_path, reports_dir
 ):
     _, server = make_simulator(api_key=KEY, faults=Faults(callback_delay=3))
     use(monkeypatch, server)
-    process = child(["run", SAMPLE, "--yes", "--rate", "1000", "--listen", "127.0.0.1:0",
+    process = child(["run", departures, "--yes", "--rate", "1000", "--listen", "127.0.0.1:0",
                      "--wait", "30", *where(ledger_path, reports_dir)],
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
     try:
@@ -267,25 +282,27 @@ def test_an_interrupted_run_names_the_execute_command_that_resumes_it(
 
 
 def test_preview_batch_previews_again_only_the_rows_that_need_it(
-    runner, omi, monkeypatch, ledger_path, reports_dir
+    runner, omi, monkeypatch, departures, ledger_path, reports_dir
 ):
     sim, server = omi
-    batch_id = previewed_batch(runner, monkeypatch, server, ledger_path, reports_dir)
+    batch_id = previewed_batch(runner, monkeypatch, server, ledger_path, reports_dir, departures)
+    fail_preview(ledger_path, batch_id, 6, "OMI answered 503: try again later")
     before = transfers(sim, preview=True)
     result = invoke(runner, "preview", "--batch", batch_id, *FAST,
                     *where(ledger_path, reports_dir))  # fmt: skip
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 0, result.output
     assert f"Batch {batch_id}: previewing 1 row(s) again" in result.stderr
     again = transfers(sim, preview=True) - before
-    assert again == Counter({("thu.dang@example.vn", "long.ly@example.vn"): 2})  # + preflight
+    assert again == Counter({("hung.bui@example.vn", "ngoc.do@example.vn"): 2})  # + preflight
     assert only_batch(ledger_path) == batch_id
+    assert {r["state"] for r in rows_of(ledger_path)} == {"previewed"}
     result = invoke(runner, "preview", "--batch", batch_id, "--max-age", "0", *FAST,
                     *where(ledger_path, reports_dir))  # fmt: skip
-    assert f"Batch {batch_id}: previewing 6 row(s) again" in result.stderr
+    assert f"Batch {batch_id}: previewing 5 row(s) again" in result.stderr
     assert only_batch(ledger_path) == batch_id
 
 
-def test_preview_needs_either_a_file_or_a_batch(runner, env, ledger_path, reports_dir):
+def test_preview_needs_either_a_file_or_a_batch(runner, env, departures, ledger_path, reports_dir):
     result = invoke(runner, "preview", *where(ledger_path, reports_dir))
     assert result.exit_code == 2
     assert "Error: say what to preview: a FILE, or --batch BATCH" in result.stderr
@@ -295,12 +312,12 @@ def test_preview_needs_either_a_file_or_a_batch(runner, env, ledger_path, report
 
 
 def test_a_wrong_base_url_is_a_configuration_error_naming_the_url_tried(
-    runner, omi, monkeypatch, ledger_path, reports_dir
+    runner, omi, monkeypatch, departures, ledger_path, reports_dir
 ):
     _, server = omi
     use(monkeypatch, server)
     monkeypatch.setenv("OMI_BASE_URL", f"{server.url}/omi")
-    result = invoke(runner, "preview", SAMPLE, *FAST, *where(ledger_path, reports_dir))
+    result = invoke(runner, "preview", departures, *FAST, *where(ledger_path, reports_dir))
     assert result.exit_code == 3, result.output
     assert (
         f"OMI answered 404 for every preview tried at {server.url}/omi{TRANSFER}: there is no "
@@ -311,10 +328,12 @@ def test_a_wrong_base_url_is_a_configuration_error_naming_the_url_tried(
             assert ledger.batches() == []
 
 
-def test_a_closed_port_names_the_url_it_tried(runner, env, monkeypatch, ledger_path, reports_dir):
+def test_a_closed_port_names_the_url_it_tried(
+    runner, env, monkeypatch, departures, ledger_path, reports_dir
+):
     url = f"http://127.0.0.1:{closed_port()}"
     monkeypatch.setenv("OMI_BASE_URL", url)
-    result = invoke(runner, "preview", SAMPLE, *FAST, *where(ledger_path, reports_dir))
+    result = invoke(runner, "preview", departures, *FAST, *where(ledger_path, reports_dir))
     assert result.exit_code == 3, result.output
     assert f"{url}{TRANSFER}" in result.stderr
     assert "OMI_BASE_URL" in result.stderr
@@ -324,33 +343,46 @@ def test_a_closed_port_names_the_url_it_tried(runner, env, monkeypatch, ledger_p
 
 
 def test_a_batch_whose_approved_rows_all_succeeded_reads_succeeded(
-    runner, env, ledger_path, reports_dir
+    runner, omi, monkeypatch, departures, ledger_path, reports_dir
 ):
-    result = invoke(runner, "run", SAMPLE, "--yes", *FAST, *where(ledger_path, reports_dir))
-    assert result.exit_code == 1, result.output  # row 7 of the file failed its preview
+    _, server = omi
+    batch_id = previewed_batch(runner, monkeypatch, server, ledger_path, reports_dir, departures)
+    fail_preview(ledger_path, batch_id, 6)
+    assert invoke(runner, "approve", batch_id, "--all", "--ledger", ledger_path).exit_code == 0
+    result = invoke(runner, "execute", batch_id, "--yes", *FAST, *where(ledger_path, reports_dir))
+    assert result.exit_code == 0, result.output  # every approved row succeeded
+    assert re.search(
+        rf"Batch {batch_id}: 4 rows succeeded, 0 failed, 0 unconfirmed, 0 skipped, 1 failed its "
+        r"preview; \d+ conversations moved\.",
+        result.stderr,
+    ), result.stderr
     status = json.loads(invoke(runner, "status", "--json", "--ledger", ledger_path).stdout)
     assert [b["state"] for b in status["batches"]] == ["succeeded"]
 
 
 def test_status_shows_counts_per_state_and_the_preview_age(
-    runner, omi, monkeypatch, ledger_path, reports_dir
+    runner, omi, monkeypatch, departures, ledger_path, reports_dir
 ):
     _, server = omi
-    batch_id = previewed_batch(runner, monkeypatch, server, ledger_path, reports_dir)
+    batch_id = previewed_batch(runner, monkeypatch, server, ledger_path, reports_dir, departures)
+    fail_preview(ledger_path, batch_id, 6)
     result = invoke(runner, "status", "--ledger", ledger_path)
     assert result.exit_code == 0
     [line] = [x for x in result.stdout.splitlines() if x.strip().startswith(batch_id)]
-    assert "5 previewed, 1 preview_failed" in line
+    assert "4 previewed, 1 preview_failed" in line
     assert re.search(r"\b\d+ (s|min|h) ago\b", line), line
     status = json.loads(invoke(runner, "status", "--json", "--ledger", ledger_path).stdout)
-    assert status["batches"][0]["counts"] == {"previewed": 5, "preview_failed": 1}
+    assert status["batches"][0]["counts"] == {"previewed": 4, "preview_failed": 1}
     assert status["batches"][0]["previewed_at"]
 
 
-def test_status_state_filters_batches_and_rows(runner, omi, monkeypatch, ledger_path, reports_dir):
+def test_status_state_filters_batches_and_rows(
+    runner, omi, monkeypatch, departures, ledger_path, reports_dir
+):
     _, server = omi
-    waiting = previewed_batch(runner, monkeypatch, server, ledger_path, reports_dir)
-    invoke(runner, "run", SAMPLE, "--yes", *FAST, *where(ledger_path, reports_dir))
+    waiting = previewed_batch(runner, monkeypatch, server, ledger_path, reports_dir, departures)
+    fail_preview(ledger_path, waiting, 6)
+    invoke(runner, "run", departures, "--yes", *FAST, *where(ledger_path, reports_dir))
     with Ledger(ledger_path) as ledger:
         done = ledger.batches()[0]["id"]
     result = invoke(runner, "status", "--state", "succeeded", "--json", "--ledger", ledger_path)
@@ -360,16 +392,16 @@ def test_status_state_filters_batches_and_rows(runner, omi, monkeypatch, ledger_
     assert [b["batch"] for b in json.loads(result.stdout)["batches"]] == [waiting]
     result = invoke(runner, "status", waiting, "--state", "preview_failed", "--json",
                     "--ledger", ledger_path)  # fmt: skip
-    assert [r["row"] for r in json.loads(result.stdout)["rows"]] == [7]
+    assert [r["row"] for r in json.loads(result.stdout)["rows"]] == [6]
     result = invoke(runner, "status", "--state", "nonsense", "--ledger", ledger_path)
     assert result.exit_code == 2
 
 
 def test_an_interrupted_batch_is_not_shown_executing_when_nothing_runs(
-    runner, omi, monkeypatch, ledger_path, reports_dir
+    runner, omi, monkeypatch, departures, ledger_path, reports_dir
 ):
     _, server = omi
-    batch_id = previewed_batch(runner, monkeypatch, server, ledger_path, reports_dir)
+    batch_id = previewed_batch(runner, monkeypatch, server, ledger_path, reports_dir, departures)
     assert invoke(runner, "approve", batch_id, "--all", "--ledger", ledger_path).exit_code == 0
     with Ledger(ledger_path) as ledger:  # what a killed execute leaves behind
         ledger.set_state(batch_id, 2, "submitted", event="submitted", expect=["approved"],
@@ -381,10 +413,10 @@ def test_an_interrupted_batch_is_not_shown_executing_when_nothing_runs(
 
 
 def test_cancel_abandons_a_batch_that_will_not_be_run(
-    runner, omi, monkeypatch, ledger_path, reports_dir
+    runner, omi, monkeypatch, departures, ledger_path, reports_dir
 ):
     sim, server = omi
-    batch_id = previewed_batch(runner, monkeypatch, server, ledger_path, reports_dir)
+    batch_id = previewed_batch(runner, monkeypatch, server, ledger_path, reports_dir, departures)
     result = invoke(runner, "cancel", batch_id, "--ledger", ledger_path)
     assert result.exit_code == 0, result.output
     assert f"Batch {batch_id} cancelled: nothing of it will be sent." in result.stderr
@@ -400,8 +432,10 @@ def test_cancel_abandons_a_batch_that_will_not_be_run(
     assert sum(transfers(sim, preview=False).values()) == 0
 
 
-def test_cancel_is_refused_once_anything_was_submitted(runner, env, ledger_path, reports_dir):
-    invoke(runner, "run", SAMPLE, "--yes", *FAST, *where(ledger_path, reports_dir))
+def test_cancel_is_refused_once_anything_was_submitted(
+    runner, env, departures, ledger_path, reports_dir
+):
+    invoke(runner, "run", departures, "--yes", *FAST, *where(ledger_path, reports_dir))
     batch_id = only_batch(ledger_path)
     result = invoke(runner, "cancel", batch_id, "--ledger", ledger_path)
     assert result.exit_code == 2
@@ -413,10 +447,10 @@ def test_cancel_is_refused_once_anything_was_submitted(runner, env, ledger_path,
 
 
 def test_approving_nothing_does_not_point_at_an_execute_that_would_do_nothing(
-    runner, omi, monkeypatch, ledger_path, reports_dir, tmp_path
+    runner, omi, monkeypatch, departures, ledger_path, reports_dir, tmp_path
 ):
     _, server = omi
-    batch_id = previewed_batch(runner, monkeypatch, server, ledger_path, reports_dir)
+    batch_id = previewed_batch(runner, monkeypatch, server, ledger_path, reports_dir, departures)
     report = reports_dir / f"{batch_id}-preview.csv"
     result = invoke(runner, "approve", batch_id, "--report", report, "--ledger", ledger_path)
     assert result.exit_code == 0, result.output
@@ -425,29 +459,33 @@ def test_approving_nothing_does_not_point_at_an_execute_that_would_do_nothing(
 
 
 def test_a_preview_where_every_row_failed_does_not_point_at_approve(
-    runner, env, ledger_path, reports_dir, tmp_path
+    runner, make_simulator, monkeypatch, departures, ledger_path, reports_dir
 ):
-    departures = tmp_path / "departures.csv"
-    departures.write_text("source_email,target_email\nthu.dang@example.vn,long.ly@example.vn\n")
-    result = invoke(runner, "preview", departures, *FAST, *where(ledger_path, reports_dir))
+    # Counts come by callback and no receiver is set: every row fails its preview, saying why.
+    _, server = make_simulator(api_key=KEY, preview_mode="async")
+    use(monkeypatch, server)
+    result = invoke(runner, "preview", departures, "--rate", "1000",
+                    *where(ledger_path, reports_dir))  # fmt: skip
     assert result.exit_code == 1
+    assert {r["state"] for r in rows_of(ledger_path)} == {"preview_failed"}
     assert "omi-batch approve" not in result.stderr
+    assert "Nothing to approve: no row previewed ok" in result.stderr
 
 
 def test_approve_points_at_an_execute_with_a_receiver_when_none_is_configured(
-    runner, omi, monkeypatch, ledger_path, reports_dir
+    runner, omi, monkeypatch, departures, ledger_path, reports_dir
 ):
     _, server = omi
-    batch_id = previewed_batch(runner, monkeypatch, server, ledger_path, reports_dir)
+    batch_id = previewed_batch(runner, monkeypatch, server, ledger_path, reports_dir, departures)
     result = invoke(runner, "approve", batch_id, "--all", "--ledger", ledger_path)
     assert f"Next: omi-batch execute {batch_id} --listen 127.0.0.1:8080" in result.stderr
 
 
 def test_execute_without_a_receiver_says_rows_will_end_unconfirmed_before_sending(
-    runner, omi, monkeypatch, ledger_path, reports_dir
+    runner, omi, monkeypatch, departures, ledger_path, reports_dir
 ):
     _, server = omi
-    batch_id = previewed_batch(runner, monkeypatch, server, ledger_path, reports_dir)
+    batch_id = previewed_batch(runner, monkeypatch, server, ledger_path, reports_dir, departures)
     assert invoke(runner, "approve", batch_id, "--all", "--ledger", ledger_path).exit_code == 0
     result = invoke(runner, "execute", batch_id, "--yes", "--rate", "1000",
                     *where(ledger_path, reports_dir))  # fmt: skip
@@ -463,14 +501,16 @@ def test_execute_without_a_receiver_says_rows_will_end_unconfirmed_before_sendin
 # --------------------------------------------------------------------------- item 9
 
 
-def test_the_end_of_a_run_is_a_summary_a_manager_can_read(runner, env, ledger_path, reports_dir):
-    result = invoke(runner, "run", SAMPLE, "--yes", *FAST, *where(ledger_path, reports_dir))
+def test_the_end_of_a_run_is_a_summary_a_manager_can_read(
+    runner, env, departures, ledger_path, reports_dir
+):
+    result = invoke(runner, "run", departures, "--yes", *FAST, *where(ledger_path, reports_dir))
     batch_id = only_batch(ledger_path)
     rows = rows_of(ledger_path)
     moved = sum(r["updated_records"] or 0 for r in rows)
     assert (
-        f"Batch {batch_id}: 5 rows succeeded, 0 failed, 0 unconfirmed, 0 skipped, "
-        f"1 failed its preview; {moved} conversations moved."
+        f"Batch {batch_id}: 5 rows succeeded, 0 failed, 0 unconfirmed, 0 skipped; "
+        f"{moved} conversations moved."
     ) in result.stderr
     received: dict[str, int] = defaultdict(int)
     for r in rows:
@@ -482,8 +522,10 @@ def test_the_end_of_a_run_is_a_summary_a_manager_can_read(runner, env, ledger_pa
     assert {k: int(v) for k, v in shown.items()} == received
 
 
-def test_the_targets_report_says_what_each_target_received(runner, env, ledger_path, reports_dir):
-    invoke(runner, "run", SAMPLE, "--yes", *FAST, *where(ledger_path, reports_dir))
+def test_the_targets_report_says_what_each_target_received(
+    runner, env, departures, ledger_path, reports_dir
+):
+    invoke(runner, "run", departures, "--yes", *FAST, *where(ledger_path, reports_dir))
     batch_id = only_batch(ledger_path)
     targets = read_report(reports_dir / f"{batch_id}-targets.csv")
     assert list(targets[0]) == ["target_email", "sources", "conversations", "moved"]
@@ -495,18 +537,18 @@ def test_the_targets_report_says_what_each_target_received(runner, env, ledger_p
 
 
 def test_the_targets_report_of_a_preview_has_no_moved_column(
-    runner, omi, monkeypatch, ledger_path, reports_dir
+    runner, omi, monkeypatch, departures, ledger_path, reports_dir
 ):
     _, server = omi
-    batch_id = previewed_batch(runner, monkeypatch, server, ledger_path, reports_dir)
+    batch_id = previewed_batch(runner, monkeypatch, server, ledger_path, reports_dir, departures)
     targets = read_report(reports_dir / f"{batch_id}-targets.csv")
     assert list(targets[0]) == ["target_email", "sources", "conversations"]
 
 
 def test_in_a_pipe_no_table_borders_and_no_path_printed_twice(
-    runner, env, ledger_path, reports_dir
+    runner, env, departures, ledger_path, reports_dir
 ):
-    result = invoke(runner, "run", SAMPLE, "--yes", *FAST, *where(ledger_path, reports_dir))
+    result = invoke(runner, "run", departures, "--yes", *FAST, *where(ledger_path, reports_dir))
     batch_id = only_batch(ledger_path)
     assert not BOX.search(result.stdout), result.stdout
     for kind in ("preview", "targets", "results", "retry"):
@@ -517,7 +559,7 @@ def test_in_a_pipe_no_table_borders_and_no_path_printed_twice(
 
 
 def test_the_progress_bar_on_a_terminal_shows_rate_and_eta(
-    make_simulator, monkeypatch, ledger_path, reports_dir
+    make_simulator, monkeypatch, departures, ledger_path, reports_dir
 ):
     import pty
 
@@ -526,7 +568,7 @@ def test_the_progress_bar_on_a_terminal_shows_rate_and_eta(
     monkeypatch.setenv("TERM", "xterm")
     monkeypatch.setenv("COLUMNS", "120")
     master, slave = pty.openpty()
-    process = child(["preview", SAMPLE, "--concurrency", "1", "--rate", "1000",
+    process = child(["preview", departures, "--concurrency", "1", "--rate", "1000",
                      *where(ledger_path, reports_dir)],
                     stdout=subprocess.DEVNULL, stderr=slave, stdin=subprocess.DEVNULL)  # fmt: skip
     os.close(slave)
