@@ -108,11 +108,32 @@ def foreign_request(current: Mapping[str, Any], theirs: str) -> dict[str, Any]:
     return {"needs_review": 1, "error": text[:1000]}
 
 
+def moved_in_all(
+    counted: Mapping[str | None, int | None], request_id: str | None, updated: int | None
+) -> int | None:
+    """What a row's requests moved together: the figure of each request counted once (those in
+    ``counted``, and ``request_id``'s ``updated`` if it is not among them); None when no
+    request said."""
+    figures = dict(counted)
+    figures.setdefault(request_id, updated)
+    known = [n for n in figures.values() if n is not None]
+    return sum(known) if known else None
+
+
 def judge_execute(
-    current: Mapping[str, Any], result: Mapping[str, Any], older: bool = False, *, at: str
+    current: Mapping[str, Any],
+    result: Mapping[str, Any],
+    older: bool = False,
+    *,
+    at: str,
+    counted: Mapping[str | None, int | None] | None = None,
 ) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """The verdict of an execute callback on ``current`` and the row changes it brings;
-    ``older``: the callback is known to name an earlier request of this row; ``at``: now."""
+    ``older``: the callback is known to name an earlier request of this row; ``at``: now;
+    ``counted``: what each request of this row moved, by the SUCCESS callbacks applied so far.
+    A row submitted again can have a SUCCESS for each of its requests: its ``updated_records``
+    is their sum (the first moved the conversations, the second found nothing left)."""
+    counted = counted or {}
     status = result.get("status")
     updated = result.get("updated_records")
     state = current["state"]
@@ -134,14 +155,23 @@ def judge_execute(
         if not current.get("request_id") and result.get("request_id"):
             changes["request_id"] = result["request_id"]
         if status == "SUCCESS":
-            changes.update(state="succeeded", error=None)
+            changes.update(state="succeeded", error=None,
+                           updated_records=moved_in_all(counted, theirs, updated))  # fmt: skip
         else:
             changes.update(state="failed", error=result.get("error"))
         return ("late" if state == "unconfirmed" else "applied"), changes, {}
     if state in FINAL:
         applied_status = current.get("callback_status")
         if applied_status is not None:  # a callback already gave this row its result
-            same = status == applied_status and updated == current.get("updated_records")
+            if status == applied_status == "SUCCESS" and theirs not in counted:
+                # another request of this row (sent again after an interruption): its figure
+                # is added, so the row says what all its requests moved
+                total = moved_in_all(counted, theirs, updated)
+                return "confirmed", {"updated_records": total}, {"request_records": updated}
+            same = status == applied_status and (
+                updated == counted[theirs] if theirs in counted
+                else updated == current.get("updated_records")
+            )  # fmt: skip
             if same:
                 return "confirmed", {}, {}
             return (
@@ -156,7 +186,7 @@ def judge_execute(
         if status == expected:  # settled by a verifying preview or by the HTTP answer
             changes = {"callback_status": status}
             if updated is not None:
-                changes["updated_records"] = updated
+                changes["updated_records"] = moved_in_all(counted, theirs, updated)
             return "confirmed", changes, {}
         how = "verified by preview" if current.get("verified_by") == "preview" else state
         return "conflict", review(current, f"{how}, then {status}"), {"row_state": state}

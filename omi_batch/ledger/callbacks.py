@@ -282,8 +282,9 @@ class Callbacks:
                 return "held"  # its row's 202 is not stored yet: nothing written, tried later
             else:
                 verdict, changes, extra = judge_execute(
-                    current, result, self._is_older_request(tx, current, result), at=now()
-                )
+                    current, result, self._is_older_request(tx, current, result), at=now(),
+                    counted=self._counted(tx, batch_id, row),
+                )  # fmt: skip
         callback_id = self._insert_callback(
             tx,
             batch_id,
@@ -352,6 +353,19 @@ class Callbacks:
             (current["batch_id"], current["row"], theirs) * 2,
         )
         return found is not None
+
+    @staticmethod
+    def _counted(tx: Tx, batch_id: str, row: int) -> dict[str | None, int | None]:
+        """What each request of the row moved, by the SUCCESS callbacks already applied to it
+        (the first one of each request): ``{request_id: updatedRecords}``."""
+        counted: dict[str | None, int | None] = {}
+        for found in tx.conn.execute(
+            'SELECT request_id, updated_records FROM callbacks WHERE batch_id = ? AND "row" = ? '
+            "AND phase = 'execute' AND status = 'SUCCESS' AND applied = 1 ORDER BY id",
+            (batch_id, row),
+        ):
+            counted.setdefault(found[0], found[1])
+        return counted
 
     @staticmethod
     def _is_older_request(tx: Tx, current: Mapping[str, Any], result: Mapping[str, Any]) -> bool:
