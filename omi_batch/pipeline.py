@@ -30,7 +30,7 @@ from omi_batch.client import (
     RetryPolicy,
     TransportError,
 )
-from omi_batch.config import Secret, Settings
+from omi_batch.config import PRODUCTION_URL, STAGING_URL, Secret, Settings
 from omi_batch.errors import (
     EXIT_CONFIG,
     ConfigError,
@@ -65,6 +65,7 @@ from omi_batch.states import (
 )
 
 log = logging.getLogger("omi_batch.pipeline")
+AGENT_CODES = ("user_not_found", "agent_not_found")  # a 404 about an agent, not the endpoint
 
 
 now_iso = ledger_now  # one clock format for the whole ledger
@@ -99,6 +100,18 @@ class Summary:
 
 class Unreachable(ConfigError):
     """OMI kept failing before anything was done (exit 3)."""
+
+
+PROBES = 2  # more previews a 404 is tried on before OMI_BASE_URL is called wrong
+
+
+class EndpointMissing(ConfigError):
+    """Every preview tried answered 404, and not about an agent: OMI_BASE_URL is wrong."""
+
+
+def _endpoint_missing(error: ApiError) -> bool:
+    """A 404 for the endpoint itself, not an agent OMI does not know."""
+    return error.http_status == 404 and error.code not in AGENT_CODES
 
 
 class NothingApproved(UsageError):
@@ -343,7 +356,7 @@ class Pipeline:
         refuse_ticket_scopes(plan)
         self._early = []
         self._events_batch = None
-        self.preflight(asdict(plan.transfers[0]))
+        self.preflight(asdict(plan.transfers[0]), [asdict(t) for t in plan.transfers[1:4]])
         if check_agents:
             self.check_agents(plan)
         batch_id = self.ledger.create_batch(
@@ -397,13 +410,43 @@ class Pipeline:
         for event in early:
             self.ledger.log("slowed_down", batch_id=batch_id, **_slow_down(event))
 
-    def preflight(self, row: dict) -> None:
+    def preflight(self, row: dict, others: Iterable[dict] = ()) -> None:
         """One preview of ``row`` (nothing moves, nothing is written) to learn, before anything
-        changes, that the key is accepted and OMI answers: AuthError, TransportError or
-        Unreachable (all exit 3) otherwise. Its attempts are kept in the ledger, phase
+        changes, that the key is accepted and OMI answers: AuthError or Unreachable (exit 3,
+        naming the URL tried) otherwise. A 404 that is not about an agent is tried on up to
+        PROBES of ``others``: 404 for each means OMI_BASE_URL names no OMI API (EndpointMissing,
+        exit 3). Its attempts are kept in the ledger, phase
         ``preflight``: at once when ``row`` is a ledger row (it has a ``batch_id``), else by
         :meth:`create_batch` once the batch exists."""
         self.settings.require_api()
+        error = self._preflight_one(row)
+        if error is None:
+            return
+        url = self._url(error)
+        base = self.settings.base_url
+        if isinstance(error, TransportError):
+            raise Unreachable(f"{error}, at {url}: check OMI_BASE_URL ({base}) and that this "
+                              "machine can reach it") from None  # fmt: skip
+        if error.retryable:  # OMI kept answering 429/5xx: treat it as unreachable
+            raise Unreachable(f"OMI is not answering: {error}") from None
+        if not _endpoint_missing(error):
+            return  # about this row: its own preview will record it
+        tried = 1
+        for other in list(others)[:PROBES]:  # an agent OMI answers 404 for is about its row
+            found = self._preflight_one(other)
+            tried += 1
+            if found is None or not _endpoint_missing(found):
+                return
+        raise EndpointMissing(
+            f"OMI answered 404 for every preview tried at {url}: there is no such endpoint "
+            f"there. Check OMI_BASE_URL ({base}): it is the API's root, such as "
+            f"{PRODUCTION_URL} (or {STAGING_URL} for staging), with no path ({tried} "
+            "preview(s) tried, nothing was created)"
+        )
+
+    def _preflight_one(self, row: dict) -> ApiError | None:
+        """One preview of ``row`` for :meth:`preflight`: None if OMI answered it, else the
+        error (AuthError raised at once: a refused key stops everything)."""
         context = {"phase": "preflight", "batch_id": row.get("batch_id"), "row": row.get("row")}
         try:
             self.client.transfer_conversations(
@@ -411,14 +454,17 @@ class Pipeline:
                 replace_existing_members=bool(row["replace_existing_members"]),
                 conv_ids=list(row["conv_ids"]) or None, context=context,
             )  # fmt: skip
-        except (AuthError, TransportError):
+        except AuthError:
             raise
         except ApiError as error:
-            if error.retryable:  # OMI kept answering 429/5xx: treat it as unreachable
-                raise Unreachable(f"OMI is not answering: {error}") from None
-            # Anything else is about this row; its own preview will record it.
+            return error
         finally:
             self._flush_attempts()  # a held successful attempt has no step to ride with
+        return None
+
+    def _url(self, error: ApiError) -> str:
+        """The URL a request that failed with ``error`` was sent to."""
+        return self.settings.base_url.rstrip("/") + (error.endpoint or "")
 
     def preview(self, batch_id: str, *, rows: list[dict] | None = None) -> Summary:
         """Preview every planned row (or ``rows``) and write the preview reports."""
@@ -706,7 +752,7 @@ class Pipeline:
             if row["source_email"] in sources:
                 by_source.setdefault(row["source_email"], []).append(row)
         if rows:
-            self.preflight(rows[0])  # a refused key or a dead API: exit 3, nothing changed
+            self.preflight(rows[0], rows[1:])  # a refused key or a dead API: exit 3, nothing changed
         self._pool("execute", len(rows), [
             lambda g=group: self._execute_source(batch_id, g) for group in by_source.values()
         ])  # fmt: skip
@@ -848,7 +894,7 @@ class Pipeline:
         self._record_slow_downs(batch_id)
         rows = self.ledger.rows(batch_id, states=["unconfirmed", "submitted"])
         if rows:
-            self.preflight(rows[0])  # a refused key or a dead API: exit 3, nothing changed
+            self.preflight(rows[0], rows[1:])  # a refused key or a dead API: exit 3, nothing changed
         self._map(lambda row: self._reconcile_row(batch_id, row), rows, "reconcile")
         return Summary(batch_id, counts=count_states(self.ledger.rows(batch_id)))
 

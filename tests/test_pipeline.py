@@ -693,7 +693,9 @@ def test_an_unreachable_api_stops_with_exit_3(
     )
     assert result.exit_code == 3
     assert result.stderr.splitlines()[-1] == (
-        "Error: OMI unreachable (connection_refused): connection refused"
+        "Error: OMI unreachable (connection_refused): connection refused, at "
+        f"http://127.0.0.1:{port}/api/v3/agent/conversation/transfer: check OMI_BASE_URL "
+        f"(http://127.0.0.1:{port}) and that this machine can reach it"
     )
     with Ledger(ledger_path) as ledger:
         assert ledger.batches() == []
