@@ -42,6 +42,7 @@ from omi_batch.errors import (
     UsageError,
 )
 from omi_batch.locks import ProcessLock
+from omi_batch.pipeline import rows_to_preview
 from omi_batch.states import APPROVED, PROBLEMS, blocker_before, is_held, result_status, stale_rows
 
 log = logging.getLogger("omi_batch.jobs")
@@ -789,7 +790,7 @@ class _Tick:
         if waiting:
             stale = stale_rows(waiting, job.max_age_hours)
             if stale:
-                self._preview_again(batch_id, waiting)
+                self._preview_again(batch_id, rows_to_preview(rows, job.max_age_hours))
                 self._reject(path, UsageError(
                     f"{path.name}: the preview of batch {batch_id} was older than "
                     f"{job.max_age_hours:g} h (approval.max_age_hours), so nothing was approved "
@@ -819,7 +820,7 @@ class _Tick:
         log.info("job %s: batch %s: previewing %d row(s) again (the preview was too old)",
                  self.job.name, batch_id, len(rows))  # fmt: skip
         self.result.sent = True
-        self.pipeline.preview(batch_id, rows=rows)
+        self.pipeline.preview_again(batch_id, rows)  # the code `preview --batch` runs
         self.pipeline.preview_summary(
             batch_id, self.job.reports, max_age_hours=self.job.max_age_hours, replace=True
         )

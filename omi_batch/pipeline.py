@@ -51,6 +51,7 @@ from omi_batch.states import (
     DECIDED,
     FAILED,
     HELD,
+    PLANNED,
     PREVIEW_FAILED,
     PREVIEWED,
     SKIPPED,
@@ -511,16 +512,28 @@ class Pipeline:
             return None, f"OMI reported {found.get('status') or 'no status'} for the preview"
         return int(found["updated_records"]), None
 
+    def preview_again(self, batch_id: str, rows: list[dict]) -> None:
+        """Preview again ``rows`` of an existing batch (see :func:`rows_to_preview`): no new
+        batch. One preflight first (a refused key or a dead API: exit 3, nothing changed); an
+        approved row previewed again must be approved again (its count may have changed)."""
+        if not rows:
+            return
+        self.preflight(rows[0], rows[1:])
+        self.preview(batch_id, rows=rows)
+
     def _preview_row(self, batch_id: str, row: dict) -> None:
+        # A count that changed is a new plan: what was approved on the old one is not kept.
+        unapproved = ({"approved_at": None, "approved_by": None, "approved_how": None}
+                      if row["state"] == APPROVED else {})  # fmt: skip
         try:
             count, error = self._preview_count(batch_id, row, "preview")
             if error is None:
                 self._step(batch_id, row["row"], state="previewed", event="previewed",
                            conversations_previewed=count, previewed_at=now_iso(),
-                           preview_error=None)  # fmt: skip
+                           preview_error=None, **unapproved)  # fmt: skip
             else:
                 self._step(batch_id, row["row"], state="preview_failed", event="preview_failed",
-                           preview_error=error, previewed_at=now_iso())  # fmt: skip
+                           preview_error=error, previewed_at=now_iso(), **unapproved)  # fmt: skip
         finally:
             self._flush_attempts()
 
@@ -752,7 +765,9 @@ class Pipeline:
             if row["source_email"] in sources:
                 by_source.setdefault(row["source_email"], []).append(row)
         if rows:
-            self.preflight(rows[0], rows[1:])  # a refused key or a dead API: exit 3, nothing changed
+            self.preflight(
+                rows[0], rows[1:]
+            )  # a refused key or a dead API: exit 3, nothing changed
         self._pool("execute", len(rows), [
             lambda g=group: self._execute_source(batch_id, g) for group in by_source.values()
         ])  # fmt: skip
@@ -894,7 +909,9 @@ class Pipeline:
         self._record_slow_downs(batch_id)
         rows = self.ledger.rows(batch_id, states=["unconfirmed", "submitted"])
         if rows:
-            self.preflight(rows[0], rows[1:])  # a refused key or a dead API: exit 3, nothing changed
+            self.preflight(
+                rows[0], rows[1:]
+            )  # a refused key or a dead API: exit 3, nothing changed
         self._map(lambda row: self._reconcile_row(batch_id, row), rows, "reconcile")
         return Summary(batch_id, counts=count_states(self.ledger.rows(batch_id)))
 
@@ -958,6 +975,17 @@ def _slow_down(event: SlowDown) -> dict:
         "retry_after": event.retry_after,
         "reason": event.reason,
     }
+
+
+def rows_to_preview(
+    rows: Iterable[dict], max_age_hours: float, now: datetime | None = None
+) -> list[dict]:
+    """The rows of a batch that ``preview --batch`` previews (again): planned, failed their
+    preview, or previewed (approved or skipped since) longer than ``max_age_hours`` ago. Rows
+    already submitted are never previewed again here (that is reconcile's work)."""
+    rows = list(rows)
+    stale = set(stale_rows([r for r in rows if r["state"] in APPROVABLE], max_age_hours, now))
+    return [r for r in rows if r["state"] in (PLANNED, PREVIEW_FAILED) or r["row"] in stale]
 
 
 def _unknown(error: ApiError) -> str:

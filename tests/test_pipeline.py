@@ -768,7 +768,10 @@ def test_execute_resumes_after_a_kill_and_never_resubmits_a_confirmed_row(
             process.wait(timeout=10)
     if sig == signal.SIGINT:
         assert process.returncode == 130, stderr
-        assert b"Interrupted: state is saved; run the same command again to resume." in stderr
+        assert (
+            f"Interrupted: state is saved; resume with: omi-batch execute {batch_id} --yes "
+            f"--ledger {ledger_path} --reports {reports_dir} --listen 127.0.0.1:0"
+        ).encode() in stderr
     else:
         assert process.returncode == -signal.SIGKILL
     sent_before = execute_requests(sim)

@@ -28,6 +28,7 @@ from omi_batch.cli.output import (
     print_reports,
     print_results,
     progress,
+    resume_with,
     table,
 )
 from omi_batch.errors import EXIT_INCOMPLETE
@@ -223,7 +224,22 @@ def _check_agents(plan) -> None:
 
 
 @click.command()
-@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("file", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--batch",
+    "batch_id",
+    metavar="BATCH",
+    default=None,
+    help="Preview again the rows of this batch that are planned, failed their preview, or "
+    "were previewed longer than --max-age ago (no new batch).",
+)
+@click.option(
+    "--max-age",
+    type=click.FloatRange(min=0),
+    default=24.0,
+    show_default=True,
+    help="With --batch: hours after which a preview is previewed again.",
+)
 @limit_option
 @ledger_option
 @reports_option
@@ -233,7 +249,9 @@ def _check_agents(plan) -> None:
 @wait_option(60.0)
 @json_option
 def preview(
-    file: str,
+    file: str | None,
+    batch_id: str | None,
+    max_age: float,
     limit: int | None,
     ledger_path: str,
     reports_dir: str,
@@ -248,26 +266,57 @@ def preview(
     """Validate FILE, create a batch, preview every transfer and write the preview reports.
 
     Nothing is moved: OMI only counts the conversations each transfer would change. Prints
-    the batch id; review `<batch>-preview.csv` and fill its `approved` column.
+    the batch id; review `<batch>-preview.csv` and fill its `approved` column. With --batch
+    BATCH instead of FILE, the rows of that batch that still need a preview (planned, failed
+    their preview, or older than --max-age) are previewed again; an edited preview report is
+    kept, and the new one gets a new name.
 
     \b
     Example:
         omi-batch preview departures.csv --limit 5
+        omi-batch preview --batch 20261125-093000-ab12 --max-age 12
     """
+    if (file is None) == (batch_id is None):
+        raise click.UsageError("say what to preview: a FILE, or --batch BATCH")
+    options = {"concurrency": concurrency, "rate": rate, "timeout": timeout, "wait": wait}
+    if batch_id is not None:
+        _preview_batch(batch_id, max_age, ledger_path, reports_dir, listen, as_json, options)
+        return
     from omi_batch.roster import read_plan
 
     plan = read_plan(file, limit=limit)
     for warning in plan.warnings:
         click.echo(f"Warning: {warning}", err=True)
-    options = {"concurrency": concurrency, "rate": rate, "timeout": timeout, "wait": wait}
     with _session(ledger_path, listen=listen, create=True, **options) as session:
         batch_id = session.pipeline.create_batch(
             plan, options={"command": "preview", **options}, check_agents=check_agents
         )
         _directory_warnings(plan)
+        resume_with("preview", "--batch", batch_id, ledger_path=ledger_path,
+                    reports_dir=reports_dir, listen=listen)  # fmt: skip
         click.echo(f"Batch {batch_id}: previewing {len(plan.transfers)} row(s)", err=True)
         session.pipeline.preview(batch_id)
         summary = session.pipeline.preview_summary(batch_id, reports_dir)
+        rows = session.ledger.rows(batch_id)
+    _preview_done(batch_id, rows, summary, as_json)
+
+
+def _preview_batch(batch_id: str, max_age: float, ledger_path: str, reports_dir: str,
+                   listen: str | None, as_json: bool, options: dict) -> None:  # fmt: skip
+    """`preview --batch`: the rows of an existing batch that need a preview, previewed again."""
+    from omi_batch.pipeline import rows_to_preview
+
+    with _session(ledger_path, listen=listen, **options) as session:
+        before = session.ledger.rows(batch_id)
+        for warning in session.ledger.batch(batch_id).get("warnings") or []:
+            where = f"row {warning['row']}: " if warning.get("row") is not None else ""
+            click.echo(f"Warning: {where}{warning['code']}: {warning['message']}", err=True)
+        due = rows_to_preview(before, max_age)
+        resume_with("preview", "--batch", batch_id, ledger_path=ledger_path,
+                    reports_dir=reports_dir, listen=listen)  # fmt: skip
+        click.echo(f"Batch {batch_id}: previewing {len(due)} row(s) again", err=True)
+        session.pipeline.preview_again(batch_id, due)
+        summary = session.pipeline.preview_summary(batch_id, reports_dir, replace=before)
         rows = session.ledger.rows(batch_id)
     _preview_done(batch_id, rows, summary, as_json)
 
@@ -389,6 +438,8 @@ def execute(
     """
     notifier = _notifier(notify_urls)
     options = {"concurrency": concurrency, "rate": rate, "timeout": timeout, "wait": wait}
+    resume_with("execute", batch, *(["--yes"] if yes else []), ledger_path=ledger_path,
+                reports_dir=reports_dir, listen=listen)  # fmt: skip
     with _session(ledger_path, listen=listen, yes=yes, **options) as session:
         session.notifier = notifier
         summary = session.pipeline.execute(
@@ -446,6 +497,8 @@ def run(
             plan, options={"command": "run", **options}, check_agents=check_agents
         )
         _directory_warnings(plan)
+        where = {"ledger_path": ledger_path, "reports_dir": reports_dir, "listen": listen}
+        resume_with("preview", "--batch", batch_id, **where)
         click.echo(f"Batch {batch_id}: previewing {len(plan.transfers)} row(s)", err=True)
         pipeline.preview(batch_id)
         written = pipeline.preview_summary(batch_id, reports_dir).reports
@@ -467,7 +520,11 @@ def run(
                 notifier.send(notify.review_waiting(batch_id, rows, workbook=workbook,
                                                     file=Path(plan.source_file).name))  # fmt: skip
             return
-        pipeline.approve(batch_id, approve_all=True)
+        notes: list[str] = []
+        pipeline.approve(batch_id, approve_all=True, notes=notes)
+        for note in notes:
+            click.echo(note, err=True)
+        resume_with("execute", batch_id, "--yes", **where)
         summary = pipeline.execute(
             batch_id, confirm=_start_execute(batch_id, True, pipeline), reports_dir=reports_dir
         )
@@ -500,6 +557,8 @@ def reconcile(
         omi-batch reconcile 20261125-093000-ab12
     """
     options = {"concurrency": concurrency, "rate": rate, "timeout": timeout, "wait": wait}
+    resume_with("reconcile", batch, ledger_path=ledger_path, reports_dir=reports_dir,
+                listen=listen)  # fmt: skip
     with _session(ledger_path, listen=listen, **options) as session:
         before = session.ledger.rows(batch, states=list(OUTCOME_UNKNOWN))
         click.echo(f"Batch {batch}: reconciling {len(before)} unconfirmed row(s)", err=True)

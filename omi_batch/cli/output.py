@@ -7,6 +7,7 @@ import contextlib
 import functools
 import json
 import logging
+import shlex
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -35,7 +36,13 @@ def errors_to_exit() -> Iterator[None]:
             click.echo(f"  {problem}", err=True)
         sys.exit(error.exit_code)
     except KeyboardInterrupt:
-        click.echo("Interrupted: state is saved; run the same command again to resume.", err=True)
+        ctx = click.get_current_context(silent=True)
+        command = ctx.meta.get(RESUME) if ctx is not None else None
+        if command:
+            click.echo(f"Interrupted: state is saved; resume with: {command}", err=True)
+        else:
+            click.echo("Interrupted: state is saved; run the same command again to resume.",
+                       err=True)  # fmt: skip
         sys.exit(EXIT_INTERRUPTED)
     except OSError as error:  # a full disk, a read-only folder, a file where a folder is
         if verbosity():
@@ -80,6 +87,25 @@ def storage_message(error: OSError) -> str:
     return (f"cannot write {where}: {why}. Nothing is lost: the ledger holds every row's "
             f"state; {fix}, then run the same command again to resume (omi-batch report "
             "BATCH writes the reports alone)")  # fmt: skip
+
+
+RESUME = "omi_batch.resume"  # ctx.meta key: the command that resumes what this one started
+
+
+def resume_with(*words: object, ledger_path: str | None = None, reports_dir: str | None = None,
+                listen: str | None = None) -> None:  # fmt: skip
+    """Say which command resumes this one if it is interrupted from now on (``omi-batch``
+    WORDS, with the ledger, reports folder and receiver this one uses)."""
+    from omi_batch.cli.options import DEFAULT_LEDGER, DEFAULT_REPORTS
+
+    args = [str(w) for w in words]
+    if ledger_path and ledger_path != DEFAULT_LEDGER:
+        args += ["--ledger", str(ledger_path)]
+    if reports_dir and reports_dir != DEFAULT_REPORTS:
+        args += ["--reports", str(reports_dir)]
+    if listen:
+        args += ["--listen", listen]
+    click.get_current_context().meta[RESUME] = shlex.join(["omi-batch", *args])
 
 
 def plural(count: int, word: str) -> str:
