@@ -40,6 +40,8 @@ TRANSFER = "/api/v3/agent/conversation/transfer"
 KEY = "flow-test-key-7d21c9a4"
 SECRET = "flow-test-secret-e8b03f55"
 FAST = ["--rate", "1000", "--listen", "127.0.0.1:0", "--wait", "10"]
+# Items of #10 whose fix lands in the next step: they must still fail until then.
+NEXT = pytest.mark.xfail(strict=True, reason="#10: its fix lands in the next step")
 BOX = re.compile("[━┃│╇┏┓┗┛╋─]")
 
 
@@ -342,6 +344,7 @@ def test_a_closed_port_names_the_url_it_tried(
 # --------------------------------------------------------------------------- item 8
 
 
+@NEXT
 def test_a_batch_whose_approved_rows_all_succeeded_reads_succeeded(
     runner, omi, monkeypatch, departures, ledger_path, reports_dir
 ):
@@ -360,6 +363,7 @@ def test_a_batch_whose_approved_rows_all_succeeded_reads_succeeded(
     assert [b["state"] for b in status["batches"]] == ["succeeded"]
 
 
+@NEXT
 def test_status_shows_counts_per_state_and_the_preview_age(
     runner, omi, monkeypatch, departures, ledger_path, reports_dir
 ):
@@ -376,6 +380,7 @@ def test_status_shows_counts_per_state_and_the_preview_age(
     assert status["batches"][0]["previewed_at"]
 
 
+@NEXT
 def test_status_state_filters_batches_and_rows(
     runner, omi, monkeypatch, departures, ledger_path, reports_dir
 ):
@@ -397,6 +402,7 @@ def test_status_state_filters_batches_and_rows(
     assert result.exit_code == 2
 
 
+@NEXT
 def test_an_interrupted_batch_is_not_shown_executing_when_nothing_runs(
     runner, omi, monkeypatch, departures, ledger_path, reports_dir
 ):
@@ -412,6 +418,7 @@ def test_an_interrupted_batch_is_not_shown_executing_when_nothing_runs(
     assert f"Next: omi-batch execute {batch_id}" in result.stderr
 
 
+@NEXT
 def test_cancel_abandons_a_batch_that_will_not_be_run(
     runner, omi, monkeypatch, departures, ledger_path, reports_dir
 ):
@@ -432,6 +439,7 @@ def test_cancel_abandons_a_batch_that_will_not_be_run(
     assert sum(transfers(sim, preview=False).values()) == 0
 
 
+@NEXT
 def test_cancel_is_refused_once_anything_was_submitted(
     runner, env, departures, ledger_path, reports_dir
 ):
@@ -501,6 +509,7 @@ def test_execute_without_a_receiver_says_rows_will_end_unconfirmed_before_sendin
 # --------------------------------------------------------------------------- item 9
 
 
+@NEXT
 def test_the_end_of_a_run_is_a_summary_a_manager_can_read(
     runner, env, departures, ledger_path, reports_dir
 ):
@@ -545,6 +554,7 @@ def test_the_targets_report_of_a_preview_has_no_moved_column(
     assert list(targets[0]) == ["target_email", "sources", "conversations"]
 
 
+@NEXT
 def test_in_a_pipe_no_table_borders_and_no_path_printed_twice(
     runner, env, departures, ledger_path, reports_dir
 ):
@@ -558,6 +568,7 @@ def test_in_a_pipe_no_table_borders_and_no_path_printed_twice(
     assert not BOX.search(status), status
 
 
+@NEXT
 def test_the_progress_bar_on_a_terminal_shows_rate_and_eta(
     make_simulator, monkeypatch, departures, ledger_path, reports_dir
 ):

@@ -583,7 +583,7 @@ def test_reconcile_keeps_a_row_unconfirmed_while_something_is_left_to_move(
     # OMI accepts the transfer but never does it, and never calls back.
     sim.script({"status": 202, "body": {"instance_id": "stg", "status_code": 9999,
                                         "payload": {"requestId": "never-done"}}})  # fmt: skip
-    stack.pipeline.preflight = lambda row: None  # the scripted answer is for the execute
+    stack.pipeline.preflight = lambda row, others=(): None  # the scripted answer: the execute
     stack.pipeline.execute(batch_id)
     assert stack.ledger.row(batch_id, 2)["state"] == "unconfirmed"
     stack.pipeline.reconcile(batch_id)
