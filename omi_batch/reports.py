@@ -74,7 +74,7 @@ def warnings_by_row(warnings: Iterable[dict]) -> dict[int, str]:
             cells.setdefault(int(warning["row"]), []).append(
                 f"{warning['code']}: {warning['message']}"
             )
-    return {row: " · ".join(texts) for row, texts in cells.items()}
+    return {row: "; ".join(texts) for row, texts in cells.items()}
 
 
 def preview_status(row: dict) -> str:
@@ -84,10 +84,11 @@ def preview_status(row: dict) -> str:
     return "previewed" if row["conversations_previewed"] is not None else "planned"
 
 
-def preview_frame(rows: list[dict], warnings: Iterable[dict] = ()) -> pd.DataFrame:
+def preview_frame(rows: list[dict], warnings: Iterable[dict] | None = None) -> pd.DataFrame:
     """The preview report: one line per row, with the batch it belongs to and the validation
-    warnings about it (``warnings``: the batch's, as the ledger keeps them)."""
-    by_row = warnings_by_row(warnings)
+    warnings about it (``warnings``: the batch's, as the ledger keeps them; None: no
+    ``warnings`` column, for a caller that fills it itself)."""
+    by_row = warnings_by_row(warnings or ())
     records = [
         {
             "batch": r["batch_id"],
@@ -107,7 +108,7 @@ def preview_frame(rows: list[dict], warnings: Iterable[dict] = ()) -> pd.DataFra
     ]
     frame = pd.DataFrame.from_records(records, columns=PREVIEW_COLUMNS)
     frame["conversations"] = frame["conversations"].astype("Int64")
-    return frame
+    return frame if warnings is not None else frame.drop(columns=["warnings"])
 
 
 def targets_frame(rows: list[dict], *, moved: bool = False) -> pd.DataFrame:
