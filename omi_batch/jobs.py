@@ -898,8 +898,9 @@ class _Tick:
         final = job.archive / batch_id
         partial = job.archive / f".{batch_id}.partial"
         partial.mkdir(parents=True, exist_ok=True)
-        self.pipeline.write_reports(batch_id, job.reports, max_age_hours=job.max_age_hours,
-                                   replace=True)
+        self.pipeline.write_reports(
+            batch_id, job.reports, max_age_hours=job.max_age_hours, replace=True
+        )
         for path in sorted(job.reports.glob(f"{batch_id}-*")):
             _move(path, partial / path.name)
         for path in job.review.glob(f"{batch_id}-*"):
