@@ -326,20 +326,18 @@ def _preview_done(batch_id: str, rows: list[dict], summary: Any, as_json: bool) 
     from omi_batch.states import PREVIEWED
 
     print_plan_summary(rows)
-    preview_report = summary.reports["preview"]
+    book = summary.reports.get("review_xlsx") or summary.reports["preview"]
     ready = any(r["state"] == PREVIEWED for r in rows)
-    # The preview report's path is in the Next line; printed alone only when there is none.
-    print_reports({k: v for k, v in summary.reports.items() if k != "preview" or not ready})
+    # The report to fill is in the Next line; printed alone only when there is none.
+    print_reports({k: v for k, v in summary.reports.items() if v != book or not ready})
     if as_json:
         echo_json({"batch": batch_id, "counts": summary.counts,
                    "reports": {k: str(v) for k, v in summary.reports.items()}})  # fmt: skip
     else:
         click.echo(batch_id)
     if ready:
-        book = summary.reports.get("review_xlsx")
-        also = f" (or of {Path(book).name})" if book else ""
-        click.echo(f"Next: fill the `approved` column of the preview report{also}, then "
-                   f"omi-batch approve {batch_id} --report {preview_report}", err=True)  # fmt: skip
+        click.echo(f"Next: fill the `approved` column of {Path(book).name} (or of the preview "
+                   f"CSV), then omi-batch approve {batch_id} --report {book}", err=True)  # fmt: skip
     else:
         click.echo("Nothing to approve: no row previewed ok (see the errors above).", err=True)
     exit_for(rows, approved_only=False)
