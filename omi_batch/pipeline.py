@@ -420,9 +420,21 @@ class Pipeline:
         ``preflight``: at once when ``row`` is a ledger row (it has a ``batch_id``), else by
         :meth:`create_batch` once the batch exists."""
         self.settings.require_api()
-        error = self._preflight_one(row)
-        if error is None:
+        self.limiter.acquire()
+        context = {"phase": "preflight", "batch_id": row.get("batch_id"), "row": row.get("row")}
+        try:  # the request itself here, not in a helper: execute's path to OMI stays short
+            self.client.transfer_conversations(
+                row["source_email"], row["target_email"], preview=True,
+                replace_existing_members=bool(row["replace_existing_members"]),
+                conv_ids=list(row["conv_ids"]) or None, context=context,
+            )  # fmt: skip
             return
+        except AuthError:
+            raise
+        except ApiError as failed:
+            error = failed
+        finally:
+            self._flush_attempts()  # a held successful attempt has no step to ride with
         url = self._url(error)
         base = self.settings.base_url
         if isinstance(error, TransportError):
