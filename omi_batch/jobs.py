@@ -42,7 +42,6 @@ from omi_batch.errors import (
     UsageError,
 )
 from omi_batch.locks import ProcessLock
-from omi_batch.pipeline import rows_to_preview
 from omi_batch.states import APPROVED, PROBLEMS, blocker_before, is_held, result_status, stale_rows
 
 log = logging.getLogger("omi_batch.jobs")
@@ -790,6 +789,8 @@ class _Tick:
         if waiting:
             stale = stale_rows(waiting, job.max_age_hours)
             if stale:
+                from omi_batch.pipeline import rows_to_preview
+
                 self._preview_again(batch_id, rows_to_preview(rows, job.max_age_hours))
                 self._reject(path, UsageError(
                     f"{path.name}: the preview of batch {batch_id} was older than "
