@@ -420,7 +420,6 @@ class Pipeline:
         ``preflight``: at once when ``row`` is a ledger row (it has a ``batch_id``), else by
         :meth:`create_batch` once the batch exists."""
         self.settings.require_api()
-        self.limiter.acquire()
         context = {"phase": "preflight", "batch_id": row.get("batch_id"), "row": row.get("row")}
         try:  # the request itself here, not in a helper: execute's path to OMI stays short
             self.client.transfer_conversations(

@@ -146,7 +146,7 @@ def departures(tmp_path) -> Path:
 def fail_preview(ledger_path, batch_id: str, row: int, error: str = UNKNOWN) -> None:
     """Leave ``row`` as a preview OMI refused leaves it (the ledger's own state move)."""
     with Ledger(ledger_path) as ledger:
-        ledger.set_state(batch_id, row, "preview_failed", event="preview_failed",
+        ledger.record_step(batch_id, row, state="preview_failed", event="preview_failed",
                          preview_error=error, conversations_previewed=None)  # fmt: skip
 
 
@@ -410,7 +410,7 @@ def test_an_interrupted_batch_is_not_shown_executing_when_nothing_runs(
     batch_id = previewed_batch(runner, monkeypatch, server, ledger_path, reports_dir, departures)
     assert invoke(runner, "approve", batch_id, "--all", "--ledger", ledger_path).exit_code == 0
     with Ledger(ledger_path) as ledger:  # what a killed execute leaves behind
-        ledger.set_state(batch_id, 2, "submitted", event="submitted", expect=["approved"],
+        ledger.record_step(batch_id, 2, state="submitted", event="submitted", expect=["approved"],
                          submitted_at="2026-01-01T00:00:00.000Z")  # fmt: skip
     status = json.loads(invoke(runner, "status", "--json", "--ledger", ledger_path).stdout)
     assert status["batches"][0]["state"] == "interrupted"

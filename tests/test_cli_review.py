@@ -76,7 +76,7 @@ def departures(tmp_path) -> Path:
 def fail_preview(ledger_path, batch_id: str, row: int, error: str = UNKNOWN) -> None:
     """Leave ``row`` as a preview OMI refused leaves it (the ledger's own state move)."""
     with Ledger(ledger_path) as ledger:
-        ledger.set_state(batch_id, row, "preview_failed", event="preview_failed",
+        ledger.record_step(batch_id, row, state="preview_failed", event="preview_failed",
                          preview_error=error, conversations_previewed=None)  # fmt: skip
 
 
