@@ -510,7 +510,7 @@ def test_a_row_sent_again_after_no_answer_has_both_requests_kept_and_one_result(
     stack.pipeline.approve(batch_id, approve_all=True)
     # OMI applies the execute but answers after --timeout: the row is sent again.
     sim.script({"apply": True, "delay": 1.0})
-    stack.pipeline.preflight = lambda row: None  # the scripted answer is for the execute
+    stack.pipeline.preflight = lambda row, others=(): None  # the scripted answer: the execute
     stack.pipeline.execute(batch_id)
     settle(sim, stack, batch_id)
     callbacks = stack.ledger.callbacks(batch_id)
