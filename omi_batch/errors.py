@@ -34,6 +34,7 @@ class InputError(UsageError):
         super().__init__(message)
         self.problems = list(problems or [])
         self.total = len(self.problems) if total is None else total
+        self.errors_csv: str | None = None  # a file listing every problem, when one was written
 
 
 class NotFound(UsageError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -36,10 +37,10 @@ def test_good_file_prints_the_plan(runner, no_network):
     result = runner.invoke(cli, ["validate", str(DATA / "good_basic.csv")])
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == [
-        "row  source_email       target_email       via  conversations  replace  note",
-        "---  -----------------  -----------------  ---  -------------  -------  ---------------",
-        "  2  an.nguyen@acme.vn  binh.tran@acme.vn       all            no",
-        "  3  chi.le@acme.vn     dung.pham@acme.vn       all            yes      moved to team B",
+        "row  source_email       target_email       via  scope          conversations  replace  note",
+        "---  -----------------  -----------------  ---  -------------  -------------  -------  ---------------",
+        "  2  an.nguyen@acme.vn  binh.tran@acme.vn       conversations  all            no",
+        "  3  chi.le@acme.vn     dung.pham@acme.vn       conversations  all            yes      moved to team B",
         "2 transfers from 2 sources to 2 targets; 2 rows read, 0 warnings. Nothing was sent.",
     ]
     assert result.stderr == ""
@@ -63,6 +64,7 @@ def test_warnings_go_to_stderr_and_the_table_to_stdout(runner):
         "dung@acme.vn",
         "binh@acme.vn,",
         "chi@acme.vn",
+        "conversations",
         "all",
         "no",
     ]
@@ -217,3 +219,66 @@ def test_help_does_not_load_the_heavy_libraries():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.strip() == "[]"
+
+
+# --------------------------------------------------------------------------- many problems, scope
+
+
+def write_bad_rows(path: Path, rows: int) -> Path:
+    lines = ["source_email,target_email"] + [f"agent{i}@acme,t@acme.vn" for i in range(rows)]
+    path.write_text("\r\n".join(lines) + "\r\n", encoding="utf-8")
+    return path
+
+
+def test_many_problems_tell_the_first_100_then_how_many_more_and_where_all_are(runner, tmp_path):
+    path = write_bad_rows(tmp_path / "departures.csv", 150)
+    result = runner.invoke(cli, ["validate", str(path)])
+    assert result.exit_code == 2
+    lines = result.stderr.splitlines()
+    errors = tmp_path / "departures-errors.csv"
+    assert lines[0] == "Error: departures.csv: 150 problems found; nothing was sent"
+    assert lines[1] == "  row 2: bad_email: 'agent0@acme' is not a valid email address"
+    assert lines[100] == "  row 101: bad_email: 'agent99@acme' is not a valid email address"
+    assert lines[101:] == ["  and 50 more", f"Every problem is listed in {errors}"]
+    with errors.open(encoding="utf-8-sig", newline="") as handle:
+        assert len(list(csv.reader(handle))) == 1 + 150
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["departures-errors.csv", "departures.csv"]
+
+
+def test_a_few_problems_write_no_errors_csv_unless_asked(runner, tmp_path):
+    path = write_bad_rows(tmp_path / "departures.csv", 3)
+    result = runner.invoke(cli, ["validate", str(path)])
+    assert result.exit_code == 2
+    assert len(result.stderr.splitlines()) == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["departures.csv"]
+    asked = tmp_path / "out" / "problems.csv"
+    asked.parent.mkdir()
+    result = runner.invoke(cli, ["validate", str(path), "--errors-csv", str(asked)])
+    assert result.stderr.splitlines()[-1] == f"Every problem is listed in {asked}"
+    assert len(asked.read_text(encoding="utf-8-sig").splitlines()) == 4
+
+
+def test_validate_scope_fills_rows_without_a_scope_and_the_table_shows_it(runner, tmp_path):
+    path = tmp_path / "departures.csv"
+    path.write_text("source_email,target_email\r\na@x.vn,b@x.vn\r\n", encoding="utf-8")
+    result = runner.invoke(cli, ["validate", str(path), "--scope", "tickets"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[2].split() == ["2", "a@x.vn", "b@x.vn", "tickets", "no"]
+    data = json.loads(
+        runner.invoke(cli, ["validate", str(path), "--scope", "all", "--json"]).stdout
+    )
+    assert data["transfers"][0]["scope"] == "both"
+
+
+def test_an_unknown_scope_option_exits_2(runner, tmp_path):
+    path = tmp_path / "departures.csv"
+    path.write_text("source_email,target_email\r\na@x.vn,b@x.vn\r\n", encoding="utf-8")
+    result = runner.invoke(cli, ["validate", str(path), "--scope", "phones"])
+    assert result.exit_code == 2
+    assert result.stderr == ("Error: scope 'phones' is not one of: conversations, tickets, both\n")
+
+
+@pytest.mark.parametrize("command", ["preview", "run"])
+def test_preview_and_run_take_scope(runner, command):
+    result = runner.invoke(cli, [command, "--help"])
+    assert "--scope SCOPE" in result.stdout

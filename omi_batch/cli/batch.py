@@ -17,6 +17,7 @@ from omi_batch.cli.options import (
     listen_option,
     notify_option,
     reports_option,
+    scope_option,
     wait_option,
 )
 from omi_batch.cli.output import (
@@ -158,6 +159,9 @@ def _notify_finished(session: Any, batch_id: str, rows: list, written: dict) -> 
                   *([attention] if attention else []))  # fmt: skip
 
 
+MAX_SHOWN = 100  # problems told on stderr; the rest are counted, and all are in the errors CSV
+
+
 @click.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @limit_option
@@ -168,22 +172,37 @@ def _notify_finished(session: Any, batch_id: str, rows: list, written: dict) -> 
     "transfer, no batch); a target missing, deactivated or deleted, or a source missing, is a "
     "problem (exit 2).",
 )
+@scope_option
+@click.option(
+    "--errors-csv",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Write every problem (row, code, message) to this CSV. Without it, a file with more "
+    f"than {MAX_SHOWN} problems gets FILE-errors.csv beside it.",
+)
 @json_option
-def validate(file: str, limit: int | None, check_agents: bool, as_json: bool) -> None:
+def validate(
+    file: str,
+    limit: int | None,
+    check_agents: bool,
+    scope: str | None,
+    errors_csv: str | None,
+    as_json: bool,
+) -> None:
     """Read and validate FILE (CSV or .xlsx) and print the plan. Sends nothing.
 
-    Every problem is listed with its row number as Excel shows it (the header is row 1);
-    any problem means exit 2. With --check-agents it reads OMI's agent directory too.
+    Each problem is told with its row number as Excel shows it (the header is row 1): the
+    first 100 on stderr, then how many more, and every one in an errors CSV (its path is
+    said). Any problem means exit 2. With --check-agents it reads OMI's agent directory too.
 
     \b
     Example:
         omi-batch validate departures.csv
         omi-batch validate departures.xlsx --json
+        omi-batch validate departures.csv --scope both --errors-csv problems.csv
         omi-batch validate departures.csv --check-agents
     """
-    from omi_batch.roster import read_plan
-
-    plan = read_plan(file, limit=limit)
+    plan = load_plan(file, limit=limit, scope=scope, errors_csv=errors_csv)
     if check_agents:
         _check_agents(plan)
     if as_json:
@@ -193,6 +212,37 @@ def validate(file: str, limit: int | None, check_agents: bool, as_json: bool) ->
     for warning in plan.warnings:
         click.echo(f"Warning: {warning}", err=True)
     print_plan(plan)
+
+
+def load_plan(
+    file: str, *, limit: int | None = None, scope: str | None = None, errors_csv: str | None = None
+) -> Any:
+    """``read_plan`` for a command. When the file has more problems than are told (or
+    ``errors_csv`` is given), every one is written to ``errors_csv`` — else to
+    ``<file>-errors.csv`` beside it — and the InputError names that file."""
+    from omi_batch.errors import InputError
+    from omi_batch.roster import read_plan
+
+    source = Path(file)
+    target = Path(errors_csv) if errors_csv else source.with_name(f"{source.stem}-errors.csv")
+    spool: Path | None = target.with_name(f".{target.name}.tmp")  # a dot: folder scans skip it
+    try:
+        spool.touch()  # type: ignore[union-attr]
+    except OSError:
+        if errors_csv:
+            raise
+        spool = None  # a folder we cannot write: the problems are still told and counted
+    try:
+        return read_plan(file, limit=limit, scope=scope, errors_csv=spool,
+                         max_problems=MAX_SHOWN)  # fmt: skip
+    except InputError as error:
+        if spool is not None and (errors_csv or error.total > len(error.problems)):
+            spool.replace(target)
+            error.errors_csv = str(target)
+        raise
+    finally:
+        if spool is not None:
+            spool.unlink(missing_ok=True)
 
 
 def _directory_warnings(plan) -> None:
@@ -241,6 +291,7 @@ def _check_agents(plan) -> None:
     help="With --batch: hours after which a preview is previewed again.",
 )
 @limit_option
+@scope_option
 @ledger_option
 @reports_option
 @http_options
@@ -253,6 +304,7 @@ def preview(
     batch_id: str | None,
     max_age: float,
     limit: int | None,
+    scope: str | None,
     ledger_path: str,
     reports_dir: str,
     concurrency: int,
@@ -282,9 +334,7 @@ def preview(
     if batch_id is not None:
         _preview_batch(batch_id, max_age, ledger_path, reports_dir, listen, as_json, options)
         return
-    from omi_batch.roster import read_plan
-
-    plan = read_plan(file, limit=limit)
+    plan = load_plan(file, limit=limit, scope=scope)
     for warning in plan.warnings:
         click.echo(f"Warning: {warning}", err=True)
     with _session(ledger_path, listen=listen, create=True, **options) as session:
@@ -450,6 +500,7 @@ def execute(
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--yes", is_flag=True, help="Approve every row that previewed ok, without asking.")
 @limit_option
+@scope_option
 @ledger_option
 @reports_option
 @http_options
@@ -462,6 +513,7 @@ def run(
     file: str,
     yes: bool,
     limit: int | None,
+    scope: str | None,
     ledger_path: str,
     reports_dir: str,
     concurrency: int,
@@ -481,9 +533,7 @@ def run(
         omi-batch run departures.csv --yes --limit 3
         omi-batch run departures.csv --yes --notify 'mailto://bot:${SMTP_PASSWORD}@mail.example.vn'
     """
-    from omi_batch.roster import read_plan
-
-    plan = read_plan(file, limit=limit)
+    plan = load_plan(file, limit=limit, scope=scope)
     for warning in plan.warnings:
         click.echo(f"Warning: {warning}", err=True)
     notifier = _notifier(notify_urls)

@@ -47,6 +47,15 @@ def limit_option(f: Callable) -> Callable:
     )(f)
 
 
+def scope_option(f: Callable) -> Callable:
+    return click.option(
+        "--scope",
+        default=None,
+        metavar="SCOPE",
+        help="What a row with no scope cell moves: conversations (default), tickets or both.",
+    )(f)
+
+
 def http_options(f: Callable) -> Callable:
     """--concurrency, --rate and --timeout: how hard we talk to OMI."""
     f = click.option(

@@ -32,8 +32,14 @@ def errors_to_exit() -> Iterator[None]:
         if verbosity():
             log.exception("traceback")
         click.echo(f"Error: {error}", err=True)
-        for problem in getattr(error, "problems", []):
+        problems = getattr(error, "problems", [])
+        for problem in problems:
             click.echo(f"  {problem}", err=True)
+        more = getattr(error, "total", len(problems)) - len(problems)
+        if more > 0:
+            click.echo(f"  and {more:,} more", err=True)
+        if getattr(error, "errors_csv", None):
+            click.echo(f"Every problem is listed in {error.errors_csv}", err=True)
         sys.exit(error.exit_code)
     except KeyboardInterrupt:
         ctx = click.get_current_context(silent=True)
@@ -236,7 +242,9 @@ def table(headers: list[str], rows: list[list]) -> None:
     Console(width=160 if not sys.stdout.isatty() else None).print(table)
 
 
-PLAN_COLUMNS = ("row", "source_email", "target_email", "via", "conversations", "replace", "note")
+PLAN_COLUMNS = (
+    "row", "source_email", "target_email", "via", "scope", "conversations", "replace", "note",
+)  # fmt: skip
 RICH_TABLE_MAX = 2000  # rich takes ~0.5 ms a row: past this, plain columns print at once
 
 
@@ -261,7 +269,8 @@ def plan_rows(plan: Any) -> list[tuple[str, ...]]:
                 t.source_email,
                 t.target_email,
                 ", ".join(t.via),
-                cut(conversations),
+                getattr(t, "scope", "conversations"),
+                cut(conversations) if getattr(t, "scope", "") != "tickets" else "",
                 "yes" if t.replace_existing_members else "no",
                 cut(t.note),
             )
