@@ -64,7 +64,10 @@ class Receiver:
     def stop(self) -> None:
         socket_map = self._server._map
         pull = next(d for d in socket_map.values() if isinstance(d, trigger.trigger))
-        pull.pull_trigger(lambda: wasyncore.close_all(socket_map, ignore_all=True))
+        try:
+            pull.pull_trigger(lambda: wasyncore.close_all(socket_map, ignore_all=True))
+        except OSError:  # the loop already closed its trigger: the receiver is stopped
+            pass
         self._thread.join(timeout=5)
         self._server.task_dispatcher.shutdown(timeout=5)
 
