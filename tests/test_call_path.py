@@ -49,9 +49,9 @@ def test_execute_reaches_its_first_request_in_five_frames_entering_cli_once(
     path = first[start : end + 1]
     assert path == [
         "omi_batch.cli.batch:execute",
-        "omi_batch.pipeline:execute",
-        "omi_batch.pipeline:_execute",
-        "omi_batch.pipeline:preflight",
+        "omi_batch.pipeline.execute:execute",
+        "omi_batch.pipeline.execute:_execute",
+        "omi_batch.pipeline.preview:preflight",
         "omi_batch.client:transfer_conversations",
     ]
     # Above the command only the root group's error handler (once, for every command).

@@ -1,0 +1,148 @@
+"""Approval rules: what a preview report may change, and the catch-all rows that must not run
+while a ``conv_ids`` row of their source does not."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from omi_batch import reports
+from omi_batch.errors import InputError, UsageError
+from omi_batch.states import (
+    APPROVABLE,
+    APPROVED,
+    DECIDED,
+    FAILED,
+    PREVIEW_FAILED,
+    SKIPPED,
+    covers,
+)
+
+
+def approvals_from_report(
+    batch_id: str, rows: dict[int, dict], path: Path, warnings: list, notes: list[str]
+) -> tuple[list[int], list[int]]:
+    """(approved rows, skipped rows) that the preview report at ``path`` asks for, checked
+    against the ledger's ``rows`` and the batch's ``warnings``: InputError (nothing approved)
+    when a cell other than approved/note changed or a row cannot be approved; ``notes`` gets
+    a line for every row left as it was."""
+    entries = reports.read_approvals(path)
+    missing = [c for c in reports.REQUIRED_COLUMNS if entries and c not in entries[0]["cells"]]
+    if missing:
+        raise UsageError(f"{path.name} is not a preview report of batch {batch_id}: no "
+                         f"column {', '.join(missing)}; nothing was approved")  # fmt: skip
+    named = {e["cells"].get("batch", "") for e in entries}
+    others = sorted(named - {batch_id, ""})
+    if others:
+        raise UsageError(f"{path.name} is the preview report of batch {', '.join(others)}, "
+                         f"not of batch {batch_id}: nothing was approved")  # fmt: skip
+    if entries and named == {""}:
+        raise UsageError(f"{path.name} names no batch in its batch column: nothing was "
+                         f"approved (the preview report of batch {batch_id} names it)")  # fmt: skip
+    expected = reports.expected_cells(list(rows.values()), warnings)
+    mismatches: list[str] = []
+    refusals: list[str] = []
+    chosen: list[int] = []
+    skipped: list[int] = []
+    seen: set[int] = set()
+    for entry in entries:
+        number = entry["row"]
+        row = rows.get(number)
+        if row is None:
+            mismatches.append(f"row {number}: not in batch {batch_id} (rows were added)")
+            continue
+        if number in seen:
+            mismatches.append(f"row {number}: in the report twice")
+            continue
+        seen.add(number)
+        changed = reports.changed_cells(entry["cells"], expected[number])
+        if changed:
+            column, theirs, ours = changed[0]
+            mismatches.append(f"row {number}: {column} is {theirs!r} in the report but "
+                              f"{ours!r} in the ledger: approve records only the approved "
+                              "and note columns")  # fmt: skip
+            continue
+        state = row["state"]
+        if state in DECIDED:  # past approval: neither approved nor skipped again
+            notes.append(f"row {number} is already {state}: left as it is")
+        elif not entry["approved"]:
+            if state in APPROVABLE:
+                skipped.append(number)
+        elif state == PREVIEW_FAILED:
+            refusals.append(f"row {number} failed its preview ({row['preview_error']}), so "
+                            f"it cannot be approved: clear row {number}'s approved cell")  # fmt: skip
+        elif state not in APPROVABLE:
+            refusals.append(f"row {number} is {state}: only previewed rows can be approved; "
+                            f"clear row {number}'s approved cell")  # fmt: skip
+        else:
+            chosen.append(number)
+    if not mismatches:  # a mismatched row is not approved: that alone would refuse more
+        for catch_all, blocker in uncovered_catch_alls(rows.values(), chosen, skipped):
+            refusals.append(_uncovered(catch_all, blocker, batch_id))
+    if mismatches or refusals:
+        header = (f"{path.name} no longer matches batch {batch_id}" if mismatches
+                  else f"{path.name} cannot be approved as it is")  # fmt: skip
+        raise InputError(f"{header}: nothing was approved", mismatches + refusals)
+    missing = [n for n, r in rows.items() if n not in seen and r["state"] in APPROVABLE]
+    left = [n for n in missing if rows[n]["state"] != APPROVED]
+    if left:
+        notes.append(f"{_plural(len(left), 'row')} not in the report: "
+                     f"{', '.join(map(str, left))} (not approved)")  # fmt: skip
+    kept = [n for n in missing if rows[n]["state"] == APPROVED]
+    if kept:
+        notes.append(f"{_plural(len(kept), 'row')} not in the report but approved before: "
+                     f"{', '.join(map(str, kept))} (left approved)")  # fmt: skip
+    return chosen, skipped
+
+
+def uncovered_catch_alls(
+    rows: Iterable[dict], chosen: Iterable[int] = (), skipped: Iterable[int] = ()
+) -> list[tuple[dict, dict]]:
+    """``(catch-all row, conv_ids row)`` pairs where the catch-all row would be approved (with
+    ``chosen`` approved and ``skipped`` skipped) while a ``conv_ids`` row of the same source
+    would not run: OMI cannot leave conversations out of a transfer, so the catch-all row
+    would move them to its own target."""
+    rows = list(rows)
+    after = {r["row"]: r["state"] for r in rows}
+    after.update(dict.fromkeys(chosen, APPROVED))
+    after.update(dict.fromkeys(skipped, SKIPPED))
+    found = []
+    for catch_all in rows:
+        if catch_all["conv_ids"] or after[catch_all["row"]] != APPROVED:
+            continue
+        for other in rows:
+            same = other["source_email"] == catch_all["source_email"] and other["conv_ids"]
+            if same and not covers(after[other["row"]]):
+                found.append((catch_all, dict(other, state=after[other["row"]])))
+    return found
+
+
+def why_not(row: dict) -> str:
+    return {PREVIEW_FAILED: "failed its preview", FAILED: "failed"}.get(
+        row["state"], "is not approved"
+    )
+
+
+def _uncovered(catch_all: dict, blocker: dict, batch_id: str) -> str:
+    """Why approving ``catch_all`` is refused while ``blocker`` would not run, and the fix."""
+    n, b = catch_all["row"], blocker["row"]
+    count = len(blocker["conv_ids"])
+    what = _plural(count, "conversation")
+    if blocker["state"] == PREVIEW_FAILED:
+        fix = f"fix row {b} and preview it again (omi-batch preview --batch {batch_id}), or clear row {n}"
+        why = "failed its preview"
+    elif blocker["state"] == FAILED:
+        fix = f"run row {b} again first, or clear row {n}"
+        why = "failed"
+    else:
+        fix = f"approve row {b} too, or clear row {n}"
+        why = "is not"
+    return (f"row {n} ({catch_all['source_email']} → {catch_all['target_email']}, all the other "
+            f"conversations) is approved but row {b} of the same source ({what} to "
+            f"{blocker['target_email']}) {why}: OMI cannot leave conversations out of a "
+            f"transfer, so row {n} would move those {what} to {catch_all['target_email']} too; "
+            f"{fix}")  # fmt: skip
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"

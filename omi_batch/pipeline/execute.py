@@ -1,0 +1,293 @@
+"""The execute side: submitting approved rows under the batch lock, waiting for their callbacks,
+settling what never came, reconcile, and the result reports."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from omi_batch import reports
+from omi_batch.client import ApiError, AuthError, RateLimited, TransportError
+from omi_batch.errors import EXIT_CONFIG, IllegalTransition, OmiBatchError
+from omi_batch.pipeline.outcome import BatchLock, NothingApproved, Summary
+from omi_batch.pipeline.preview import Previewing
+from omi_batch.pipeline.work import now_iso
+from omi_batch.states import (
+    APPROVED,
+    DECIDED,
+    HELD,
+    STARTED,
+    TO_EXECUTE,
+    count_states,
+    held_error,
+    holds,
+    uncovered_by,
+)
+
+
+class Executing(Previewing):
+    """Execute (one source's rows in order, each confirmed before the next), reconcile, reports."""
+
+    def execute(
+        self,
+        batch_id: str,
+        *,
+        confirm: Callable[[list[dict]], bool] | None = None,
+        reports_dir: str | Path | None = None,
+    ) -> Summary:
+        """Submit approved, not yet confirmed rows; each source's rows in order, each confirmed
+        before the next starts; wait for callbacks; never resubmit a confirmed row.
+
+        Holds the batch lock from before the first request to the reports (BatchBusy when
+        another process executes or reconciles it). ``confirm(rows due)`` may decline (nothing
+        is sent). Stopped part-way (key refused, OMI unreachable) after some rows were sent,
+        the summary says so in ``stopped`` (exit 1: the reports say which); stopped before
+        anything was sent, the error is raised (exit 3). ``reports_dir``: the reports are
+        written there either way. NothingApproved (exit 2, nothing sent) when no row was ever
+        approved; its message names the command that approves, with the preview report in
+        ``reports_dir`` when there is one."""
+        self.ledger.batch(batch_id)  # NotFound early
+        rows = self.ledger.rows(batch_id)
+        if not any(r["state"] in TO_EXECUTE or r["state"] in DECIDED for r in rows):
+            raise NothingApproved(batch_id, reports_dir)
+        with BatchLock(self.ledger.path, batch_id):
+            due = self.ledger.rows(batch_id, states=list(TO_EXECUTE))
+            if due and confirm is not None and not confirm(due):
+                return Summary(batch_id, due=len(due), declined=True)
+            started = now_iso()
+            try:
+                summary = self._execute(batch_id)
+            except OmiBatchError as error:
+                written = self.write_reports(batch_id, reports_dir) if reports_dir else {}
+                sent = [r for r in self.ledger.rows(batch_id)
+                        if (r["submitted_at"] or "") >= started and r["state"] != APPROVED]  # fmt: skip
+                if error.exit_code != EXIT_CONFIG or not sent:
+                    raise
+                return Summary(batch_id, reports=written, due=len(due), sent=len(sent),
+                               stopped=error)  # fmt: skip
+            summary.due = len(due)
+            if reports_dir is not None:
+                summary.reports = self.write_reports(batch_id, reports_dir)
+            return summary
+
+    def receiver_warning(self, count: int) -> str | None:
+        """What to tell before ``count`` rows are submitted when OMI has nowhere to report
+        their results (no webhook URL or secret): they will end unconfirmed."""
+        if self.webhook_url and self.webhook_secret:
+            return None
+        return (f"no webhook receiver (set OMI_WEBHOOK_URL, or use --listen HOST:PORT): OMI "
+                f"cannot report the results, so the {count} row(s) will end unconfirmed; "
+                "omi-batch reconcile checks them afterwards")  # fmt: skip
+
+    def _execute(self, batch_id: str) -> Summary:
+        self._record_slow_downs(batch_id)
+        every = self.ledger.rows(batch_id)
+        rows = [r for r in every if r["state"] in TO_EXECUTE]
+        by_source: dict[str, list[dict]] = {}
+        sources = {r["source_email"] for r in rows}
+        for row in every:  # every row, so that an earlier failed row of a source still holds
+            if row["source_email"] in sources:
+                by_source.setdefault(row["source_email"], []).append(row)
+        if rows:
+            self.preflight(
+                rows[0], rows[1:]
+            )  # a refused key or a dead API: exit 3, nothing changed
+        self._pool("execute", len(rows), [
+            lambda g=group: self._execute_source(batch_id, g) for group in by_source.values()
+        ])  # fmt: skip
+        return Summary(batch_id, counts=count_states(self.ledger.rows(batch_id)))
+
+    def _execute_source(self, batch_id: str, group: list[dict]) -> None:
+        """One source's rows in run order. A row that holds (``states.holds``: failed,
+        preview_failed, or left unconfirmed now) holds the rows after it, and a ``conv_ids``
+        row that will not run (skipped, not approved) holds its source's catch-all row, which
+        would take its conversations (``states.uncovered_by``)."""
+        blocker: dict | None = None
+        for row in group:
+            if self._stop.is_set():
+                return
+            if row["state"] not in TO_EXECUTE:
+                if holds(row) and blocker is None:
+                    blocker = row
+                continue
+            blocker = blocker or uncovered_by(group, row)
+            if blocker is not None:
+                self.ledger.update_row(batch_id, row["row"], event=HELD, error=held_error(blocker))
+                self.progress.advance("execute")
+                continue
+            try:
+                final = self._execute_row(batch_id, row)
+            except (AuthError, TransportError) as error:
+                if self._stop_reason is None:
+                    self._stop_reason = error
+                self.stop()
+                return
+            finally:
+                self.progress.advance("execute")
+            if holds(final):
+                blocker = final
+
+    def _execute_row(self, batch_id: str, row: dict) -> dict:
+        """Save the intent, submit, then wait for the callback; returns the row as it ends."""
+        number = row["row"]
+        resubmit = row["state"] in ("submitted", "unconfirmed")
+        reason = None
+        if resubmit:
+            reason = (f"the row was {row['state']} with request {row['request_id'] or 'unknown'}"
+                      ": its outcome is unknown (no callback came); submitting again is safe, a "
+                      "transfer applied twice moves nothing the second time")  # fmt: skip
+        # The intent is saved before the request: a crash from here on leaves it submitted.
+        self._step(batch_id, number, state="submitted",
+                   event="resubmitted" if resubmit else "submitted", reason=reason,
+                   expect=[row["state"]], submitted_at=now_iso(), request_id=None,
+                   error=None)  # fmt: skip
+        try:
+            return self._submit_and_wait(batch_id, row)
+        finally:
+            self._flush_attempts()
+
+    def _submit_and_wait(self, batch_id: str, row: dict) -> dict:
+        number = row["row"]
+        callback = self._callback(batch_id, number, "execute")
+        try:
+            result = self.client.transfer_conversations(
+                row["source_email"], row["target_email"], preview=False,
+                replace_existing_members=bool(row["replace_existing_members"]),
+                conv_ids=row["conv_ids"] or None, callback=callback,
+                context={"batch_id": batch_id, "row": number, "phase": "execute"},
+            )  # fmt: skip
+        except AuthError as error:
+            if error.outcome_unknown:  # an earlier attempt may have been applied; still stop
+                self._settle(batch_id, number, "unconfirmed", _unknown(error))
+                raise
+            self._unsubmit(batch_id, row, f"not started: OMI refused the key: {error}")
+            raise
+        except TransportError as error:
+            if not error.outcome_unknown:  # never reached OMI: nothing started; stop (exit 3)
+                self._unsubmit(batch_id, row, f"not sent: {error}")
+                raise
+            if not error.reached:  # an earlier attempt may have been applied; now unreachable
+                self._settle(batch_id, number, "unconfirmed", _unknown(error))
+                raise
+            return self._settle(batch_id, number, "unconfirmed",
+                                f"outcome unknown: {error}")  # fmt: skip
+        except ApiError as error:
+            if isinstance(error, RateLimited) and not error.outcome_unknown:
+                return self._settle(batch_id, number, "failed", f"rate_limited: {error}")
+            if error.retryable:  # retries ran out on 5xx: OMI may or may not have started it
+                return self._settle(batch_id, number, "unconfirmed", f"outcome unknown: {error}")
+            if error.outcome_unknown:  # a 4xx now, but an earlier attempt may have been applied
+                return self._settle(batch_id, number, "unconfirmed", _unknown(error))
+            return self._settle(batch_id, number, "failed", str(error))
+        self._step(batch_id, number, event="accepted", phase="execute",
+                   **({"request_id": result.request_id} if result.request_id else {}))  # fmt: skip
+        if callback is None:
+            return self._settle(batch_id, number, "unconfirmed",
+                                "no webhook: OMI cannot report the result; run reconcile")  # fmt: skip
+        done = self._wait_for(
+            lambda: self._finished(batch_id, number), self.wait, (batch_id, number)
+        )
+        if done:
+            return done
+        if self._stop.is_set():  # interrupted: the row stays submitted; a re-run resumes it
+            return self.ledger.row(batch_id, number)
+        return self._settle(batch_id, number, "unconfirmed",
+                            f"no callback within {self.wait:g} s")  # fmt: skip
+
+    def _unsubmit(self, batch_id: str, row: dict, error: str) -> None:
+        """OMI surely started nothing: put the row back where it was before this submit."""
+        number, before = row["row"], row["state"]
+        try:
+            if before == "submitted":  # an earlier run's outcome is still unknown: keep saying so
+                self._step(batch_id, number, event="submit_refused", error=error)
+            else:
+                self._step(batch_id, number, state=before, event="submit_refused",
+                           expect=["submitted"], error=error)  # fmt: skip
+        except IllegalTransition:  # a callback decided it meanwhile
+            self._step(batch_id, number, event="submit_refused", error=error)
+
+    def _finished(self, batch_id: str, number: int) -> dict | None:
+        row = self.ledger.row(batch_id, number)
+        return row if row["state"] != "submitted" else None
+
+    def _settle(self, batch_id: str, number: int, state: str, error: str) -> dict:
+        """Move a submitted row to ``state`` unless a callback decided it meanwhile."""
+        done = {"completed_at": now_iso()} if state == "failed" else {}
+        try:
+            self._step(batch_id, number, state=state, event=state, expect=["submitted"],
+                       error=error, **done)  # fmt: skip
+        except IllegalTransition:
+            self._flush_attempts()
+        return self.ledger.row(batch_id, number)
+
+    # ------------------------------------------------------------------ reconcile
+
+    def reconcile(self, batch_id: str) -> Summary:
+        """Preview unconfirmed rows again: nothing left to move means the transfer happened.
+        Holds the batch lock, as :meth:`execute` does."""
+        self.ledger.batch(batch_id)
+        with BatchLock(self.ledger.path, batch_id):
+            return self._reconcile(batch_id)
+
+    def _reconcile(self, batch_id: str) -> Summary:
+        self._record_slow_downs(batch_id)
+        rows = self.ledger.rows(batch_id, states=["unconfirmed", "submitted"])
+        if rows:
+            self.preflight(
+                rows[0], rows[1:]
+            )  # a refused key or a dead API: exit 3, nothing changed
+        self._map(lambda row: self._reconcile_row(batch_id, row), rows, "reconcile")
+        return Summary(batch_id, counts=count_states(self.ledger.rows(batch_id)))
+
+    def _reconcile_row(self, batch_id: str, row: dict) -> None:
+        number = row["row"]
+        try:
+            count, error = self._preview_count(batch_id, row, "reconcile")
+            if error is not None:
+                self._step(batch_id, number, event="reconcile_failed",
+                           error=f"reconcile: {error}")  # fmt: skip
+            elif count == 0:
+                try:
+                    self._step(batch_id, number, state="succeeded", event="verified_by_preview",
+                               expect=[row["state"]], verified_by="preview",
+                               completed_at=now_iso(), error=None)  # fmt: skip
+                except IllegalTransition:
+                    pass  # a callback decided it meanwhile
+            else:
+                self._step(batch_id, number, event="reconcile_pending",
+                           error=f"reconcile: {count} conversation(s) still to move")  # fmt: skip
+        finally:
+            self._flush_attempts()
+
+    # ------------------------------------------------------------------ reports
+
+    def write_reports(
+        self,
+        batch_id: str,
+        reports_dir: str | Path,
+        *,
+        max_age_hours: float = 24.0,
+        replace: bool = False,
+    ) -> dict[str, Path]:
+        """Every report the batch has reached: preview (CSV and workbook), then results. The
+        preview report and workbook are written only when there are none (a person may have
+        typed into them), or with ``replace`` (a folder only the program writes); the targets
+        report gets ``moved`` once rows were executed."""
+        from omi_batch import workbook
+
+        rows = self.ledger.rows(batch_id)
+        written = self._preview_reports(rows, batch_id, reports_dir, max_age_hours, replace)
+        if any(r["state"] in STARTED for r in rows) or any(r["approved_at"] for r in rows):
+            head = self.ledger.head()
+            written |= reports.write_result_reports(rows, batch_id, reports_dir, head)
+            written["results_xlsx"] = workbook.write_results_workbook(
+                rows, self.ledger.batch(batch_id), workbook.results_path(reports_dir, batch_id),
+                head=head,
+            )  # fmt: skip
+        return written
+
+
+def _unknown(error: ApiError) -> str:
+    """The row error when the last attempt failed but an earlier one may have been applied."""
+    return (f"outcome unknown: an earlier attempt may have reached OMI (timeout, reset or 5xx), "
+            f"then {error}; run reconcile")  # fmt: skip

@@ -1,0 +1,297 @@
+"""The preview side: the preflight, creating a batch, previewing rows and the preview reports."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+
+from omi_batch import reports
+from omi_batch.client import ApiError, AuthError, TransportError
+from omi_batch.config import PRODUCTION_URL, STAGING_URL
+from omi_batch.errors import InputError, UsageError
+from omi_batch.pipeline.outcome import EndpointMissing, Summary, Unreachable
+from omi_batch.pipeline.work import Work, now_iso, who
+from omi_batch.roster import Plan, Problem
+from omi_batch.states import APPROVABLE, APPROVED, PLANNED, PREVIEW_FAILED, count_states, stale_rows
+
+log = logging.getLogger("omi_batch.pipeline")
+AGENT_CODES = ("user_not_found", "agent_not_found")  # a 404 about an agent, not the endpoint
+
+PROBES = 2  # more previews a 404 is tried on before OMI_BASE_URL is called wrong
+
+
+def _endpoint_missing(error: ApiError) -> bool:
+    """A 404 for the endpoint itself, not an agent OMI does not know."""
+    return error.http_status == 404 and error.code not in AGENT_CODES
+
+
+class Previewing(Work):
+    """Preflight, batch creation, preview (and preview again), the preview reports."""
+
+    def create_batch(
+        self, plan: Plan, *, options: dict | None = None, check_agents: bool = False
+    ) -> str:
+        """Check the key and that OMI answers (one preview, nothing moves), then (with
+        ``check_agents``; the CLI's default) every source and target in OMI's agent directory,
+        then the batch. Directory problems raise InputError (exit 2): nothing sent, no batch."""
+        self.settings.require_api()
+        if not plan.transfers:
+            raise UsageError("the plan has no transfers")
+        refuse_ticket_scopes(plan)
+        self._early = []
+        self._events_batch = None
+        self.preflight(asdict(plan.transfers[0]), [asdict(t) for t in plan.transfers[1:4]])
+        if check_agents:
+            self.check_agents(plan)
+        batch_id = self.ledger.create_batch(
+            source_file=plan.source_file,
+            source_sha256=plan.sha256,
+            created_by=who(),
+            base_url=self.settings.base_url,
+            options=options or {},
+            input_rows=plan.input_rows,
+            warnings=[asdict(w) for w in plan.warnings],
+            rows=[asdict(t) for t in plan.transfers],
+        )
+        early, self._early = self._early, []
+        for row, data in early:  # the preflight's attempts belong to the audit trail too
+            self.ledger.record_attempt(batch_id, row, "preflight", data)
+        self._record_slow_downs(batch_id)
+        return batch_id
+
+    def check_agents(self, plan: Plan) -> list:
+        """Look every source and target of ``plan`` up in OMI's agent directory: InputError
+        (exit 2) listing each problem with its row; the one warning when the directory cannot
+        be read is added to ``plan.warnings`` (and logged) and returned."""
+        from omi_batch import directory
+
+        problems, warnings = directory.check_agents(
+            plan, self.client, context={"phase": "preflight", "batch_id": None, "row": None}
+        )
+        if problems:
+            raise InputError(
+                f"{len(problems)} problem(s) in OMI's agent directory: nothing was sent and no "
+                "batch was created (fix the file, or --no-check-agents to skip this check)",
+                problems,
+            )
+        for warning in warnings:
+            log.warning("%s", warning.message)
+            plan.warnings.append(warning)
+        return warnings
+
+    def preflight(self, row: dict, others: Iterable[dict] = ()) -> None:
+        """One preview of ``row`` (nothing moves, nothing is written) to learn, before anything
+        changes, that the key is accepted and OMI answers: AuthError or Unreachable (exit 3,
+        naming the URL tried) otherwise. A 404 that is not about an agent is tried on up to
+        PROBES of ``others``: 404 for each means OMI_BASE_URL names no OMI API (EndpointMissing,
+        exit 3). Its attempts are kept in the ledger, phase
+        ``preflight``: at once when ``row`` is a ledger row (it has a ``batch_id``), else by
+        :meth:`create_batch` once the batch exists."""
+        self.settings.require_api()
+        context = {"phase": "preflight", "batch_id": row.get("batch_id"), "row": row.get("row")}
+        try:  # the request itself here, not in a helper: execute's path to OMI stays short
+            self.client.transfer_conversations(
+                row["source_email"], row["target_email"], preview=True,
+                replace_existing_members=bool(row["replace_existing_members"]),
+                conv_ids=list(row["conv_ids"]) or None, context=context,
+            )  # fmt: skip
+            return
+        except AuthError:
+            raise
+        except ApiError as failed:
+            error = failed
+        finally:
+            self._flush_attempts()  # a held successful attempt has no step to ride with
+        url = self._url(error)
+        base = self.settings.base_url
+        if isinstance(error, TransportError):
+            raise Unreachable(f"{error}, at {url}: check OMI_BASE_URL ({base}) and that this "
+                              "machine can reach it") from None  # fmt: skip
+        if error.retryable:  # OMI kept answering 429/5xx: treat it as unreachable
+            raise Unreachable(f"OMI is not answering: {error}") from None
+        if not _endpoint_missing(error):
+            return  # about this row: its own preview will record it
+        tried = 1
+        for other in list(others)[:PROBES]:  # an agent OMI answers 404 for is about its row
+            found = self._preflight_one(other)
+            tried += 1
+            if found is None or not _endpoint_missing(found):
+                return
+        raise EndpointMissing(
+            f"OMI answered 404 for every preview tried at {url}: there is no such endpoint "
+            f"there. Check OMI_BASE_URL ({base}): it is the API's root, such as "
+            f"{PRODUCTION_URL} (or {STAGING_URL} for staging), with no path ({tried} "
+            "preview(s) tried, nothing was created)"
+        )
+
+    def _preflight_one(self, row: dict) -> ApiError | None:
+        """One preview of ``row`` for :meth:`preflight`: None if OMI answered it, else the
+        error (AuthError raised at once: a refused key stops everything)."""
+        context = {"phase": "preflight", "batch_id": row.get("batch_id"), "row": row.get("row")}
+        try:
+            self.client.transfer_conversations(
+                row["source_email"], row["target_email"], preview=True,
+                replace_existing_members=bool(row["replace_existing_members"]),
+                conv_ids=list(row["conv_ids"]) or None, context=context,
+            )  # fmt: skip
+        except AuthError:
+            raise
+        except ApiError as error:
+            return error
+        finally:
+            self._flush_attempts()  # a held successful attempt has no step to ride with
+        return None
+
+    def _url(self, error: ApiError) -> str:
+        """The URL a request that failed with ``error`` was sent to."""
+        return self.settings.base_url.rstrip("/") + (error.endpoint or "")
+
+    def preview(self, batch_id: str, *, rows: list[dict] | None = None) -> Summary:
+        """Preview every planned row (or ``rows``) and write the preview reports."""
+        self._record_slow_downs(batch_id)
+        rows = rows if rows is not None else self.ledger.rows(batch_id, states=["planned"])
+        self._map(lambda row: self._preview_row(batch_id, row), rows, "preview")
+        return self.preview_summary(batch_id)
+
+    def _preview_count(self, batch_id: str, row: dict, phase: str) -> tuple[int | None, str | None]:
+        """Ask OMI how many conversations this row would move: (count, error)."""
+        try:
+            result = self.client.transfer_conversations(
+                row["source_email"], row["target_email"], preview=True,
+                replace_existing_members=bool(row["replace_existing_members"]),
+                conv_ids=row["conv_ids"] or None,
+                callback=self._callback(batch_id, row["row"], "preview"),
+                context={"batch_id": batch_id, "row": row["row"], "phase": phase},
+            )  # fmt: skip
+        except AuthError:
+            raise
+        except TransportError as error:
+            if not error.reached:  # the last attempt never reached OMI: stop (exit 3)
+                raise
+            return None, str(error)  # reached OMI, no answer: this row only
+        except ApiError as error:
+            return None, str(error)
+        if result.count is not None:
+            return result.count, None
+        if not result.request_id:
+            return None, "OMI answered the preview with neither a count nor a requestId"
+        self._step(batch_id, row["row"], event="preview_requested",
+                   preview_request_id=result.request_id)  # fmt: skip
+        if not self._callback(batch_id, row["row"], "preview"):
+            return None, ("OMI sends this preview's count by callback, and no webhook is set "
+                          "(set OMI_WEBHOOK_URL and OMI_WEBHOOK_SECRET, or use --listen)")  # fmt: skip
+        found = self._wait_for(
+            lambda: self.ledger.find_callback(batch_id, row["row"], "preview", result.request_id),
+            self.wait,
+            (batch_id, row["row"]),
+        )
+        if not found:
+            return None, f"no preview callback within {self.wait:g} s"
+        if found.get("status") != "SUCCESS" or found.get("updated_records") is None:
+            return None, f"OMI reported {found.get('status') or 'no status'} for the preview"
+        return int(found["updated_records"]), None
+
+    def preview_again(self, batch_id: str, rows: list[dict]) -> None:
+        """Preview again ``rows`` of an existing batch (see :func:`rows_to_preview`): no new
+        batch. One preflight first (a refused key or a dead API: exit 3, nothing changed); an
+        approved row previewed again must be approved again (its count may have changed)."""
+        if not rows:
+            return
+        self.preflight(rows[0], rows[1:])
+        self.preview(batch_id, rows=rows)
+
+    def _preview_row(self, batch_id: str, row: dict) -> None:
+        # A count that changed is a new plan: what was approved on the old one is not kept.
+        unapproved = ({"approved_at": None, "approved_by": None, "approved_how": None}
+                      if row["state"] == APPROVED else {})  # fmt: skip
+        try:
+            count, error = self._preview_count(batch_id, row, "preview")
+            if error is None:
+                self._step(batch_id, row["row"], state="previewed", event="previewed",
+                           conversations_previewed=count, previewed_at=now_iso(),
+                           preview_error=None, **unapproved)  # fmt: skip
+            else:
+                self._step(batch_id, row["row"], state="preview_failed", event="preview_failed",
+                           preview_error=error, previewed_at=now_iso(), **unapproved)  # fmt: skip
+        finally:
+            self._flush_attempts()
+
+    def preview_summary(
+        self,
+        batch_id: str,
+        reports_dir: str | Path | None = None,
+        *,
+        max_age_hours: float = 24.0,
+        replace: bool | list[dict] = False,
+    ) -> Summary:
+        """The batch's counts, and (with ``reports_dir``) its preview and targets reports and
+        review workbook; an existing preview report is kept or replaced as
+        ``reports.write_preview_reports`` says."""
+        rows = self.ledger.rows(batch_id)
+        summary = Summary(batch_id, counts=count_states(rows))
+        if reports_dir is not None:
+            summary.reports = self._preview_reports(rows, batch_id, reports_dir, max_age_hours,
+                                                    replace)  # fmt: skip
+        return summary
+
+    def _preview_reports(
+        self,
+        rows: list[dict],
+        batch_id: str,
+        reports_dir: str | Path,
+        max_age_hours: float,
+        replace: bool | list[dict] = False,
+    ) -> dict[str, Path]:
+        """The preview and targets CSV reports, and the review workbook beside them. Neither
+        review file a person may have edited is overwritten (see
+        ``reports.write_preview_reports``): an existing workbook is kept, or, after a new
+        preview (``replace`` the rows before it), the new one gets a new name."""
+        from omi_batch import workbook
+
+        info = self.ledger.batch(batch_id)
+        written = reports.write_preview_reports(rows, batch_id, reports_dir,
+                                                info.get("warnings") or [], replace=replace)  # fmt: skip
+        book = workbook.review_path(reports_dir, batch_id)
+        if book.exists() and replace is not True:
+            if replace is False:
+                written["review_xlsx"] = book
+                return written
+            book = reports.free_report_path(book)
+        written["review_xlsx"] = workbook.write_review_workbook(
+            rows, info, book, max_age_hours=max_age_hours
+        )
+        return written
+
+
+def rows_to_preview(
+    rows: Iterable[dict], max_age_hours: float, now: datetime | None = None
+) -> list[dict]:
+    """The rows of a batch that ``preview --batch`` previews (again): planned, failed their
+    preview, or previewed (approved or skipped since) longer than ``max_age_hours`` ago. Rows
+    already submitted are never previewed again here (that is reconcile's work)."""
+    rows = list(rows)
+    stale = set(stale_rows([r for r in rows if r["state"] in APPROVABLE], max_age_hours, now))
+    return [r for r in rows if r["state"] in (PLANNED, PREVIEW_FAILED) or r["row"] in stale]
+
+
+def refuse_ticket_scopes(plan: Plan) -> None:
+    """Refuse, before anything is sent, a plan that asks to move tickets: preview and execute
+    move conversations only so far, and a row that says ``tickets`` must never end
+    ``succeeded`` after a conversation transfer (issue 15)."""
+    rows = [t for t in plan.transfers if t.scope != "conversations"]
+    if rows:
+        problems = [
+            Problem(t.row, "scope_not_supported",
+                    f"scope is {t.scope}: preview and execute move conversations only for now; "
+                    "move this agent's tickets in OMI itself, and set scope to conversations "
+                    "(or leave it blank) to move the conversations here")
+            for t in rows
+        ]  # fmt: skip
+        raise InputError(
+            f"{len(rows)} row(s) ask to move tickets, which omi-batch cannot do yet: "
+            "nothing was sent",
+            problems,
+        )
