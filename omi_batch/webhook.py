@@ -1,7 +1,7 @@
 """The webhook receiver: where OMI reports each transfer's result.
 
-``make_app`` builds a small WSGI app; ``serve`` runs it on waitress until SIGTERM or Ctrl-C (the
-CLI), ``start`` runs it in a background thread (``--listen`` and tests). The app checks each
+``make_app`` builds a small WSGI app; ``serve`` runs it until SIGTERM or Ctrl-C (the CLI),
+``start`` in a background thread (``--listen`` and tests), both through ``omi_batch.serving``. The app checks each
 callback's per-transfer credential (see ``omi_batch.callbacks``), writes the raw callback to the
 ledger and only then answers 2xx, so a callback is never acknowledged and lost. Checks run in a
 fixed order: path (not a callback path: 404), method (405), size (413), credential (401), JSON
@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import queue
-import signal
 import threading
 import time
 import uuid
@@ -31,7 +30,7 @@ from concurrent.futures import Future
 from http import HTTPStatus
 from typing import Any
 
-from omi_batch import callbacks
+from omi_batch import callbacks, serving
 from omi_batch.bodies import BodyError, parse_body
 from omi_batch.callbacks import CallbackTarget
 from omi_batch.config import Secret
@@ -50,14 +49,6 @@ KEPT_HEADER_VALUE = 256
 HOLD_RETRY = 0.5  # seconds between tries of a callback held until its row's 202 is stored
 HOLD_FOR = 600.0  # seconds a callback is held at most; then it is judged on what is known
 POLL = 0.5  # seconds between looks at the spool when nothing else wakes the writer
-# waitress, set deliberately (issue 12): OMI's callback is one small request answered in under
-# 2 s, so an idle or slow connection is dropped after CHANNEL_TIMEOUT s (checked every
-# CLEANUP_INTERVAL s), and up to CONNECTION_LIMIT are open at once (1,100 slow ones used to
-# fill waitress's 1,000 and time out a real callback), within the process's file limit.
-CHANNEL_TIMEOUT = 10
-CLEANUP_INTERVAL = 2
-CONNECTION_LIMIT = 4000
-MAX_HEADER_SIZE = 262144  # bytes of headers waitress reads at most; the app counts 431s under it
 LOGGER_NAME = "omi_batch.webhook"
 HEALTH_PATH = "/healthz"
 
@@ -744,201 +735,16 @@ def _respond(
     return [data]
 
 
-# ---------------------------------------------------------------------- serving on waitress
-
-
-class _QuietQueueLog:
-    """waitress warns for every request that waits for a worker; here a short wait is normal
-    (the ledger takes one writer at a time), so that is said at DEBUG."""
-
-    def __init__(self) -> None:
-        self._log = logging.getLogger(LOGGER_NAME + ".queue")
-
-    def warning(self, message: str, *args: Any) -> None:
-        self._log.debug(message, *args)
-
-
-_CHANNEL: type | None = None
-
-
-def _channel_class() -> type:
-    """waitress's HTTPChannel, but not asking poll() to say the socket is writable while a
-    worker thread holds the channel's output lock to send its own answer.
-
-    waitress's I/O thread polls a channel for writing as soon as its output buffer holds
-    bytes; a worker that has just put its answer there and is sending it holds the lock, so
-    the I/O thread can do nothing but poll again, at once: it spins, holding the GIL that the
-    worker needs to finish. Under a burst of answers (a group commit answers several callbacks
-    at once) that spin ate most of a CPU and made the receiver 3x slower (issue 6). The worker
-    pulls the trigger when it leaves bytes unsent and at the end of every task, so the I/O
-    thread still flushes whatever is left, and a worker waiting for room in the buffer has
-    released the lock, so it is never left waiting."""
-    global _CHANNEL
-    if _CHANNEL is None:
-        from waitress.channel import HTTPChannel
-
-        class _Channel(HTTPChannel):
-            def writable(self) -> bool:
-                if self.requests and not (self.will_close or self.close_when_flushed):
-                    if not self.outbuf_lock.acquire(False):  # a worker is sending its answer
-                        return False
-                    self.outbuf_lock.release()
-                return bool(super().writable())
-
-        _CHANNEL = _Channel
-    return _CHANNEL
-
-
-def _connection_limit() -> int:
-    """:data:`CONNECTION_LIMIT`, within the open-file limit (raised to its hard ceiling first,
-    up to 8192): each connection is one file descriptor, and the ledger needs a few more."""
-    try:
-        import resource
-    except ImportError:  # pragma: no cover - Windows
-        return CONNECTION_LIMIT
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = 8192 if hard == resource.RLIM_INFINITY else min(8192, hard)
-    if soft != resource.RLIM_INFINITY and soft < wanted:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-            soft = wanted
-        except (ValueError, OSError):
-            pass
-    if soft == resource.RLIM_INFINITY:
-        return CONNECTION_LIMIT
-    return max(64, min(CONNECTION_LIMIT, soft - 128))
-
-
-class _Server:
-    """A waitress server we drive ourselves, so that a stop finishes requests in flight."""
-
-    def __init__(self, app: Callable, host: str, port: int, threads: int):
-        from waitress.server import BaseWSGIServer, create_server
-
-        max_body = getattr(app, "max_body", MAX_BODY)
-        try:
-            server = create_server(
-                app,
-                host=host,
-                port=port,
-                threads=threads,
-                ident="omi-batch",
-                # waitress's own cap only guards memory; the app answers 413 (and records it)
-                # for anything over max_body, so this is set well above it.
-                max_request_body_size=max(1 << 20, 4 * max_body),
-                connection_limit=_connection_limit(),
-                channel_timeout=CHANNEL_TIMEOUT,
-                cleanup_interval=CLEANUP_INTERVAL,
-                max_request_header_size=MAX_HEADER_SIZE,
-                asyncore_use_poll=True,
-                expose_tracebacks=False,
-            )
-        except (OSError, ValueError) as error:
-            reason = getattr(error, "strerror", None) or str(error)
-            raise ConfigError(f"cannot listen on {host}:{port}: {reason}") from None
-        self.app = app
-        start_app = getattr(app, "start", None)
-        if callable(start_app):  # the writer drains what the spool holds before serving
-            start_app()
-        self.map: dict = getattr(server, "map", None) or server._map
-        self.listeners = [s for s in self.map.values() if isinstance(s, BaseWSGIServer)]
-        for listener in self.listeners:
-            listener.channel_class = _channel_class()
-        first = self.listeners[0]
-        self.dispatcher = first.task_dispatcher
-        self.dispatcher.queue_logger = _QuietQueueLog()
-        self.host = str(first.effective_host)
-        self.port = int(first.effective_port)
-        shown = f"[{self.host}]" if ":" in self.host else self.host
-        self.url = f"http://{shown}:{self.port}"
-
-    def run(self, stop: threading.Event, grace: float) -> None:
-        """Serve until ``stop`` is set, then finish what is in flight (up to ``grace`` s)."""
-        from waitress import wasyncore
-
-        try:
-            while not stop.is_set():
-                wasyncore.loop(timeout=0.2, map=self.map, use_poll=True, count=1)
-            self._drain(grace)
-        finally:
-            self.close(grace)
-
-    def wake(self) -> None:
-        for listener in self.listeners:
-            try:
-                listener.pull_trigger()
-            except OSError:
-                pass
-
-    def _busy(self) -> bool:
-        if self.dispatcher.queue:
-            return True
-        for listener in self.listeners:
-            for channel in list(listener.active_channels.values()):
-                if channel.requests or channel.total_outbufs_len or channel.request is not None:
-                    return True
-        return False
-
-    def _drain(self, grace: float) -> None:
-        from waitress import wasyncore
-
-        for listener in self.listeners:  # stop accepting; keep the trigger for the loop
-            wasyncore.dispatcher.close(listener)
-        deadline = time.monotonic() + grace
-        while self._busy() and time.monotonic() < deadline:
-            wasyncore.loop(timeout=0.05, map=self.map, use_poll=True, count=1)
-
-    def close(self, grace: float) -> None:
-        from waitress import wasyncore
-
-        for listener in self.listeners:
-            try:
-                listener.close()
-            except OSError:
-                pass
-        wasyncore.close_all(self.map)
-        self.dispatcher.shutdown(timeout=grace)
-        close_app = getattr(self.app, "close", None)
-        if callable(close_app):  # let ledger writes still running finish
-            close_app()
-
-
-class Running:
-    """A receiver serving in a background thread: ``.url``, ``.stop()``; a context manager."""
-
-    def __init__(self, server: _Server, grace: float):
-        self._server = server
-        self._stop = threading.Event()
-        self._grace = grace
-        self.host = server.host
-        self.port = server.port
-        self.url = server.url
-        self._thread = threading.Thread(
-            target=server.run, args=(self._stop, grace), name="omi-batch-webhook", daemon=True
-        )
-        self._thread.start()
-
-    def __repr__(self) -> str:
-        return f"Running(url={self.url!r})"
-
-    def stop(self) -> None:
-        """Stop accepting, finish requests in flight, then close. Safe to call twice."""
-        self._stop.set()
-        self._server.wake()
-        self._thread.join(self._grace + 10)
-
-    def __enter__(self) -> Running:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+# ---------------------------------------------------------------------- serving
 
 
 def start(
     app: Callable, host: str = "127.0.0.1", port: int = 0, *, threads: int = 16, grace: float = 10.0
-) -> Running:
-    """Serve ``app`` in a background thread; the port is bound when this returns."""
-    return Running(_Server(app, host, port, threads), grace)
+) -> serving.Running:
+    """Serve ``app`` in a background thread (``--listen``, tests); the port is bound when this
+    returns. A port that cannot be had is a ConfigError (exit 3)."""
+    server = serving.create_server(app, host, port, threads=threads, log_name=LOGGER_NAME)
+    return serving.start(server, grace=grace)
 
 
 def serve(
@@ -950,30 +756,7 @@ def serve(
     ready: Callable[[str], None] | None = None,
     grace: float = 10.0,
 ) -> None:
-    """Serve ``app`` until SIGTERM or Ctrl-C, then finish requests in flight and return.
-
-    ``ready(url)`` is called once the port is bound. A second signal stops at once.
-    """
-    server = _Server(app, host, port, threads)
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: object) -> None:
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-
-    previous: dict[int, Any] = {}
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            previous[signum] = signal.signal(signum, on_signal)
-    try:
-        if ready is not None:
-            try:
-                ready(server.url)
-            except BaseException:
-                server.close(grace)
-                raise
-        server.run(stop, grace)
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+    """Serve ``app`` until SIGTERM or Ctrl-C, then finish requests in flight and return;
+    ``ready(url)`` is called once the port is bound. A second signal stops at once."""
+    server = serving.create_server(app, host, port, threads=threads, log_name=LOGGER_NAME)
+    serving.serve(server, ready=ready, grace=grace)

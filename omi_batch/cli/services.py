@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
 
 import click
 
@@ -346,8 +345,6 @@ def simulator_serve(
         omi-batch simulator serve --rate-limit 20:5 --auth bearer --token-lifetime 60
         omi-batch simulator serve --no-ticket-callbacks --directory-fault permission_denied
     """
-    import signal
-
     from omi_batch.simulator import Faults, Simulator, serve
 
     faults = Faults(
@@ -392,12 +389,5 @@ def simulator_serve(
         click.echo(f"OMI simulator listening on {url}")
         sys.stdout.flush()
 
-    def on_sigterm(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        serve(sim, host, port, ready=ready)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    serve(sim, host, port, ready=ready)  # until SIGTERM or Ctrl-C
     click.echo("OMI simulator stopped.", err=True)

@@ -24,9 +24,11 @@ option is described on ``Simulator`` and ``Faults``.
 
 from __future__ import annotations
 
+from omi_batch.serving import Running
 from omi_batch.simulator.app import envelope, make_app
-from omi_batch.simulator.core import FIXTURE_PATH, PREVIEW_FIELDS, PREVIEW_MODES, Faults, Simulator
-from omi_batch.simulator.server import Running, serve
+from omi_batch.simulator.core import Simulator
+from omi_batch.simulator.model import FIXTURE_PATH, PREVIEW_FIELDS, PREVIEW_MODES, Faults
+from omi_batch.simulator.server import serve
 
 __all__ = [
     "FIXTURE_PATH",

@@ -15,13 +15,16 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from waitress.channel import ClientDisconnected
 
-from omi_batch.simulator.core import Rejected, Simulator
 from omi_batch.simulator.gate import retry_after_seconds
+from omi_batch.simulator.model import Rejected
+
+if TYPE_CHECKING:
+    from omi_batch.simulator.core import Simulator
 
 log = logging.getLogger("omi_batch.simulator")
 

@@ -18,10 +18,9 @@ import threading
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omi_batch.config import Secret
 from omi_batch.errors import NotFound, UsageError
@@ -32,93 +31,29 @@ from omi_batch.simulator.gate import (
     TokenBucket,
     parse_rate_limit,
 )
+from omi_batch.simulator.model import (
+    ACTIONS,
+    CALLBACK_TIMEOUT,
+    DAY_SECONDS,
+    DIRECTORY_SHAPES,
+    EVENT_LIMIT,
+    FIXTURE_PATH,
+    PREVIEW_FIELDS,
+    PREVIEW_MODES,
+    QUEUE_LIMIT,
+    REORDER_GROUP,
+    REORDER_WINDOW,
+    SCRIPT_KEYS,
+    TICKET_OPEN,
+    Faults,
+    Rejected,
+    TransferRequest,
+)
+
+if TYPE_CHECKING:
+    from omi_batch.serving import Running
 
 log = logging.getLogger("omi_batch.simulator")
-
-FIXTURE_PATH = Path(__file__).with_name("fixture.json")
-PREVIEW_MODES = ("sync", "async")
-PREVIEW_FIELDS = ("updatedRecords", "totalRecords", "total", "count", "number")
-KINDS = ("conversations", "tickets")
-ACTIONS = {"conversations": "CONVERSATION_AGENT_TRANSFER", "tickets": "TICKET_AGENT_TRANSFER"}
-DIRECTORY_SHAPES = ("items", "data", "list")
-DIRECTORY_FAULTS = ("permission_denied", "forbidden", "not_found", "unavailable", "error")
-TICKET_FAULTS = ("permission_denied", "forbidden")
-TICKET_OPEN = ("open", "in_progress")  # a closed ticket is never moved
-DAY_SECONDS = 86_400
-CALLBACK_TIMEOUT = 2.0  # OMI gives the partner's endpoint 2 seconds
-QUEUE_LIMIT = 20_000  # jobs waiting for the worker; a full queue makes the API wait
-EVENT_LIMIT = 200_000  # oldest events are forgotten beyond this
-REORDER_WINDOW = 0.25  # seconds callbacks are held back when reorder_callbacks is on
-REORDER_GROUP = 64  # at most this many callbacks shuffled together
-SCRIPT_KEYS = frozenset({"status", "body", "headers", "delay", "reset", "apply"})
-
-
-@dataclass
-class Faults:
-    """What goes wrong, and how often. Everything is off by default; fractions are 0..1.
-
-    May be changed while the simulator runs (``sim.faults.error_rate = 1.0``).
-    """
-
-    latency_ms: float = 0  # added before every API answer
-    error_rate: float = 0  # answered 500 or 503; nothing applied
-    rate_limit_rate: float = 0  # answered 429 with Retry-After; nothing applied
-    retry_after: float = 1.0  # seconds put in Retry-After
-    slow_rate: float = 0  # answered only after slow_seconds; the transfer IS applied first
-    slow_seconds: float = 35.0
-    reset_rate: float = 0  # connection closed with no answer; nothing applied
-    drop_callbacks: float = 0  # callbacks never sent
-    duplicate_callbacks: float = 0  # callbacks sent twice
-    callback_delay: float = 0  # seconds before each callback is sent
-    reorder_callbacks: bool = False  # hold callbacks back and send them shuffled
-    callback_error_rate: float = 0  # executes whose callback says ERROR (nothing moved)
-    # The agent directory answers: None (normally), permission_denied (200, -9999),
-    # forbidden (403, permission_denied), not_found (404 page), unavailable (503 page), error (500)
-    directory_fault: str | None = None
-    # Ticket transfers answer: None (normally), permission_denied (200, -9999), forbidden (403);
-    # the key lacks the permission to assign others' tickets, conversations still work
-    ticket_fault: str | None = None
-
-    def __post_init__(self) -> None:
-        for name, allowed in (
-            ("directory_fault", DIRECTORY_FAULTS),
-            ("ticket_fault", TICKET_FAULTS),
-        ):
-            value = getattr(self, name)
-            if value is not None and value not in allowed:
-                raise UsageError(f"fault {name} must be one of {', '.join(allowed)}, not {value!r}")
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name in ("reorder_callbacks", "directory_fault", "ticket_fault"):
-                continue
-            if not isinstance(value, int | float) or value < 0:
-                raise UsageError(f"fault {f.name} must be a number >= 0, not {value!r}")
-            if f.name.endswith(("_rate", "_callbacks")) and value > 1:
-                raise UsageError(f"fault {f.name} is a fraction: 0 to 1, not {value!r}")
-
-
-@dataclass(frozen=True)
-class TransferRequest:
-    """One parsed conversation or ticket transfer body (``kind``: conversations | tickets)."""
-
-    source: str
-    target: str
-    preview: bool
-    replace: bool
-    conv_ids: tuple[str, ...] | None
-    callback: dict | None  # {"url", "headers"}
-    request_time_ms: int
-    kind: str = "conversations"
-
-
-class Rejected(Exception):
-    """A request the API refuses with the vendor's -9999 envelope (HTTP 200 unless said)."""
-
-    def __init__(self, code: str, error: str | None = None, http_status: int = 200):
-        super().__init__(code)
-        self.code = code
-        self.error = error
-        self.http_status = http_status
 
 
 def _parse_time(value: Any, what: str) -> datetime:
@@ -518,7 +453,7 @@ class Simulator:
                 self._cond.wait(min(left, 0.5))
             return True
 
-    def start(self, host: str = "127.0.0.1", port: int = 0, *, threads: int = 32):
+    def start(self, host: str = "127.0.0.1", port: int = 0, *, threads: int = 32) -> Running:
         """Serve the API with waitress in a daemon thread; returns a handle with ``url``, ``stop()``."""
         from omi_batch.simulator.server import start
 
