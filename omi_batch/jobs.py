@@ -82,6 +82,7 @@ _SCHEMA: dict[str, dict[str, str]] = {
         "timeout": "timeout",
         "wait": "seconds",
         "listen": "listen",
+        "check_agents": "flag",
     },
     "omi": {
         "base_url": "url",
@@ -121,6 +122,7 @@ class Job:
     timeout: float = 30.0
     wait: float = 300.0
     listen: tuple[str, int] | None = None
+    check_agents: bool = True  # look every source and target up in OMI's directory first
     base_url: str | None = None
     webhook_url: str | None = None
     api_key_env: str = "OMI_API_KEY"
@@ -259,6 +261,7 @@ def load_job(path: str | os.PathLike) -> Job:
         timeout=checked.get("run.timeout", 30.0),
         wait=checked.get("run.wait", 300.0),
         listen=checked.get("run.listen"),
+        check_agents=checked.get("run.check_agents", True),
         base_url=checked.get("omi.base_url"),
         webhook_url=checked.get("omi.webhook_url"),
         api_key_env=checked.get("omi.api_key_env", "OMI_API_KEY"),
@@ -410,6 +413,10 @@ def _check_value(key: str, value: Any, where: str) -> Any:
         return number(0, "seconds, 0 or more")
     if kind == "listen":
         return _parse_listen(value, bad)
+    if kind == "flag":
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
     if kind == "notify":
         from omi_batch.notify import check_url
 
@@ -661,7 +668,8 @@ class _Tick:
                        "concurrency": job.concurrency, "rate": job.rate,
                        "timeout": job.timeout, "wait": job.wait}  # fmt: skip
             try:
-                batch_id = self.pipeline.create_batch(plan, options=options)
+                batch_id = self.pipeline.create_batch(plan, options=options,
+                                                      check_agents=job.check_agents)  # fmt: skip
             except UsageError as error:
                 self._reject(path, error)
                 return

@@ -144,10 +144,16 @@ wait = {wait}
 """
 
 
-def make_job(tmp_path, policy="manual", per_row=1000, per_batch=10000, wait=10, listen=True):
+def make_job(
+    tmp_path, policy="manual", per_row=1000, per_batch=10000, wait=10, listen=True,
+    check_agents=True,
+):  # fmt: skip
     """A job in ``tmp_path/work``; with ``listen`` each tick runs its own receiver."""
     path = tmp_path / "offboarding.toml"
+    run = ['listen = "127.0.0.1:0"'] if listen else []
+    if not check_agents:
+        run.append("check_agents = false")
     text = JOB.format(policy=policy, per_row=per_row, per_batch=per_batch, wait=wait,
-                      listen='listen = "127.0.0.1:0"' if listen else "")  # fmt: skip
+                      listen="\n".join(run))  # fmt: skip
     path.write_text(text)
     return load_job(path)

@@ -49,21 +49,33 @@ def test_the_demo_runs_the_whole_flow_and_stops_the_simulator(tmp_path):
         r"^OMI simulator listening on (http://127\.0\.0\.1:\d+) ", done.stdout, re.M
     )
     assert address
-    # The results table, from `omi-batch run`.
-    for row, status in [(2, "succeeded"), (3, "succeeded"), (4, "succeeded"), (5, "succeeded"),
-                        (6, "succeeded"), (7, "preview_failed")]:  # fmt: skip
-        assert re.search(rf"^ {row} .*│ {status} ", done.stdout, re.M), row
-    assert lines[-5].startswith("5 transfer(s) succeeded, confirmed by OMI's callbacks: ")
-    assert lines[-4] == ("Row 2 was a chain: minh.tran@example.vn is leaving too, so "
+    # First the directory check catches row 7, as designed; then the run goes on without it.
+    out = tmp_path / "demo"
+    copy = out / "sample_offboarding-without-row-7.csv"
+    assert lines[3:7] == [
+        "$ omi-batch validate data/sample_offboarding.csv --check-agents",
+        "Row 7 caught before anything moved, as designed: long.ly@example.vn has no OMI account "
+        "(exit 2, nothing was sent, no batch was created).",
+        f"As an operator would, the demo writes a copy without it and runs that: {copy}",
+        f"$ omi-batch run {copy} --yes --listen 127.0.0.1:0 --ledger {out / 'ledger.db'} "
+        f"--reports {out / 'reports'} --wait 30",
+    ]
+    assert ("  row 7: target_not_found: target long.ly@example.vn is not in OMI's agent "
+            "directory\n") in done.stderr  # fmt: skip
+    sample = SAMPLE.read_text(encoding="utf-8").splitlines(keepends=True)
+    assert copy.read_text(encoding="utf-8") == "".join(sample[:6] + sample[7:])
+    # The results table, from `omi-batch run`: every row left succeeded.
+    for row in (2, 3, 4, 5, 6):
+        assert re.search(rf"^ {row} .*│ succeeded ", done.stdout, re.M), row
+    assert not re.search(r"^ 7 ", done.stdout, re.M)
+    assert lines[-4].startswith("5 transfer(s) succeeded, confirmed by OMI's callbacks: ")
+    assert lines[-3] == ("Row 2 was a chain: minh.tran@example.vn is leaving too, so "
                          "lan.nguyen@example.vn's conversations went straight to "
                          "hong.le@example.vn.")  # fmt: skip
-    assert lines[-3] == ("Row 4 moved only 2 chosen conversation(s) of bao.pham@example.vn to "
+    assert lines[-2] == ("Row 4 moved only 2 chosen conversation(s) of bao.pham@example.vn to "
                          "mai.hoang@example.vn, before the row that takes the rest.")  # fmt: skip
-    assert lines[-2].startswith("Row 7 (thu.dang@example.vn → long.ly@example.vn) failed its "
-                                "preview, as designed")  # fmt: skip
-    assert lines[-1] == "Demo finished as designed (the one failure above is expected)."
+    assert lines[-1] == "Demo finished as designed (the row caught above is expected)."
     assert "Nguyễn Thị Lan" not in done.stdout  # names are in the reports, not the table
-    out = tmp_path / "demo"
     reports = sorted(p.name.split("-", 3)[-1] for p in (out / "reports").iterdir())
     assert reports == ["preview.csv", "results.csv", "results.xlsx", "retry.csv", "review.xlsx",
                        "targets.csv"]  # fmt: skip
@@ -82,7 +94,9 @@ def test_the_demo_fails_loudly_when_the_flow_does_not_behave(tmp_path):
     done = run_demo(tmp_path, "--csv", str(bad))
     assert done.returncode == 1
     lines = done.stdout.splitlines()
-    assert lines[-2] == "The demo did not behave as designed: omi-batch run exited 2."
+    assert lines[-2] == ("The demo did not behave as designed: omi-batch validate found a problem "
+                         "other than the designed one: row 2: bad_email: 'an.nguyen@example' is "
+                         "not a valid email address.")  # fmt: skip
     assert lines[-1].startswith("Look at ")
     address = re.search(r"^OMI simulator listening on (http://\S+) ", done.stdout, re.M)
     assert refused(address.group(1))

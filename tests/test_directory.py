@@ -193,12 +193,14 @@ def test_validate_check_agents_lists_the_problems_and_sends_nothing(runner, env,
     assert not list(tmp_path.glob("*.db"))
 
 
-def test_preview_with_check_agents_creates_no_batch_when_a_target_is_deleted(
-    runner, env, tmp_path, ledger_path, reports_dir
+@pytest.mark.parametrize("command", [["preview"], ["run", "--yes"]])
+def test_preview_and_run_create_no_batch_when_a_target_is_deleted(
+    runner, env, tmp_path, ledger_path, reports_dir, command
 ):
     sim, _ = env
-    args = ["preview", write_csv(tmp_path, BAD_ROWS), "--check-agents", "--ledger",
-            str(ledger_path), "--reports", str(reports_dir)]  # fmt: skip
+    # The directory check is on by default.
+    args = [*command, write_csv(tmp_path, BAD_ROWS), "--ledger", str(ledger_path), "--reports",
+            str(reports_dir), "--listen", "127.0.0.1:0"]  # fmt: skip
     result = runner.invoke(cli, args)
     assert result.exit_code == 2, result.output
     assert "1 problem(s) in OMI's agent directory: nothing was sent and no batch was created" in (
@@ -210,12 +212,29 @@ def test_preview_with_check_agents_creates_no_batch_when_a_target_is_deleted(
             assert ledger.batches() == []
 
 
+def test_no_check_agents_leaves_an_unknown_target_to_its_preview(
+    runner, env, tmp_path, ledger_path, reports_dir
+):
+    sim, _ = env
+    rows = [(email("lan.nguyen"), email("minh.tran")), (email("thu.dang"), email("long.ly"))]
+    args = ["preview", write_csv(tmp_path, rows), "--no-check-agents", "--ledger",
+            str(ledger_path), "--reports", str(reports_dir), "--listen", "127.0.0.1:0"]  # fmt: skip
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 1, result.output  # row 3 failed its preview
+    assert directory_requests(sim) == []
+    with Ledger(ledger_path) as ledger:
+        [batch] = ledger.batches()
+        states = {r["row"]: (r["state"], r["preview_error"]) for r in ledger.rows(batch["id"])}
+    assert states[2] == ("previewed", None)
+    assert states[3][0] == "preview_failed" and "user_not_found" in states[3][1]
+
+
 def test_preview_goes_on_with_one_warning_when_the_directory_is_forbidden(
     runner, env, tmp_path, ledger_path, reports_dir
 ):
     sim, _ = env
     sim.faults.directory_fault = "permission_denied"
-    args = ["preview", write_csv(tmp_path, BAD_ROWS[:1]), "--check-agents", "--ledger",
+    args = ["preview", write_csv(tmp_path, BAD_ROWS[:1]), "--ledger",
             str(ledger_path), "--reports", str(reports_dir), "--listen", "127.0.0.1:0"]  # fmt: skip
     result = runner.invoke(cli, args)
     assert result.exit_code == 0, result.output

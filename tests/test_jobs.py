@@ -105,6 +105,7 @@ def test_the_example_job_file_parses():
         None,
     )
     assert (job.api_key_env, job.webhook_secret_env) == ("OMI_API_KEY", "OMI_WEBHOOK_SECRET")
+    assert job.check_agents is True
 
 
 def test_relative_paths_are_taken_from_root_relative_to_the_job_file(tmp_path):
@@ -124,7 +125,7 @@ HEX_SECRET = "9f3c1a7e5b2d4f6a8c0e1b3d5f7a9c2e"
 BAD_JOB_FILES = [
     (
         "[run]\nspeed = 3\n",
-        "unknown key run.speed (known here: concurrency, listen, rate, timeout, wait)",
+        "unknown key run.speed (known here: check_agents, concurrency, listen, rate, timeout, wait)",
     ),
     ("[later]\nx = 1\n", "unknown section [later] (known: [folders], [approval], [run], [omi])"),
     (
@@ -320,7 +321,9 @@ def test_missing_configuration_is_named_and_exits_3(tmp_path, runner, env, extra
 
 def test_a_batch_travels_inbox_review_approved_archive(tmp_path, runner, simulator, job_log):
     sim, server = simulator
-    job = make_job(tmp_path)
+    # The directory check is off: the sample's row 7 (no OMI account) reaches its preview and is
+    # the journey's one failed row.
+    job = make_job(tmp_path, check_agents=False)
     env = env_for(server)
 
     result = runner.invoke(cli, ["job", "run", str(job.path)], env=env)
@@ -427,6 +430,24 @@ def test_a_bad_file_is_set_aside_and_the_others_go_on(tmp_path, simulator, job_l
     assert report[0] == "row,code,message"
     assert report[1].startswith("2,bad_email,")
     assert names(job.inbox) == []
+
+
+def test_a_file_naming_an_agent_omi_does_not_have_is_rejected_before_any_batch(
+    tmp_path, runner, simulator
+):
+    sim, server = simulator
+    job = make_job(tmp_path)  # the directory check is on by default
+    drop(job.inbox, "departures.csv", SAMPLE.read_text(encoding="utf-8"))
+    result = runner.invoke(cli, ["job", "run", str(job.path)], env=env_for(server))
+    assert result.exit_code == 2, result.output
+    assert names(job.rejected) == ["departures.csv", "departures.csv.errors.csv"]
+    report = (job.rejected / "departures.csv.errors.csv").read_text(encoding="utf-8-sig")
+    assert report.splitlines()[1:] == [
+        "7,target_not_found,target long.ly@example.vn is not in OMI's agent directory"
+    ]
+    assert [e["body"]["previewChanges"] for e in sim.events
+            if e["kind"] == "request" and "transfer" in e["path"]] == [True]  # the preflight only  # fmt: skip
+    assert job_batches(job) == []
 
 
 def test_only_bad_files_exit_2_and_send_nothing(tmp_path, runner, simulator):

@@ -47,7 +47,8 @@ hung.bui@example.vn,ngoc.do@example.vn,true,,
 minh.tran@example.vn,hong.le@example.vn,false,,
 """
 ROWS = [2, 3, 4, 5, 6]
-# The sample's last row names an agent OMI does not know: it fails its preview.
+# The sample's last row names an agent OMI does not know: the directory check refuses the file
+# (exit 2, no batch); with --no-check-agents the row fails its preview instead.
 UNKNOWN_TARGET = "thu.dang@example.vn,long.ly@example.vn,false,,no OMI account yet\n"
 
 
@@ -123,7 +124,9 @@ def test_run_moves_every_row_and_confirms_each_by_callback(
     sim, _ = env
     with csv_file.open("a", encoding="utf-8") as handle:
         handle.write(UNKNOWN_TARGET)
-    result = invoke(runner, "run", csv_file, "--yes", *fast(), *common(ledger_path, reports_dir))
+    # Without the directory check, row 7 is caught by its preview and lands in the retry report.
+    result = invoke(runner, "run", csv_file, "--yes", "--no-check-agents", *fast(),
+                    *common(ledger_path, reports_dir))  # fmt: skip
     assert result.exit_code == 1, result.output  # row 7 failed its preview
     batch_id = batch_of(ledger_path)
     with Ledger(ledger_path) as ledger:
@@ -908,6 +911,11 @@ def test_no_secret_or_callback_token_is_printed_logged_stored_or_reported(
     outputs = []
     result = invoke(runner, "-vv", "run", csv_file, "--yes", *fast(),
                     *common(ledger_path, reports_dir))  # fmt: skip
+    assert result.exit_code == 2, result.output  # the directory check caught row 7
+    outputs += [result.stdout, result.stderr]
+    result = invoke(runner, "-vv", "run", csv_file, "--yes", "--no-check-agents", *fast(),
+                    *common(ledger_path, reports_dir))  # fmt: skip
+    assert result.exit_code == 1, result.output  # row 7 failed its preview
     outputs += [result.stdout, result.stderr]
     batch_id = batch_of(ledger_path)
     for args in (["status", batch_id, "--json"], ["status"], ["report", batch_id]):

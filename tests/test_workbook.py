@@ -18,6 +18,8 @@ from omi_batch.reports import RESULTS_COLUMNS
 VIP = "6a92a56ca95c2c0b07465834;6ac43424980ae047cc1ebe17"
 # Rows 2-6 preview ok; row 7 names an agent OMI does not know; row 8 repeats row 6 (a warning,
 # kept once); row 9 sends to an agent who is leaving too (a chain: a warning on rows 4 and 9).
+# The commands here run with --no-check-agents so that row 7 reaches its preview, which fails:
+# the workbook's look of a failed row is what these tests are about.
 CSV = f"""source_email,target_email,replace_existing_members,conv_ids,note
 lan.nguyen@example.vn,tuan.ho@example.vn,false,,=HYPERLINK("http://x")
 bao.pham@example.vn,mai.hoang@example.vn,true,{VIP},Phạm Quốc Bảo: 2 khách VIP
@@ -41,8 +43,9 @@ def batch(runner, env, tmp_path, ledger_path, reports_dir):
     """A previewed batch: ``(batch id, its ledger rows, its batch record)``."""
     source = tmp_path / "departures.csv"
     source.write_text(CSV, encoding="utf-8")
-    result = invoke(runner, "preview", source, "--rate", "1000", "--listen", "127.0.0.1:0",
-                    "--wait", "5", "--ledger", ledger_path, "--reports", reports_dir)  # fmt: skip
+    result = invoke(runner, "preview", source, "--no-check-agents", "--rate", "1000", "--listen",
+                    "127.0.0.1:0", "--wait", "5", "--ledger", ledger_path, "--reports",
+                    reports_dir)  # fmt: skip
     assert result.exit_code == 1, result.output  # row 7 failed its preview
     batch_id = result.stdout.strip()
     with Ledger(ledger_path) as ledger:
@@ -54,8 +57,9 @@ def test_preview_writes_the_review_workbook_beside_the_csv_reports(
 ):
     source = tmp_path / "departures.csv"
     source.write_text(CSV, encoding="utf-8")
-    result = invoke(runner, "preview", source, "--rate", "1000", "--listen", "127.0.0.1:0",
-                    "--wait", "5", "--ledger", ledger_path, "--reports", reports_dir)  # fmt: skip
+    result = invoke(runner, "preview", source, "--no-check-agents", "--rate", "1000", "--listen",
+                    "127.0.0.1:0", "--wait", "5", "--ledger", ledger_path, "--reports",
+                    reports_dir)  # fmt: skip
     batch_id = result.stdout.strip()
     book = reports_dir / f"{batch_id}-review.xlsx"
     assert sorted(p.name for p in reports_dir.iterdir()) == [
@@ -284,8 +288,9 @@ def test_results_workbook_after_a_run_shows_each_outcome_and_what_moved(
 ):
     source = tmp_path / "departures.csv"
     source.write_text(CSV, encoding="utf-8")
-    result = invoke(runner, "run", source, "--yes", "--rate", "1000", "--listen", "127.0.0.1:0",
-                    "--wait", "5", "--ledger", ledger_path, "--reports", reports_dir)  # fmt: skip
+    result = invoke(runner, "run", source, "--yes", "--no-check-agents", "--rate", "1000",
+                    "--listen", "127.0.0.1:0", "--wait", "5", "--ledger", ledger_path,
+                    "--reports", reports_dir)  # fmt: skip
     assert result.exit_code == 1, result.output  # row 7 failed its preview
     with Ledger(ledger_path) as ledger:
         batch_id = ledger.batches()[0]["id"]
@@ -348,6 +353,7 @@ policy = "manual"
 rate = 100.0
 wait = 10
 listen = "127.0.0.1:0"
+check_agents = false
 """
 
 

@@ -87,7 +87,7 @@ def check_agents_option(f: Callable) -> Callable:
     """--check-agents/--no-check-agents: look every source and target up in OMI's directory."""
     return click.option(
         "--check-agents/--no-check-agents",
-        default=False,  # on once make demo's sample no longer relies on an unknown target
+        default=True,
         show_default=True,
         help="Before anything else, look every source and target up in OMI's agent directory: "
         "a target missing, deactivated or deleted, or a source missing, stops with exit 2.",
