@@ -47,14 +47,14 @@ def test_execute_reaches_its_first_request_in_five_frames_entering_cli_once(
     assert done.exit_code in (0, 1), done.output
     first = stacks[0]
     start = next(i for i, f in enumerate(first) if f.startswith("omi_batch.cli.batch:"))
-    end = next(i for i, f in enumerate(first) if f.startswith("omi_batch.client:"))
+    end = next(i for i, f in enumerate(first) if f.startswith("omi_batch.client."))
     path = first[start : end + 1]
     assert path == [
         "omi_batch.cli.batch:execute",
         "omi_batch.pipeline.execute:execute",
         "omi_batch.pipeline.execute:_execute",
         "omi_batch.pipeline.preview:preflight",
-        "omi_batch.client:transfer_conversations",
+        "omi_batch.client.endpoints:transfer_conversations",
     ]
     # Above the command only the root group's error handler (once, for every command).
     assert [f for f in first[:start] if f.startswith("omi_batch.")] == [

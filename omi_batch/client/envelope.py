@@ -1,0 +1,315 @@
+"""OMI's wire format: paths, vendor codes, reading the envelope of an answer into a result or
+an error, and the payload readers (rooms, messages, tokens, directory pages)."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from omi_batch.client.errors import ApiError, AuthError, RateLimited, ServerError
+from omi_batch.client.values import Agent, TransferResult
+from omi_batch.config import Secret, scrub
+from omi_batch.errors import UsageError
+from omi_batch.verdicts import read_count
+
+TRANSFER_PATH = "/api/v3/agent/conversation/transfer"
+TICKET_PATH = "/api/v3/agent/ticket/transfer"
+AUTH_PATH = "/api/auth"
+AGENTS_PATH = "/api/agent/list"
+SUCCESS = 9999
+
+# Vendor codes that mean "your key, its rights or the account": an operator has to act, retrying
+# is useless (tenant_disabled and individual_package_expired are account problems).
+AUTH_CODES = frozenset(
+    {
+        "api_key_invalid",
+        "api_key_is_required",
+        "token_expired",
+        "auth_invalid",
+        "permission_denied",
+        "tenant_disabled",
+        "individual_package_expired",
+    }
+)
+
+# A Bearer token refused with one of these (or HTTP 401) is fetched again, once per request.
+REFRESH_CODES = frozenset({"token_expired", "auth_invalid"})
+TICKETS_DENIED = "your key lacks the permission to assign other agents' tickets"
+RATE_LIMIT_CODES = frozenset({"rate_limit_exceeded"})
+# Where a preview may carry its count (see docs/design.md, "client"); first match wins.
+
+_EXCERPT = 160  # characters of a non-JSON answer quoted in an error
+_CHANNEL = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
+
+
+def _excerpt(content: bytes, secrets: Sequence[str]) -> str:
+    """A short, printable, secret-free quote of an answer body."""
+    text = content[: _EXCERPT * 4].decode("utf-8", errors="replace")
+    text = scrub(text, list(secrets))
+    text = " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
+    if len(text) > _EXCERPT:
+        text = text[: _EXCERPT - 1] + "…"
+    return text or "(empty body)"
+
+
+def _short(value: Any, secrets: Sequence[str], limit: int = 300) -> str | None:
+    if value is None or value == "":
+        return None
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    text = " ".join(scrub(text, list(secrets)).split())
+    return text[: limit - 1] + "…" if len(text) > limit else text
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds from a ``Retry-After`` header: a number of seconds or an HTTP date. None if absent
+    or unreadable; never negative."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    if not math.isfinite(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+def check_envelope(
+    http_status: int,
+    content: bytes,
+    headers: Mapping[str, str] | None = None,
+    *,
+    endpoint: str | None = None,
+    secrets: Sequence[str] = (),
+) -> dict:
+    """The parsed envelope of a successful answer, or the matching ApiError raised.
+
+    Success is HTTP 2xx with ``status_code == 9999``. The vendor code is the top-level
+    ``message``, else ``payload.error`` / ``payload.message``.
+    """
+    headers = headers or {}
+    retry_after = parse_retry_after(headers.get("Retry-After"))
+    try:
+        envelope = json.loads(content) if content else None
+    except (ValueError, UnicodeDecodeError):
+        envelope = None
+        parsed = False
+    else:
+        parsed = isinstance(envelope, dict)
+
+    code: str | None = None
+    text = ""
+    if parsed:
+        payload = envelope.get("payload")
+        inner = payload if isinstance(payload, dict) else {}
+        candidates = [
+            _short(envelope.get("message"), secrets, 100),
+            _short(inner.get("error"), secrets),
+            _short(inner.get("message"), secrets),
+        ]
+        found = [c for c in candidates if c]
+        code = found[0] if found else None
+        text = "; ".join(c for c in found[1:] if c != code)
+        ok_envelope = envelope.get("status_code") == SUCCESS
+    elif content and envelope is not None:
+        text = f"not an OMI envelope: {_excerpt(content, secrets)}"
+        ok_envelope = False
+    else:
+        text = f"answer is not JSON: {_excerpt(content, secrets)}"
+        ok_envelope = False
+
+    if 200 <= http_status < 300 and ok_envelope:
+        return envelope
+
+    if not parsed:
+        code = "not_json" if envelope is None else "bad_envelope"
+    elif code is None:
+        code = "bad_envelope" if "status_code" not in envelope else None
+        if code is None and 200 <= http_status < 300:
+            code = f"status_code_{envelope.get('status_code')}"
+
+    kwargs = {"endpoint": endpoint, "retry_after": retry_after}
+    if http_status == 429 or code in RATE_LIMIT_CODES:
+        raise RateLimited(http_status, code, text, **kwargs)
+    if http_status in (401, 403) or code in AUTH_CODES:
+        raise AuthError(http_status, code, text or _auth_hint(code), **kwargs)
+    if http_status >= 500:
+        raise ServerError(http_status, code, text, **kwargs)
+    if 300 <= http_status < 400 and not text:
+        location = headers.get("Location")
+        text = f"redirected to {scrub(location, list(secrets))}" if location else "redirected"
+    raise ApiError(http_status, code, text, **kwargs)
+
+
+def _auth_hint(code: str | None) -> str:
+    if code == "api_key_is_required":
+        return "no API key was sent (set OMI_API_KEY)"
+    if code == "api_key_invalid":
+        return "the API key was refused (check OMI_API_KEY and OMI_BASE_URL)"
+    if code == "token_expired":
+        return "the credential has expired"
+    return "the API key may not do this (check its rights in the OMI web app)"
+
+
+def _transfer_result(http_status: int, envelope: dict, secrets: Sequence[str]) -> TransferResult:
+    return _any_transfer_result(http_status, envelope, secrets, TRANSFER_PATH)
+
+
+def _ticket_result(http_status: int, envelope: dict, secrets: Sequence[str]) -> TransferResult:
+    return _any_transfer_result(http_status, envelope, secrets, TICKET_PATH)
+
+
+def _any_transfer_result(
+    http_status: int, envelope: dict, secrets: Sequence[str], endpoint: str
+) -> TransferResult:
+    payload = envelope.get("payload")
+    try:
+        count = read_count(payload)
+    except ApiError as exc:
+        text = scrub(exc.text, list(secrets))
+        raise ApiError(http_status, exc.code, text, endpoint=endpoint) from None
+    request_id = _request_id(payload)
+    if request_id is not None:  # an id is taken from the answer too: never let it carry a secret
+        request_id = scrub(request_id, list(secrets))
+    return TransferResult(request_id, count, http_status, envelope)
+
+
+def _request_id(payload: Any) -> str | None:
+    if isinstance(payload, dict):
+        value = payload.get("requestId", payload.get("request_id"))
+        if value is not None and value != "":
+            return str(value)
+    return None
+
+
+def _longest_first(values: Sequence[str]) -> list[str]:
+    """Distinct non-empty secrets, the longest first, so one containing another goes whole."""
+    return sorted({v for v in values if v}, key=len, reverse=True)
+
+
+def _url_secrets(url: str) -> list[str]:
+    """Credential-like parts of a callback URL: its password and its query values."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return []
+    found = [parts.password] if parts.password else []
+    found.extend(value for _, value in parse_qsl(parts.query) if value)
+    return found
+
+
+def _channel(channel: str) -> str:
+    if not _CHANNEL.match(channel or ""):
+        raise UsageError(f"not a channel name: {channel!r}")
+    return channel
+
+
+def _dict_payload(http_status: int, envelope: dict, secrets: Sequence[str]) -> dict:
+    payload = envelope.get("payload")
+    if not isinstance(payload, dict):
+        raise ApiError(http_status, "bad_payload", "the answer's payload is not an object")
+    return payload
+
+
+def _list_payload(http_status: int, envelope: dict, secrets: Sequence[str]) -> list:
+    """A message list: the payload itself, or the list inside it (shapes vary by channel)."""
+    payload = envelope.get("payload")
+    if payload is None:
+        return []
+    if isinstance(payload, list):
+        return payload
+    if isinstance(payload, dict):
+        for key in ("items", "messages", "data", "docs"):
+            if isinstance(payload.get(key), list):
+                return payload[key]
+    raise ApiError(http_status, "bad_payload", "the message list is not a list")
+
+
+def _token_payload(http_status: int, envelope: dict, secrets: Sequence[str]) -> Secret:
+    """The Bearer token in ``/api/auth``'s payload (``access_token``), as a Secret."""
+    payload = envelope.get("payload")
+    token = payload.get("access_token") if isinstance(payload, dict) else None
+    if not isinstance(token, str) or not token.strip():
+        raise ApiError(http_status, "bad_token", "the answer has no access_token")
+    return Secret(token.strip())
+
+
+AGENT_LIST_KEYS = ("items", "data", "content", "docs", "rows", "list", "agents", "records")
+
+
+def _agents_page(http_status: int, envelope: dict, secrets: Sequence[str]) -> list[Agent]:
+    """One directory page, read tolerantly: the items are the payload itself or the first list
+    under a usual key (one level deeper too, e.g. ``payload.data.items``); an item's email is
+    ``identify_info`` or ``email``; items without one are skipped."""
+    items = _find_list(envelope.get("payload"))
+    if items is None:
+        raise ApiError(http_status, "bad_payload", "the agent list is not a list")
+    agents = []
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        email = next(
+            (
+                item[k]
+                for k in ("identify_info", "email", "identifyInfo")
+                if isinstance(item.get(k), str)
+            ),
+            None,
+        )
+        if not email or "@" not in email:
+            continue
+        name = next(
+            (item[k] for k in ("name", "full_name", "fullname", "fullName") if item.get(k)), None
+        )
+        agents.append(
+            Agent(
+                email=email.strip().lower(),
+                is_active=_flag(item, "is_active", "isActive", "active"),
+                is_deleted=_flag(item, "is_deleted", "isDeleted", "deleted"),
+                name=scrub(str(name), list(secrets)) if name else None,
+            )
+        )
+    return agents
+
+
+def _find_list(payload: Any, depth: int = 0) -> list | None:
+    if payload is None:
+        return []
+    if isinstance(payload, list):
+        return payload
+    if isinstance(payload, dict) and depth < 2:
+        for key in AGENT_LIST_KEYS:
+            if key in payload:
+                found = _find_list(payload[key], depth + 1)
+                if found is not None:
+                    return found
+    return None
+
+
+def _flag(item: dict, *names: str) -> bool | None:
+    """A yes/no field, tolerant of 0/1 and "true"/"false"; None when absent or unreadable."""
+    for name in names:
+        value = item.get(name)
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
+            return value.strip().lower() in ("true", "1")
+    return None
