@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from click.testing import CliRunner
-from helpers import API_KEY, WEBHOOK_SECRET
+from helpers import API_KEY, SAMPLE_TEXT, WEBHOOK_SECRET
 
 
 @pytest.fixture
@@ -61,3 +61,11 @@ def env(monkeypatch, simulator):
     monkeypatch.delenv("OMI_WEBHOOK_URL", raising=False)
     monkeypatch.delenv("OMI_BATCH_LEDGER", raising=False)
     return sim, server
+
+
+@pytest.fixture
+def departures(tmp_path):
+    """Rows 2-6 of the sample file (every agent known to the simulator), as a CSV to read."""
+    path = tmp_path / "departures.csv"
+    path.write_text(SAMPLE_TEXT, encoding="utf-8")
+    return path

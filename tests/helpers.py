@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 import time
 from collections import Counter
+from pathlib import Path
 
 import requests
 
@@ -157,3 +160,51 @@ def make_job(
                       listen="\n".join(run))  # fmt: skip
     path.write_text(text)
     return load_job(path)
+
+
+# ---------------------------------------------------------------------------- the command line
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "data" / "sample_offboarding.csv"
+# The sample's header and rows 2-6 (the README's file): every agent in them is known to the
+# simulator; row 4 routes bao.pham's 2 VIP conversations, row 5 takes "all the rest".
+SAMPLE_TEXT = "".join(SAMPLE.read_text(encoding="utf-8").splitlines(keepends=True)[:6])
+# What a preview OMI refused for an unknown target leaves in a row.
+UNKNOWN = "OMI answered 200 user_not_found: targetEmail: no agent with email long.ly@example.vn"
+# Fast, and with a receiver of its own: the options every flow test gives preview/run/execute.
+FAST = ["--rate", "1000", "--listen", "127.0.0.1:0", "--wait", "10"]
+
+
+def invoke(runner, *args):
+    """``omi-batch ARGS`` through click's runner, exceptions not caught."""
+    from omi_batch.cli import cli
+
+    return runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def where(ledger_path, reports_dir) -> list[str]:
+    """The ``--ledger`` and ``--reports`` options for a test's own files."""
+    return ["--ledger", str(ledger_path), "--reports", str(reports_dir)]
+
+
+def read_report(path: Path) -> list[dict]:
+    """A report CSV's rows (UTF-8 with BOM, as omi-batch writes them)."""
+    return list(csv.DictReader(io.StringIO(path.read_bytes().decode("utf-8-sig"))))
+
+
+def fail_preview(ledger_path, batch_id: str, row: int, error: str = UNKNOWN) -> None:
+    """Leave ``row`` as a preview OMI refused leaves it (the ledger's own state move)."""
+    with Ledger(ledger_path) as ledger:
+        ledger.record_step(batch_id, row, state="preview_failed", event="preview_failed",
+                           preview_error=error, conversations_previewed=None)  # fmt: skip
+
+
+def transfers(sim, *, preview: bool) -> Counter:
+    """Transfer requests the simulator received, previews or executes, by (source, target)."""
+    sent: Counter = Counter()
+    for event in sim.events:
+        body = event.get("body")
+        request = event["kind"] == "request" and event["path"] == TRANSFER
+        if request and isinstance(body, dict) and bool(body.get("previewChanges")) == preview:
+            sent[(body["sourceEmail"], body["targetEmail"])] += 1
+    return sent

@@ -7,8 +7,6 @@ needed) against the simulator over loopback HTTP, with a real ledger file.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import re
@@ -23,37 +21,32 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import pytest
+from helpers import (
+    FAST,
+    SAMPLE_TEXT,
+    TRANSFER,
+    fail_preview,
+    invoke,
+    read_report,
+    transfers,
+    where,
+)
 
 from omi_batch import webhook
-from omi_batch.cli import cli
 from omi_batch.config import Secret
 from omi_batch.ledger import Ledger
 from omi_batch.simulator import Faults
 
 ROOT = Path(__file__).resolve().parent.parent
-SAMPLE = ROOT / "data" / "sample_offboarding.csv"
-# The sample's header and rows 2-6: every agent in them is known to the simulator.
-SAMPLE_TEXT = "".join(SAMPLE.read_text(encoding="utf-8").splitlines(keepends=True)[:6])
 assert "bao.pham@example.vn,anh.vu@example.vn,false,," in SAMPLE_TEXT
-UNKNOWN = "OMI answered 200 user_not_found: targetEmail: no agent with email long.ly@example.vn"
-TRANSFER = "/api/v3/agent/conversation/transfer"
 KEY = "flow-test-key-7d21c9a4"
 SECRET = "flow-test-secret-e8b03f55"
-FAST = ["--rate", "1000", "--listen", "127.0.0.1:0", "--wait", "10"]
 # Items of #10 whose fix lands in the next step: they must still fail until then.
 NEXT = pytest.mark.xfail(strict=True, reason="#10: its fix lands in the next step")
 BOX = re.compile("[━┃│╇┏┓┗┛╋─]")
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def invoke(runner, *args):
-    return runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
-
-
-def where(ledger_path, reports_dir) -> list:
-    return ["--ledger", str(ledger_path), "--reports", str(reports_dir)]
 
 
 def use(monkeypatch, server, webhook_url: str | None = None) -> None:
@@ -97,21 +90,6 @@ def only_batch(ledger_path) -> str:
         return batch["id"]
 
 
-def read_report(path: Path) -> list[dict]:
-    return list(csv.DictReader(io.StringIO(path.read_bytes().decode("utf-8-sig"))))
-
-
-def transfers(sim, *, preview: bool) -> Counter:
-    """Transfer requests sent, by (source, target)."""
-    sent: Counter = Counter()
-    for event in sim.events:
-        body = event.get("body")
-        request = event["kind"] == "request" and event["path"] == TRANSFER
-        if request and isinstance(body, dict) and bool(body.get("previewChanges")) == preview:
-            sent[(body["sourceEmail"], body["targetEmail"])] += 1
-    return sent
-
-
 def moved_by_request(sim, batch_id: str) -> dict[int, dict[str, int]]:
     """What each execute request moved, as the simulator reported it: {row: {request: n}}."""
     found: dict[int, dict[str, int]] = defaultdict(dict)
@@ -134,20 +112,6 @@ def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-@pytest.fixture
-def departures(tmp_path) -> Path:
-    path = tmp_path / "departures.csv"
-    path.write_text(SAMPLE_TEXT, encoding="utf-8")
-    return path
-
-
-def fail_preview(ledger_path, batch_id: str, row: int, error: str = UNKNOWN) -> None:
-    """Leave ``row`` as a preview OMI refused leaves it (the ledger's own state move)."""
-    with Ledger(ledger_path) as ledger:
-        ledger.record_step(batch_id, row, state="preview_failed", event="preview_failed",
-                         preview_error=error, conversations_previewed=None)  # fmt: skip
 
 
 def previewed_batch(runner, monkeypatch, server, ledger_path, reports_dir, file) -> str:

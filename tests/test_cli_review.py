@@ -13,21 +13,23 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections import Counter
 from pathlib import Path
 
 import pytest
+from helpers import (
+    FAST,
+    SAMPLE_TEXT,
+    UNKNOWN,
+    fail_preview,
+    invoke,
+    read_report,
+    transfers,
+    where,
+)
 
-from omi_batch.cli import cli
 from omi_batch.ledger import Ledger
 
-ROOT = Path(__file__).resolve().parent.parent
-SAMPLE = ROOT / "data" / "sample_offboarding.csv"
-# The sample's header and rows 2-6: every agent in them is known to the simulator.
-SAMPLE_TEXT = "".join(SAMPLE.read_text(encoding="utf-8").splitlines(keepends=True)[:6])
 assert "bao.pham@example.vn,anh.vu@example.vn,false,," in SAMPLE_TEXT
-UNKNOWN = "OMI answered 200 user_not_found: targetEmail: no agent with email long.ly@example.vn"
-TRANSFER = "/api/v3/agent/conversation/transfer"
 PREVIEW_COLUMNS = [
     "batch", "row", "source_email", "target_email", "conv_ids", "replace_existing_members",
     "conversations", "preview_status", "error", "warnings", "note", "approved",
@@ -41,21 +43,6 @@ CHAIN = (
 # --------------------------------------------------------------------------- helpers
 
 
-def invoke(runner, *args):
-    return runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
-
-
-def where(ledger_path, reports_dir) -> list:
-    return ["--ledger", ledger_path, "--reports", reports_dir]
-
-
-FAST = ["--rate", "1000", "--listen", "127.0.0.1:0", "--wait", "10"]
-
-
-def read_report(path: Path) -> list[dict]:
-    return list(csv.DictReader(io.StringIO(path.read_bytes().decode("utf-8-sig"))))
-
-
 def write_report(path: Path, rows: list[dict]) -> Path:
     """Save report rows the way Excel's "CSV UTF-8" does (BOM, CRLF)."""
     out = io.StringIO()
@@ -64,20 +51,6 @@ def write_report(path: Path, rows: list[dict]) -> Path:
     writer.writerows(rows)
     path.write_text(out.getvalue(), encoding="utf-8-sig", newline="")
     return path
-
-
-@pytest.fixture
-def departures(tmp_path) -> Path:
-    path = tmp_path / "departures.csv"
-    path.write_text(SAMPLE_TEXT, encoding="utf-8")
-    return path
-
-
-def fail_preview(ledger_path, batch_id: str, row: int, error: str = UNKNOWN) -> None:
-    """Leave ``row`` as a preview OMI refused leaves it (the ledger's own state move)."""
-    with Ledger(ledger_path) as ledger:
-        ledger.record_step(batch_id, row, state="preview_failed", event="preview_failed",
-                         preview_error=error, conversations_previewed=None)  # fmt: skip
 
 
 def preview(runner, ledger_path, reports_dir, file) -> tuple[str, Path]:
@@ -97,17 +70,6 @@ def mark(rows: list[dict], approved: dict[int, str]) -> list[dict]:
 def states(ledger_path, batch_id) -> dict[int, str]:
     with Ledger(ledger_path) as ledger:
         return {r["row"]: r["state"] for r in ledger.rows(batch_id)}
-
-
-def executes(sim) -> Counter:
-    """Execute requests (previewChanges false) sent, by (source, target)."""
-    sent: Counter = Counter()
-    for event in sim.events:
-        body = event.get("body")
-        request = event["kind"] == "request" and event["path"] == TRANSFER
-        if request and isinstance(body, dict) and not body.get("previewChanges"):
-            sent[(body["sourceEmail"], body["targetEmail"])] += 1
-    return sent
 
 
 # --------------------------------------------------------------------------- item 1
@@ -170,7 +132,7 @@ def test_execute_holds_a_catch_all_whose_conv_ids_row_was_not_approved(
         ledger.approve(batch_id, approve=[5], skip=[2, 3, 4, 6], by="someone", how="by hand")
     result = invoke(runner, "execute", batch_id, "--yes", *FAST, *where(ledger_path, reports_dir))
     assert result.exit_code == 1, result.output
-    assert executes(sim)[("bao.pham@example.vn", "anh.vu@example.vn")] == 0
+    assert transfers(sim, preview=False)[("bao.pham@example.vn", "anh.vu@example.vn")] == 0
     with Ledger(ledger_path) as ledger:
         row = ledger.row(batch_id, 5)
     assert row["state"] == "approved"
@@ -288,7 +250,7 @@ def test_execute_before_approve_keeps_the_yes_typed_into_the_preview_report(
         f"omi-batch approve {batch_id} --report {path}"
     ) in result.stderr
     assert path.read_bytes() == typed
-    assert sum(executes(sim).values()) == 0
+    assert sum(transfers(sim, preview=False).values()) == 0
     result = invoke(runner, "approve", batch_id, "--report", path, "--ledger", ledger_path)
     assert result.exit_code == 0, result.output
     assert f"Batch {batch_id}: 2 row(s) approved, 3 skipped." in result.stderr
