@@ -41,6 +41,10 @@ class NotFound(UsageError):
     """A batch, row or file the user named does not exist."""
 
 
+class BatchCancelled(UsageError):
+    """The batch was cancelled (``omi-batch cancel``): nothing of it is approved or sent."""
+
+
 class ConfigError(OmiBatchError):
     """Missing or bad configuration; nothing was changed."""
 

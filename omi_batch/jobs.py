@@ -36,13 +36,22 @@ from omi_batch.errors import (
     EXIT_INCOMPLETE,
     EXIT_OK,
     EXIT_USAGE,
+    BatchCancelled,
     ConfigError,
     LockedError,
     OmiBatchError,
     UsageError,
 )
 from omi_batch.locks import ProcessLock
-from omi_batch.states import APPROVED, PROBLEMS, blocker_before, is_held, result_status, stale_rows
+from omi_batch.states import (
+    APPROVED,
+    CANCELLED,
+    PROBLEMS,
+    blocker_before,
+    is_held,
+    result_status,
+    stale_rows,
+)
 
 log = logging.getLogger("omi_batch.jobs")
 
@@ -790,6 +799,11 @@ class _Tick:
             why = "is finished and archived" if known else f"is not a batch of job {job.name}"
             self._reject(path, UsageError(f"{path.name}: batch {batch_id} {why}"))
             return
+        try:
+            self.ledger.refuse_cancelled(batch_id)  # its archiving comes with the open batches
+        except BatchCancelled as error:
+            self._reject(path, error)
+            return
         self.touched.add(batch_id)
         log.info("job %s: batch %s: approved report %s", job.name, batch_id, path.name)
         rows = self.ledger.rows(batch_id)
@@ -844,6 +858,11 @@ class _Tick:
         job = self.job
         rows = self.ledger.rows(batch_id)
         states = {r["state"] for r in rows}
+        if CANCELLED in states:
+            log.info("job %s: batch %s: cancelled (omi-batch cancel): nothing of it is sent",
+                     job.name, batch_id)  # fmt: skip
+            self._archive(batch_id)
+            return
         if "planned" in states:  # a tick died while previewing
             self._preview(batch_id)
             rows = self.ledger.rows(batch_id)

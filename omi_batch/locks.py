@@ -2,8 +2,9 @@
 the holder dies.
 
 A job tick holds one per job, so two ticks never overlap; ``execute`` and ``reconcile`` hold one
-per batch, so two processes never resubmit each other's rows. The file keeps the holder's pid for
-the message; it is never unlinked (unlinking a lock file races with the next taker).
+per batch, so two processes never resubmit each other's rows (``status`` asks whether it is held,
+to tell an interrupted batch from one that runs). The file keeps the holder's pid for the
+message; it is never unlinked (unlinking a lock file races with the next taker).
 """
 
 from __future__ import annotations
@@ -43,3 +44,28 @@ class ProcessLock:
         if self._fd is not None:
             os.close(self._fd)  # also releases the flock
             self._fd = None
+
+
+def batch_lock_path(ledger_path: str | os.PathLike, batch_id: str) -> str:
+    """The lock file of one batch of a ledger, named after the ledger's real file (symlinks
+    resolved, as SQLite names its -wal), so two spellings of one ledger take one lock."""
+    return f"{os.path.realpath(ledger_path)}.{batch_id}.lock"
+
+
+def is_held(path: str | os.PathLike) -> bool | None:
+    """Whether a process holds the lock at ``path`` now; None when that cannot be known (the
+    file cannot be opened). A probe: it takes the lock and drops it at once, creating nothing
+    (a lock file that does not exist was never taken). A ``ProcessLock`` taken in the same
+    microseconds is refused as busy, before it did anything."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return None
+    try:
+        return not lock_descriptor(fd, blocking=False)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)  # also drops the lock the probe took

@@ -24,6 +24,7 @@ class State(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     UNCONFIRMED = "unconfirmed"
+    CANCELLED = "cancelled"
 
 
 PLANNED = State.PLANNED.value
@@ -35,21 +36,25 @@ SUBMITTED = State.SUBMITTED.value
 SUCCEEDED = State.SUCCEEDED.value
 FAILED = State.FAILED.value
 UNCONFIRMED = State.UNCONFIRMED.value
+CANCELLED = State.CANCELLED.value
 
 STATES: tuple[str, ...] = tuple(s.value for s in State)
 
 # The moves the ledger allows; a move not listed raises IllegalTransition.
+# ``cancelled`` (omi-batch cancel) is reachable from every state before a transfer was sent
+# and leads nowhere: a cancelled batch is never previewed, approved or executed again.
 TRANSITIONS: dict[str, set[str]] = {
-    PLANNED: {PREVIEWED, PREVIEW_FAILED, SKIPPED},
-    PREVIEWED: {PREVIEWED, PREVIEW_FAILED, APPROVED, SKIPPED},
-    PREVIEW_FAILED: {PREVIEWED, PREVIEW_FAILED, SKIPPED},
-    APPROVED: {PREVIEWED, PREVIEW_FAILED, SKIPPED, SUBMITTED},
-    SKIPPED: {APPROVED, PREVIEWED, PREVIEW_FAILED},
+    PLANNED: {PREVIEWED, PREVIEW_FAILED, SKIPPED, CANCELLED},
+    PREVIEWED: {PREVIEWED, PREVIEW_FAILED, APPROVED, SKIPPED, CANCELLED},
+    PREVIEW_FAILED: {PREVIEWED, PREVIEW_FAILED, SKIPPED, CANCELLED},
+    APPROVED: {PREVIEWED, PREVIEW_FAILED, SKIPPED, SUBMITTED, CANCELLED},
+    SKIPPED: {APPROVED, PREVIEWED, PREVIEW_FAILED, CANCELLED},
     # submitted -> approved: OMI refused the request (key, never connected), so nothing started.
     SUBMITTED: {SUBMITTED, SUCCEEDED, FAILED, UNCONFIRMED, APPROVED},
     UNCONFIRMED: {SUBMITTED, SUCCEEDED, FAILED, UNCONFIRMED},
     SUCCEEDED: set(),
     FAILED: set(),
+    CANCELLED: set(),
 }
 
 FINAL = (SUCCEEDED, FAILED)  # a callback or a verifying preview decided it
@@ -60,6 +65,7 @@ APPROVABLE = (PREVIEWED, APPROVED, SKIPPED)  # a report may approve or skip thes
 BEFORE_RESULTS = (PLANNED, PREVIEWED, APPROVED)  # no results status yet: shown as they are
 PROBLEMS = (FAILED, UNCONFIRMED, PREVIEW_FAILED)  # a person must look (exit 1)
 STARTED = (SUBMITTED, SUCCEEDED, FAILED, UNCONFIRMED)  # a transfer was sent at least once
+CANCELLABLE = (PLANNED, PREVIEWED, PREVIEW_FAILED, APPROVED, SKIPPED)  # nothing sent yet
 
 # ---------------------------------------------------------------------------- the hold rule
 
@@ -153,24 +159,46 @@ def count_states(rows: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     return counts
 
 
-def batch_state(states: Mapping[str, int]) -> str:
-    """One word for a batch, from its rows' states, in the rows' own words where it can:
-    ``planned``, ``previewed``, ``approved``, ``executing``, then ``unconfirmed`` (some row is),
-    ``failed`` (some row failed or failed its preview) or ``succeeded`` (every row that ran)."""
-    if not states:
+# The words of a whole batch (status, status --state), in the rows' own words where they can.
+BATCH_STATES: tuple[str, ...] = (
+    "empty", CANCELLED, "executing", "interrupted", PLANNED, APPROVED, PREVIEWED, UNCONFIRMED,
+    FAILED, SUCCEEDED,
+)  # fmt: skip
+# The words `status BATCH` shows for rows (the results report's once a row has one).
+ROW_WORDS: tuple[str, ...] = (PLANNED, PREVIEWED, APPROVED, CANCELLED, SUCCEEDED, FAILED,
+                              UNCONFIRMED, SKIPPED, PREVIEW_FAILED)  # fmt: skip
+
+
+def row_word(row: Mapping[str, Any]) -> str:
+    """The word `status BATCH` shows for a row: its state before it has a results status
+    (planned, previewed, approved, cancelled), the results report's word after."""
+    if row["state"] in (PLANNED, PREVIEWED, APPROVED, CANCELLED):
+        return row["state"]
+    return result_status(row)
+
+
+def batch_state(states: Mapping[str, int], running: bool | None = None) -> str:
+    """One word for a batch, from its rows' states (``{state: rows}``). Before any row ran:
+    ``cancelled``, ``planned``, ``approved``, ``previewed`` (``failed`` when every preview
+    failed). A row submitted with no result: ``executing``, or ``interrupted`` when
+    ``running`` is False (no process holds the batch's lock). After rows ran: ``unconfirmed``
+    (some row is), ``failed`` (some approved row failed), ``approved`` (an approved row has
+    not run yet: held, or approved since), else ``succeeded``: every approved row succeeded,
+    whatever was skipped or failed its preview."""
+    if not any(states.values()):
         return "empty"
+    if states.get(CANCELLED):
+        return CANCELLED
     if states.get(SUBMITTED):
-        return "executing"
-    if states.get(APPROVED):
-        return APPROVED
-    if states.get(PLANNED):
-        return PLANNED
+        return "interrupted" if running is False else "executing"
     if not any(states.get(s) for s in (SUCCEEDED, FAILED, UNCONFIRMED)):
-        return PREVIEWED
-    if states.get(UNCONFIRMED):
-        return UNCONFIRMED
-    if states.get(FAILED) or states.get(PREVIEW_FAILED):
-        return FAILED
+        for word in (APPROVED, PLANNED, PREVIEWED, SKIPPED):
+            if states.get(word):
+                return PREVIEWED if word == SKIPPED else word
+        return FAILED  # every row failed its preview: nothing can be approved
+    for word in (UNCONFIRMED, FAILED, APPROVED):
+        if states.get(word):
+            return word
     return SUCCEEDED
 
 

@@ -41,8 +41,6 @@ ROOT = Path(__file__).resolve().parent.parent
 assert "bao.pham@example.vn,anh.vu@example.vn,false,," in SAMPLE_TEXT
 KEY = "flow-test-key-7d21c9a4"
 SECRET = "flow-test-secret-e8b03f55"
-# Items of #10 whose fix lands in the next step: they must still fail until then.
-NEXT = pytest.mark.xfail(strict=True, reason="#10: its fix lands in the next step")
 BOX = re.compile("[━┃│╇┏┓┗┛╋─]")
 
 
@@ -308,7 +306,6 @@ def test_a_closed_port_names_the_url_it_tried(
 # --------------------------------------------------------------------------- item 8
 
 
-@NEXT
 def test_a_batch_whose_approved_rows_all_succeeded_reads_succeeded(
     runner, omi, monkeypatch, departures, ledger_path, reports_dir
 ):
@@ -327,7 +324,6 @@ def test_a_batch_whose_approved_rows_all_succeeded_reads_succeeded(
     assert [b["state"] for b in status["batches"]] == ["succeeded"]
 
 
-@NEXT
 def test_status_shows_counts_per_state_and_the_preview_age(
     runner, omi, monkeypatch, departures, ledger_path, reports_dir
 ):
@@ -344,7 +340,6 @@ def test_status_shows_counts_per_state_and_the_preview_age(
     assert status["batches"][0]["previewed_at"]
 
 
-@NEXT
 def test_status_state_filters_batches_and_rows(
     runner, omi, monkeypatch, departures, ledger_path, reports_dir
 ):
@@ -366,7 +361,6 @@ def test_status_state_filters_batches_and_rows(
     assert result.exit_code == 2
 
 
-@NEXT
 def test_an_interrupted_batch_is_not_shown_executing_when_nothing_runs(
     runner, omi, monkeypatch, departures, ledger_path, reports_dir
 ):
@@ -382,7 +376,26 @@ def test_an_interrupted_batch_is_not_shown_executing_when_nothing_runs(
     assert f"Next: omi-batch execute {batch_id}" in result.stderr
 
 
-@NEXT
+def test_a_batch_being_executed_reads_executing_and_cannot_be_cancelled(
+    runner, omi, monkeypatch, departures, ledger_path, reports_dir
+):
+    from omi_batch.pipeline import BatchLock
+
+    _, server = omi
+    batch_id = previewed_batch(runner, monkeypatch, server, ledger_path, reports_dir, departures)
+    assert invoke(runner, "approve", batch_id, "--all", "--ledger", ledger_path).exit_code == 0
+    with Ledger(ledger_path) as ledger:
+        ledger.record_step(batch_id, 2, state="submitted", event="submitted", expect=["approved"],
+                           submitted_at="2026-01-01T00:00:00.000Z")  # fmt: skip
+    with BatchLock(ledger_path, batch_id):  # what a running execute holds
+        status = json.loads(invoke(runner, "status", "--json", "--ledger", ledger_path).stdout)
+        assert status["batches"][0]["state"] == "executing"
+        result = invoke(runner, "cancel", batch_id, "--ledger", ledger_path)
+        assert result.exit_code == 2
+        assert f"Error: batch {batch_id} is being executed by another process" in result.stderr
+    assert "cancelled" not in {r["state"] for r in rows_of(ledger_path)}
+
+
 def test_cancel_abandons_a_batch_that_will_not_be_run(
     runner, omi, monkeypatch, departures, ledger_path, reports_dir
 ):
@@ -394,7 +407,10 @@ def test_cancel_abandons_a_batch_that_will_not_be_run(
     status = json.loads(invoke(runner, "status", "--json", "--ledger", ledger_path).stdout)
     assert status["batches"][0]["state"] == "cancelled"
     with Ledger(ledger_path) as ledger:
-        assert [e["kind"] for e in ledger.events(batch_id)][-1] == "batch_cancelled"
+        assert [e["kind"] for e in ledger.events(batch_id)][-6:] == ["cancelled"] * 5 + [
+            "batch_cancelled"]  # fmt: skip
+        assert {r["state"] for r in ledger.rows(batch_id)} == {"cancelled"}
+    assert invoke(runner, "ledger", "verify", "--ledger", ledger_path).exit_code == 0
     for args in (["approve", batch_id, "--all"],
                  ["execute", batch_id, "--yes", *FAST, "--reports", reports_dir]):  # fmt: skip
         result = invoke(runner, *args, "--ledger", ledger_path)
@@ -403,7 +419,6 @@ def test_cancel_abandons_a_batch_that_will_not_be_run(
     assert sum(transfers(sim, preview=False).values()) == 0
 
 
-@NEXT
 def test_cancel_is_refused_once_anything_was_submitted(
     runner, env, departures, ledger_path, reports_dir
 ):
@@ -473,7 +488,6 @@ def test_execute_without_a_receiver_says_rows_will_end_unconfirmed_before_sendin
 # --------------------------------------------------------------------------- item 9
 
 
-@NEXT
 def test_the_end_of_a_run_is_a_summary_a_manager_can_read(
     runner, env, departures, ledger_path, reports_dir
 ):
@@ -518,7 +532,6 @@ def test_the_targets_report_of_a_preview_has_no_moved_column(
     assert list(targets[0]) == ["target_email", "sources", "conversations"]
 
 
-@NEXT
 def test_in_a_pipe_no_table_borders_and_no_path_printed_twice(
     runner, env, departures, ledger_path, reports_dir
 ):
@@ -532,7 +545,6 @@ def test_in_a_pipe_no_table_borders_and_no_path_printed_twice(
     assert not BOX.search(status), status
 
 
-@NEXT
 def test_the_progress_bar_on_a_terminal_shows_rate_and_eta(
     make_simulator, monkeypatch, departures, ledger_path, reports_dir
 ):

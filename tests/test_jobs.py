@@ -607,3 +607,25 @@ def test_the_example_job_file_runs_a_whole_life_against_the_simulator(
     assert result.exit_code == 0, result.output
     assert set(states(job, batch["id"]).values()) == {"succeeded"}
     assert f"{batch['id']}-results.csv" in names(job.archive / batch["id"])
+
+
+def test_a_cancelled_batch_is_never_executed_by_a_job(tmp_path, runner, simulator, job_log):
+    sim, server = simulator
+    job = make_job(tmp_path)
+    drop(job.inbox, "departures.csv", GOOD_CSV)
+    [batch_id] = run_tick(job, env=env_for(server)).created
+    report = approve_in_report(job, batch_id)  # an approval that comes after the cancel
+    result = runner.invoke(cli, ["cancel", batch_id, "--ledger", str(job.ledger)])
+    assert result.exit_code == 0, result.output
+    result = run_tick(job, env=env_for(server))
+    assert result.exit_code == 2
+    assert set(states(job, batch_id).values()) == {"cancelled"}
+    executes = [e for e in sim.events if e["kind"] == "request" and isinstance(e.get("body"), dict)
+                and e["body"].get("previewChanges") is False]  # fmt: skip
+    assert executes == []
+    assert names(job.rejected) == sorted([report.name, f"{report.name}.errors.csv"])
+    errors = (job.rejected / f"{report.name}.errors.csv").read_text(encoding="utf-8-sig")
+    assert f"batch {batch_id} was cancelled" in errors
+    assert names(job.archive) == [batch_id]  # closed: no later tick looks at it again
+    assert (f"job offboarding: batch {batch_id}: cancelled (omi-batch cancel): nothing of it "
+            "is sent") in messages(job_log)  # fmt: skip

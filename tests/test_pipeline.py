@@ -953,15 +953,29 @@ def test_no_secret_or_callback_token_is_printed_logged_stored_or_reported(
         ({"approved": 1, "succeeded": 1}, "approved"),
         ({"submitted": 1, "succeeded": 1}, "executing"),
         ({"succeeded": 3, "unconfirmed": 1, "failed": 1}, "unconfirmed"),
-        ({"succeeded": 5, "preview_failed": 1}, "failed"),
         ({"succeeded": 2, "failed": 1, "skipped": 1}, "failed"),
         ({"succeeded": 2, "skipped": 1}, "succeeded"),
+        # #10 item 8: every approved row succeeded, whatever was skipped or failed its preview
+        ({"succeeded": 5, "preview_failed": 1}, "succeeded"),
+        ({"succeeded": 3, "preview_failed": 1, "skipped": 1}, "succeeded"),
+        ({"succeeded": 3, "approved": 1, "failed": 1}, "failed"),  # held behind a failed row
+        ({"preview_failed": 3}, "failed"),  # nothing can be approved
+        ({"cancelled": 5}, "cancelled"),
     ],
 )
 def test_a_batch_state_never_hides_a_failed_or_unconfirmed_row(states, word):
     from omi_batch.states import batch_state
 
     assert batch_state(states) == word
+
+
+def test_a_batch_with_a_submitted_row_and_nobody_running_it_reads_interrupted():
+    from omi_batch.states import batch_state
+
+    states = {"submitted": 1, "succeeded": 1}
+    assert batch_state(states, running=False) == "interrupted"
+    assert batch_state(states, running=True) == "executing"
+    assert batch_state(states, running=None) == "executing"  # the lock could not be asked
 
 
 def test_run_json_prints_the_batch_as_status_does_plus_its_reports(

@@ -1,16 +1,16 @@
 """The ``omi-batch`` command line: options, prompts, output and exit codes; nothing else.
 
-The group and ``main`` live here; the commands live in ``batch``, ``services``, ``ledger`` and
-``job``, the shared options in ``options`` and everything printed in ``output``. Every library
-import happens inside the command that needs it, so ``omi-batch --help`` stays light (no
-pandas, sqlite_utils, requests or waitress).
+The group and ``main`` live here; the commands live in ``batch``, ``status``, ``services``,
+``ledger`` and ``job``, the shared options in ``options`` and everything printed in
+``output``. Every library import happens inside the command that needs it, so
+``omi-batch --help`` stays light (no pandas, sqlite_utils, requests or waitress).
 """
 
 from __future__ import annotations
 
 import click
 
-from omi_batch.cli import batch, job, ledger, services
+from omi_batch.cli import batch, job, ledger, services, status
 from omi_batch.cli.options import add_verbose_option, setup_logging
 from omi_batch.cli.output import Group
 
@@ -39,8 +39,8 @@ def main() -> None:
 
 for _command in (
     batch.validate, batch.preview, batch.approve, batch.execute, batch.run, batch.reconcile,
-    batch.status, batch.report, services.webhook, ledger.ledger_group, services.simulator,
-    job.job,
+    status.status, status.cancel, status.report, services.webhook, ledger.ledger_group,
+    services.simulator, job.job,
 ):  # fmt: skip
     cli.add_command(_command)
 add_verbose_option(cli)

@@ -1,4 +1,4 @@
-"""The batch commands: validate, preview, approve, execute, run, reconcile, status, report."""
+"""The batch commands: validate, preview, approve, execute, run, reconcile."""
 
 from __future__ import annotations
 
@@ -28,25 +28,13 @@ from omi_batch.cli.output import (
     print_plan_summary,
     print_reports,
     print_results,
+    print_summary,
     progress,
     resume_with,
-    table,
 )
+from omi_batch.cli.status import open_ledger
 from omi_batch.errors import EXIT_INCOMPLETE
 from omi_batch.states import OUTCOME_UNKNOWN
-
-
-def _open_ledger(path: str, *, create: bool = False, read_only: bool = False):
-    """The ledger at ``path``; ``read_only`` for commands that only read (they write nothing,
-    so they work on a read-only mount or a full disk)."""
-    from pathlib import Path
-
-    from omi_batch.errors import NotFound
-    from omi_batch.ledger import Ledger
-
-    if not create and not Path(path).exists():
-        raise NotFound(f"no ledger at {path} (use --ledger, or preview a file first)")
-    return Ledger(path, read_only=read_only)
 
 
 def _parse_listen(listen: str) -> tuple[str, int]:
@@ -69,7 +57,7 @@ def _session(ledger_path: str, *, listen: str | None = None, create: bool = Fals
     if not yes:
         _require_confirmation_means(yes)
     address = _parse_listen(listen) if listen else None
-    ledger = _open_ledger(ledger_path, create=create)
+    ledger = open_ledger(ledger_path, create=create)
     metrics = None
     if address is not None:
         from omi_batch.metrics import make_metrics
@@ -143,6 +131,7 @@ def _execute_done(session: Any, batch_id: str, written: dict,
     else:
         print_results(rows)
     print_reports(written)
+    print_summary(batch_id, rows)
     _notify_finished(session, batch_id, rows, written)
     exit_for(rows, approved_only)
 
@@ -428,7 +417,7 @@ def approve(
         raise click.UsageError("--all and --report cannot be used together")
     if not approve_all and not report_file:
         raise click.UsageError("say which rows: --all, or --report FILE")
-    ledger = _open_ledger(ledger_path)
+    ledger = open_ledger(ledger_path)
     pipeline = Pipeline(ledger, Settings.from_env())
     notes: list[str] = []
     chosen, skipped = pipeline.approve(batch, approve_all=approve_all, report_file=report_file,
@@ -442,14 +431,12 @@ def approve(
 def _next_execute(ledger: Any, batch_id: str, pipeline: Any) -> str:
     """The Next line after approve: the execute that would run the approved rows (with a
     receiver when none is configured), or that there is nothing to execute."""
+    from omi_batch.batches import execute_hint
     from omi_batch.states import TO_EXECUTE
 
     if not ledger.rows(batch_id, states=TO_EXECUTE):
         return "Nothing is approved, so there is nothing to execute."
-    if pipeline.receiver_warning(0) is None:
-        return f"Next: omi-batch execute {batch_id}"
-    return (f"Next: omi-batch execute {batch_id} --listen 127.0.0.1:8080 (OMI_WEBHOOK_URL is "
-            "not set: without a receiver the rows would end unconfirmed)")  # fmt: skip
+    return execute_hint(batch_id, pipeline.receiver_warning(0) is None)
 
 
 @click.command()
@@ -613,63 +600,3 @@ def reconcile(
         session.pipeline.reconcile(batch)
         written = session.pipeline.write_reports(batch, reports_dir)
         _execute_done(session, batch, written, as_json=as_json)
-
-
-@click.command()
-@click.argument("batch", required=False)
-@ledger_option
-@json_option
-def status(batch: str | None, ledger_path: str, as_json: bool) -> None:
-    """List the batches, newest first, or one BATCH's rows and states.
-
-    \b
-    Example:
-        omi-batch status
-        omi-batch status 20261125-093000-ab12 --json
-    """
-    from omi_batch.states import batch_state
-
-    ledger = _open_ledger(ledger_path, read_only=True)
-    if batch is None:
-        batches = [
-            {"batch": b["id"], "created_at": b["created_at"], "row_count": b["row_count"],
-             "state": batch_state(b["states"]), "source_file": b["source_file"]}
-            for b in ledger.batches()
-        ]  # fmt: skip
-        if as_json:
-            keys = ("batch", "created_at", "row_count", "state")
-            echo_json({"batches": [{k: b[k] for k in keys} for b in batches]})
-            return
-        table(["batch", "created_at", "rows", "state", "file"],
-               [[b["batch"], b["created_at"], b["row_count"], b["state"], b["source_file"]]
-                for b in batches])  # fmt: skip
-        return
-    rows = ledger.rows(batch)
-    data = batch_json(ledger, batch, rows)
-    if as_json:
-        echo_json(data)
-        return
-    table(["row", "source", "target", "state", "previewed", "updated", "request_id"],
-           [[r["row"], r["source_email"], r["target_email"],
-             r["state"] + (" (needs review)" if review else ""),
-             r["conversations_previewed"], r["updated_records"], r["request_id"]]
-            for r, review in zip(data["rows"], [x["needs_review"] for x in rows], strict=True)])  # fmt: skip
-
-
-@click.command()
-@click.argument("batch")
-@ledger_option
-@reports_option
-def report(batch: str, ledger_path: str, reports_dir: str) -> None:
-    """Write BATCH's reports again from the ledger.
-
-    \b
-    Example:
-        omi-batch report 20261125-093000-ab12 --reports out/
-    """
-    from omi_batch.config import Settings
-    from omi_batch.pipeline import Pipeline
-
-    ledger = _open_ledger(ledger_path, read_only=True)
-    ledger.batch(batch)
-    print_reports(Pipeline(ledger, Settings.from_env()).write_reports(batch, reports_dir))

@@ -9,7 +9,7 @@ import json
 import logging
 import shlex
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from typing import Any
 
 import click
@@ -124,19 +124,36 @@ def echo_json(data: Any) -> None:
 
 
 class RichProgress:
-    """Progress bars on stderr, only when stderr is a terminal (a job's log stays clean);
-    each shows the rate limiter's current requests per second (``rate``, set by the pipeline)."""
+    """Progress bars on stderr, only when stderr is a terminal (a job's log stays clean): rows
+    done of all, rows per second, time left (ETA) and the rate limiter's current requests per
+    second (``rate``, set by the pipeline)."""
 
     rate: Callable[[], float] | None = None
 
     def __init__(self) -> None:
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            ProgressColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+        from rich.text import Text
+
+        class RowsPerSecond(ProgressColumn):
+            """``12.5 rows/s`` once two rows are done (rich's estimate over the last 30 s)."""
+
+            def render(self, task: Any) -> Text:
+                speed = task.finished_speed or task.speed
+                return Text("– rows/s" if speed is None else f"{speed:.1f} rows/s",
+                            style="progress.data.speed")  # fmt: skip
 
         self._bars = Progress(
             "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), "{task.fields[rate]}", console=Console(stderr=True),
-            transient=False,
+            RowsPerSecond(), "eta", TimeRemainingColumn(), TimeElapsedColumn(),
+            "{task.fields[rate]}", console=Console(stderr=True), transient=False,
         )  # fmt: skip
         self._tasks: dict[str, Any] = {}
 
@@ -175,27 +192,45 @@ def print_plan_summary(rows: list[dict]) -> None:
 
 
 def print_results(rows: list[dict]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
+    """The results of a batch's rows, as a table on stdout."""
     from omi_batch.states import result_status
 
-    table = Table(title=None, show_edge=False)
-    for column in ("row", "source", "target", "previewed", "status", "updated", "error"):
-        table.add_column(column, overflow="fold")
-    for r in rows:
-        table.add_row(
-            str(r["row"]), r["source_email"], r["target_email"],
-            "" if r["conversations_previewed"] is None else str(r["conversations_previewed"]),
-            result_status(r), "" if r["updated_records"] is None else str(r["updated_records"]),
-            r["error"] or r["preview_error"] or "",
-        )  # fmt: skip
-    Console(width=160 if not sys.stdout.isatty() else None).print(table)
+    table(["row", "source", "target", "previewed", "status", "updated", "error"],
+          [[r["row"], r["source_email"], r["target_email"], r["conversations_previewed"],
+            result_status(r), r["updated_records"], r["error"] or r["preview_error"] or ""]
+           for r in rows], right=("row", "previewed", "updated"))  # fmt: skip
+
+
+PRINTED = "omi_batch.printed"  # ctx.meta key: the report paths this command has told already
+REPORT_NAMES = {"review_xlsx": "review workbook", "results_xlsx": "results workbook"}
 
 
 def print_reports(written: dict) -> None:
+    """Each report's path on stderr, once per command: a report written again later (run
+    rewrites the preview's) is not told twice."""
+    ctx = click.get_current_context(silent=True)
+    told: set[str] = ctx.meta.setdefault(PRINTED, set()) if ctx is not None else set()
     for kind, path in written.items():
-        click.echo(f"{kind} report: {path}", err=True)
+        if str(path) in told:
+            continue
+        told.add(str(path))
+        click.echo(f"{REPORT_NAMES.get(kind, f'{kind} report')}: {path}", err=True)
+
+
+def print_summary(batch_id: str, rows: list[dict]) -> None:
+    """The end of a run for a manager, on stderr: one line of outcomes and conversations
+    moved, then what each target agent received (reports.summary_line, received_by_target)."""
+    from omi_batch.reports import received_by_target, summary_line
+
+    click.echo(summary_line(batch_id, rows), err=True)
+    received = received_by_target(rows)
+    if not received:
+        return
+    click.echo("Conversations received, per target agent:", err=True)
+    width = max(len(target) for target, _, _ in received)
+    digits = max(len(str(moved)) for _, moved, _ in received)
+    for target, moved, _ in received:
+        click.echo(f"  {target.ljust(width)}  {str(moved).rjust(digits)}", err=True)
 
 
 def exit_for(rows: list[dict], approved_only: bool = True) -> None:
@@ -211,17 +246,17 @@ def exit_for(rows: list[dict], approved_only: bool = True) -> None:
 
 def batch_json(ledger: Any, batch_id: str, rows: list[dict]) -> dict:
     """One batch as `status BATCH --json` prints it (PRODUCT.md's shape)."""
-    from omi_batch.states import batch_state, result_status
+    from omi_batch.batches import counts, state_of
+    from omi_batch.states import row_word
 
     info = ledger.batch(batch_id)
-    word = {"planned", "previewed", "approved"}  # before a row has a results status
     return {
         "batch": info["id"], "created_at": info["created_at"], "row_count": info["row_count"],
-        "state": batch_state(info["states"]),
+        "state": state_of(ledger.path, info), "counts": counts(info["states"]),
+        "previewed_at": info.get("previewed_at"),
         "rows": [
             {"row": r["row"], "source_email": r["source_email"],
-             "target_email": r["target_email"],
-             "state": r["state"] if r["state"] in word else result_status(r),
+             "target_email": r["target_email"], "state": row_word(r),
              "request_id": r["request_id"],
              "conversations_previewed": r["conversations_previewed"],
              "updated_records": r["updated_records"]}
@@ -230,16 +265,35 @@ def batch_json(ledger: Any, batch_id: str, rows: list[dict]) -> dict:
     }  # fmt: skip
 
 
-def table(headers: list[str], rows: list[list]) -> None:
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]],
+          right: Collection[str] = ()) -> None:  # fmt: skip
+    """A table on stdout: rich draws it on a terminal; in a pipe or a file it is plain
+    aligned columns (no borders for a script to strip). ``right``: columns aligned right."""
+    cells = [["" if v is None else str(v) for v in row] for row in rows]
+    if not sys.stdout.isatty():
+        click.echo(plain_columns(headers, cells, right))
+        return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(show_edge=False)
+    drawn = Table(show_edge=False)
     for header in headers:
-        table.add_column(header, overflow="fold")
-    for row in rows:
-        table.add_row(*["" if v is None else str(v) for v in row])
-    Console(width=160 if not sys.stdout.isatty() else None).print(table)
+        drawn.add_column(header, overflow="fold", justify="right" if header in right else "left")
+    for row in cells:
+        drawn.add_row(*row)
+    Console().print(drawn)
+
+
+def plain_columns(headers: Sequence[str], rows: Sequence[Sequence[str]],
+                  right: Collection[str] = ()) -> str:  # fmt: skip
+    """Headers, a dashed line and the rows, in columns two spaces apart."""
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.rjust(w) if h in right else c.ljust(w)
+                         for c, w, h in zip(cells, widths, headers, strict=True)).rstrip()  # fmt: skip
+
+    return "\n".join([line(headers), "  ".join("-" * w for w in widths), *map(line, rows)])
 
 
 PLAN_COLUMNS = (
@@ -304,20 +358,7 @@ def print_plan(plan: Any) -> None:
             table.add_row(*row)
         Console(file=stdout, highlight=False).print(table)
     else:
-        widths = [
-            max([len(name), *(len(row[i]) for row in rows)]) for i, name in enumerate(PLAN_COLUMNS)
-        ]
-
-        def line(cells: tuple[str, ...]) -> str:
-            padded = [
-                c.rjust(w) if i == 0 else c.ljust(w)
-                for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-            ]
-            return "  ".join(padded).rstrip()
-
-        lines = [line(PLAN_COLUMNS), "  ".join("-" * w for w in widths)]
-        lines.extend(line(row) for row in rows)
-        click.echo("\n".join(lines))
+        click.echo(plain_columns(PLAN_COLUMNS, rows, right=("row",)))
     total = plan.to_dict_head()["total_transfers"]
     shown = len(plan.transfers)
     counted = (

@@ -9,11 +9,17 @@ import sqlite3
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from omi_batch.errors import IllegalTransition, LedgerError, NotFound, UsageError
+from omi_batch.errors import (
+    BatchCancelled,
+    IllegalTransition,
+    LedgerError,
+    NotFound,
+    UsageError,
+)
 from omi_batch.ledger.chain import canonical_json
 from omi_batch.ledger.schema import decode_batch, decode_row, encode_field
 from omi_batch.ledger.store import Tx, new_batch_id, now
-from omi_batch.states import STATES, TRANSITIONS
+from omi_batch.states import CANCELLABLE, CANCELLED, STARTED, STATES, TRANSITIONS
 
 # Row columns a caller may set through record_step / update_row (never the identity, the state
 # or updated_at, which the ledger writes itself).
@@ -95,6 +101,26 @@ def _insert_attempt(
         [batch_id, row, phase, *(record[name] for name in _ATTEMPT_FIELDS)],
     )
     tx.event("attempt", batch_id, row, {"attempt_id": cursor.lastrowid, "phase": phase, **record})
+
+
+def _oldest(found: dict[str, str], batch_id: str, stamp: str | None) -> None:
+    """Keep in ``found[batch_id]`` the oldest of the stamps seen (ISO text sorts as time)."""
+    if stamp and (batch_id not in found or stamp < found[batch_id]):
+        found[batch_id] = stamp
+
+
+_LAST_CANCEL = (
+    "SELECT data FROM events WHERE batch_id = ? AND kind = 'batch_cancelled' "
+    "ORDER BY id DESC LIMIT 1"
+)
+
+
+def _cancelled(batch_id: str, event: Mapping[str, Any] | None) -> BatchCancelled:
+    """The error naming who cancelled ``batch_id`` and when (from its ``batch_cancelled``)."""
+    data = json.loads(event["data"]) if event else {}
+    who = f" by {data['by']} at {data['at']}" if data.get("by") and data.get("at") else ""
+    return BatchCancelled(f"batch {batch_id} was cancelled{who}: nothing of it is approved or "
+                          "sent; preview the file again for a new batch")  # fmt: skip
 
 
 class Rows:
@@ -197,33 +223,42 @@ class Rows:
         return batch_id
 
     def batches(self) -> list[dict]:
-        """Every batch, newest first, each with ``states``: {state: row count}."""
+        """Every batch, newest first, each with ``states`` ({state: row count}) and
+        ``previewed_at`` (its oldest row preview, None before any)."""
         found = [
             decode_batch(b)
             for b in self._query("SELECT * FROM batches ORDER BY created_at DESC, rowid DESC")
         ]
         counts: dict[str, dict[str, int]] = {}
+        previewed: dict[str, str] = {}
         for item in self._query(
-            'SELECT batch_id, state, count(*) AS n FROM "rows" GROUP BY batch_id, state'
+            'SELECT batch_id, state, count(*) AS n, min(previewed_at) AS previewed_at FROM "rows" '
+            "GROUP BY batch_id, state"
         ):
             counts.setdefault(item["batch_id"], {})[item["state"]] = item["n"]
+            _oldest(previewed, item["batch_id"], item["previewed_at"])
         for batch in found:
             batch["states"] = counts.get(batch["id"], {})
+            batch["previewed_at"] = previewed.get(batch["id"])
         return found
 
     def batch(self, batch_id: str) -> dict:
-        """One batch (with ``states``); NotFound when there is no such batch."""
+        """One batch (with ``states`` and ``previewed_at``, as :meth:`batches`); NotFound when
+        there is no such batch."""
         found = self._query("SELECT * FROM batches WHERE id = ?", (batch_id,))
         if not found:
             raise NotFound(f"no batch {batch_id} in {self.path}")
         batch = decode_batch(found[0])
-        batch["states"] = {
-            item["state"]: item["n"]
-            for item in self._query(
-                'SELECT state, count(*) AS n FROM "rows" WHERE batch_id = ? GROUP BY state',
-                (batch_id,),
-            )
-        }
+        batch["states"] = {}
+        previewed: dict[str, str] = {}
+        for item in self._query(
+            'SELECT state, count(*) AS n, min(previewed_at) AS previewed_at FROM "rows" '
+            "WHERE batch_id = ? GROUP BY state",
+            (batch_id,),
+        ):
+            batch["states"][item["state"]] = item["n"]
+            _oldest(previewed, batch_id, item["previewed_at"])
+        batch["previewed_at"] = previewed.get(batch_id)
         return batch
 
     def rows(self, batch_id: str, states: Iterable[str] | None = None) -> list[dict]:
@@ -476,3 +511,42 @@ class Rows:
                     )
                     changed += decision == "approved"
         return changed
+
+    # ------------------------------------------------------------------ cancel
+
+    def cancel_batch(self, batch_id: str, *, by: str) -> int:
+        """Abandon a batch nothing of which was sent, in one transaction: every row becomes
+        ``cancelled`` (a step each, as verify replays them), then one ``batch_cancelled``
+        event; return how many rows. UsageError (exit 2, nothing written) once any row was
+        submitted; BatchCancelled when it was cancelled before."""
+        with self._write() as tx:
+            if tx.one("SELECT 1 AS x FROM batches WHERE id = ?", (batch_id,)) is None:
+                raise NotFound(f"no batch {batch_id} in {self.path}")
+            rows = list(tx.execute('SELECT "row", state FROM "rows" WHERE batch_id = ? '
+                                   "ORDER BY seq", (batch_id,)))  # fmt: skip
+            sent = [number for number, state in rows if state in STARTED]
+            if sent:
+                shown = ", ".join(map(str, sent[:10])) + (", …" if len(sent) > 10 else "")
+                raise UsageError(
+                    f"batch {batch_id} cannot be cancelled: {len(sent)} row(s) were already "
+                    f"submitted to OMI (row{'s' if len(sent) > 1 else ''} {shown}), and a "
+                    f"transfer sent cannot be called back; see omi-batch status {batch_id}"
+                )
+            if rows and all(state == CANCELLED for _, state in rows):
+                raise _cancelled(batch_id, tx.one(_LAST_CANCEL, (batch_id,)))
+            counts: dict[str, int] = {}
+            for number, state in rows:
+                counts[state] = counts.get(state, 0) + 1
+                step = {"batch_id": batch_id, "row": number, "event": "cancelled",
+                        "state": CANCELLED, "expect": CANCELLABLE, "reason": f"cancelled by {by}"}  # fmt: skip
+                self._step_in(tx, step, [])
+            tx.event("batch_cancelled", batch_id, None,
+                     {"by": by, "at": now(), "rows": len(rows), "states": counts})  # fmt: skip
+        return len(rows)
+
+    def refuse_cancelled(self, batch_id: str) -> None:
+        """BatchCancelled (exit 2) when ``batch_id`` was cancelled: for every command that
+        would preview, approve or send any of it."""
+        if self.batch(batch_id)["states"].get(CANCELLED):
+            found = self._query(_LAST_CANCEL, (batch_id,))
+            raise _cancelled(batch_id, found[0] if found else None)

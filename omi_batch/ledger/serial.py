@@ -48,7 +48,8 @@ class SerialLedger:
     """
 
     WRITES = frozenset({"create_batch", "update_row", "record_attempt", "approve",
-                        "log", "receive_callback", "record_steps", "record_group"})  # fmt: skip
+                        "log", "receive_callback", "record_steps", "record_group",
+                        "cancel_batch"})  # fmt: skip
 
     def __init__(self, ledger: Ledger):
         self._ledger = ledger

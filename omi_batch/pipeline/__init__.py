@@ -62,6 +62,7 @@ class Pipeline(Executing):
         if approve_all == (report_file is not None):
             raise UsageError("say either --all or --report FILE")
         notes = notes if notes is not None else []
+        self.ledger.refuse_cancelled(batch_id)
         rows = {r["row"]: r for r in self.ledger.rows(batch_id)}
         if approve_all:
             chosen = [n for n, r in rows.items() if r["state"] == PREVIEWED]

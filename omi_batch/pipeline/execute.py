@@ -46,7 +46,7 @@ class Executing(Previewing):
         written there either way. NothingApproved (exit 2, nothing sent) when no row was ever
         approved; its message names the command that approves, with the preview report in
         ``reports_dir`` when there is one."""
-        self.ledger.batch(batch_id)  # NotFound early
+        self.ledger.refuse_cancelled(batch_id)  # NotFound, BatchCancelled early
         rows = self.ledger.rows(batch_id)
         if not any(r["state"] in TO_EXECUTE or r["state"] in DECIDED for r in rows):
             raise NothingApproved(batch_id, reports_dir)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from omi_batch import reports
 from omi_batch.errors import ConfigError, OmiBatchError, UsageError
-from omi_batch.locks import ProcessLock
+from omi_batch.locks import ProcessLock, batch_lock_path
 
 
 class Progress:
@@ -66,9 +66,7 @@ class BatchLock(ProcessLock):
     each resubmit the other's in-flight ``submitted`` rows."""
 
     def __init__(self, ledger_path: str | os.PathLike, batch_id: str):
-        # Named after the ledger's real file (symlinks resolved, as SQLite names its -wal),
-        # so two spellings of one ledger take one lock (issue 12).
-        super().__init__(f"{os.path.realpath(ledger_path)}.{batch_id}.lock")
+        super().__init__(batch_lock_path(ledger_path, batch_id))  # one name per real file
         self.batch_id = batch_id
 
     def busy(self, holder: str) -> Exception:

@@ -198,6 +198,7 @@ class Previewing(Work):
         """Preview again ``rows`` of an existing batch (see :func:`rows_to_preview`): no new
         batch. One preflight first (a refused key or a dead API: exit 3, nothing changed); an
         approved row previewed again must be approved again (its count may have changed)."""
+        self.ledger.refuse_cancelled(batch_id)
         if not rows:
             return
         self.preflight(rows[0], rows[1:])
