@@ -25,6 +25,10 @@ API_KEY = "test-api-key-5b8e1f0c9d7a"
 WEBHOOK_SECRET = "test-webhook-secret-c41d77a2e9"
 SECRET = Secret(WEBHOOK_SECRET)
 TIMEOUT = 10  # seconds, per HTTP request: a bound, not a timing assertion
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE = REPO / "data" / "sample_offboarding.csv"
+# The sample without its last row (whose target has no OMI account): every row can succeed.
+GOOD_CSV = "".join(SAMPLE.read_text(encoding="utf-8").splitlines(keepends=True)[:-1])
 
 
 def make_batch(ledger, rows: int = 3, state: str = "submitted", request_ids: bool = True) -> str:
@@ -128,44 +132,39 @@ class Stack:
 
 # ---------------------------------------------------------------------------- jobs
 
-JOB = """\
-ledger = "work/ledger.db"
-[folders]
-inbox = "work/inbox"
-review = "work/review"
-approved = "work/approved"
-archive = "work/archive"
-reports = "work/reports"
-[approval]
-policy = "{policy}"
-max_conversations_per_row = {per_row}
-max_conversations_per_batch = {per_batch}
-[run]
-rate = 100.0
-wait = {wait}
-{listen}
-"""
+FOLDERS = ("inbox", "review", "approved", "archive", "reports")
 
 
-def make_job(
-    tmp_path, policy="manual", per_row=1000, per_batch=10000, wait=10, listen=True,
-    check_agents=True,
-):  # fmt: skip
-    """A job in ``tmp_path/work``; with ``listen`` each tick runs its own receiver."""
-    path = tmp_path / "offboarding.toml"
-    run = ['listen = "127.0.0.1:0"'] if listen else []
-    if not check_agents:
-        run.append("check_agents = false")
-    text = JOB.format(policy=policy, per_row=per_row, per_batch=per_batch, wait=wait,
-                      listen="\n".join(run))  # fmt: skip
-    path.write_text(text)
-    return load_job(path)
+def job_toml(*, policy: str = "manual", per_row: int = 1000, per_batch: int = 10000,
+             wait: float = 10, listen: bool = True, check_agents: bool = True,
+             top: tuple[str, ...] = (), run: tuple[str, ...] = ()) -> str:  # fmt: skip
+    """The text of a job file whose folders and ledger sit in ``work/``; ``top`` and ``run``
+    are extra lines for the top level and for [run] (one job-file builder for every test)."""
+    lines = ['ledger = "work/ledger.db"', *top, "[folders]"]
+    lines += [f'{folder} = "work/{folder}"' for folder in FOLDERS]
+    lines += ["[approval]", f'policy = "{policy}"', f"max_conversations_per_row = {per_row}",
+              f"max_conversations_per_batch = {per_batch}", "[run]", "rate = 100.0",
+              f"wait = {wait}", *(['listen = "127.0.0.1:0"'] if listen else []),
+              *([] if check_agents else ["check_agents = false"]), *run]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def write_job(path, **parts) -> Path:
+    """``job_toml(**parts)`` written to ``path`` (its folder created); the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(job_toml(**parts), encoding="utf-8")
+    return path
+
+
+def make_job(tmp_path, **parts):
+    """A job in ``tmp_path/work`` read from ``tmp_path/offboarding.toml``; with ``listen`` (the
+    default) each tick runs its own receiver."""
+    return load_job(write_job(tmp_path / "offboarding.toml", **parts))
 
 
 # ---------------------------------------------------------------------------- the command line
 
-ROOT = Path(__file__).resolve().parent.parent
-SAMPLE = ROOT / "data" / "sample_offboarding.csv"
 # The sample's header and rows 2-6 (the README's file): every agent in them is known to the
 # simulator; row 4 routes bao.pham's 2 VIP conversations, row 5 takes "all the rest".
 SAMPLE_TEXT = "".join(SAMPLE.read_text(encoding="utf-8").splitlines(keepends=True)[:6])

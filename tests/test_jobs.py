@@ -13,17 +13,13 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import API_KEY, JOB, WEBHOOK_SECRET, make_job
+from helpers import API_KEY, GOOD_CSV, REPO, SAMPLE, WEBHOOK_SECRET, make_job, write_job
 
 from omi_batch.cli import cli
 from omi_batch.errors import UsageError
 from omi_batch.jobs import load_job, looks_like_secret, run_tick
 from omi_batch.ledger import Ledger
 
-REPO = Path(__file__).resolve().parent.parent
-SAMPLE = REPO / "data" / "sample_offboarding.csv"
-# The sample without its last row (whose target has no OMI account): every row can succeed.
-GOOD_CSV = "".join(SAMPLE.read_text(encoding="utf-8").splitlines(keepends=True)[:-1])
 # What the review folder gets: the workbook for a person, the CSV reports for scripts.
 REVIEW_FILES = ("preview.csv", "review.xlsx", "targets.csv")
 BAD_CSV = "source_email,target_email\nan.nguyen@example,binh.tran@example.vn\n"
@@ -109,10 +105,7 @@ def test_the_example_job_file_parses():
 
 
 def test_relative_paths_are_taken_from_root_relative_to_the_job_file(tmp_path):
-    (tmp_path / "jobs").mkdir()
-    path = tmp_path / "jobs" / "nightly.toml"
-    path.write_text(JOB.format(policy="manual", per_row=1, per_batch=1, wait=1, listen='listen = "127.0.0.1:0"')
-                    .replace('ledger = "work/ledger.db"', 'root = ".."\nledger = "work/ledger.db"'))  # fmt: skip
+    path = write_job(tmp_path / "jobs" / "nightly.toml", top=('root = ".."',))
     job = load_job(path)
     assert job.name == "nightly"
     assert job.inbox == tmp_path / "work" / "inbox"

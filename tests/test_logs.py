@@ -8,7 +8,7 @@ import json
 import logging
 
 import pytest
-from helpers import API_KEY, WEBHOOK_SECRET
+from helpers import API_KEY, GOOD_CSV, WEBHOOK_SECRET, write_job
 
 from omi_batch import callbacks, logs
 from omi_batch.config import Secret
@@ -181,40 +181,16 @@ def test_webhook_serve_logs_json_lines_without_a_secret(ledger_path):
         assert secret not in stderr
 
 
-JOB = """\
-ledger = "work/ledger.db"
-{extra}
-[folders]
-inbox = "work/inbox"
-review = "work/review"
-approved = "work/approved"
-archive = "work/archive"
-reports = "work/reports"
-[approval]
-policy = "auto"
-max_conversations_per_row = 1000
-max_conversations_per_batch = 10000
-[run]
-rate = 100.0
-wait = 10
-listen = "127.0.0.1:0"
-"""
-
-
 @pytest.mark.parametrize("asked", ["option", "job file"])
 def test_a_job_tick_logs_json_lines_without_a_secret(tmp_path, runner, simulator, stream, asked):
-    from pathlib import Path
 
     from omi_batch.cli import cli
 
     _, server = simulator
-    sample = Path(__file__).resolve().parent.parent / "data" / "sample_offboarding.csv"
-    job_file = tmp_path / "offboarding.toml"
-    job_file.write_text(JOB.format(extra='log_format = "json"' if asked == "job file" else ""))
+    extra = ('log_format = "json"',) if asked == "job file" else ()
+    job_file = write_job(tmp_path / "offboarding.toml", policy="auto", top=extra)
     (tmp_path / "work" / "inbox").mkdir(parents=True)
-    (tmp_path / "work" / "inbox" / "departures.csv").write_text(
-        "".join(sample.read_text(encoding="utf-8").splitlines(True)[:-1]), encoding="utf-8"
-    )
+    (tmp_path / "work" / "inbox" / "departures.csv").write_text(GOOD_CSV, encoding="utf-8")
     args = ["job", "run", str(job_file), "-vv"] + (["--log-format", "json"] if asked == "option"
                                                     else [])  # fmt: skip
     env = {"OMI_BASE_URL": server.url, **ENV, "OMI_WEBHOOK_URL": None}

@@ -4,46 +4,24 @@ a job tick's node-exporter textfile."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import requests
-from helpers import API_KEY, WEBHOOK_SECRET
+from helpers import API_KEY, GOOD_CSV, WEBHOOK_SECRET, make_job
 from prometheus_client.parser import text_string_to_metric_families
 
 from omi_batch import callbacks, webhook
 from omi_batch.config import Secret
 from omi_batch.errors import OmiBatchError
-from omi_batch.jobs import load_job, run_tick
+from omi_batch.jobs import run_tick
 from omi_batch.ledger import STATES, Ledger
 from omi_batch.metrics import make_metrics, write_tick_metrics
 
+METRICS_FILE = ('metrics_file = "work/textfile/omi_batch.prom"',)
 TRANSFER = {"source_email": "an.nguyen@example.vn", "target_email": "binh.tran@example.vn",
             "requested_target": "binh.tran@example.vn", "via": (), "conv_ids": (),
             "replace_existing_members": False, "note": ""}  # fmt: skip
-
-
-REPO = Path(__file__).resolve().parent.parent
-# The sample without its last row (whose target has no OMI account): every row can succeed.
-GOOD_CSV = "".join(
-    (REPO / "data" / "sample_offboarding.csv").read_text(encoding="utf-8").splitlines(True)[:-1]
-)
-JOB = """\
-ledger = "work/ledger.db"
-metrics_file = "work/textfile/omi_batch.prom"
-[folders]
-inbox = "work/inbox"
-review = "work/review"
-approved = "work/approved"
-archive = "work/archive"
-reports = "work/reports"
-[run]
-rate = 100.0
-wait = 10
-timeout = 2
-listen = "127.0.0.1:0"
-"""
 
 
 def new_batch(ledger: Ledger, rows: int = 3, job: str | None = None) -> str:
@@ -260,9 +238,7 @@ def test_the_receiver_counts_every_callback_it_answers_and_times_its_ledger_writ
 
 def test_a_job_tick_writes_its_metrics_file(tmp_path, simulator):
     _, server = simulator
-    job_file = tmp_path / "offboarding.toml"
-    job_file.write_text(JOB)
-    job = load_job(job_file)
+    job = make_job(tmp_path, top=METRICS_FILE, run=("timeout = 2",))
     assert job.metrics_file == tmp_path / "work" / "textfile" / "omi_batch.prom"
     (job.inbox).mkdir(parents=True)
     (job.inbox / "departures.csv").write_text(GOOD_CSV, encoding="utf-8")
@@ -282,9 +258,7 @@ def test_a_job_tick_writes_its_metrics_file(tmp_path, simulator):
 
 
 def test_a_tick_stopped_by_missing_configuration_still_writes_its_metrics_file(tmp_path):
-    job_file = tmp_path / "offboarding.toml"
-    job_file.write_text(JOB)
-    job = load_job(job_file)
+    job = make_job(tmp_path, top=METRICS_FILE, run=("timeout = 2",))
     job.inbox.mkdir(parents=True)
     (job.inbox / "departures.csv").write_text(GOOD_CSV, encoding="utf-8")
     # OMI unreachable: the configuration check passes, the preview cannot connect

@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from helpers import API_KEY
+from helpers import API_KEY, GOOD_CSV, REPO, make_job, write_job
 
 from omi_batch import notify
 from omi_batch.errors import ConfigError, UsageError
@@ -391,31 +391,9 @@ def test_a_message_kind_is_one_of_the_three():
 
 # --------------------------------------------------------------------------- a scheduled job
 
-REPO = Path(__file__).resolve().parent.parent
-# The sample without its last row (whose target has no OMI account): every row can succeed.
-GOOD_CSV = "".join(
-    (REPO / "data" / "sample_offboarding.csv").read_text(encoding="utf-8").splitlines(True)[:-1]
-)
-JOB = """\
-ledger = "work/ledger.db"
-notify = ["{url}"]
-[folders]
-inbox = "work/inbox"
-review = "work/review"
-approved = "work/approved"
-archive = "work/archive"
-reports = "work/reports"
-[run]
-rate = 100.0
-wait = 10
-listen = "127.0.0.1:0"
-"""
-
 
 def notifying_job(tmp_path, url: str):
-    path = tmp_path / "offboarding.toml"
-    path.write_text(JOB.format(url=url))
-    return load_job(path)
+    return make_job(tmp_path, top=(f'notify = ["{url}"]',))
 
 
 def job_env(server) -> dict[str, str]:
@@ -523,8 +501,8 @@ def test_a_job_says_a_rejected_file_needs_attention(tmp_path, simulator, receive
 
 
 def test_a_job_file_with_a_literal_secret_in_a_notify_url_is_refused(tmp_path):
-    path = tmp_path / "offboarding.toml"
-    path.write_text(JOB.format(url="json://hooks.example.vn/x?-token=abc"))
+    path = write_job(tmp_path / "offboarding.toml",
+                     top=('notify = ["json://hooks.example.vn/x?-token=abc"]',))  # fmt: skip
     with pytest.raises(UsageError) as raised:
         load_job(path)
     assert str(raised.value) == (
