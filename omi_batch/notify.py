@@ -167,6 +167,22 @@ def _plural(count: int, word: str) -> str:
     return f"{count} {word}" if count == 1 else f"{count} {word}s"
 
 
+def _message(
+    kind: str,
+    title: str,
+    lines: list[str],
+    tail: Mapping[str, object] | None = None,
+    *,
+    batch: str | None = None,
+    attach: str | None = None,
+) -> Message:
+    """A message whose body is ``lines`` then a ``label: value`` line for each value of
+    ``tail`` that is set (the one way every message ends: a file or a command to use)."""
+    ending = [f"{label}: {value}" for label, value in (tail or {}).items() if value]
+    return Message(kind=kind, title=f"omi-batch: {title}", body="\n".join([*lines, *ending]),
+                   batch=batch, attach=attach)  # fmt: skip
+
+
 def review_waiting(
     batch_id: str,
     rows: Sequence[Mapping[str, Any]],
@@ -202,16 +218,9 @@ def review_waiting(
             ]
         ),  # fmt: skip
     ]
-    if workbook:
-        lines.append(f"Review workbook: {workbook}")
-    lines.append(f"Approve: {command}")
-    return Message(
-        kind="review_waiting",
-        title=f"omi-batch: batch {batch_id} is waiting for review",
-        body="\n".join(lines),
-        batch=batch_id,
-        attach=str(workbook) if workbook else None,
-    )
+    return _message("review_waiting", f"batch {batch_id} is waiting for review", lines,
+                    {"Review workbook": workbook, "Approve": command}, batch=batch_id,
+                    attach=str(workbook) if workbook else None)  # fmt: skip
 
 
 def batch_finished(
@@ -245,12 +254,7 @@ def batch_finished(
             ]
         ),  # fmt: skip
     ]
-    return Message(
-        kind="batch_finished",
-        title=f"omi-batch: batch {batch_id} finished: {line}",
-        body="\n".join(lines),
-        batch=batch_id,
-    )
+    return _message("batch_finished", f"batch {batch_id} finished: {line}", lines, batch=batch_id)
 
 
 def rows_need_attention(
@@ -281,14 +285,8 @@ def rows_need_attention(
             limit=5,
         ),  # fmt: skip
     ]
-    if retry_report:
-        lines.append(f"Retry report: {retry_report}")
-    return Message(
-        kind="needs_attention",
-        title=f"omi-batch: batch {batch_id} needs attention: {what}",
-        body="\n".join(lines),
-        batch=batch_id,
-    )
+    return _message("needs_attention", f"batch {batch_id} needs attention: {what}", lines,
+                    {"Retry report": retry_report}, batch=batch_id)  # fmt: skip
 
 
 def _why(row: Mapping[str, Any]) -> str:
@@ -312,13 +310,8 @@ def file_rejected(
         listed.append(f"  {'row ' + str(row) + ': ' if row is not None else ''}{text}")
     of_job = f" by job {job}" if job else ""
     lines = [f"File {file} was rejected{of_job}: {error}", *_listed(listed, limit=5)]
-    if errors_report:
-        lines.append(f"Every error: {errors_report}")
-    return Message(
-        kind="needs_attention",
-        title=f"omi-batch: file {file} was rejected",
-        body="\n".join(lines),
-    )
+    return _message("needs_attention", f"file {file} was rejected", lines,
+                    {"Every error": errors_report})  # fmt: skip
 
 
 # --------------------------------------------------------------------------- scrubbing apprise
