@@ -1,11 +1,11 @@
-"""Reading a callback body that may be hostile: bounded nesting, text that always stores, and
-one strict rule for the count OMI reports (issue 12).
+"""Reading a callback body that may be hostile: bounded nesting and text that always stores
+(issue 12); the count rule is ``verdicts.whole_count``.
 
 A sender holding a row's credential can still send anything. Python's ``json`` recurses once per
 nesting level (30,000 levels: ``RecursionError``), turns ``\\ud800`` into a lone surrogate that
 SQLite cannot encode, and reads ``1e400``-digit integers that SQLite cannot store. So the depth is
-checked on the bytes before parsing, lone surrogates are escaped after it, and ``updatedRecords``
-counts only as a non-negative integer that fits in 64 bits.
+checked on the bytes before parsing, lone surrogates are escaped after it, and a count that is
+not one is stored as ``count_text`` spells it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import re
 from typing import Any
 
 MAX_DEPTH = 32  # nesting levels of arrays and objects; OMI's bodies have 2
-MAX_COUNT = 2**63 - 1  # the largest integer SQLite stores
 _BRACKETS = re.compile(rb"[\[\]{}]")
 _STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
@@ -81,19 +80,6 @@ def parse_body(raw: bytes, *, max_depth: int = MAX_DEPTH) -> dict:
     if not isinstance(request_id, str) or not request_id.strip():
         raise BodyError("no_request_id")
     return body
-
-
-def parse_count(value: Any) -> tuple[int | None, bool]:
-    """``updatedRecords`` as ``(count, ok)``: ``(n, True)`` for an integer 0 ≤ n < 2**63,
-    ``(None, True)`` when it is absent (None), ``(None, False)`` for anything else (a bool, a
-    float, a string, a negative or a huge number): such a callback is kept, not applied."""
-    if value is None:
-        return None, True
-    if isinstance(value, bool) or not isinstance(value, int):
-        return None, False
-    if 0 <= value <= MAX_COUNT:
-        return value, True
-    return None, False
 
 
 def count_text(value: Any, limit: int = 80) -> str:

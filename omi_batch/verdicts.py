@@ -14,7 +14,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from omi_batch.bodies import MAX_COUNT, count_text, parse_count, safe_text
+from omi_batch.bodies import count_text, safe_text
 from omi_batch.states import FINAL, NEEDS_REVIEW, OUTCOME_UNKNOWN, review_error
 
 # Verdicts that count as the row's result (callbacks.applied = 1).
@@ -24,6 +24,7 @@ NOT_ACCEPTED = ("unknown", "error")
 REFUSED = "refused:"
 # Where a preview answer may put its count (OMI's field is not confirmed).
 COUNT_FIELDS = ("updatedRecords", "totalRecords", "total", "count")
+MAX_COUNT = 2**63 - 1  # the largest integer SQLite stores
 
 
 def is_accepted(verdict: str) -> bool:
@@ -32,18 +33,12 @@ def is_accepted(verdict: str) -> bool:
 
 
 def whole_count(value: Any) -> int | None:
-    """A count as OMI writes it (an int, a whole float, ASCII digits) as an int >= 0; None when
-    ``value`` is absent or not such a count. The one count parser (callbacks and answers)."""
-    if isinstance(value, bool):
-        return None
-    count: int | None = None
-    if isinstance(value, int):
-        count = value
-    elif isinstance(value, float) and value.is_integer():
-        count = int(value)
-    elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
-        count = int(value.strip())
-    return count if count is not None and 0 <= count <= MAX_COUNT else None
+    """The one count rule, for callbacks and answers alike (issue 12): a JSON integer from 0 to
+    2**63-1 is a count; anything else (absent, a bool, a float, a string, a negative or a huge
+    number) is None, and a present one is kept, never applied."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT:
+        return value
+    return None
 
 
 def read_count(payload: Any) -> int | None:
@@ -77,14 +72,15 @@ def parse_result(body: Mapping[str, Any]) -> dict[str, Any]:
     status = body.get("status")
     request_id = body.get("requestId")
     message = payload.get("message") or payload.get("error") or body.get("message")
-    count, ok = parse_count(payload.get("updatedRecords"))
+    raw = payload.get("updatedRecords")
+    count = whole_count(raw)
     result: dict[str, Any] = {
         "request_id": None if request_id is None else safe_text(str(request_id))[:200],
         "status": safe_text(status.strip().upper())[:40] if isinstance(status, str) else None,
         "updated_records": count,
     }
-    if not ok:  # kept raw, not applied: only a whole count of 0..2**63-1 is one (issue 12)
-        result["bad_count"] = count_text(payload.get("updatedRecords"))
+    if raw is not None and count is None:  # kept raw, not applied
+        result["bad_count"] = count_text(raw)
     if result["status"] == "ERROR":
         result["error"] = safe_text(str(message))[:500] if message else "OMI reported ERROR"
     return result
