@@ -334,6 +334,33 @@ def test_every_cell_written_is_text_or_a_whole_number(review):
                     assert isinstance(cell.value, str | int), (sheet.title, cell.coordinate)
 
 
+def test_run_leaves_the_review_workbook_as_its_preview_wrote_it(
+    runner, env, tmp_path, ledger_path, reports_dir
+):
+    """`run --yes` approves and executes after the preview: the review workbook is written
+    once, by the preview (no `approved` filled in afterwards); the results go to their own."""
+    from helpers import GOOD_CSV
+
+    source = tmp_path / "departures.csv"
+    source.write_text(GOOD_CSV, encoding="utf-8")
+    result = invoke(runner, "run", source, "--yes", "--rate", "1000", "--listen", "127.0.0.1:0",
+                    "--wait", "5", "--ledger", ledger_path, "--reports", reports_dir)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    with Ledger(ledger_path) as ledger:
+        [batch] = ledger.batches()
+        assert {r["state"] for r in ledger.rows(batch["id"])} == {"succeeded"}
+    review_lines = by_row(
+        openpyxl.load_workbook(reports_dir / f"{batch['id']}-review.xlsx")["Review"]
+    )
+    assert sorted(review_lines) == [2, 3, 4, 5, 6]
+    assert {line["approved"].value for line in review_lines.values()} == {None}
+    assert {line["preview_status"].value for line in review_lines.values()} == {"previewed"}
+    results = openpyxl.load_workbook(reports_dir / f"{batch['id']}-results.xlsx").worksheets[0]
+    header = [c.value for c in results[1]]
+    statuses = [line[header.index("status")] for line in results.iter_rows(2, values_only=True)]
+    assert statuses == ["succeeded"] * 5
+
+
 def test_workbook_paths_sit_beside_the_csv_reports(tmp_path):
     assert workbook.review_path(tmp_path, "B1") == Path(tmp_path) / "B1-review.xlsx"
     assert workbook.results_path(tmp_path, "B1") == Path(tmp_path) / "B1-results.xlsx"
