@@ -511,9 +511,9 @@ def test_a_row_sent_again_after_no_answer_has_both_requests_kept_and_one_result(
     batch_id = stack.pipeline.create_batch(read_plan(csv_file, limit=1))
     stack.pipeline.preview(batch_id)
     stack.pipeline.approve(batch_id, approve_all=True)
-    # OMI applies the execute but answers after --timeout: the row is sent again.
-    sim.script({"apply": True, "delay": 1.0})
-    stack.pipeline.preflight = lambda row, others=(): None  # the scripted answer: the execute
+    # Execute's preflight preview is answered for real; OMI applies the execute but answers
+    # after --timeout: the row is sent again.
+    sim.script({"apply": True}, {"apply": True, "delay": 1.0})
     stack.pipeline.execute(batch_id)
     settle(sim, stack, batch_id)
     callbacks = stack.ledger.callbacks(batch_id)
@@ -583,10 +583,10 @@ def test_reconcile_keeps_a_row_unconfirmed_while_something_is_left_to_move(
     batch_id = stack.pipeline.create_batch(plan)
     stack.pipeline.preview(batch_id)
     stack.pipeline.approve(batch_id, approve_all=True)
-    # OMI accepts the transfer but never does it, and never calls back.
-    sim.script({"status": 202, "body": {"instance_id": "stg", "status_code": 9999,
-                                        "payload": {"requestId": "never-done"}}})  # fmt: skip
-    stack.pipeline.preflight = lambda row, others=(): None  # the scripted answer: the execute
+    # Execute's preflight preview is answered for real; OMI accepts the transfer but never
+    # does it, and never calls back.
+    sim.script({"apply": True}, {"status": 202, "body": {"instance_id": "stg", "status_code": 9999,
+                                                         "payload": {"requestId": "never-done"}}})  # fmt: skip
     stack.pipeline.execute(batch_id)
     assert stack.ledger.row(batch_id, 2)["state"] == "unconfirmed"
     stack.pipeline.reconcile(batch_id)
