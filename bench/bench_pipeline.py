@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import cProfile
-import csv
 import json
 import pstats
 import re
@@ -28,10 +27,10 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import requests
+from common import write_inputs
 
 from omi_batch import callbacks, webhook
 from omi_batch.config import Secret, Settings
@@ -44,26 +43,6 @@ KEY = "bench-api-key"
 SECRET = Secret("bench-webhook-secret")
 TRANSFER = "/api/v3/agent/conversation/transfer"
 MOVING = 2000  # rows whose source has one conversation to move (the rest move nothing)
-
-
-def write_inputs(folder: Path, rows: int) -> tuple[Path, Path]:
-    """A fixture of 2*rows agents and MOVING conversations, and a CSV of rows transfers."""
-    created = (datetime.now(UTC) - timedelta(days=10)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    agents = [{"email": f"src{i:05d}@bench.vn", "name": f"S {i}"} for i in range(rows)]
-    agents += [{"email": f"tgt{i:05d}@bench.vn", "name": f"T {i}"} for i in range(rows)]
-    conversations = [
-        {"id": f"c{i:06d}", "members": [f"src{i:05d}@bench.vn"], "created_at": created}
-        for i in range(min(MOVING, rows))
-    ]
-    fixture = folder / "fixture.json"
-    fixture.write_text(json.dumps({"agents": agents, "conversations": conversations}))
-    plan = folder / f"rows-{rows}.csv"
-    with plan.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["source_email", "target_email"])
-        for i in range(rows):
-            writer.writerow([f"src{i:05d}@bench.vn", f"tgt{i:05d}@bench.vn"])
-    return fixture, plan
 
 
 class SimulatorProcess:
@@ -207,7 +186,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
         folder = Path(tmp)
         rows = args.rows
-        fixture, plan = write_inputs(folder, rows)
+        fixture, plan = write_inputs(folder, rows, MOVING)
         sim = SimulatorProcess(fixture)
         try:
             bare = run_bare(sim.url, rows, concurrency=4)
@@ -231,7 +210,7 @@ def main() -> None:
         print(f"pipeline / bare loop: {ratio:.2f}x (goal <= 1.5x)")
 
         slow = args.slow_rows
-        fixture, plan = write_inputs(folder, slow)
+        fixture, plan = write_inputs(folder, slow, MOVING)
         sim = SimulatorProcess(fixture, latency_ms=100)
         try:
             times = run_pipeline(sim.url, plan, folder, concurrency=16, rate=1000)

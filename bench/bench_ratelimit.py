@@ -18,15 +18,15 @@ succeeded. The simulator runs in its own process; loopback only; every wait is b
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+from common import write_inputs
 
 KEY = "bench-api-key-ratelimit"
 SECRET = "bench-webhook-secret-ratelimit"
@@ -54,28 +54,8 @@ server.stop()
 """
 
 
-def write_inputs(folder: Path, rows: int) -> tuple[Path, Path]:
-    """A fixture of 2*rows agents, one conversation each source; a CSV of rows transfers."""
-    created = (datetime.now(UTC) - timedelta(days=10)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    agents = [{"email": f"src{i:04d}@bench.vn", "name": f"S {i}"} for i in range(rows)]
-    agents += [{"email": f"tgt{i:04d}@bench.vn", "name": f"T {i}"} for i in range(rows)]
-    conversations = [
-        {"id": f"c{i:05d}", "members": [f"src{i:04d}@bench.vn"], "created_at": created}
-        for i in range(rows)
-    ]
-    fixture = folder / f"fixture-{rows}.json"
-    fixture.write_text(json.dumps({"agents": agents, "conversations": conversations}))
-    plan = folder / f"rows-{rows}.csv"
-    with plan.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["source_email", "target_email"])
-        for i in range(rows):
-            writer.writerow([f"src{i:04d}@bench.vn", f"tgt{i:04d}@bench.vn"])
-    return fixture, plan
-
-
 def one_run(folder: Path, rows: int, limit: float, flags: tuple[str, ...], answer: str) -> dict:
-    fixture, plan = write_inputs(folder, rows)
+    fixture, plan = write_inputs(folder, rows, name=f"fixture-{rows}")
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD, str(fixture), f"{limit:g}", answer, KEY],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,

@@ -11,23 +11,17 @@ and only the first few of each reason per hour are stored. Goal: under 1 MB per 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
-import re
-import signal
-import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
+from collections import Counter
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from common import Receiver, new_batch, send_all
 
-from omi_batch.ledger import Ledger  # noqa: E402
+from omi_batch.ledger import Ledger
 
 SECRET = "bench-refusals-secret-4c1d"
-TIMEOUT = 10.0
 
 
 def kinds(batch: str, port: int) -> list[bytes]:
@@ -45,36 +39,6 @@ def kinds(batch: str, port: int) -> list[bytes]:
     ]
 
 
-async def exchange(reader, writer, request: bytes) -> int:
-    writer.write(request)
-    await writer.drain()
-    head = await reader.readuntil(b"\r\n\r\n")
-    length = int(re.search(rb"(?i)content-length:\s*(\d+)", head).group(1))
-    await reader.readexactly(length)
-    return int(head.split(b" ", 2)[1])
-
-
-async def sender(port: int, work: list[bytes], statuses: dict[int, int]) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        for request in work:
-            try:
-                status = await asyncio.wait_for(exchange(reader, writer, request), TIMEOUT)
-            except (TimeoutError, OSError, asyncio.IncompleteReadError):
-                status = 0
-                writer.close()
-                reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            statuses[status] = statuses.get(status, 0) + 1
-    finally:
-        writer.close()
-
-
-async def send_all(port: int, requests: list[bytes], senders: int) -> dict[int, int]:
-    statuses: dict[int, int] = {}
-    await asyncio.gather(*(sender(port, requests[i::senders], statuses) for i in range(senders)))
-    return statuses
-
-
 def ledger_bytes(path: str) -> int:
     return sum(os.path.getsize(p) for p in (path, f"{path}-wal") if os.path.exists(p))
 
@@ -87,29 +51,17 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-refusals-") as folder:
         path = os.path.join(folder, "ledger.db")
         with Ledger(path) as ledger:
-            batch = ledger.create_batch(
-                source_file="bench.csv", source_sha256="0" * 64, created_by="bench",
-                base_url="http://127.0.0.1:9", options={}, input_rows=1, warnings=[],
-                rows=[{"row": 2, "source_email": "a@example.com",
-                       "target_email": "b@example.com"}],
-            )  # fmt: skip
+            batch = new_batch(ledger, 1)
         before = ledger_bytes(path)
-        env = {**os.environ, "OMI_WEBHOOK_SECRET": SECRET}
-        receiver = subprocess.Popen(
-            [sys.executable, "-m", "omi_batch", "webhook", "serve", "--port", "0",
-             "--ledger", path],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=ROOT,
-        )  # fmt: skip
+        receiver = Receiver(path, SECRET)
         try:
-            port = int(receiver.stdout.readline().rsplit(":", 1)[1])
-            sample = kinds(batch, port)
+            sample = kinds(batch, receiver.port)
             requests = [sample[i % len(sample)] for i in range(args.requests)]
             wall = time.perf_counter()
-            statuses = asyncio.run(send_all(port, requests, args.senders))
+            statuses = Counter(send_all(receiver.port, requests, args.senders)[1])
             wall = time.perf_counter() - wall
         finally:
-            receiver.send_signal(signal.SIGTERM)
-            receiver_exit = receiver.wait(timeout=60)
+            receiver_exit = receiver.stop()
         with Ledger(path) as ledger:
             stored = len(ledger.callbacks(batch))
             counted = sum(r["count"] for r in ledger.refusals())

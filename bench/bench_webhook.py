@@ -12,67 +12,29 @@ deliver twice. Goal: none lost, p99 under 100 ms, none over 2 s.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import os
 import random
-import re
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from common import (
+    ROOT,
+    Receiver,
+    callback_request,
+    new_batch,
+    percentile,
+    send_all,
+    submitted_batch,
+)
 
-from omi_batch import callbacks  # noqa: E402
-from omi_batch.config import Secret  # noqa: E402
-from omi_batch.ledger import Ledger  # noqa: E402
+from omi_batch.ledger import Ledger
 
 SECRET = "bench-webhook-secret-9f3a"
-REQUEST_TIMEOUT = 10.0  # seconds: a callback slower than this counts as lost
 RUNNER_LIMIT = 600.0  # seconds: the runner stops on its own after this, whatever happens
-
-
-def transfers(count: int, offset: int = 0) -> list[dict]:
-    return [
-        {
-            "row": number,
-            "source_email": f"leaver{number + offset}@example.com",
-            "target_email": f"keeper{number + offset}@example.com",
-        }
-        for number in range(2, count + 2)
-    ]
-
-
-def new_batch(ledger: Ledger, rows: int, offset: int = 0) -> str:
-    return ledger.create_batch(
-        source_file="bench.csv",
-        source_sha256="0" * 64,
-        created_by="bench",
-        base_url="http://127.0.0.1:9",
-        options={},
-        input_rows=rows,
-        warnings=[],
-        rows=transfers(rows, offset),
-    )
-
-
-def submitted_batch(ledger: Ledger, rows: int) -> str:
-    """A batch whose rows are all submitted, waiting for their callbacks."""
-    batch = new_batch(ledger, rows)
-    numbers = range(2, rows + 2)
-    for number in numbers:
-        ledger.record_step(batch, number, state="previewed", event="bench preview")
-    ledger.approve(batch, approve=numbers, by="bench", how="all")
-    for number in numbers:
-        ledger.record_step(
-            batch, number, state="submitted", event="bench execute", request_id=f"r{number}"
-        )
-    return batch
 
 
 # --------------------------------------------------------------------------- the runner process
@@ -129,70 +91,7 @@ def run_runner(ledger_path: str, rate: float) -> None:
     print(writes, flush=True)
 
 
-# --------------------------------------------------------------------------- the senders
-
-
-def request_bytes(batch: str, row: int, port: int) -> bytes:
-    body = json.dumps(
-        {
-            "requestId": f"r{row}",
-            "requestTimeMs": 1764062400000,
-            "action": "CONVERSATION_AGENT_TRANSFER",
-            "status": "SUCCESS",
-            "responseTimeMs": 1764062401234,
-            "payload": {"updatedRecords": row % 50},
-        }
-    ).encode()
-    token = callbacks.token(Secret(SECRET), batch, row, "execute")
-    head = (
-        f"POST /callbacks/{batch}/{row}/execute HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-        f"{callbacks.HEADER}: {token}\r\n\r\n"
-    )
-    return head.encode() + body
-
-
-async def exchange(reader, writer, request: bytes) -> int:
-    writer.write(request)
-    await writer.drain()
-    head = await reader.readuntil(b"\r\n\r\n")
-    status = int(head.split(b" ", 2)[1])
-    length = int(re.search(rb"(?i)content-length:\s*(\d+)", head).group(1))
-    await reader.readexactly(length)
-    return status
-
-
-async def sender(port: int, work: list[bytes], latencies: list[float], statuses: list[int]):
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        for request in work:
-            started = time.perf_counter()
-            try:
-                status = await asyncio.wait_for(exchange(reader, writer, request), REQUEST_TIMEOUT)
-            except (TimeoutError, OSError, asyncio.IncompleteReadError):
-                status = 0
-                writer.close()
-                reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            latencies.append(time.perf_counter() - started)
-            statuses.append(status)
-    finally:
-        writer.close()
-
-
-async def send_all(port: int, requests: list[bytes], senders: int):
-    latencies: list[float] = []
-    statuses: list[int] = []
-    shares = [requests[i::senders] for i in range(senders)]
-    await asyncio.gather(*(sender(port, share, latencies, statuses) for share in shares))
-    return latencies, statuses
-
-
 # --------------------------------------------------------------------------- main
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 def main() -> int:
@@ -220,18 +119,9 @@ def main() -> int:
         batch = submitted_batch(ledger, rows)
         setup = time.perf_counter() - setup
 
-        env = {**os.environ, "OMI_WEBHOOK_SECRET": SECRET}
         log_path = os.path.join(folder, "receiver.log")
         with open(log_path, "w") as log:
-            receiver = subprocess.Popen(
-                [sys.executable, "-m", "omi_batch", "webhook", "serve", "--port", "0"]
-                + ["--ledger", ledger_path],
-                stdout=subprocess.PIPE,
-                stderr=log,
-                text=True,
-                env=env,
-                cwd=ROOT,
-            )
+            receiver = Receiver(ledger_path, SECRET, stderr=log)
             runner = subprocess.Popen(
                 [sys.executable, __file__, "--runner", ledger_path]
                 + ["--runner-rate", str(args.runner_rate)],
@@ -240,19 +130,18 @@ def main() -> int:
                 cwd=ROOT,
             )
             try:
-                line = receiver.stdout.readline()
-                port = int(line.rsplit(":", 1)[1])
+                port = receiver.port
                 assert runner.stdout.readline().strip() == "ready"
-                requests = [request_bytes(batch, row, port) for row in range(2, rows + 2)] * 2
+                requests = [callback_request(batch, row, port, SECRET, row % 50)
+                            for row in range(2, rows + 2)] * 2  # fmt: skip
                 random.Random(0).shuffle(requests)
                 wall = time.perf_counter()
-                latencies, statuses = asyncio.run(send_all(port, requests, args.senders))
+                latencies, statuses = send_all(port, requests, args.senders)
                 wall = time.perf_counter() - wall
             finally:
                 runner.send_signal(signal.SIGTERM)
                 runner_writes = int(runner.communicate(timeout=60)[0].split()[-1])
-                receiver.send_signal(signal.SIGTERM)
-                receiver_exit = receiver.wait(timeout=60)
+                receiver_exit = receiver.stop()
 
         stored = ledger.callbacks(batch)
         verdicts: dict[str, int] = {}
