@@ -19,6 +19,26 @@ def ledger_path(tmp_path):
 
 
 @pytest.fixture
+def ledger(ledger_path):
+    """A fresh ledger file, open."""
+    from omi_batch.ledger import Ledger
+
+    return Ledger(ledger_path)
+
+
+@pytest.fixture
+def receiver(ledger):
+    """The webhook receiver on ``ledger`` in this process, on a free loopback port, stopped at
+    the end of the test."""
+    from helpers import SECRET
+
+    from omi_batch.webhook import make_app, start
+
+    with start(make_app(ledger, SECRET), "127.0.0.1", 0) as server:
+        yield server
+
+
+@pytest.fixture
 def reports_dir(tmp_path):
     path = tmp_path / "reports"
     path.mkdir()

@@ -5,7 +5,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import queue
 import re
+import signal
+import subprocess
+import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -80,6 +86,54 @@ def wait_until(check, *, tries: int = 400, pause: float = 0.05) -> bool:
             return True
         time.sleep(pause)
     return bool(check())
+
+
+class ServeProcess:
+    """``omi-batch webhook serve --port 0 ARGS --ledger LEDGER`` in its own process, as an
+    operator starts it: ``url`` once it listens, ``stop()`` its exit code, then ``stderr``;
+    used as a context manager it is killed if a test left it running."""
+
+    ADDRESS = re.compile(r"^Webhook receiver listening on (http://127\.0\.0\.1:\d+)$")
+
+    def __init__(self, ledger_path, *args: str, env: dict | None = None):
+        env = {**os.environ, "OMI_WEBHOOK_SECRET": WEBHOOK_SECRET, **(env or {})}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "omi_batch", "webhook", "serve", "--port", "0", *args,
+             "--ledger", str(ledger_path)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        )  # fmt: skip
+        self.lines: queue.Queue = queue.Queue()  # stdout, line by line; None once it closed
+        threading.Thread(target=self._read, daemon=True).start()
+        self.stderr: str | None = None
+        first = self.lines.get(timeout=60)
+        match = self.ADDRESS.match(first or "")
+        if not match:
+            self.kill()
+            raise AssertionError(f"unexpected first line: {first!r}")
+        self.url = match.group(1)
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def stop(self, how: int = signal.SIGTERM) -> int:
+        """Send ``how`` and wait (bounded) for it to end; its exit code."""
+        self.process.send_signal(how)
+        code = self.process.wait(timeout=30)
+        self.stderr = self.process.stderr.read()
+        return code
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    def __enter__(self) -> ServeProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
 
 
 # ---------------------------------------------------------------------------- runtime

@@ -3,85 +3,27 @@
 from __future__ import annotations
 
 import json
-import os
-import queue
-import re
 import signal
 import socket
-import subprocess
-import sys
-import threading
 
 import pytest
 import requests
-from helpers import WEBHOOK_SECRET
+from helpers import WEBHOOK_SECRET, ServeProcess, make_batch
 
 from omi_batch import callbacks
 from omi_batch.cli import cli
 from omi_batch.config import Secret
-
-ADDRESS = re.compile(r"^Webhook receiver listening on (http://127\.0\.0\.1:(\d+))$")
-
-
-def _make_submitted_batch(ledger_path) -> str:
-    from omi_batch.ledger import Ledger
-
-    ledger = Ledger(ledger_path)
-    batch = ledger.create_batch(
-        source_file="departures.csv",
-        source_sha256="0" * 64,
-        created_by="test",
-        base_url="http://127.0.0.1:9",
-        options={},
-        input_rows=1,
-        warnings=[],
-        rows=[
-            {
-                "row": 2,
-                "source_email": "an.nguyen@example.com",
-                "target_email": "binh.tran@example.com",
-                "requested_target": "binh.tran@example.com",
-                "via": (),
-                "conv_ids": (),
-                "replace_existing_members": False,
-                "note": "",
-            }
-        ],
-    )
-    for state in ("previewed", "approved", "submitted"):
-        fields = {"request_id": "req-2"} if state == "submitted" else {}
-        ledger.record_step(batch, 2, state=state, event=f"test {state}", **fields)
-    return batch
-
-
-def _lines(stream, into: queue.Queue) -> None:
-    for line in stream:
-        into.put(line.rstrip("\n"))
-    into.put(None)
+from omi_batch.ledger import Ledger
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
 def test_webhook_serve_takes_a_callback_and_stops_cleanly_on_a_signal(ledger_path, stop_signal):
-    batch = _make_submitted_batch(ledger_path)
-    env = {**os.environ, "OMI_WEBHOOK_SECRET": WEBHOOK_SECRET}
-    command = [sys.executable, "-m", "omi_batch", "webhook", "serve", "--port", "0"]
-    process = subprocess.Popen(
-        [*command, "--ledger", str(ledger_path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    stdout: queue.Queue = queue.Queue()
-    threading.Thread(target=_lines, args=(process.stdout, stdout), daemon=True).start()
-    try:
-        first = stdout.get(timeout=60)
-        match = ADDRESS.match(first or "")
-        assert match, f"unexpected first line: {first!r}"
-        url = match.group(1)
+    with Ledger(ledger_path) as ledger:
+        batch = make_batch(ledger, rows=1)
+    with ServeProcess(ledger_path) as served:
         token = callbacks.token(Secret(WEBHOOK_SECRET), batch, 2, "execute")
         response = requests.post(
-            f"{url}/callbacks/{batch}/2/execute",
+            f"{served.url}/callbacks/{batch}/2/execute",
             data=json.dumps(
                 {"requestId": "req-2", "status": "SUCCESS", "payload": {"updatedRecords": 3}}
             ),
@@ -89,21 +31,14 @@ def test_webhook_serve_takes_a_callback_and_stops_cleanly_on_a_signal(ledger_pat
             timeout=10,
         )
         assert (response.status_code, response.json()) == (200, {"verdict": "applied"})
-        process.send_signal(stop_signal)
-        exit_code = process.wait(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
-    stderr = process.stderr.read()
+        exit_code = served.stop(stop_signal)
+    stderr = served.stderr
     assert exit_code == 0
-    assert stdout.get(timeout=10) is None  # nothing after the address line
+    assert served.lines.get(timeout=10) is None  # nothing after the address line
     assert f"callback batch={batch} row=2 phase=execute verdict=applied status=200" in stderr
     assert stderr.rstrip().endswith("Webhook receiver stopped.")
     assert WEBHOOK_SECRET not in stderr
     assert token not in stderr
-
-    from omi_batch.ledger import Ledger
 
     row = Ledger(ledger_path).row(batch, 2)
     assert (row["state"], row["updated_records"]) == ("succeeded", 3)

@@ -6,6 +6,7 @@ runs held rows once what held them succeeded. Real loopback HTTP, real SQLite fi
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import socket
@@ -258,6 +259,28 @@ with BatchLock(sys.argv[1], sys.argv[2]):
 """
 
 
+@contextlib.contextmanager
+def another_process_executing(ledger_path, batch_id: str):
+    """Another process holding the batch's lock, through ``ledger_path`` (the ledger or a link
+    to it), until the block ends; yields its pid."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(ledger_path), batch_id],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        yield holder.pid
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=10)
+
+
+def assert_refused_as_busy(result, batch_id: str, pid: int) -> None:
+    assert result.exit_code == 2
+    assert result.stderr.endswith(
+        f"Error: batch {batch_id} is being executed by another process (pid {pid}): "
+        "nothing was sent; run this again once it has finished\n"
+    )
+
+
 @pytest.mark.parametrize("command", ["execute", "reconcile"])
 def test_a_second_process_on_the_same_batch_is_refused_with_nothing_sent(
     runner, env, tmp_path, ledger_path, reports_dir, command
@@ -265,22 +288,12 @@ def test_a_second_process_on_the_same_batch_is_refused_with_nothing_sent(
     sim, _ = env
     batch_id = previewed_batch(runner, tmp_path, ledger_path, reports_dir)
     assert invoke(runner, "approve", batch_id, "--all", "--ledger", ledger_path).exit_code == 0
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(ledger_path), batch_id],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
-    try:
-        assert holder.stdout.readline() == "locked\n"
+    with another_process_executing(ledger_path, batch_id) as pid:
         requests = len(sim.events)
         extra = ["--yes"] if command == "execute" else []
         result = invoke(runner, command, batch_id, *extra, *opts(ledger_path, reports_dir))
-        assert result.exit_code == 2
-        assert result.stderr.endswith(
-            f"Error: batch {batch_id} is being executed by another process (pid {holder.pid}): "
-            "nothing was sent; run this again once it has finished\n"
-        )
+        assert_refused_as_busy(result, batch_id, pid)
         assert len(sim.events) == requests
-    finally:
-        holder.stdin.close()
-        holder.wait(timeout=10)
     result = invoke(runner, "execute", batch_id, "--yes", *opts(ledger_path, reports_dir))
     assert result.exit_code == 0, result.output
 
@@ -294,21 +307,11 @@ def test_a_second_execute_through_a_symlink_to_the_ledger_is_refused(
     other_name = tmp_path / "elsewhere" / "same-ledger.db"
     other_name.parent.mkdir()
     other_name.symlink_to(ledger_path)
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(other_name), batch_id],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
-    try:
-        assert holder.stdout.readline() == "locked\n"
+    with another_process_executing(other_name, batch_id) as pid:
         requests = len(sim.events)
         result = invoke(runner, "execute", batch_id, "--yes", *opts(ledger_path, reports_dir))
-        assert result.exit_code == 2
-        assert result.stderr.endswith(
-            f"Error: batch {batch_id} is being executed by another process (pid {holder.pid}): "
-            "nothing was sent; run this again once it has finished\n"
-        )
+        assert_refused_as_busy(result, batch_id, pid)
         assert len(sim.events) == requests
-    finally:
-        holder.stdin.close()
-        holder.wait(timeout=10)
 
 
 def test_execute_whose_reports_cannot_be_written_says_so_in_one_line_and_resumes(

@@ -8,7 +8,7 @@ import json
 import logging
 
 import pytest
-from helpers import API_KEY, GOOD_CSV, WEBHOOK_SECRET, write_job
+from helpers import API_KEY, GOOD_CSV, WEBHOOK_SECRET, ServeProcess, make_batch, write_job
 
 from omi_batch import callbacks, logs
 from omi_batch.config import Secret
@@ -119,55 +119,23 @@ def test_an_unknown_format_is_refused():
 
 
 def test_webhook_serve_logs_json_lines_without_a_secret(ledger_path):
-    import os
-    import queue
-    import signal
-    import subprocess
-    import sys
-    import threading
-
     import requests
 
     from omi_batch.ledger import Ledger
 
     with Ledger(ledger_path) as ledger:
-        batch_id = ledger.create_batch(
-            source_file="departures.csv", source_sha256="0" * 64, created_by="test",
-            base_url=None, options={}, input_rows=1, warnings=[],
-            rows=[{"row": 2, "source_email": "an.nguyen@example.vn",
-                   "target_email": "binh.tran@example.vn",
-                   "requested_target": "binh.tran@example.vn", "via": (), "conv_ids": (),
-                   "replace_existing_members": False, "note": ""}],
-        )  # fmt: skip
-        for state in ("previewed", "approved", "submitted"):
-            fields = {"request_id": "req-2"} if state == "submitted" else {}
-            ledger.record_step(batch_id, 2, state=state, event=state, **fields)
+        batch_id = make_batch(ledger, rows=1)
     token = callbacks.token(Secret(WEBHOOK_SECRET), batch_id, 2, "execute")
-    env = {**os.environ, **ENV}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "omi_batch", "webhook", "serve", "--port", "0", "--metrics",
-         "--log-format", "json", "-vv", "--ledger", str(ledger_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
-    lines_out: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: [lines_out.put(x) for x in process.stdout],
-                     daemon=True).start()  # fmt: skip
-    try:
-        url = lines_out.get(timeout=60).split()[-1]
-        body = b'{"requestId": "req-2", "status": "SUCCESS", "payload": {"updatedRecords": 3}}'
+    body = b'{"requestId": "req-2", "status": "SUCCESS", "payload": {"updatedRecords": 3}}'
+    with ServeProcess(ledger_path, "--metrics", "--log-format", "json", "-vv", env=ENV) as served:
         answers = [
-            requests.post(f"{url}/callbacks/{batch_id}/2/execute", data=body,
+            requests.post(f"{served.url}/callbacks/{batch_id}/2/execute", data=body,
                           headers={callbacks.HEADER: token}, timeout=10).status_code,
-            requests.post(f"{url}/callbacks/{batch_id}/2/execute", data=body,
+            requests.post(f"{served.url}/callbacks/{batch_id}/2/execute", data=body,
                           headers={callbacks.HEADER: token[::-1]}, timeout=10).status_code,
         ]  # fmt: skip
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
-    stderr = process.stderr.read()
+        assert served.stop() == 0
+    stderr = served.stderr
     assert answers == [200, 401]
     records = [json.loads(line) for line in stderr.splitlines()]  # every line is JSON
     callbacks_logged = [r for r in records if r["event"] == "callback"]

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import requests
-from helpers import API_KEY, GOOD_CSV, WEBHOOK_SECRET, make_job
+from helpers import API_KEY, GOOD_CSV, WEBHOOK_SECRET, ServeProcess, make_batch, make_job
 from prometheus_client.parser import text_string_to_metric_families
 
 from omi_batch import callbacks, webhook
@@ -273,46 +273,22 @@ def test_a_tick_stopped_by_missing_configuration_still_writes_its_metrics_file(t
 
 def test_webhook_serve_with_metrics_answers_a_scrape_beside_the_callbacks(ledger_path):
     import json
-    import queue
-    import signal
-    import subprocess
-    import sys
-    import threading
 
     with Ledger(ledger_path) as led:
-        batch_id = new_batch(led, rows=2)
-        for row in (2, 3):
-            for state in ("previewed", "approved", "submitted"):
-                fields = {"request_id": f"req-{row}"} if state == "submitted" else {}
-                led.record_step(batch_id, row, state=state, event=state, **fields)
-    env = {**os.environ, "OMI_WEBHOOK_SECRET": WEBHOOK_SECRET}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "omi_batch", "webhook", "serve", "--port", "0", "--metrics",
-         "--ledger", str(ledger_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(x) for x in process.stdout], daemon=True).start()
-    try:
-        first = lines.get(timeout=60)
-        assert first.startswith("Webhook receiver listening on http://127.0.0.1:")
-        url = first.split()[-1]
+        batch_id = make_batch(led, rows=2)
+    with ServeProcess(ledger_path, "--metrics") as served:
+        url = served.url
         token = callbacks.token(Secret(WEBHOOK_SECRET), batch_id, 2, "execute")
         body = {"requestId": "req-2", "status": "SUCCESS", "payload": {"updatedRecords": 3}}
         applied = requests.post(f"{url}/callbacks/{batch_id}/2/execute", data=json.dumps(body),
                                 headers={callbacks.HEADER: token}, timeout=10)  # fmt: skip
         refused = requests.post(f"{url}/callbacks/{batch_id}/3/execute", data=b"{}", timeout=10)
         scrape = requests.get(f"{url}/metrics", timeout=10)
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
+        assert served.stop() == 0
     assert (applied.json(), refused.status_code) == ({"verdict": "applied"}, 401)
     found = samples(scrape.text)
     assert found[("omi_batch_callbacks_received_total", ("verdict", "applied"))] == 1
     assert found[("omi_batch_callbacks_refused_total", ("reason", "missing_credential"))] == 1
     assert found[("omi_batch_rows", ("batch", batch_id), ("state", "succeeded"))] == 1
     assert found[("omi_batch_rows", ("batch", batch_id), ("state", "submitted"))] == 1
-    assert f"Metrics at {url}/metrics" in process.stderr.read()
+    assert f"Metrics at {url}/metrics" in served.stderr

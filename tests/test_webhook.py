@@ -99,23 +99,6 @@ def recorded(ledger, batch: str) -> list[dict]:
     return [dict(callback) for callback in ledger.callbacks(batch)]
 
 
-# --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture
-def ledger(ledger_path):
-    from omi_batch.ledger import Ledger
-
-    return Ledger(ledger_path)
-
-
-@pytest.fixture
-def receiver(ledger):
-    """The receiver on a free loopback port, stopped at the end of the test."""
-    with start(make_app(ledger, SECRET), "127.0.0.1", 0) as server:
-        yield server
-
-
 # --------------------------------------------------------------------------- health
 
 

@@ -15,17 +15,6 @@ from omi_batch.spool import Spool, spool_path
 from omi_batch.webhook import make_app, start
 
 
-@pytest.fixture
-def ledger(ledger_path):
-    return Ledger(ledger_path)
-
-
-@pytest.fixture
-def receiver(ledger):
-    with start(make_app(ledger, SECRET), "127.0.0.1", 0) as server:
-        yield server
-
-
 def states(ledger, batch):
     return {r["row"]: r["state"] for r in ledger.rows(batch)}
 
