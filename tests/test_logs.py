@@ -177,3 +177,49 @@ def test_a_job_tick_logs_json_lines_without_a_secret(tmp_path, runner, simulator
     tokens = [callbacks.token(Secret(WEBHOOK_SECRET), created["batch"], row, phase)
               for row in range(2, 8) for phase in callbacks.PHASES]  # fmt: skip
     assert not [t for t in tokens if t in result.stderr]
+
+
+def test_a_usage_error_is_one_json_line_when_the_log_is_json(runner, stream):
+    from omi_batch.cli import cli
+
+    result = runner.invoke(cli, ["webhook", "serve", "--log-format", "json", "--port", "nope"])
+
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    [record] = [json.loads(line) for line in result.stderr.splitlines()]  # every line is JSON
+    assert (record["level"], record["event"], record["message"]) == (
+        "ERROR",
+        "usage_error",
+        "Invalid value for '--port': 'nope' is not a valid integer range. "
+        "(see: cli webhook serve --help)",
+    )
+
+
+def test_a_usage_error_stays_clicks_own_text_without_json_logs(runner):
+    from omi_batch.cli import cli
+
+    result = runner.invoke(cli, ["webhook", "serve", "--port", "nope"])
+
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "Usage: cli webhook serve [OPTIONS]\nTry 'cli webhook serve --help' for help.\n\n"
+        "Error: Invalid value for '--port': 'nope' is not a valid integer range.\n"
+    )
+
+
+def test_a_job_whose_file_asks_for_json_logs_reports_its_error_as_json(tmp_path, runner, stream):
+    from omi_batch.cli import cli
+
+    job_file = write_job(tmp_path / "offboarding.toml", top=('log_format = "json"',))
+    (tmp_path / "work" / "inbox").mkdir(parents=True)
+    (tmp_path / "work" / "inbox" / "departures.csv").write_text(GOOD_CSV, encoding="utf-8")
+    env = {"OMI_BASE_URL": None, "OMI_API_KEY": API_KEY, "OMI_WEBHOOK_SECRET": WEBHOOK_SECRET}
+
+    result = runner.invoke(cli, ["job", "run", str(job_file)], env=env)
+
+    assert result.exit_code == 3
+    records = [json.loads(line) for line in result.stderr.splitlines()]  # every line is JSON
+    assert (records[-1]["level"], records[-1]["event"]) == ("ERROR", "error")
+    assert records[-1]["message"].startswith("OMI_BASE_URL is not set")
+    for secret in (API_KEY, WEBHOOK_SECRET):
+        assert secret not in result.stderr

@@ -8,7 +8,8 @@ import sys
 
 import click
 
-from omi_batch.cli.options import log_format, log_format_option, setup_logging, verbosity
+from omi_batch.cli.options import log_format, log_format_option, use_log_format, verbosity
+from omi_batch.cli.output import tell
 
 
 @click.group()
@@ -42,11 +43,11 @@ def job_run(jobfile: str) -> None:
     job = load_job(jobfile)
     logs.add_secrets_from(os.environ, (job.api_key_env, job.webhook_secret_env))
     if job.log_format == "json" and log_format() is None:
-        setup_logging(verbose, "json")
+        use_log_format("json")
     try:
         result = run_tick(job)
     except LockedError as busy:
-        click.echo(str(busy), err=True)
+        tell([str(busy)], "locked", logging.WARNING)
         return
     if result.exit_code:
         sys.exit(result.exit_code)

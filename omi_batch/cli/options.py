@@ -155,12 +155,18 @@ def log_format() -> str | None:
     return ctx.meta.get("omi_batch.log_format") if ctx is not None else None
 
 
+def use_log_format(value: str, ctx: click.Context | None = None) -> None:
+    """Log as ``value`` ("text" or "json") from now on in this command, errors included."""
+    ctx = ctx or click.get_current_context()
+    ctx.meta["omi_batch.log_format"] = value
+    verbose = max(ctx.find_root().params.get("verbose") or 0,
+                  ctx.meta.get("omi_batch.verbose", 0))  # fmt: skip
+    setup_logging(verbose, value)
+
+
 def _log_format_callback(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
     if value:
-        ctx.meta["omi_batch.log_format"] = value
-        verbose = max(ctx.find_root().params.get("verbose") or 0,
-                      ctx.meta.get("omi_batch.verbose", 0))  # fmt: skip
-        setup_logging(verbose, value)
+        use_log_format(value, ctx)
 
 
 def log_format_option(f: Callable) -> Callable:

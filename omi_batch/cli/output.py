@@ -14,10 +14,23 @@ from typing import Any
 
 import click
 
-from omi_batch.cli.options import verbosity
+from omi_batch.cli.options import log_format, verbosity
 from omi_batch.errors import EXIT_INTERRUPTED, OmiBatchError, StorageError
 
 log = logging.getLogger("omi_batch")
+
+
+def tell(lines: list[str], event: str, level: int = logging.ERROR) -> None:
+    """How a command ends, on stderr: in the log's own format, so with ``--log-format json``
+    (or a job file's ``log_format = "json"``) every line stays a JSON object (one record a
+    line, ``Error: `` left to the level); otherwise the lines as they are."""
+    if log_format() != "json":
+        for line in lines:
+            click.echo(line, err=True)
+        return
+    for line in lines:
+        text = line.strip()
+        log.log(level, text.removeprefix("Error: "), extra={"event": event})
 
 
 @contextlib.contextmanager
@@ -26,34 +39,41 @@ def errors_to_exit() -> Iterator[None]:
     try:
         yield
     except click.Abort:  # Ctrl-C or end of input at a prompt
-        click.echo("\nInterrupted: nothing more was done.", err=True)
+        tell(["\nInterrupted: nothing more was done."], "interrupted", logging.WARNING)
         sys.exit(EXIT_INTERRUPTED)
+    except click.ClickException as error:  # click's own: a usage error, a bad value
+        if log_format() != "json":
+            raise  # click prints its usage and "Error:" lines itself
+        ctx = getattr(error, "ctx", None)
+        hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+        tell([error.format_message() + hint], "usage_error")
+        sys.exit(error.exit_code)
     except OmiBatchError as error:
         if verbosity():
             log.exception("traceback")
-        click.echo(f"Error: {error}", err=True)
+        lines = [f"Error: {error}"]
         problems = getattr(error, "problems", [])
-        for problem in problems:
-            click.echo(f"  {problem}", err=True)
+        lines += [f"  {problem}" for problem in problems]
         more = getattr(error, "total", len(problems)) - len(problems)
         if more > 0:
-            click.echo(f"  and {more:,} more", err=True)
+            lines.append(f"  and {more:,} more")
         if getattr(error, "errors_csv", None):
-            click.echo(f"Every problem is listed in {error.errors_csv}", err=True)
+            lines.append(f"Every problem is listed in {error.errors_csv}")
+        tell(lines, "error")
         sys.exit(error.exit_code)
     except KeyboardInterrupt:
         ctx = click.get_current_context(silent=True)
         command = ctx.meta.get(RESUME) if ctx is not None else None
         if command:
-            click.echo(f"Interrupted: state is saved; resume with: {command}", err=True)
+            line = f"Interrupted: state is saved; resume with: {command}"
         else:
-            click.echo("Interrupted: state is saved; run the same command again to resume.",
-                       err=True)  # fmt: skip
+            line = "Interrupted: state is saved; run the same command again to resume."
+        tell([line], "interrupted", logging.WARNING)
         sys.exit(EXIT_INTERRUPTED)
     except OSError as error:  # a full disk, a read-only folder, a file where a folder is
         if verbosity():
             log.exception("traceback")
-        click.echo(f"Error: {storage_message(error)}", err=True)
+        tell([f"Error: {storage_message(error)}"], "error")
         sys.exit(StorageError.exit_code)
 
 
