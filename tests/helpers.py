@@ -88,31 +88,36 @@ def wait_until(check, *, tries: int = 400, pause: float = 0.05) -> bool:
     return bool(check())
 
 
-class ServeProcess:
-    """``omi-batch webhook serve --port 0 ARGS --ledger LEDGER`` in its own process, as an
-    operator starts it: ``url`` once it listens, ``stop()`` its exit code, then ``stderr``;
-    used as a context manager it is killed if a test left it running."""
+class ServiceProcess:
+    """``omi-batch ARGS`` for a service (``webhook serve``, ``simulator serve``) in its own
+    process, as an operator starts it: ``url`` once its first line says where it listens (that
+    line is ``first``), ``stop()`` its exit code, then ``stderr``; ``lines`` has what it printed
+    after the first line (None once stdout closed). In a ``with`` it is killed at the end if a
+    test left it running."""
 
-    ADDRESS = re.compile(r"^Webhook receiver listening on (http://127\.0\.0\.1:\d+)$")
+    ADDRESS = re.compile(r" listening on (http://127\.0\.0\.1:\d+)$")
 
-    def __init__(self, ledger_path, *args: str, env: dict | None = None):
-        env = {**os.environ, "OMI_WEBHOOK_SECRET": WEBHOOK_SECRET, **(env or {})}
+    def __init__(self, *args: str, env: dict | None = None, cwd=None):
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "omi_batch", "webhook", "serve", "--port", "0", *args,
-             "--ledger", str(ledger_path)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+            [sys.executable, "-m", "omi_batch", *args], stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}, cwd=cwd,
         )  # fmt: skip
-        self.lines: queue.Queue = queue.Queue()  # stdout, line by line; None once it closed
-        threading.Thread(target=self._read, daemon=True).start()
+        self.lines: queue.Queue = queue.Queue()
+        self._stderr: list[str] = []
+        self._readers = [threading.Thread(target=self._read_stdout, daemon=True),
+                         threading.Thread(target=self._stderr.extend, args=(self.process.stderr,),
+                                          daemon=True)]  # fmt: skip
+        for reader in self._readers:
+            reader.start()
         self.stderr: str | None = None
-        first = self.lines.get(timeout=60)
-        match = self.ADDRESS.match(first or "")
+        self.first = self.lines.get(timeout=60)
+        match = self.ADDRESS.search(self.first or "")
         if not match:
             self.kill()
-            raise AssertionError(f"unexpected first line: {first!r}")
+            raise AssertionError(f"unexpected first line: {self.first!r}")
         self.url = match.group(1)
 
-    def _read(self) -> None:
+    def _read_stdout(self) -> None:
         for line in self.process.stdout:
             self.lines.put(line.rstrip("\n"))
         self.lines.put(None)
@@ -121,7 +126,8 @@ class ServeProcess:
         """Send ``how`` and wait (bounded) for it to end; its exit code."""
         self.process.send_signal(how)
         code = self.process.wait(timeout=30)
-        self.stderr = self.process.stderr.read()
+        self._readers[1].join(timeout=10)
+        self.stderr = "".join(self._stderr)
         return code
 
     def kill(self) -> None:
@@ -129,11 +135,21 @@ class ServeProcess:
             self.process.kill()
             self.process.wait(timeout=10)
 
-    def __enter__(self) -> ServeProcess:
+    def __enter__(self) -> ServiceProcess:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.kill()
+
+
+def webhook_serve(ledger_path, *args: str, env: dict | None = None) -> ServiceProcess:
+    """``omi-batch webhook serve --port 0 ARGS --ledger LEDGER`` with the tests' secret."""
+    served = ServiceProcess("webhook", "serve", "--port", "0", *args, "--ledger",
+                            str(ledger_path), env={"OMI_WEBHOOK_SECRET": WEBHOOK_SECRET, **(env or {})})  # fmt: skip
+    if not served.first.startswith("Webhook receiver listening on "):
+        served.kill()
+        raise AssertionError(f"unexpected first line: {served.first!r}")
+    return served
 
 
 # ---------------------------------------------------------------------------- runtime

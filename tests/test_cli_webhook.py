@@ -8,7 +8,7 @@ import socket
 
 import pytest
 import requests
-from helpers import WEBHOOK_SECRET, ServeProcess, make_batch
+from helpers import WEBHOOK_SECRET, make_batch, webhook_serve
 
 from omi_batch import callbacks
 from omi_batch.cli import cli
@@ -20,7 +20,7 @@ from omi_batch.ledger import Ledger
 def test_webhook_serve_takes_a_callback_and_stops_cleanly_on_a_signal(ledger_path, stop_signal):
     with Ledger(ledger_path) as ledger:
         batch = make_batch(ledger, rows=1)
-    with ServeProcess(ledger_path) as served:
+    with webhook_serve(ledger_path) as served:
         token = callbacks.token(Secret(WEBHOOK_SECRET), batch, 2, "execute")
         response = requests.post(
             f"{served.url}/callbacks/{batch}/2/execute",

@@ -8,7 +8,7 @@ import json
 import logging
 
 import pytest
-from helpers import API_KEY, GOOD_CSV, WEBHOOK_SECRET, ServeProcess, make_batch, write_job
+from helpers import API_KEY, GOOD_CSV, WEBHOOK_SECRET, make_batch, webhook_serve, write_job
 
 from omi_batch import callbacks, logs
 from omi_batch.config import Secret
@@ -127,7 +127,7 @@ def test_webhook_serve_logs_json_lines_without_a_secret(ledger_path):
         batch_id = make_batch(ledger, rows=1)
     token = callbacks.token(Secret(WEBHOOK_SECRET), batch_id, 2, "execute")
     body = b'{"requestId": "req-2", "status": "SUCCESS", "payload": {"updatedRecords": 3}}'
-    with ServeProcess(ledger_path, "--metrics", "--log-format", "json", "-vv", env=ENV) as served:
+    with webhook_serve(ledger_path, "--metrics", "--log-format", "json", "-vv", env=ENV) as served:
         answers = [
             requests.post(f"{served.url}/callbacks/{batch_id}/2/execute", data=body,
                           headers={callbacks.HEADER: token}, timeout=10).status_code,

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import requests
-from helpers import API_KEY, GOOD_CSV, WEBHOOK_SECRET, ServeProcess, make_batch, make_job
+from helpers import API_KEY, GOOD_CSV, WEBHOOK_SECRET, make_batch, make_job, webhook_serve
 from prometheus_client.parser import text_string_to_metric_families
 
 from omi_batch import callbacks, webhook
@@ -276,7 +276,7 @@ def test_webhook_serve_with_metrics_answers_a_scrape_beside_the_callbacks(ledger
 
     with Ledger(ledger_path) as led:
         batch_id = make_batch(led, rows=2)
-    with ServeProcess(ledger_path, "--metrics") as served:
+    with webhook_serve(ledger_path, "--metrics") as served:
         url = served.url
         token = callbacks.token(Secret(WEBHOOK_SECRET), batch_id, 2, "execute")
         body = {"requestId": "req-2", "status": "SUCCESS", "payload": {"updatedRecords": 3}}

@@ -6,11 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import queue
-import signal
-import subprocess
-import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -18,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from helpers import ServiceProcess
 from waitress import trigger, wasyncore
 from waitress.server import create_server
 
@@ -975,33 +971,16 @@ def test_the_sample_csv_matches_the_fixture(simulator):
 # --------------------------------------------------------------------------- the CLI
 
 
+def simulator_serve(tmp_path, *flags: str) -> ServiceProcess:
+    """``omi-batch simulator serve --port 0 FLAGS`` as its own process, in ``tmp_path``."""
+    return ServiceProcess("simulator", "serve", "--port", "0", *flags, cwd=tmp_path,
+                          env={"OMI_API_KEY": API_KEY, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+
+
 def test_simulator_serve_runs_as_a_process(receiver, tmp_path):
-    env = {**os.environ, "OMI_API_KEY": API_KEY, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "omi_batch",
-            "simulator",
-            "serve",
-            "--port",
-            "0",
-            "-v",
-            "--seed",
-            "4",
-        ],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=lambda: lines.put(process.stdout.readline()), daemon=True).start()
-        line = lines.get(timeout=30)
-        assert line.startswith("OMI simulator listening on http://127.0.0.1:")
-        url = line.split(" on ", 1)[1].strip()
+    with simulator_serve(tmp_path, "-v", "--seed", "4") as served:
+        assert served.first.startswith("OMI simulator listening on http://127.0.0.1:")
+        url = served.url
         body = {
             "sourceEmail": LAN,
             "targetEmail": HONG,
@@ -1017,36 +996,23 @@ def test_simulator_serve_runs_as_a_process(receiver, tmp_path):
         [callback] = receiver.wait_for(1, timeout=20)
         assert callback["body"]["requestId"] == answer.json()["payload"]["requestId"]
         assert callback["body"]["payload"] == {"updatedRecords": 19}
-    finally:
-        process.send_signal(signal.SIGTERM)
-        out, err = process.communicate(timeout=30)
-    assert process.returncode == 0
-    assert out == ""
+        assert served.stop() == 0
+    err = served.stderr
+    assert served.lines.get(timeout=10) is None  # nothing on stdout after the address line
     assert f"POST {TRANSFER} -> 202" in err
     assert "OMI simulator stopped." in err
-    assert API_KEY not in out + err + line
+    assert API_KEY not in err + served.first
 
 
 def test_simulator_serve_plays_the_rate_limit_bearer_auth_directory_and_ticket_flags(
     receiver, tmp_path
 ):
-    env = {**os.environ, "OMI_API_KEY": API_KEY, "PYTHONUNBUFFERED": "1"}
     flags = ["--rate-limit", "0.001:60", "--rate-limit-retry-after", "none", "--auth", "bearer",
              "--token-lifetime", "600", "--no-token-expires-in", "--refuse-token-after", "1",
              "--directory-shape", "list", "--directory-fault", "forbidden",
              "--no-ticket-callbacks", "--ticket-window-days", "400"]  # fmt: skip
-    process = subprocess.Popen(
-        [sys.executable, "-m", "omi_batch", "simulator", "serve", "--port", "0", "-v", *flags],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=lambda: lines.put(process.stdout.readline()), daemon=True).start()
-        url = lines.get(timeout=30).split(" on ", 1)[1].strip()
+    with simulator_serve(tmp_path, "-v", *flags) as served:
+        url = served.url
         auth = requests.get(url + "/api/auth", params={"apiKey": API_KEY}, timeout=10)
         payload = auth.json()["payload"]
         assert set(payload) == {"access_token", "access_type", "token_type"}
@@ -1082,13 +1048,11 @@ def test_simulator_serve_plays_the_rate_limit_bearer_auth_directory_and_ticket_f
             if refused.status_code == 429:
                 break
         assert refused.status_code == 429 and "Retry-After" not in refused.headers
-    finally:
-        process.send_signal(signal.SIGTERM)
-        out, err = process.communicate(timeout=30)
-    assert process.returncode == 0
+        assert served.stop() == 0
+    err = served.stderr
     assert f"POST {TICKETS} -> 202" in err and "GET /api/auth -> 429 [rate_limited]" in err
     assert receiver.received[0]["body"]["action"] == "CONVERSATION_AGENT_TRANSFER"
-    assert API_KEY not in out + err and payload["access_token"] not in out + err
+    assert API_KEY not in served.first + err and payload["access_token"] not in err
 
 
 @pytest.mark.parametrize(
