@@ -25,22 +25,23 @@ EXECUTE = {"sourceEmail": LAN, "targetEmail": HONG}
 NEVER_REFILLS = 0.001  # tokens per second: a bucket that stays empty for the whole test
 
 
-def post(server, path, body, *, key=API_KEY, token=None):
+def credentials(key=None, token=None) -> dict[str, str]:
+    """The headers carrying an API key and/or a bearer token (none for None)."""
     headers = {}
     if key is not None:
         headers["x-api-key"] = key
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
-    return requests.post(server.url + path, json=body, headers=headers, timeout=10)
+    return headers
+
+
+def post(server, path, body, *, key=API_KEY, token=None):
+    return requests.post(server.url + path, json=body, headers=credentials(key, token), timeout=10)
 
 
 def get(server, path, params=None, *, key=None, token=None):
-    headers = {}
-    if key is not None:
-        headers["x-api-key"] = key
-    if token is not None:
-        headers["Authorization"] = f"Bearer {token}"
-    return requests.get(server.url + path, params=params, headers=headers, timeout=10)
+    return requests.get(server.url + path, params=params, headers=credentials(key, token),
+                        timeout=10)  # fmt: skip
 
 
 def token_of(server, key=API_KEY) -> str:
