@@ -261,8 +261,8 @@ def main(argv: list[str] | None = None) -> int:
 
     say()
     say(f"Reports in {_show(reports_dir)}:")
-    for path in sorted(reports_dir.glob("*.csv")):
-        say(f"  {path.name}")
+    for path in sorted(p for p in reports_dir.iterdir() if p.suffix in (".csv", ".xlsx")):
+        say(f"  {path.name}")  # the CSV reports for scripts, the workbooks for people
     say(f"Ledger: {_show(ledger_path)}   (omi-batch status --ledger {_show(ledger_path)})")
     moved = sum(r["updated_records"] or 0 for r in succeeded)
     say(f"{len(succeeded)} transfer(s) succeeded, confirmed by OMI's callbacks: {moved} "

@@ -80,6 +80,8 @@ def test_the_demo_runs_the_whole_flow_and_stops_the_simulator(tmp_path):
     reports = sorted(p.name.split("-", 3)[-1] for p in (out / "reports").iterdir())
     assert reports == ["preview.csv", "results.csv", "results.xlsx", "retry.csv", "review.xlsx",
                        "targets.csv"]  # fmt: skip
+    for path in (out / "reports").iterdir():  # the demo lists each, the workbooks too
+        assert f"  {path.name}" in lines, path.name
     preview = next((out / "reports").glob("*-preview.csv")).read_text(encoding="utf-8-sig")
     assert "Nguyễn Thị Lan nghỉ việc" in preview
     with Ledger(out / "ledger.db") as ledger:
