@@ -545,19 +545,16 @@ def test_in_a_pipe_no_table_borders_and_no_path_printed_twice(
     assert not BOX.search(status), status
 
 
-def test_the_progress_bar_on_a_terminal_shows_rate_and_eta(
-    make_simulator, monkeypatch, departures, ledger_path, reports_dir
-):
+def on_a_terminal(args: list, monkeypatch, columns: int, *, stream: str) -> str:
+    """What ``omi-batch ARGS`` writes on ``stream`` (stdout or stderr) when it is a terminal
+    ``columns`` wide, colour codes removed."""
     import pty
 
-    _, server = make_simulator(api_key=KEY, faults=Faults(latency_ms=150))
-    use(monkeypatch, server)
     monkeypatch.setenv("TERM", "xterm")
-    monkeypatch.setenv("COLUMNS", "120")
+    monkeypatch.setenv("COLUMNS", str(columns))
     master, slave = pty.openpty()
-    process = child(["preview", departures, "--concurrency", "1", "--rate", "1000",
-                     *where(ledger_path, reports_dir)],
-                    stdout=subprocess.DEVNULL, stderr=slave, stdin=subprocess.DEVNULL)  # fmt: skip
+    streams = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, stream: slave}
+    process = child(args, stdin=subprocess.DEVNULL, **streams)
     os.close(slave)
     seen = b""
     try:
@@ -580,6 +577,25 @@ def test_the_progress_bar_on_a_terminal_shows_rate_and_eta(
             process.kill()
             process.wait(timeout=10)
         os.close(master)
-    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", seen.decode("utf-8", "replace"))
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", seen.decode("utf-8", "replace"))
+
+
+def test_the_progress_bar_on_a_terminal_shows_rate_and_eta(
+    make_simulator, monkeypatch, departures, ledger_path, reports_dir
+):
+    _, server = make_simulator(api_key=KEY, faults=Faults(latency_ms=150))
+    use(monkeypatch, server)
+    text = on_a_terminal(["preview", departures, "--concurrency", "1", "--rate", "1000",
+                          *where(ledger_path, reports_dir)], monkeypatch, 120, stream="stderr")  # fmt: skip
     assert re.search(r"\d+(\.\d+)? rows/s", text), text
     assert re.search(r"eta (\d+:\d\d:\d\d|-:--:--)", text), text
+
+
+@pytest.mark.parametrize("columns", [110, 200])
+def test_the_plan_on_a_narrow_terminal_keeps_every_email_whole(monkeypatch, departures, columns):
+    text = on_a_terminal(["validate", departures], monkeypatch, columns, stream="stdout")
+    lines = text.splitlines()
+    for email in ("lan.nguyen@example.vn", "hong.le@example.vn", "minh.tran@example.vn",
+                  "mai.hoang@example.vn", "bao.pham@example.vn", "ngoc.do@example.vn"):  # fmt: skip
+        assert email in text, (email, text)
+    assert max(len(line) for line in lines) <= columns, text

@@ -362,21 +362,35 @@ def print_plan(plan: Any) -> None:
         from rich.console import Console
         from rich.table import Table
 
+        console = Console(file=stdout, highlight=False)
+        widths = {name: max([len(name), *(len(row[i]) for row in rows)])
+                  for i, name in enumerate(PLAN_COLUMNS)}  # fmt: skip
+        # Every column but the two free texts is shown whole (an email is never cut short);
+        # conversations and note share what is left of the terminal, cut with an ellipsis,
+        # and the note, then the conversations, are left out when less than 12 is left.
+        shown = list(PLAN_COLUMNS)
+        room = 0
+        for dropped in ("note", "conversations"):
+            free = [n for n in shown if n in ("conversations", "note")]
+            fixed = sum(widths[n] + 3 for n in shown if n not in free)
+            room = (console.width - fixed) // len(free) - 3
+            if room >= 12:
+                break
+            shown.remove(dropped)
         table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-        for name in PLAN_COLUMNS:
-            if name in ("source_email", "target_email", "via"):  # an email is never cut short
-                table.add_column(name, overflow="fold", min_width=12)
-            else:
-                short = name in ("row", "replace")
-                table.add_column(
-                    name,
-                    justify="right" if name == "row" else "left",
-                    no_wrap=True,
-                    min_width=len(name) if short else None,
-                )
+        for name in shown:
+            whole = name not in ("conversations", "note")
+            table.add_column(name, justify="right" if name == "row" else "left", no_wrap=True,
+                             min_width=widths[name] if whole else None,
+                             max_width=None if whole else room, overflow="ellipsis")  # fmt: skip
         for row in rows:
-            table.add_row(*row)
-        Console(file=stdout, highlight=False).print(table)
+            table.add_row(*(cell for cell, name in zip(row, PLAN_COLUMNS, strict=True)
+                            if name in shown))  # fmt: skip
+        console.print(table)
+        left_out = [n for n in PLAN_COLUMNS if n not in shown]
+        if left_out:
+            click.echo(f"({' and '.join(left_out)} left out: the terminal is too narrow; "
+                       "piped, e.g. into `| cat`, every column is printed)", err=True)  # fmt: skip
     else:
         click.echo(plain_columns(PLAN_COLUMNS, rows, right=("row",)))
     total = plan.to_dict_head()["total_transfers"]
