@@ -9,14 +9,11 @@ import shlex
 from pathlib import Path
 
 import click
-import pytest
 
 from omi_batch.cli import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
-# The README is rewritten in the next step of #10: until then these must still fail.
-NEXT = pytest.mark.xfail(strict=True, reason="#10: the README lands in the next step")
 NEEDS_RECEIVER = ("preview", "execute", "run", "reconcile")
 
 
@@ -37,7 +34,6 @@ def command_of(words: list[str]) -> tuple[click.Command, list[str]]:
     return command, rest
 
 
-@NEXT
 def test_the_by_hand_session_puts_omi_batch_on_the_path_first():
     commands = by_hand_commands()
     first_use = next(i for i, c in enumerate(commands) if "omi-batch" in c)
@@ -46,7 +42,6 @@ def test_the_by_hand_session_puts_omi_batch_on_the_path_first():
     ), commands[: first_use + 1]
 
 
-@NEXT
 def test_the_by_hand_session_reads_files_that_exist():
     commands = by_hand_commands()
     named = [w for c in commands for w in shlex.split(c, comments=True)
@@ -78,7 +73,6 @@ def test_every_by_hand_command_that_waits_for_callbacks_has_a_receiver():
             assert "--listen" in words, f"{line}: without --listen its rows end unconfirmed"
 
 
-@NEXT
 def test_the_by_hand_session_talks_to_the_simulator_it_starts():
     start = README.index("The same steps by hand")
     serve = re.search(r"simulator serve --port (\d+) --api-key (\S+?)`", README[start:])

@@ -297,8 +297,12 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]],
     from rich.table import Table
 
     drawn = Table(show_edge=False)
-    for header in headers:
-        drawn.add_column(header, overflow="fold", justify="right" if header in right else "left")
+    for i, header in enumerate(headers):
+        # Wrapped between words, never inside one: an id, a time, an email stays whole.
+        word = max((len(w) for text in [header, *(row[i] for row in cells)] for w in text.split()),
+                   default=1)  # fmt: skip
+        drawn.add_column(header, overflow="fold", min_width=word,
+                         justify="right" if header in right else "left")  # fmt: skip
     for row in cells:
         drawn.add_row(*row)
     Console().print(drawn)
