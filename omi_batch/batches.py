@@ -23,6 +23,7 @@ from omi_batch.states import (
     SUBMITTED,
     UNCONFIRMED,
     batch_state,
+    blocker_before,
 )
 
 
@@ -101,14 +102,19 @@ def execute_hint(batch_id: str, receiver: bool, why: str = "") -> str:
             "is not set: without a receiver the rows would end unconfirmed)")  # fmt: skip
 
 
-def next_step(batch_id: str, word: str, states: Mapping[str, int], receiver: bool) -> str | None:
-    """What `status BATCH` suggests for a batch in ``word``: the command that moves it on, or
-    None when no command would (done, failed rows are in the retry report, or running)."""
+def next_step(batch_id: str, word: str, rows: list[dict], receiver: bool) -> str | None:
+    """What `status BATCH` suggests for a batch in ``word`` with ``rows`` (all of them): the
+    command that moves it on, or None when no command would (done, failed rows are in the
+    retry report, or running); never an execute that would only hold its rows again."""
     if word == "interrupted":
-        due = states.get(SUBMITTED, 0)
+        due = sum(r["state"] == SUBMITTED for r in rows)
         return execute_hint(batch_id, receiver, f" resumes it ({due} row(s) were submitted and "
                                                 "have no result yet)")  # fmt: skip
     if word == APPROVED:
+        waiting = [r for r in rows if r["state"] == APPROVED]
+        if all(blocker_before(rows, r) is not None for r in waiting):
+            return ("Nothing to execute: every approved row is held behind a row of its source "
+                    "that did not succeed (see the rows' errors)")  # fmt: skip
         return execute_hint(batch_id, receiver)
     if word == UNCONFIRMED:
         return (f"Next: omi-batch reconcile {batch_id} (previews the unconfirmed rows again: "

@@ -376,6 +376,25 @@ def test_an_interrupted_batch_is_not_shown_executing_when_nothing_runs(
     assert f"Next: omi-batch execute {batch_id}" in result.stderr
 
 
+def test_status_does_not_point_at_an_execute_that_would_only_hold_its_rows_again(
+    runner, omi, monkeypatch, departures, ledger_path, reports_dir
+):
+    _, server = omi
+    batch_id = previewed_batch(runner, monkeypatch, server, ledger_path, reports_dir, departures)
+    assert invoke(runner, "approve", batch_id, "--all", "--ledger", ledger_path).exit_code == 0
+    fail_preview(ledger_path, batch_id, 4)  # row 5, the catch-all of its source, is held by it
+    with Ledger(ledger_path) as ledger:  # the other rows ran and succeeded
+        for row in (2, 3, 6):
+            ledger.record_step(batch_id, row, state="submitted", event="submitted")
+            ledger.record_step(batch_id, row, state="succeeded", event="callback_applied",
+                               updated_records=1)  # fmt: skip
+    result = invoke(runner, "status", batch_id, "--ledger", ledger_path)
+    assert result.exit_code == 0
+    assert "Next: omi-batch execute" not in result.stderr
+    assert ("Nothing to execute: every approved row is held behind a row of its source that "
+            "did not succeed") in result.stderr  # fmt: skip
+
+
 def test_a_batch_being_executed_reads_executing_and_cannot_be_cancelled(
     runner, omi, monkeypatch, departures, ledger_path, reports_dir
 ):

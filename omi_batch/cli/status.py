@@ -75,7 +75,7 @@ def status(batch: str | None, state: str | None, ledger_path: str, as_json: bool
         return
     if state is not None:
         batches.check_row_word(state)
-    rows = ledger.rows(batch)
+    every = rows = ledger.rows(batch)
     data = batch_json(ledger, batch, rows)
     if state is not None:
         keep = [row_word(r) == state for r in rows]
@@ -94,7 +94,7 @@ def status(batch: str | None, state: str | None, ledger_path: str, as_json: bool
     previewed = batches.age(info.get("previewed_at"))
     click.echo(f"Batch {batch}: {data['state']} ({batches.counts_text(info['states'])})"
                + (f"; oldest preview {previewed}" if previewed else ""), err=True)  # fmt: skip
-    hint = batches.next_step(batch, data["state"], info["states"], receiver_configured())
+    hint = batches.next_step(batch, data["state"], every, receiver_configured())
     if hint:
         click.echo(hint, err=True)
 
