@@ -511,6 +511,46 @@ def test_a_job_file_with_a_literal_secret_in_a_notify_url_is_refused(tmp_path):
     )
 
 
+def test_run_declined_at_the_prompt_says_a_review_waits_with_the_workbook_attached(
+    tmp_path, simulator, receiver
+):
+    """`run --notify URL` at a terminal, answered "n": the review-waiting notification carries
+    the review workbook, as a job's does (it attached the preview CSV before)."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from helpers import WEBHOOK_SECRET
+
+    _, server = simulator
+    source = tmp_path / "departures.csv"
+    source.write_text(GOOD_CSV, encoding="utf-8")
+    env = {**os.environ, "OMI_BASE_URL": server.url, "OMI_API_KEY": API_KEY,
+           "OMI_WEBHOOK_SECRET": WEBHOOK_SECRET}  # fmt: skip
+    env.pop("OMI_WEBHOOK_URL", None)
+    terminal, stdin = os.openpty()  # the prompt needs a terminal; the answer is typed ahead
+    try:
+        os.write(terminal, b"n\n")
+        done = subprocess.run(
+            [sys.executable, "-m", "omi_batch", "run", str(source), "--listen", "127.0.0.1:0",
+             "--rate", "1000", "--notify", receiver.url(), "--ledger", str(tmp_path / "l.db"),
+             "--reports", str(tmp_path / "reports")],
+            stdin=stdin, capture_output=True, text=True, env=env, timeout=120,
+        )  # fmt: skip
+    finally:
+        os.close(stdin)
+        os.close(terminal)
+    assert done.returncode == 0, done.stderr
+    assert "Nothing executed. Approve later: omi-batch approve " in done.stderr
+    [post] = receiver.posts
+    title = re.fullmatch(r"omi-batch: batch (\S+) is waiting for review", post["body"]["title"])
+    book = tmp_path / "reports" / f"{title[1]}-review.xlsx"
+    [attachment] = post["body"]["attachments"]
+    assert attachment["filename"] == book.name
+    assert base64.b64decode(attachment["base64"]) == book.read_bytes()
+
+
 def test_a_job_whose_notify_variable_is_unset_stops_before_anything_is_sent(tmp_path, simulator):
     _, server = simulator
     job = notifying_job(tmp_path, "json://127.0.0.1:9/hook?-token=${OMI_NOTIFY_TOKEN}")

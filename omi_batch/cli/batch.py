@@ -551,7 +551,7 @@ def run(
             if notifier is not None:
                 from omi_batch import notify
 
-                workbook = written.get("review") or written.get("preview")
+                workbook = written.get("review_xlsx") or written.get("preview")
                 notifier.send(notify.review_waiting(batch_id, rows, workbook=workbook,
                                                     file=Path(plan.source_file).name))  # fmt: skip
             return
