@@ -1,7 +1,7 @@
 """How a transfer's callback URL and credential are made, and how a received one is checked.
 
-Each transfer gets its own URL, ``{OMI_WEBHOOK_URL}/callbacks/{batch}/{row}/{phase}``, and its
-own header, ``X-Omi-Batch-Token: HMAC-SHA256(secret, "{batch}/{row}/{phase}")``. So a callback
+Each transfer gets its own URL, ``{OMI_WEBHOOK_URL}/callbacks/{batch}/{row}/{phase}`` (a ticket
+transfer's phase is ``tickets-preview`` / ``tickets-execute``), and its own header, ``X-Omi-Batch-Token: HMAC-SHA256(secret, "{batch}/{row}/{phase}")``. So a callback
 names its row even if the runner died before it saved the ``requestId``, and one leaked header
 opens no other row. OMI signs nothing (see docs/omi-api.md); this is all the protection there is.
 """
@@ -16,8 +16,11 @@ from dataclasses import dataclass
 from omi_batch.config import Secret
 
 HEADER = "X-Omi-Batch-Token"
-PHASES = ("preview", "execute")
-_PATH = re.compile(r"(?:^|/)callbacks/([A-Za-z0-9_.-]{1,64})/([0-9]{1,9})/(preview|execute)/?$")
+# A ticket transfer has its own phases, so its own URL and credential (issue 15).
+PHASES = ("preview", "execute", "tickets-preview", "tickets-execute")
+_PATH = re.compile(
+    r"(?:^|/)callbacks/([A-Za-z0-9_.-]{1,64})/([0-9]{1,9})/((?:tickets-)?(?:preview|execute))/?$"
+)
 
 
 @dataclass(frozen=True)

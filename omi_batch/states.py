@@ -67,6 +67,48 @@ PROBLEMS = (FAILED, UNCONFIRMED, PREVIEW_FAILED)  # a person must look (exit 1)
 STARTED = (SUBMITTED, SUCCEEDED, FAILED, UNCONFIRMED)  # a transfer was sent at least once
 CANCELLABLE = (PLANNED, PREVIEWED, PREVIEW_FAILED, APPROVED, SKIPPED)  # nothing sent yet
 
+# ---------------------------------------------------------------------------- kinds
+
+# What a transfer moves. A row of the input file is one transfer per kind its scope names (issue
+# 15): ``(batch, row, kind)`` is a transfer's identity in the ledger.
+CONVERSATIONS = "conversations"
+TICKETS = "tickets"
+KINDS = (CONVERSATIONS, TICKETS)
+TICKET_PREFIX = "tickets-"  # a ticket transfer's phases: tickets-preview, tickets-execute, ...
+
+
+def phase_of(kind: str, phase: str) -> str:
+    """The phase word a transfer of ``kind`` is recorded (and called back) under: the
+    conversation transfer keeps ``preview``/``execute``, the ticket one ``tickets-…``."""
+    if not phase or kind == CONVERSATIONS or phase.startswith(TICKET_PREFIX):
+        return phase
+    return f"{TICKET_PREFIX}{phase}"
+
+
+def kind_of(phase: str | None) -> str:
+    """The kind of transfer a phase word (``tickets-execute``) belongs to."""
+    return TICKETS if (phase or "").startswith(TICKET_PREFIX) else CONVERSATIONS
+
+
+def base_phase(phase: str | None) -> str | None:
+    """``tickets-execute`` → ``execute``: the phase whatever the kind."""
+    if phase and phase.startswith(TICKET_PREFIX):
+        return phase[len(TICKET_PREFIX) :]
+    return phase
+
+
+def kinds_of(scope: str | None) -> tuple[str, ...]:
+    """The transfers a row's scope makes: ``both`` → conversations then tickets."""
+    if scope == "both":
+        return KINDS
+    return (TICKETS,) if scope == TICKETS else (CONVERSATIONS,)
+
+
+def key(row: Mapping[str, Any]) -> tuple[int, str]:
+    """A transfer's identity within its batch: ``(row, kind)``."""
+    return int(row["row"]), row.get("kind") or CONVERSATIONS
+
+
 # ---------------------------------------------------------------------------- the hold rule
 
 # A row in one of these holds the rows after it of the same source: a catch-all row must not
@@ -105,10 +147,10 @@ def covers(state: str) -> bool:
 def uncovered_by(rows: Iterable[Mapping[str, Any]], row: Mapping[str, Any]) -> Any:
     """For a catch-all row (no ``conv_ids``): the first ``conv_ids`` row of its source in
     ``rows`` that does not cover its conversations (see COVERING), or None."""
-    if row["conv_ids"]:
-        return None
+    if row["conv_ids"] or (row.get("kind") or CONVERSATIONS) != CONVERSATIONS:
+        return None  # a ticket transfer takes no conversations
     for other in rows:
-        same = other["source_email"] == row["source_email"] and other["row"] != row["row"]
+        same = other["source_email"] == row["source_email"] and key(other) != key(row)
         if same and other["conv_ids"] and not covers(other["state"]):
             return other
     return None
@@ -120,7 +162,7 @@ def blocker_before(rows: Iterable[Mapping[str, Any]], row: Mapping[str, Any]) ->
     not cover its conversations (see :func:`uncovered_by`)."""
     rows = list(rows)
     for earlier in rows:
-        if earlier["row"] == row["row"]:
+        if key(earlier) == key(row):
             break
         if earlier["source_email"] == row["source_email"] and holds(earlier):
             return earlier

@@ -980,7 +980,7 @@ def test_a_version_1_ledger_opens_and_is_migrated(ledger_path):
         assert verdict == "applied"
 
     conn = sqlite3.connect(ledger_path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == ledger_module.SCHEMA_VERSION == 3
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == ledger_module.SCHEMA_VERSION == 4
     indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert {"rows_by_state", "callbacks_by_row", "events_by_batch"} <= indexes
     conn.close()

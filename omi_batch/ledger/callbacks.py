@@ -11,6 +11,7 @@ from omi_batch.errors import LedgerError
 from omi_batch.ledger.chain import canonical_json
 from omi_batch.ledger.schema import decode_callback
 from omi_batch.ledger.store import Tx, now
+from omi_batch.states import TICKETS, base_phase, kind_of, phase_of
 from omi_batch.verdicts import (
     APPLIED_VERDICTS,
     NOT_ACCEPTED,
@@ -255,14 +256,22 @@ class Callbacks:
                 {"callback_id": callback_id, "phase": phase, "verdict": verdict},
             )
             return verdict
-        current = tx.one('SELECT * FROM "rows" WHERE batch_id = ? AND "row" = ?', (batch_id, row))
+        kind = kind_of(phase)
+        current = tx.one(
+            'SELECT * FROM "rows" WHERE batch_id = ? AND "row" = ? AND kind = ?',
+            (batch_id, row, kind),
+        )
         changes: dict[str, Any] = {}
         extra: dict[str, Any] = {}
-        if current is None or phase not in ("preview", "execute"):
+        action = body.get("action") if isinstance(body, Mapping) else None
+        if current is None or base_phase(phase) not in ("preview", "execute"):
             verdict = "unknown"
         elif self._is_duplicate(tx, batch_id, row, phase, result):
             verdict = "duplicate"
-        elif phase == "preview":
+        elif isinstance(action, str) and action in ACTIONS and ACTIONS[action] != kind:
+            verdict = "unexpected"  # kept, not applied: this URL is the other transfer's
+            extra = {"reason": f"action {action} is not a transfer of {kind}"}
+        elif base_phase(phase) == "preview":
             verdict = "stored"
         elif result.get("bad_count") is not None:
             verdict, changes = "unexpected", not_a_count(current, result)
@@ -283,7 +292,7 @@ class Callbacks:
             else:
                 verdict, changes, extra = judge_execute(
                     current, result, self._is_older_request(tx, current, result), at=now(),
-                    counted=self._counted(tx, batch_id, row),
+                    counted=self._counted(tx, batch_id, row, phase),
                 )  # fmt: skip
         callback_id = self._insert_callback(
             tx,
@@ -299,7 +308,7 @@ class Callbacks:
             receipt,
         )
         if changes:
-            self._write_row(tx, batch_id, row, changes)
+            self._write_row(tx, batch_id, row, changes, kind)
         data = {"callback_id": callback_id, "phase": phase, "verdict": verdict, **result}
         if changes:  # what the row was given, so verify can rebuild it from the events
             data["changes"] = dict(changes)
@@ -335,34 +344,37 @@ class Callbacks:
         given = {str(current["request_id"])} if current.get("request_id") else set()
         found = tx.execute(
             'SELECT DISTINCT request_id FROM attempts WHERE batch_id = ? AND "row" = ? '
-            "AND phase = 'execute' AND request_id IS NOT NULL",
-            (current["batch_id"], current["row"]),
+            "AND phase = ? AND request_id IS NOT NULL",
+            (current["batch_id"], current["row"], _execute_phase(current)),
         )
         given.update(str(item[0]) for item in found)
         return given
 
     @staticmethod
     def _names_another_row(tx: Tx, current: Mapping[str, Any], theirs: Any) -> bool:
-        """Whether ``theirs`` is a request id another row of the batch was given."""
+        """Whether ``theirs`` is a request id another transfer of the batch was given."""
         if not theirs:
             return False
+        batch_id, row, kind = current["batch_id"], current["row"], current["kind"]
         found = tx.one(
-            'SELECT 1 AS x FROM "rows" WHERE batch_id = ? AND "row" != ? AND request_id = ? '
-            'UNION ALL SELECT 1 FROM attempts WHERE batch_id = ? AND "row" != ? '
-            "AND phase = 'execute' AND request_id = ? LIMIT 1",
-            (current["batch_id"], current["row"], theirs) * 2,
-        )
+            'SELECT 1 AS x FROM "rows" WHERE batch_id = ? AND NOT ("row" = ? AND kind = ?) '
+            "AND request_id = ? "
+            "UNION ALL SELECT 1 FROM attempts WHERE batch_id = ? AND phase IN (?, ?) "
+            'AND NOT ("row" = ? AND phase = ?) AND request_id = ? LIMIT 1',
+            (batch_id, row, kind, theirs, batch_id, "execute", phase_of(TICKETS, "execute"),
+             row, _execute_phase(current), theirs),
+        )  # fmt: skip
         return found is not None
 
     @staticmethod
-    def _counted(tx: Tx, batch_id: str, row: int) -> dict[str | None, int | None]:
-        """What each request of the row moved, by the SUCCESS callbacks already applied to it
-        (the first one of each request): ``{request_id: updatedRecords}``."""
+    def _counted(tx: Tx, batch_id: str, row: int, phase: str) -> dict[str | None, int | None]:
+        """What each request of the transfer moved, by the SUCCESS callbacks already applied to
+        it (the first one of each request): ``{request_id: updatedRecords}``."""
         counted: dict[str | None, int | None] = {}
         for found in tx.conn.execute(
             'SELECT request_id, updated_records FROM callbacks WHERE batch_id = ? AND "row" = ? '
-            "AND phase = 'execute' AND status = 'SUCCESS' AND applied = 1 ORDER BY id",
-            (batch_id, row),
+            "AND phase = ? AND status = 'SUCCESS' AND applied = 1 ORDER BY id",
+            (batch_id, row, phase),
         ):
             counted.setdefault(found[0], found[1])
         return counted
@@ -378,7 +390,7 @@ class Callbacks:
         found = tx.one(
             'SELECT id FROM attempts WHERE batch_id = ? AND "row" = ? AND phase = ? '
             "AND request_id = ? LIMIT 1",
-            (current["batch_id"], current["row"], "execute", theirs),
+            (current["batch_id"], current["row"], _execute_phase(current), theirs),
         )
         return found is not None
 
@@ -441,3 +453,12 @@ class Callbacks:
     def refusals(self) -> list[dict]:
         """Refused callbacks counted per minute and reason, oldest first."""
         return self._query("SELECT minute, reason, count FROM refusals ORDER BY minute, reason")
+
+
+# The callback body's ``action`` and the kind of transfer it reports.
+ACTIONS = {"CONVERSATION_AGENT_TRANSFER": "conversations", "TICKET_AGENT_TRANSFER": TICKETS}
+
+
+def _execute_phase(current: Mapping[str, Any]) -> str:
+    """The execute phase word of a transfer (``execute`` or ``tickets-execute``)."""
+    return phase_of(current.get("kind") or "conversations", "execute")

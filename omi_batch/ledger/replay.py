@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from omi_batch.ledger.schema import encode_field
+from omi_batch.states import base_phase, kind_of, kinds_of
 
 # Columns a row starts with (create_batch) and their defaults.
 PLAN_COLUMNS = ("row", "seq", "source_email", "target_email", "requested_target", "via",
                 "conv_ids", "replace_existing_members", "note")  # fmt: skip
-IGNORED = frozenset({"batch_id", "row", "updated_at"})
+IGNORED = frozenset({"batch_id", "row", "kind", "updated_at"})
 BATCH_COLUMNS = ("created_at", "created_by", "source_file", "source_sha256", "base_url",
                  "row_count", "input_rows")  # fmt: skip
 MAX_NAMED = 20  # differing rows named at most; the rest are counted
@@ -62,7 +63,7 @@ def _show(value: Any) -> str:
 def replay(conn: sqlite3.Connection, row_fields: frozenset[str]) -> Replay:
     """Replay the events on ``conn`` (inside the caller's read transaction) and compare."""
     found = Replay()
-    rows: dict[tuple[str, int], dict] = {}
+    rows: dict[tuple[str, int, str], dict] = {}
     batches: dict[str, dict] = {}
     old: set[str] = set()
     cursor = conn.execute(
@@ -84,13 +85,15 @@ def replay(conn: sqlite3.Connection, row_fields: frozenset[str]) -> Replay:
                 continue
             batches[batch_id] = {k: data.get(k) for k in BATCH_COLUMNS}
             for seq, item in enumerate(plan):
-                rows[(batch_id, int(item["row"]))] = plan_row(item, seq)
+                for transfer in kinds_of(item.get("scope")):
+                    rows[(batch_id, int(item["row"]), transfer)] = plan_row(item, seq)
             continue
-        state = rows.get((batch_id, row))
+        transfer = data.get("kind") or kind_of(data.get("phase"))
+        state = rows.get((batch_id, row, transfer))
         if state is None:
             continue
         if kind == "attempt":
-            if data.get("phase") == "execute":
+            if base_phase(data.get("phase")) == "execute":
                 state["attempts"] = state.get("attempts", 0) + 1
             continue
         if kind.startswith("callback_"):
@@ -133,20 +136,23 @@ def _compare_batches(conn: sqlite3.Connection, batches: dict[str, dict], found: 
 
 
 def _compare_rows(
-    conn: sqlite3.Connection, rows: dict[tuple[str, int], dict], old: set[str], found: Replay
+    conn: sqlite3.Connection,
+    rows: dict[tuple[str, int, str], dict],
+    old: set[str],
+    found: Replay,
 ) -> None:
-    cursor = conn.execute('SELECT * FROM "rows" ORDER BY batch_id, seq')
+    cursor = conn.execute('SELECT * FROM "rows" ORDER BY batch_id, seq, kind')
     names = [d[0] for d in cursor.description]
-    seen: set[tuple[str, int]] = set()
+    seen: set[tuple[str, int, str]] = set()
     for values in cursor:
         record = dict(zip(names, values, strict=True))
-        key = (record["batch_id"], record["row"])
+        key = (record["batch_id"], record["row"], record["kind"])
         seen.add(key)
         if key[0] in old:
             continue
         expected = rows.get(key)
         if expected is None:
-            _name(found, f"row {key[1]} of batch {key[0]} is in the table but not in the "
+            _name(found, f"{_row_name(key)} of batch {key[0]} is in the table but not in the "
                          "audit events (inserted)")  # fmt: skip
             continue
         differ = []
@@ -157,10 +163,10 @@ def _compare_rows(
                                      and name in ("attempts", "needs_review")):  # fmt: skip
                 differ.append(f"{name} is {_show(have)} in the table, {_show(want)} in the events")
         if differ:
-            _name(found, f"row {key[1]} of batch {key[0]} differs from its audit events: "
+            _name(found, f"{_row_name(key)} of batch {key[0]} differs from its audit events: "
                          f"{'; '.join(differ)}")  # fmt: skip
     for key in sorted(set(rows) - seen):
-        _name(found, f"row {key[1]} of batch {key[0]} is in the audit events but not in the "
+        _name(found, f"{_row_name(key)} of batch {key[0]} is in the audit events but not in the "
                      "table (deleted)")  # fmt: skip
 
 
@@ -168,3 +174,8 @@ def _name(found: Replay, problem: str) -> None:
     found.differing += 1
     if len(found.problems) < MAX_NAMED:
         found.problems.append(problem)
+
+
+def _row_name(key: tuple[str, int, str]) -> str:
+    """``row 5``, or ``row 5 (tickets)`` for a ticket transfer."""
+    return f"row {key[1]}" if key[2] == "conversations" else f"row {key[1]} ({key[2]})"

@@ -19,7 +19,18 @@ from omi_batch.errors import (
 from omi_batch.ledger.chain import canonical_json
 from omi_batch.ledger.schema import decode_batch, decode_row, encode_field
 from omi_batch.ledger.store import Tx, new_batch_id, now
-from omi_batch.states import CANCELLABLE, CANCELLED, STARTED, STATES, TRANSITIONS
+from omi_batch.states import (
+    CANCELLABLE,
+    CANCELLED,
+    CONVERSATIONS,
+    KINDS,
+    STARTED,
+    STATES,
+    TRANSITIONS,
+    base_phase,
+    kind_of,
+    kinds_of,
+)
 
 # Row columns a caller may set through record_step / update_row (never the identity, the state
 # or updated_at, which the ledger writes itself).
@@ -64,7 +75,7 @@ _ATTEMPT_FIELDS = (
     "outcome_unknown",
 )
 # The keys of a record_steps step that are not row fields.
-_STEP_KEYS = frozenset({"batch_id", "row", "event", "state", "expect", "phase", "reason"})
+_STEP_KEYS = frozenset({"batch_id", "row", "kind", "event", "state", "expect", "phase", "reason"})
 
 
 def _as_dict(item: Any) -> dict:
@@ -76,18 +87,35 @@ def _as_dict(item: Any) -> dict:
     raise TypeError(f"expected a dict or a dataclass, got {type(item).__name__}")
 
 
+def named(row: int, kind: str = CONVERSATIONS) -> str:
+    """How a message names a transfer: ``row 5``, or ``row 5 (tickets)`` for a ticket one."""
+    return f"row {row}" if kind == CONVERSATIONS else f"row {row} ({kind})"
+
+
+def with_kind(data: dict, kind: str) -> dict:
+    """An event's data, naming the transfer's kind when it is not the conversation one (so
+    the events of every ledger written before tickets read the same)."""
+    return data if kind == CONVERSATIONS else {"kind": kind, **data}
+
+
 def _check_move(
-    batch_id: str, row: int, current: str, state: str | None, expect: Iterable[str] | None
+    batch_id: str,
+    row: int,
+    current: str,
+    state: str | None,
+    expect: Iterable[str] | None,
+    kind: str = CONVERSATIONS,
 ) -> None:
-    """IllegalTransition unless the row is in one of ``expect`` (when given) and may go from
-    ``current`` to ``state`` (None: no state change)."""
+    """IllegalTransition unless the transfer is in one of ``expect`` (when given) and may go
+    from ``current`` to ``state`` (None: no state change)."""
     if expect is not None and current not in set(expect):
         raise IllegalTransition(
-            f"row {row} of batch {batch_id} is {current}, not {' or '.join(sorted(set(expect)))}"
+            f"{named(row, kind)} of batch {batch_id} is {current}, not "
+            f"{' or '.join(sorted(set(expect)))}"
         )
     if state is not None and state not in TRANSITIONS.get(current, set()):
         raise IllegalTransition(
-            f"row {row} of batch {batch_id} cannot go from {current} to {state}"
+            f"{named(row, kind)} of batch {batch_id} cannot go from {current} to {state}"
         )
 
 
@@ -123,6 +151,31 @@ def _cancelled(batch_id: str, event: Mapping[str, Any] | None) -> BatchCancelled
                           "sent; preview the file again for a new batch")  # fmt: skip
 
 
+def _insert_row(
+    tx: Tx, batch_id: str, row: int, kind: str, seq: int, item: Mapping[str, Any], stamp: str
+) -> None:
+    """One planned transfer of ``row`` (its ``kind``), inside ``tx``."""
+    tx.execute(
+        'INSERT INTO "rows" (batch_id, "row", kind, seq, source_email, target_email, '
+        "requested_target, via, conv_ids, replace_existing_members, note, state, "
+        "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'planned', ?)",
+        (
+            batch_id,
+            row,
+            kind,
+            seq,
+            item["source_email"],
+            item["target_email"],
+            item.get("requested_target") or item["target_email"],
+            encode_field("via", item.get("via")),
+            encode_field("conv_ids", item.get("conv_ids")),
+            encode_field("replace_existing_members", item.get("replace_existing_members")),
+            item.get("note") or "",
+            stamp,
+        ),
+    )
+
+
 class Rows:
     """Batches, rows, attempts and approvals (a part of :class:`Ledger`)."""
 
@@ -139,7 +192,8 @@ class Rows:
         rows: list[Any],
     ) -> str:
         """Create a batch and its rows (state ``planned``, ``seq`` = position) in one
-        transaction; return the new batch id. ``rows`` are Transfer-like dicts or dataclasses."""
+        transaction; return the new batch id. ``rows`` are Transfer-like dicts or dataclasses;
+        a row is one transfer per kind its ``scope`` names (none: conversations)."""
         plan = [_as_dict(item) for item in rows]
         warning_list = [
             {k: w.get(k) for k in ("row", "code", "message")} for w in map(_as_dict, warnings)
@@ -174,26 +228,9 @@ class Rows:
                 if row in seen:
                     raise UsageError(f"row {row} appears twice in the plan")
                 seen.add(row)
-                tx.execute(
-                    'INSERT INTO "rows" (batch_id, "row", seq, source_email, target_email, '
-                    "requested_target, via, conv_ids, replace_existing_members, note, state, "
-                    "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'planned', ?)",
-                    (
-                        batch_id,
-                        row,
-                        seq,
-                        item["source_email"],
-                        item["target_email"],
-                        item.get("requested_target") or item["target_email"],
-                        encode_field("via", item.get("via")),
-                        encode_field("conv_ids", item.get("conv_ids")),
-                        encode_field(
-                            "replace_existing_members", item.get("replace_existing_members")
-                        ),
-                        item.get("note") or "",
-                        stamp,
-                    ),
-                )
+                scope = item.get("scope") or CONVERSATIONS
+                for kind in kinds_of(scope):
+                    _insert_row(tx, batch_id, row, kind, seq, item, stamp)
                 planned.append({
                     "row": row, "source_email": item["source_email"],
                     "target_email": item["target_email"],
@@ -201,6 +238,7 @@ class Rows:
                     "via": list(item.get("via") or ()), "conv_ids": list(item.get("conv_ids") or ()),
                     "replace_existing_members": bool(item.get("replace_existing_members")),
                     "note": item.get("note") or "",
+                    **({} if scope == CONVERSATIONS else {"scope": scope}),
                 })  # fmt: skip
             tx.event(
                 "batch_created",
@@ -261,27 +299,34 @@ class Rows:
         batch["previewed_at"] = previewed.get(batch_id)
         return batch
 
-    def rows(self, batch_id: str, states: Iterable[str] | None = None) -> list[dict]:
-        """The batch's rows in run order (``seq``), optionally only those in ``states``."""
+    def rows(
+        self, batch_id: str, states: Iterable[str] | None = None, kind: str | None = None
+    ) -> list[dict]:
+        """The batch's transfers in run order (``seq``; a row's conversations before its
+        tickets), optionally only those in ``states``, or of ``kind``."""
         self.batch(batch_id)
         sql = 'SELECT * FROM "rows" WHERE batch_id = ?'
         params: list[Any] = [batch_id]
+        if kind is not None:
+            sql += " AND kind = ?"
+            params.append(kind)
         if states is not None:
             wanted = list(states)
             if not wanted:
                 return []
             sql += f" AND state IN ({', '.join('?' for _ in wanted)})"
             params += wanted
-        return [decode_row(r) for r in self._query(sql + " ORDER BY seq", params)]
+        return [decode_row(r) for r in self._query(sql + " ORDER BY seq, kind", params)]
 
-    def row(self, batch_id: str, row: int) -> dict:
-        """One row; NotFound when the batch or the row does not exist."""
+    def row(self, batch_id: str, row: int, kind: str = CONVERSATIONS) -> dict:
+        """One transfer (a row's ``kind`` one); NotFound when the batch or it does not exist."""
         found = self._query(
-            'SELECT * FROM "rows" WHERE batch_id = ? AND "row" = ?', (batch_id, int(row))
+            'SELECT * FROM "rows" WHERE batch_id = ? AND "row" = ? AND kind = ?',
+            (batch_id, int(row), kind),
         )
         if not found:
             self.batch(batch_id)
-            raise NotFound(f"no row {row} in batch {batch_id}")
+            raise NotFound(f"no {named(row, kind)} in batch {batch_id}")
         return decode_row(found[0])
 
     @staticmethod
@@ -290,51 +335,60 @@ class Rows:
         if unknown:
             raise LedgerError(f"not a row field the ledger lets callers set: {', '.join(unknown)}")
 
-    def _locked_row(self, tx: Tx, batch_id: str, row: int) -> dict:
-        found = tx.one('SELECT * FROM "rows" WHERE batch_id = ? AND "row" = ?', (batch_id, row))
+    def _locked_row(self, tx: Tx, batch_id: str, row: int, kind: str = CONVERSATIONS) -> dict:
+        found = tx.one(
+            'SELECT * FROM "rows" WHERE batch_id = ? AND "row" = ? AND kind = ?',
+            (batch_id, row, kind),
+        )
         if found is None:
             if tx.one("SELECT 1 AS x FROM batches WHERE id = ?", (batch_id,)) is None:
                 raise NotFound(f"no batch {batch_id} in {self.path}")
-            raise NotFound(f"no row {row} in batch {batch_id}")
+            raise NotFound(f"no {named(row, kind)} in batch {batch_id}")
         return found
 
     @staticmethod
-    def _write_row(tx: Tx, batch_id: str, row: int, fields: Mapping[str, Any]) -> None:
+    def _write_row(
+        tx: Tx, batch_id: str, row: int, fields: Mapping[str, Any], kind: str = CONVERSATIONS
+    ) -> None:
         columns = dict(fields)
         columns["updated_at"] = now()
         assignments = ", ".join(f'"{name}" = ?' for name in columns)
         tx.execute(
-            f'UPDATE "rows" SET {assignments} WHERE batch_id = ? AND "row" = ?',
-            [encode_field(name, value) for name, value in columns.items()] + [batch_id, row],
+            f'UPDATE "rows" SET {assignments} WHERE batch_id = ? AND "row" = ? AND kind = ?',
+            [encode_field(name, value) for name, value in columns.items()] + [batch_id, row, kind],
         )
 
-    def update_row(self, batch_id: str, row: int, *, event: str, **fields: Any) -> dict:
-        """Write ``fields`` on a row without changing its state, with an audit event."""
+    def update_row(
+        self, batch_id: str, row: int, *, event: str, kind: str = CONVERSATIONS, **fields: Any
+    ) -> dict:
+        """Write ``fields`` on a transfer without changing its state, with an audit event."""
         self._check_fields(fields)
         row = int(row)
         with self._write() as tx:
-            current = self._locked_row(tx, batch_id, row)["state"]
+            current = self._locked_row(tx, batch_id, row, kind)["state"]
             if fields:
-                self._write_row(tx, batch_id, row, fields)
-            tx.event(event, batch_id, row, {**fields, "state": current})
-        return self.row(batch_id, row)
+                self._write_row(tx, batch_id, row, fields, kind)
+            tx.event(event, batch_id, row, with_kind({**fields, "state": current}, kind))
+        return self.row(batch_id, row, kind)
 
     def record_attempt(
         self, batch_id: str | None, row: int | None, phase: str, attempt: Any
     ) -> None:
         """Store one HTTP attempt (the client's ``Attempt`` fields; its ``context`` is not
-        kept) and its audit event; an ``execute`` attempt also counts in ``rows.attempts``."""
+        kept) and its audit event; an ``execute`` attempt also counts in ``rows.attempts``.
+        ``phase`` names the transfer's kind too (``tickets-execute``)."""
         values = _as_dict(attempt)
         record = {name: values.get(name) for name in _ATTEMPT_FIELDS}
         row = None if row is None else int(row)
+        kind = kind_of(phase)
         with self._write() as tx:
             if batch_id is not None and row is not None:
-                self._locked_row(tx, batch_id, row)
-            if phase == "execute" and batch_id is not None and row is not None:
+                self._locked_row(tx, batch_id, row, kind)
+            if base_phase(phase) == "execute" and batch_id is not None and row is not None:
                 tx.execute(
                     'UPDATE "rows" SET attempts = attempts + 1, updated_at = ? '
-                    'WHERE batch_id = ? AND "row" = ?',
-                    (now(), batch_id, row),
+                    'WHERE batch_id = ? AND "row" = ? AND kind = ?',
+                    (now(), batch_id, row, kind),
                 )
             _insert_attempt(tx, batch_id, row, phase, record)
 
@@ -349,16 +403,18 @@ class Rows:
         phase: str | None = None,
         attempts: Iterable[Any] = (),
         reason: str | None = None,
+        kind: str = CONVERSATIONS,
         **fields: Any,
     ) -> None:
         """One pipeline step in ONE transaction (added for issue 5, by the pipeline's owner):
         store ``attempts`` (HTTP attempts of ``phase``, as :meth:`record_attempt` does), then
         write ``fields`` and, when ``state`` is given, move the row there (checked like
         ``TRANSITIONS`` and ``expect``), with the audit event ``event``. ``reason`` goes
-        into that event only (a why with no row column). IllegalTransition, and nothing written
-        (not even the attempts), when the move is not allowed."""
+        into that event only (a why with no row column). ``kind``: which transfer of the row.
+        IllegalTransition, and nothing written (not even the attempts), when the move is not
+        allowed."""
         step = dict(fields, batch_id=batch_id, row=row, event=event, state=state, expect=expect,
-                    phase=phase, attempts=attempts, reason=reason)  # fmt: skip
+                    phase=phase, attempts=attempts, reason=reason, kind=kind)  # fmt: skip
         error = self.record_steps([step])[0]
         if error is not None:
             raise error
@@ -436,21 +492,23 @@ class Rows:
         batch_id, row = step["batch_id"], int(step["row"])
         state, phase, reason = step.get("state"), step.get("phase"), step.get("reason")
         expect = step.get("expect")
+        kind = step.get("kind") or CONVERSATIONS
         fields = {k: v for k, v in step.items() if k not in _STEP_KEYS}
-        current = self._locked_row(tx, batch_id, row)["state"]
-        _check_move(batch_id, row, current, state, expect)
+        current = self._locked_row(tx, batch_id, row, kind)["state"]
+        _check_move(batch_id, row, current, state, expect, kind)
         for record in records:
             _insert_attempt(tx, batch_id, row, phase, record)
         columns = dict(fields)
-        if phase == "execute" and records:
+        if base_phase(phase) == "execute" and records:
             tx.execute(
-                'UPDATE "rows" SET attempts = attempts + ? WHERE batch_id = ? AND "row" = ?',
-                (len(records), batch_id, row),
+                'UPDATE "rows" SET attempts = attempts + ? '
+                'WHERE batch_id = ? AND "row" = ? AND kind = ?',
+                (len(records), batch_id, row, kind),
             )
         if state is not None:
             columns["state"] = state
         if columns:
-            self._write_row(tx, batch_id, row, columns)
+            self._write_row(tx, batch_id, row, columns, kind)
         data: dict[str, Any] = dict(fields)
         if reason is not None:
             data["reason"] = reason
@@ -458,38 +516,40 @@ class Rows:
             data.update({"from": current, "to": state})
         else:
             data["state"] = current
-        tx.event(step["event"], batch_id, row, data)
+        tx.event(step["event"], batch_id, row, with_kind(data, kind))
 
     def approve(
         self,
         batch_id: str,
         *,
-        approve: Iterable[int],
-        skip: Iterable[int] = (),
+        approve: Iterable[int | tuple[int, str]],
+        skip: Iterable[int | tuple[int, str]] = (),
         by: str,
         how: str,
     ) -> int:
-        """In one transaction, approve the rows in ``approve`` and skip those in ``skip``;
-        return how many rows became approved. A row already in the wanted state is left as it
-        is (running approve twice is harmless); any illegal change refuses the whole call."""
-        to_approve = [int(r) for r in approve]
-        to_skip = [int(r) for r in skip]
-        both = sorted(set(to_approve) & set(to_skip))
-        if both:
-            raise UsageError(f"rows both approved and skipped: {', '.join(map(str, both))}")
+        """In one transaction, approve the transfers in ``approve`` and skip those in ``skip``
+        (a ``(row, kind)`` pair, or a row number: every transfer of that row); return how many
+        became approved. A transfer already in the wanted state is left as it is (running
+        approve twice is harmless); any illegal change refuses the whole call."""
         changed = 0
         with self._write() as tx:
             if tx.one("SELECT 1 AS x FROM batches WHERE id = ?", (batch_id,)) is None:
                 raise NotFound(f"no batch {batch_id} in {self.path}")
+            to_approve = self._transfers_in(tx, batch_id, approve)
+            to_skip = self._transfers_in(tx, batch_id, skip)
+            both = sorted(set(to_approve) & set(to_skip))
+            if both:
+                raise UsageError("rows both approved and skipped: "
+                                 f"{', '.join(named(*t)[4:] for t in both)}")  # fmt: skip
             stamp = now()
             for decision, wanted in (("approved", to_approve), ("skipped", to_skip)):
-                for row in dict.fromkeys(wanted):
-                    current = self._locked_row(tx, batch_id, row)["state"]
+                for row, kind in dict.fromkeys(wanted):
+                    current = self._locked_row(tx, batch_id, row, kind)["state"]
                     if current == decision:
                         continue
                     if decision not in TRANSITIONS[current]:
                         raise IllegalTransition(
-                            f"row {row} of batch {batch_id} is {current}: it cannot be "
+                            f"{named(row, kind)} of batch {batch_id} is {current}: it cannot be "
                             f"{'approved' if decision == 'approved' else 'skipped'}"
                         )
                     approval = {
@@ -497,17 +557,20 @@ class Rows:
                         "approved_by": by if decision == "approved" else None,
                         "approved_how": how if decision == "approved" else None,
                     }
-                    self._write_row(tx, batch_id, row, {**approval, "state": decision})
+                    self._write_row(tx, batch_id, row, {**approval, "state": decision}, kind)
                     tx.execute(
-                        'INSERT INTO approvals (batch_id, "row", decision, "by", "at", how) '
-                        "VALUES (?, ?, ?, ?, ?, ?)",
-                        (batch_id, row, decision, by, stamp, how),
+                        'INSERT INTO approvals (batch_id, "row", kind, decision, "by", "at", how) '
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (batch_id, row, kind, decision, by, stamp, how),
                     )
                     tx.event(
                         decision,
                         batch_id,
                         row,
-                        {"by": by, "how": how, "from": current, "to": decision, **approval},
+                        with_kind(
+                            {"by": by, "how": how, "from": current, "to": decision, **approval},
+                            kind,
+                        ),
                     )
                     changed += decision == "approved"
         return changed
@@ -522,9 +585,9 @@ class Rows:
         with self._write() as tx:
             if tx.one("SELECT 1 AS x FROM batches WHERE id = ?", (batch_id,)) is None:
                 raise NotFound(f"no batch {batch_id} in {self.path}")
-            rows = list(tx.execute('SELECT "row", state FROM "rows" WHERE batch_id = ? '
-                                   "ORDER BY seq", (batch_id,)))  # fmt: skip
-            sent = [number for number, state in rows if state in STARTED]
+            rows = list(tx.execute('SELECT "row", state, kind FROM "rows" WHERE batch_id = ? '
+                                   "ORDER BY seq, kind", (batch_id,)))  # fmt: skip
+            sent = list(dict.fromkeys(number for number, state, _ in rows if state in STARTED))
             if sent:
                 shown = ", ".join(map(str, sent[:10])) + (", …" if len(sent) > 10 else "")
                 raise UsageError(
@@ -532,17 +595,18 @@ class Rows:
                     f"submitted to OMI (row{'s' if len(sent) > 1 else ''} {shown}), and a "
                     f"transfer sent cannot be called back; see omi-batch status {batch_id}"
                 )
-            if rows and all(state == CANCELLED for _, state in rows):
+            if rows and all(state == CANCELLED for _, state, _ in rows):
                 raise _cancelled(batch_id, tx.one(_LAST_CANCEL, (batch_id,)))
             counts: dict[str, int] = {}
-            for number, state in rows:
+            for number, state, kind in rows:
                 counts[state] = counts.get(state, 0) + 1
-                step = {"batch_id": batch_id, "row": number, "event": "cancelled",
+                step = {"batch_id": batch_id, "row": number, "event": "cancelled", "kind": kind,
                         "state": CANCELLED, "expect": CANCELLABLE, "reason": f"cancelled by {by}"}  # fmt: skip
                 self._step_in(tx, step, [])
+            numbers = len({number for number, _, _ in rows})  # rows of the file, not transfers
             tx.event("batch_cancelled", batch_id, None,
-                     {"by": by, "at": now(), "rows": len(rows), "states": counts})  # fmt: skip
-        return len(rows)
+                     {"by": by, "at": now(), "rows": numbers, "states": counts})  # fmt: skip
+        return numbers
 
     def refuse_cancelled(self, batch_id: str) -> None:
         """BatchCancelled (exit 2) when ``batch_id`` was cancelled: for every command that
@@ -550,3 +614,24 @@ class Rows:
         if self.batch(batch_id)["states"].get(CANCELLED):
             found = self._query(_LAST_CANCEL, (batch_id,))
             raise _cancelled(batch_id, found[0] if found else None)
+
+    def _transfers_in(
+        self, tx: Tx, batch_id: str, items: Iterable[int | tuple[int, str]]
+    ) -> list[tuple[int, str]]:
+        """``(row, kind)`` pairs for approve: a row number stands for each transfer of it."""
+        found: list[tuple[int, str]] = []
+        for item in items:
+            if isinstance(item, tuple):
+                row, kind = int(item[0]), str(item[1])
+                if kind not in KINDS:
+                    raise UsageError(f"{kind!r} is not a kind of transfer")
+                found.append((row, kind))
+                continue
+            kinds = [r[0] for r in tx.execute(
+                'SELECT kind FROM "rows" WHERE batch_id = ? AND "row" = ? ORDER BY kind',
+                (batch_id, int(item)),
+            )]  # fmt: skip
+            if not kinds:
+                raise NotFound(f"no row {int(item)} in batch {batch_id}")
+            found.extend((int(item), kind) for kind in kinds)
+        return found

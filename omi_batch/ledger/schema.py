@@ -157,10 +157,67 @@ def _migration_3_receipts_and_refusals(conn: sqlite3.Connection) -> None:
     )
 
 
+def _migration_4_transfer_kinds(conn: sqlite3.Connection) -> None:
+    """``rows.kind`` in the rows' key: a row of the input file is one transfer per kind it
+    moves (conversations, tickets), each with its own state, counts and request id (issue 15).
+    SQLite cannot change a primary key in place, so the table is rebuilt; every existing row
+    is a conversation transfer. ``approvals.kind`` says which transfer a decision was for."""
+    columns = [c[1] for c in conn.execute('PRAGMA table_info("rows")')]
+    _run(
+        conn,
+        """
+        CREATE TABLE rows_new (
+            batch_id TEXT NOT NULL REFERENCES batches(id),
+            "row" INTEGER NOT NULL,
+            kind TEXT NOT NULL DEFAULT 'conversations',
+            seq INTEGER NOT NULL,
+            source_email TEXT NOT NULL,
+            target_email TEXT NOT NULL,
+            requested_target TEXT,
+            via TEXT,
+            conv_ids TEXT,
+            replace_existing_members INTEGER NOT NULL DEFAULT 0,
+            note TEXT,
+            state TEXT NOT NULL,
+            conversations_previewed INTEGER,
+            preview_request_id TEXT,
+            preview_error TEXT,
+            previewed_at TEXT,
+            approved_at TEXT,
+            approved_by TEXT,
+            approved_how TEXT,
+            request_id TEXT,
+            submitted_at TEXT,
+            completed_at TEXT,
+            updated_records INTEGER,
+            callback_status TEXT,
+            error TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            verified_by TEXT,
+            updated_at TEXT,
+            needs_review INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (batch_id, "row", kind)
+        )
+        """,
+    )
+    names = ", ".join(f'"{c}"' for c in columns)
+    conn.execute(f'INSERT INTO rows_new ({names}) SELECT {names} FROM "rows"')
+    _run(
+        conn,
+        """
+        DROP TABLE "rows";
+        ALTER TABLE rows_new RENAME TO "rows";
+        CREATE INDEX rows_by_state ON "rows" (batch_id, state);
+        ALTER TABLE approvals ADD COLUMN kind TEXT NOT NULL DEFAULT 'conversations';
+        """,
+    )
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migration_1_tables,
     _migration_2_review_and_indexes,
     _migration_3_receipts_and_refusals,
+    _migration_4_transfer_kinds,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
