@@ -1,6 +1,7 @@
 """The reports: ledger rows → pandas DataFrames → Excel-safe CSV files.
 
-The only module that knows the report columns. Every file is UTF-8 with a BOM (so Excel shows
+The only module that knows the report columns. The ledger keeps one transfer per (row, kind);
+a report has one line per row of the input file, its conversations and tickets side by side. Every file is UTF-8 with a BOM (so Excel shows
 Vietnamese names), and every text cell starting with = + - @ tab or CR is prefixed with ``'`` so
 Excel never runs it as a formula.
 """
@@ -15,11 +16,19 @@ from pathlib import Path
 import pandas as pd
 
 from omi_batch.errors import UsageError
-from omi_batch.states import NEEDS_REVIEW, PROBLEMS, result_status, review_error
+from omi_batch.states import (
+    CONVERSATIONS,
+    NEEDS_REVIEW,
+    PROBLEMS,
+    TICKETS,
+    result_status,
+    review_error,
+)
 
 PREVIEW_COLUMNS = [
     "batch", "row", "source_email", "target_email", "conv_ids", "replace_existing_members",
-    "conversations", "preview_status", "error", "warnings", "note", "approved",
+    "scope", "conversations", "tickets", "preview_status", "error", "warnings", "note",
+    "approved",
 ]  # fmt: skip
 # The cells of a preview report a person may change: everything else must still match the
 # ledger when the report comes back to `approve`.
@@ -32,13 +41,19 @@ MOVED_COLUMN = "moved"  # added to the targets report once rows were executed
 RESULTS_COLUMNS = [
     "row", "source_email", "target_email", "conversations_previewed", "request_id", "status",
     "updated_records", "difference", "attempts", "submitted_at", "completed_at", "error",
-    "ledger_head",
+    "scope", "conversations_status", "tickets_previewed", "tickets_status", "tickets_moved",
+    "tickets_request_id", "tickets_error", "ledger_head",
 ]  # fmt: skip
-# ``ledger_head`` (after PRODUCT.md's columns) is the audit log's last hash when the report was
-# written: `ledger verify` on a copy of the ledger must reach it, so cutting the tail shows.
-RETRY_COLUMNS = ["source_email", "target_email", "replace_existing_members", "conv_ids", "note"]
+# After PRODUCT.md's columns (``status``: the row's, the worst of its transfers; the others
+# about its conversations) come each kind's own status and figures (issue 15), then
+# ``ledger_head``: the audit log's last hash when the report was written (`ledger verify` on a
+# copy of the ledger must reach it, so cutting the tail shows).
+RETRY_COLUMNS = ["source_email", "target_email", "replace_existing_members", "conv_ids", "scope",
+                 "note"]  # fmt: skip
 
 RESULT_STATUSES = ("succeeded", "failed", "unconfirmed", "skipped", "preview_failed")
+# A row's status is its worst transfer's: the first of these any of them has.
+_WORST_FIRST = ("failed", "preview_failed", "unconfirmed", "skipped", "succeeded")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
@@ -66,6 +81,33 @@ def _note(row: dict) -> str:
     return note
 
 
+def by_row(rows: Iterable[dict]) -> list[dict]:
+    """The batch's transfers (ledger order) as one line per row of the input file: the row's
+    identity and plan (source, target, conv_ids, note…), ``scope`` and ``transfers``
+    ({kind: transfer}, conversations first)."""
+    lines: dict[int, dict] = {}
+    for transfer in rows:
+        line = lines.get(transfer["row"])
+        if line is None:
+            line = lines[transfer["row"]] = dict(transfer, transfers={})
+        line["transfers"][transfer.get("kind") or CONVERSATIONS] = transfer
+    for line in lines.values():
+        kinds = line["transfers"]
+        line["scope"] = "both" if len(kinds) > 1 else next(iter(kinds))
+    return list(lines.values())
+
+
+def conversations(rows: Iterable[dict]) -> list[dict]:
+    """The conversation transfers among ``rows`` (what the targets figures are about)."""
+    return [r for r in rows if (r.get("kind") or CONVERSATIONS) == CONVERSATIONS]
+
+
+def line_status(line: dict) -> str:
+    """A line's results status: the worst of its transfers' (see RESULT_STATUSES)."""
+    found = {result_status(t) for t in line["transfers"].values()}
+    return next(s for s in _WORST_FIRST if s in found)
+
+
 def warnings_by_row(warnings: Iterable[dict]) -> dict[int, str]:
     """The batch's validation warnings as one ``warnings`` cell per row (``code: message``)."""
     cells: dict[int, list[str]] = {}
@@ -78,36 +120,69 @@ def warnings_by_row(warnings: Iterable[dict]) -> dict[int, str]:
 
 
 def preview_status(row: dict) -> str:
-    """The preview report's word for a row's preview."""
+    """The preview report's word for a transfer's preview, or a line's (the worst of its
+    transfers': preview_failed, then planned)."""
+    if "transfers" in row:
+        words = {preview_status(t) for t in row["transfers"].values()}
+        return next(w for w in ("preview_failed", "planned", "previewed") if w in words)
     if row["state"] == "preview_failed":
         return "preview_failed"
     return "previewed" if row["conversations_previewed"] is not None else "planned"
 
 
+def _count(line: dict, kind: str, column: str = "conversations_previewed") -> int | None:
+    """A figure of the line's ``kind`` transfer (None: no such transfer, or no figure)."""
+    transfer = line["transfers"].get(kind)
+    return None if transfer is None else transfer[column]
+
+
+def _errors(line: dict, column: str) -> str:
+    """The line's transfers' errors in ``column``, a ticket one after ``tickets:``."""
+    texts = []
+    for kind, transfer in line["transfers"].items():
+        text = transfer[column] or ""
+        if text:
+            texts.append(text if kind == CONVERSATIONS else f"{kind}: {text}")
+    return "; ".join(texts)
+
+
+def preview_errors(line: dict) -> str:
+    """The line's preview errors, a ticket one after ``tickets:``."""
+    return _errors(line, "preview_error")
+
+
+def _approved(line: dict) -> bool:
+    return any(t["approved_at"] and t["state"] != "skipped" for t in line["transfers"].values())
+
+
 def preview_frame(rows: list[dict], warnings: Iterable[dict] | None = None) -> pd.DataFrame:
-    """The preview report: one line per row, with the batch it belongs to and the validation
-    warnings about it (``warnings``: the batch's, as the ledger keeps them; None: no
-    ``warnings`` column, for a caller that fills it itself)."""
-    by_row = warnings_by_row(warnings or ())
+    """The preview report: one line per row, with the batch it belongs to, what it would move
+    (``conversations`` and ``tickets`` side by side) and the validation warnings about it
+    (``warnings``: the batch's, as the ledger keeps them; None: no ``warnings`` column, for a
+    caller that fills it itself)."""
+    by_warning = warnings_by_row(warnings or ())
     records = [
         {
-            "batch": r["batch_id"],
-            "row": r["row"],
-            "source_email": r["source_email"],
-            "target_email": r["target_email"],
-            "conv_ids": _join(r["conv_ids"]),
-            "replace_existing_members": _bool(r["replace_existing_members"]),
-            "conversations": r["conversations_previewed"],
-            "preview_status": preview_status(r),
-            "error": r["preview_error"] or "",
-            "warnings": by_row.get(r["row"], ""),
-            "note": _note(r),
-            "approved": "yes" if r["approved_at"] and r["state"] != "skipped" else "",
+            "batch": line["batch_id"],
+            "row": line["row"],
+            "source_email": line["source_email"],
+            "target_email": line["target_email"],
+            "conv_ids": _join(line["conv_ids"]),
+            "replace_existing_members": _bool(line["replace_existing_members"]),
+            "scope": line["scope"],
+            "conversations": _count(line, CONVERSATIONS),
+            "tickets": _count(line, TICKETS),
+            "preview_status": preview_status(line),
+            "error": _errors(line, "preview_error"),
+            "warnings": by_warning.get(line["row"], ""),
+            "note": _note(line),
+            "approved": "yes" if _approved(line) else "",
         }
-        for r in rows
+        for line in by_row(rows)
     ]
     frame = pd.DataFrame.from_records(records, columns=PREVIEW_COLUMNS)
-    frame["conversations"] = frame["conversations"].astype("Int64")
+    for column in ("conversations", "tickets"):
+        frame[column] = frame[column].astype("Int64")
     return frame if warnings is not None else frame.drop(columns=["warnings"])
 
 
@@ -115,7 +190,7 @@ def targets_frame(rows: list[dict], *, moved: bool = False) -> pd.DataFrame:
     """The load each target agent takes on: sources moving to it and their conversations; with
     ``moved`` (after execute), beside it what its rows' callbacks said they moved."""
     columns = TARGETS_COLUMNS + ([MOVED_COLUMN] if moved else [])
-    previewed = [r for r in rows if r["conversations_previewed"] is not None]
+    previewed = [r for r in conversations(rows) if r["conversations_previewed"] is not None]
     if not previewed:
         return pd.DataFrame(columns=columns)
     frame = pd.DataFrame.from_records(
@@ -141,7 +216,7 @@ def received_by_target(rows: Iterable[dict]) -> list[tuple[str, int, int]]:
     """``(target, conversations moved to it, conversations previewed for it)`` for each target
     agent of the rows that were executed, most received first."""
     received: dict[str, list[int]] = {}
-    for r in rows:
+    for r in conversations(rows):
         if r["updated_records"] is None and r["state"] not in ("succeeded", "failed"):
             continue
         totals = received.setdefault(r["target_email"], [0, 0])
@@ -151,11 +226,13 @@ def received_by_target(rows: Iterable[dict]) -> list[tuple[str, int, int]]:
 
 
 def summary_line(batch_id: str, rows: list[dict]) -> str:
-    """The end of a run in one line a manager can read: rows per outcome, conversations moved."""
+    """The end of a run in one line a manager can read: rows per outcome (a row's status is its
+    worst transfer's), conversations moved, and tickets moved when any row moves tickets."""
     counts = {status: 0 for status in RESULT_STATUSES}
-    for r in rows:
-        counts[result_status(r)] += 1
-    moved = sum(r["updated_records"] or 0 for r in rows)
+    for line in by_row(rows):
+        counts[line_status(line)] += 1
+    moved = sum(r["updated_records"] or 0 for r in conversations(rows))
+    tickets = [r for r in rows if r.get("kind") == TICKETS]
     parts = [f"{counts['succeeded']} {'row' if counts['succeeded'] == 1 else 'rows'} succeeded",
              f"{counts['failed']} failed", f"{counts['unconfirmed']} unconfirmed",
              f"{counts['skipped']} skipped"]  # fmt: skip
@@ -163,40 +240,57 @@ def summary_line(batch_id: str, rows: list[dict]) -> str:
         failed = counts["preview_failed"]
         parts.append(f"{failed} failed {'its' if failed == 1 else 'their'} preview")
     word = "conversation" if moved == 1 else "conversations"
-    return f"Batch {batch_id}: {', '.join(parts)}; {moved} {word} moved."
+    if not tickets:
+        return f"Batch {batch_id}: {', '.join(parts)}; {moved} {word} moved."
+    count = sum(r["updated_records"] or 0 for r in tickets)
+    what = f"{moved} {word} and {count} {'ticket' if count == 1 else 'tickets'}"
+    return f"Batch {batch_id}: {', '.join(parts)}; {what} moved."
 
 
 def results_frame(rows: list[dict], head: str | None = None) -> pd.DataFrame:
+    """The results report: one line per row; ``status`` is the row's (its worst transfer's),
+    the PRODUCT.md figures are its conversations', then each kind's own status and figures."""
     records = []
-    for r in rows:
-        previewed, updated = r["conversations_previewed"], r["updated_records"]
+    for line in by_row(rows):
+        conv, tick = line["transfers"].get(CONVERSATIONS), line["transfers"].get(TICKETS)
+        first = conv or tick
+        previewed = _count(line, CONVERSATIONS)
+        updated = _count(line, CONVERSATIONS, "updated_records")
         records.append(
             {
-                "row": r["row"],
-                "source_email": r["source_email"],
-                "target_email": r["target_email"],
+                "row": line["row"],
+                "source_email": line["source_email"],
+                "target_email": line["target_email"],
                 "conversations_previewed": previewed,
-                "request_id": r["request_id"] or "",
-                "status": result_status(r),
+                "request_id": (conv["request_id"] if conv else None) or "",
+                "status": line_status(line),
                 "updated_records": updated,
                 "difference": updated - previewed
                 if updated is not None and previewed is not None
                 else None,
-                "attempts": r["attempts"] or 0,
-                "submitted_at": r["submitted_at"] or "",
-                "completed_at": r["completed_at"] or "",
-                "error": _error(r),
+                "attempts": sum(t["attempts"] or 0 for t in line["transfers"].values()),
+                "submitted_at": first["submitted_at"] or "",
+                "completed_at": first["completed_at"] or "",
+                "error": _error(conv) if conv else "",
+                "scope": line["scope"],
+                "conversations_status": result_status(conv) if conv else "",
+                "tickets_previewed": _count(line, TICKETS),
+                "tickets_status": result_status(tick) if tick else "",
+                "tickets_moved": _count(line, TICKETS, "updated_records"),
+                "tickets_request_id": (tick["request_id"] if tick else None) or "",
+                "tickets_error": _error(tick) if tick else "",
                 "ledger_head": head or "",
             }
         )
     frame = pd.DataFrame.from_records(records, columns=RESULTS_COLUMNS)
-    for column in ("conversations_previewed", "updated_records", "difference"):
+    for column in ("conversations_previewed", "updated_records", "difference",
+                   "tickets_previewed", "tickets_moved"):  # fmt: skip
         frame[column] = frame[column].astype("Int64")
     return frame
 
 
 def _error(row: dict) -> str:
-    """The row's error for the results report; a row flagged for review always says so."""
+    """The transfer's error for the results report; one flagged for review always says so."""
     text = row["error"] or row["preview_error"] or ""
     if row.get("needs_review") and not text.startswith(f"{NEEDS_REVIEW}:"):
         text = review_error(text)
@@ -212,23 +306,30 @@ def needs_retry(row: dict) -> bool:
 
 
 def retry_frame(rows: list[dict]) -> pd.DataFrame:
-    """The rows still to do (see :func:`needs_retry`), in the input format and run order."""
-    records = [
-        {
-            "source_email": r["source_email"],
-            "target_email": r["target_email"],
-            "replace_existing_members": _bool(r["replace_existing_members"]),
-            "conv_ids": _join(r["conv_ids"]),
-            "note": f"retry of {r['batch_id']} row {r['row']} ({result_status(r)}"
-            + (
-                f": {r['error'] or r['preview_error']})"
-                if r["error"] or r["preview_error"]
-                else ")"
-            ),
-        }
-        for r in rows
-        if needs_retry(r)
-    ]
+    """The rows still to do (see :func:`needs_retry`), in the input format and run order; a
+    row's ``scope`` names the kinds still to do (its conversations may be done, its tickets
+    not)."""
+    records = []
+    for line in by_row(rows):
+        due = {k: t for k, t in line["transfers"].items() if needs_retry(t)}
+        if not due:
+            continue
+        why = "; ".join(
+            ("" if kind == CONVERSATIONS or len(line["transfers"]) == 1 else f"{kind} ")
+            + result_status(t)
+            + (f": {t['error'] or t['preview_error']}" if t["error"] or t["preview_error"] else "")
+            for kind, t in due.items()
+        )
+        records.append(
+            {
+                "source_email": line["source_email"],
+                "target_email": line["target_email"],
+                "replace_existing_members": _bool(line["replace_existing_members"]),
+                "conv_ids": _join(line["conv_ids"]) if CONVERSATIONS in due else "",
+                "scope": "both" if len(due) > 1 else next(iter(due)),
+                "note": f"retry of {line['batch_id']} row {line['row']} ({why})",
+            }
+        )
     return pd.DataFrame.from_records(records, columns=RETRY_COLUMNS)
 
 
@@ -364,13 +465,13 @@ def _normal(column: str, text: str) -> object:
     text = " ".join(text.split())
     if column == "replace_existing_members":
         return _BOOLEANS.get(text.lower(), text)
-    if column in ("row", "conversations"):
+    if column in ("row", "conversations", "tickets"):
         try:
             return int(float(text)) if text else None
         except ValueError:
             return text
     if column == "conv_ids":
         return [c for c in text.replace("|", ";").replace(" ", ";").split(";") if c]
-    if column in ("source_email", "target_email"):
+    if column in ("source_email", "target_email", "scope"):
         return text.lower()
     return text

@@ -25,13 +25,11 @@ RESULTS_SHEET = "Results"
 TARGETS_SHEET = "Targets"
 ABOUT_SHEET = "About"
 
-REVIEW_COLUMNS = [
-    "batch", "row", "source_email", "target_email", "conv_ids", "replace_existing_members",
-    "conversations", "preview_status", "error", "warnings", "note", "approved",
-]  # fmt: skip
+REVIEW_COLUMNS = list(reports.PREVIEW_COLUMNS)
 APPROVABLE_STATES = ("previewed", "approved", "skipped")  # the states `approve` accepts
 _NUMBER_COLUMNS = {"row", "conversations", "sources_count", "conversations_previewed",
-                   "updated_records", "difference", "attempts", "moved"}  # fmt: skip
+                   "updated_records", "difference", "attempts", "moved", "tickets",
+                   "tickets_previewed", "tickets_moved"}  # fmt: skip
 _WRAP_COLUMNS = {"error", "warnings", "note", "sources", "conv_ids"}
 _WIDTH = {"batch": 22, "row": 6, "approved": 11, "preview_status": 16, "status": 14,
           "submitted_at": 25, "completed_at": 25}  # fmt: skip
@@ -51,7 +49,16 @@ HEADER_NOTES = {
     "tất cả hội thoại còn lại của nhân viên nguồn.",
     "replace_existing_members": "true: nhân viên nhận thay thế các thành viên hiện có của hội "
     "thoại; false: chỉ thêm nhân viên nhận vào hội thoại.",
+    "scope": "Phạm vi chuyển: conversations = hội thoại; tickets = phiếu hỗ trợ (ticket); "
+    "both = cả hai.",
     "conversations": "Số hội thoại sẽ được chuyển (theo kết quả xem trước).",
+    "tickets": "Số ticket đang mở sẽ được chuyển (theo kết quả xem trước).",
+    "conversations_status": "Kết quả chuyển hội thoại của dòng này.",
+    "tickets_previewed": "Số ticket dự kiến khi xem trước.",
+    "tickets_status": "Kết quả chuyển ticket của dòng này.",
+    "tickets_moved": "Số ticket OMI báo đã chuyển.",
+    "tickets_request_id": "Mã yêu cầu (requestId) OMI trả về cho việc chuyển ticket.",
+    "tickets_error": "Lý do lỗi khi chuyển ticket, nếu có.",
     "preview_status": "Kết quả xem trước: previewed = thành công; preview_failed = lỗi, không "
     "thể duyệt; planned = chưa xem trước.",
     "error": "Lý do lỗi, nếu có.",
@@ -95,7 +102,7 @@ def review_frame(
         frame.insert(0, "batch", batch_id)
     if "warnings" not in frame.columns:
         by_row = warnings_by_row or {}
-        frame["warnings"] = [_lines(by_row.get(r["row"], ())) for r in rows]
+        frame["warnings"] = [_lines(by_row.get(int(n), ())) for n in frame["row"]]
     return frame[REVIEW_COLUMNS]
 
 
@@ -111,7 +118,7 @@ def warnings_by_row(batch_info: Mapping[str, Any]) -> dict[int, list[str]]:
 def moved_by_target(rows: Iterable[dict]) -> dict[str, int]:
     """Conversations OMI confirmed moved, per target (succeeded rows' ``updated_records``)."""
     moved: dict[str, int] = {}
-    for row in rows:
+    for row in reports.conversations(rows):
         if row["state"] == "succeeded" and row["updated_records"] is not None:
             moved[row["target_email"]] = moved.get(row["target_email"], 0) + row["updated_records"]
     return moved
@@ -145,29 +152,31 @@ def write_review_workbook(
     batch_id = batch_info["id"]
     by_row = warnings_by_row if warnings_by_row is not None else _plan_warnings(batch_info)
     frame = review_frame(rows, batch_id, by_row)
-    states = [r["state"] for r in rows]
+    lines = reports.by_row(rows)  # the frame's lines, in its order
+    failed = [reports.preview_status(line) == "preview_failed" for line in lines]
+    can_approve = [
+        any(t["state"] in APPROVABLE_STATES for t in line["transfers"].values()) for line in lines
+    ]
     path = Path(path)
     book = _Book()
     review = book.sheet(REVIEW_SHEET)
 
     def style(index: int, column: str) -> tuple[str | None, bool]:
-        state = states[index]
-        fill = _FAILED_FILL if state == "preview_failed" else None
-        editable = column == "approved" and state in APPROVABLE_STATES
+        fill = _FAILED_FILL if failed[index] else None
+        editable = column == "approved" and can_approve[index]
         if editable and fill is None:
             fill = _APPROVE_FILL
         return fill, editable
 
     def comment(index: int, column: str) -> str | None:
-        if column == "approved" and states[index] == "preview_failed":
-            reason = rows[index]["preview_error"] or "preview failed"
+        if column == "approved" and failed[index]:
+            reason = reports.preview_errors(lines[index]) or "preview failed"
             return f"Không thể duyệt: {reason}\nCannot be approved: {reason}"
         return None
 
     _table(review, frame, HEADER_NOTES, style=style, comment=comment)
-    approvable = [i + 2 for i, state in enumerate(states) if state in APPROVABLE_STATES]
-    if approvable:
-        _approved_dropdown(review, REVIEW_COLUMNS.index("approved") + 1, len(rows) + 1)
+    if any(can_approve):
+        _approved_dropdown(review, REVIEW_COLUMNS.index("approved") + 1, len(lines) + 1)
     _targets_sheet(book, rows, with_moved=False)
     planned = {r["row"] for r in rows}
     loose = [text for n, items in by_row.items() if n not in planned for text in items]
@@ -210,9 +219,10 @@ def write_results_workbook(
         ("Mã lô", "Batch", batch_info["id"]),
         ("Tạo lúc", "Created at", batch_info.get("created_at") or ""),
         ("Tệp nguồn", "Source file", batch_info.get("source_file") or ""),
-        ("Số dòng", "Rows", len(rows)),
+        ("Số dòng", "Rows", len(statuses)),
         *[(_STATUS_VI[s], s, counts[s]) for s in reports.RESULT_STATUSES if counts.get(s)],
         ("Hội thoại đã chuyển", "Conversations moved", sum(moved_by_target(rows).values())),
+        *_tickets_fact(rows, "updated_records", ("Ticket đã chuyển", "Tickets moved")),
         ("Mã băm sổ ghi", "Ledger head", head or ""),
     ]
     steps = [
@@ -271,7 +281,8 @@ def _review_steps(batch_id: str, name: str, max_age_hours: float) -> list[tuple[
 def _review_facts(
     batch_info: Mapping[str, Any], rows: list[dict], name: str, max_age_hours: float
 ) -> list[tuple[str, str, Any]]:
-    previewed = [r for r in rows if r["conversations_previewed"] is not None]
+    lines = len(reports.by_row(rows))
+    previewed = [r for r in reports.conversations(rows) if r["conversations_previewed"] is not None]
     times = [r["previewed_at"] for r in rows if r.get("previewed_at")]
     deadline = ""
     if times:
@@ -280,20 +291,32 @@ def _review_facts(
             deadline = _iso(oldest + timedelta(hours=max_age_hours))
         except ValueError:
             deadline = ""
-    failed = sum(1 for r in rows if r["state"] == "preview_failed")
+    failed = len({r["row"] for r in rows if r["state"] == "preview_failed"})
     return [
         ("Mã lô", "Batch", batch_info["id"]),
         ("Tạo lúc", "Created at", batch_info.get("created_at") or ""),
         ("Tệp nguồn", "Source file", batch_info.get("source_file") or ""),
-        ("Số dòng", "Rows", len(rows)),
+        ("Số dòng", "Rows", lines),
         ("Dòng lỗi xem trước", "Rows that failed their preview", failed),
         ("Hội thoại sẽ chuyển", "Conversations to move",
          sum(r["conversations_previewed"] for r in previewed)),
+        *_tickets_fact(rows, "conversations_previewed", ("Ticket sẽ chuyển", "Tickets to move")),
         ("Nhân viên nhận", "Target agents", len({r["target_email"] for r in previewed})),
         ("Thời hạn xem trước", "Preview age limit", f"{max_age_hours:g} h"),
         ("Duyệt trước lúc", "Approve before", deadline),
         ("Lệnh duyệt", "Approve command", f"omi-batch approve {batch_info['id']} --report {name}"),
     ]  # fmt: skip
+
+
+def _tickets_fact(
+    rows: list[dict], column: str, names: tuple[str, str]
+) -> list[tuple[str, str, Any]]:
+    """The About sheet's ticket figure (the sum of ``column`` over the ticket transfers), when
+    the batch moves tickets at all."""
+    tickets = [r for r in rows if r.get("kind") == "tickets"]
+    if not tickets:
+        return []
+    return [(*names, sum(r[column] or 0 for r in tickets))]
 
 
 def _iso(moment: datetime) -> str:
