@@ -32,7 +32,8 @@ from omi_batch.ledger import Ledger
 assert "bao.pham@example.vn,anh.vu@example.vn,false,," in SAMPLE_TEXT
 PREVIEW_COLUMNS = [
     "batch", "row", "source_email", "target_email", "conv_ids", "replace_existing_members",
-    "conversations", "preview_status", "error", "warnings", "note", "approved",
+    "scope", "conversations", "tickets", "preview_status", "error", "warnings", "note",
+    "approved",
 ]  # fmt: skip
 CHAIN = (
     "chain: minh.tran@example.vn is leaving too (row 3), so this transfer goes to "

@@ -96,7 +96,7 @@ def test_review_workbook_has_the_preview_columns_and_the_three_sheets(review):
     sheet = book["Review"]
     assert [c.value for c in sheet[1]] == workbook.REVIEW_COLUMNS
     assert sheet.freeze_panes == "A2"
-    assert sheet.auto_filter.ref == f"A1:L{len(rows) + 1}"
+    assert sheet.auto_filter.ref == f"A1:N{len(rows) + 1}"
     lines = by_row(sheet)
     assert sorted(lines) == [2, 3, 4, 5, 6, 7, 9]
     assert {n: line["batch"].value for n, line in lines.items()} == dict.fromkeys(lines, batch_id)
@@ -136,7 +136,7 @@ def test_approved_is_a_yes_no_dropdown(review):
     assert validation.formula1 == '"yes,no"'
     assert validation.allow_blank is True
     assert validation.showErrorMessage is True
-    assert str(validation.sqref) == f"L2:L{len(rows) + 1}"
+    assert str(validation.sqref) == f"N2:N{len(rows) + 1}"
 
 
 def test_ids_emails_and_formula_looking_text_are_stored_as_text(review):
