@@ -764,7 +764,10 @@ class _Tick:
     def _ceiling(self, rows: list[dict]) -> str | None:
         """Why this batch may not be approved automatically, or None when it may."""
         job = self.job
-        previewed = [r for r in rows if r["state"] == "previewed"]
+        # the ceilings count conversations; a ticket transfer's count is tickets
+        previewed = [r for r in rows if r["state"] == "previewed" and r["kind"] != "tickets"]
+        if not previewed:
+            return None
         biggest = max(previewed, key=lambda r: r["conversations_previewed"] or 0)
         if (biggest["conversations_previewed"] or 0) > job.max_conversations_per_row:
             return (f"row {biggest['row']} would move {biggest['conversations_previewed']} "

@@ -91,11 +91,14 @@ def _start_execute(batch_id: str, yes: bool, pipeline: Any = None) -> Any:
         warning = pipeline.receiver_warning(len(rows)) if pipeline is not None else None
         if warning:
             click.echo(f"Warning: {warning}", err=True)
-        conversations = sum(r["conversations_previewed"] or 0 for r in rows)
+        conversations = sum(r["conversations_previewed"] or 0 for r in rows
+                            if r["kind"] != "tickets")  # fmt: skip
+        tickets = [r["conversations_previewed"] or 0 for r in rows if r["kind"] == "tickets"]
+        what = f"{conversations} conversation(s)" + (f" and {sum(tickets)} ticket(s)"
+                                                     if tickets else "")  # fmt: skip
         targets = len({r["target_email"] for r in rows})
         if not yes and not click.confirm(
-            f"Execute {len(rows)} transfer(s): {conversations} conversation(s) to {targets} "
-            "target agent(s)?", err=True,
+            f"Execute {len(rows)} transfer(s): {what} to {targets} target agent(s)?", err=True,
         ):  # fmt: skip
             click.echo(f"Nothing executed. Run omi-batch execute {batch_id} when ready.", err=True)
             return False

@@ -202,13 +202,22 @@ def progress():
 def print_plan_summary(rows: list[dict]) -> None:
     previewed = [r for r in rows if r["conversations_previewed"] is not None]
     targets = {r["target_email"] for r in previewed}
-    total = sum(r["conversations_previewed"] for r in previewed)
+    total = sum(r["conversations_previewed"] for r in previewed if r["kind"] != "tickets")
+    tickets = [r for r in previewed if r["kind"] == "tickets"]
+    what = f"{total} conversation(s)"
+    if tickets:
+        what += f" and {sum(r['conversations_previewed'] for r in tickets)} ticket(s)"
     failed = [r for r in rows if r["state"] == "preview_failed"]
-    click.echo(f"{len(previewed)} row(s) previewed: {total} conversation(s) to "
+    click.echo(f"{len(previewed)} row(s) previewed: {what} to "
                f"{len(targets)} target agent(s); {len(failed)} failed their preview.", err=True)  # fmt: skip
     for row in failed:
-        click.echo(f"  row {row['row']}: {row['source_email']} → {row['target_email']}: "
+        click.echo(f"  {row_label(row)}: {row['source_email']} → {row['target_email']}: "
                    f"{row['preview_error']}", err=True)  # fmt: skip
+
+
+def row_label(row: dict) -> str:
+    """``row 5``, or ``row 5 (tickets)`` for a ticket transfer."""
+    return f"row {row['row']}" + (" (tickets)" if row.get("kind") == "tickets" else "")
 
 
 def print_results(rows: list[dict]) -> None:
@@ -216,7 +225,7 @@ def print_results(rows: list[dict]) -> None:
     from omi_batch.states import result_status
 
     table(["row", "source", "target", "previewed", "status", "updated", "error"],
-          [[r["row"], r["source_email"], r["target_email"], r["conversations_previewed"],
+          [[row_label(r)[4:], r["source_email"], r["target_email"], r["conversations_previewed"],
             result_status(r), r["updated_records"], r["error"] or r["preview_error"] or ""]
            for r in rows], right=("row", "previewed", "updated"))  # fmt: skip
 
@@ -279,7 +288,8 @@ def batch_json(ledger: Any, batch_id: str, rows: list[dict]) -> dict:
              "target_email": r["target_email"], "state": row_word(r),
              "request_id": r["request_id"],
              "conversations_previewed": r["conversations_previewed"],
-             "updated_records": r["updated_records"]}
+             "updated_records": r["updated_records"],
+             **({"kind": r["kind"]} if r["kind"] != "conversations" else {})}
             for r in rows
         ],
     }  # fmt: skip

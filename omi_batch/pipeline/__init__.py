@@ -18,7 +18,12 @@ from datetime import datetime
 from pathlib import Path
 
 from omi_batch.errors import UsageError
-from omi_batch.pipeline.approvals import approvals_from_report, uncovered_catch_alls, why_not
+from omi_batch.pipeline.approvals import (
+    approval_lines,
+    approvals_from_report,
+    uncovered_catch_alls,
+    why_not,
+)
 from omi_batch.pipeline.execute import Executing
 from omi_batch.pipeline.outcome import (
     BatchBusy,
@@ -29,13 +34,21 @@ from omi_batch.pipeline.outcome import (
     Summary,
     Unreachable,
 )
-from omi_batch.pipeline.preview import refuse_ticket_scopes, rows_to_preview
+from omi_batch.pipeline.preview import rows_to_preview
 from omi_batch.pipeline.work import now_iso, who
-from omi_batch.states import APPROVED, DECIDED, PREVIEWED, SKIPPED, stale_rows
+from omi_batch.states import (
+    APPROVABLE,
+    APPROVED,
+    DECIDED,
+    PREVIEW_FAILED,
+    PREVIEWED,
+    SKIPPED,
+    stale_rows,
+)
 
 __all__ = [
     "BatchBusy", "BatchLock", "EndpointMissing", "NothingApproved", "Pipeline", "Progress",
-    "Summary", "Unreachable", "now_iso", "refuse_ticket_scopes", "rows_to_preview",
+    "Summary", "Unreachable", "now_iso", "rows_to_preview",
     "uncovered_catch_alls", "who",
 ]  # fmt: skip
 
@@ -63,9 +76,10 @@ class Pipeline(Executing):
             raise UsageError("say either --all or --report FILE")
         notes = notes if notes is not None else []
         self.ledger.refuse_cancelled(batch_id)
-        rows = {r["row"]: r for r in self.ledger.rows(batch_id)}
+        transfers = self.ledger.rows(batch_id)
+        rows = approval_lines(transfers)
         if approve_all:
-            chosen = [n for n, r in rows.items() if r["state"] == PREVIEWED]
+            chosen = [n for n, r in rows.items() if PREVIEWED in _states(r)]
             skipped: list[int] = []
             how = "all"
             for catch_all, blocker in uncovered_catch_alls(rows.values(), chosen, skipped):
@@ -78,15 +92,33 @@ class Pipeline(Executing):
             chosen, skipped = approvals_from_report(batch_id, rows, Path(report_file), warnings,
                                                     notes)  # fmt: skip
             how = f"report {Path(report_file).name}"
-        stale = stale_rows([rows[n] for n in chosen], max_age_hours, now)
+        wanted = (PREVIEWED,) if approve_all else APPROVABLE
+        stale = stale_rows([t for n in chosen for t in rows[n]["transfers"].values()
+                            if t["state"] in wanted], max_age_hours, now)  # fmt: skip
         if stale:
             raise UsageError(
                 f"the preview of row {stale[0]} is older than --max-age {max_age_hours:g} h: "
                 f"preview it again (omi-batch preview --batch {batch_id}) and approve again"
             )
         if not chosen and not skipped:
-            if any(r["state"] in (APPROVED, SKIPPED, *DECIDED) for r in rows.values()):
+            if any(r["state"] in (APPROVED, SKIPPED, *DECIDED) for r in transfers):
                 return [], []  # decided before: nothing to record
             raise UsageError(f"batch {batch_id} has no previewed row to approve")
-        self.ledger.approve(batch_id, approve=chosen, skip=skipped, by=who(), how=how)
+        approve, skip = [], []
+        for number in chosen:  # each transfer of an approved row that can be approved
+            for kind, transfer in rows[number]["transfers"].items():
+                if transfer["state"] in wanted:
+                    approve.append((number, kind))
+                elif transfer["state"] == PREVIEW_FAILED:
+                    notes.append(f"row {number}'s {kind} failed their preview "
+                                 f"({transfer['preview_error']}): not approved")  # fmt: skip
+        for number in skipped:
+            skip += [(number, k) for k, t in rows[number]["transfers"].items()
+                     if t["state"] in APPROVABLE]  # fmt: skip
+        self.ledger.approve(batch_id, approve=approve, skip=skip, by=who(), how=how)
         return chosen, skipped
+
+
+def _states(line: dict) -> set[str]:
+    """The states of a line's transfers."""
+    return {t["state"] for t in line["transfers"].values()}

@@ -11,12 +11,33 @@ from omi_batch.errors import InputError, UsageError
 from omi_batch.states import (
     APPROVABLE,
     APPROVED,
+    CONVERSATIONS,
     DECIDED,
     FAILED,
+    PLANNED,
     PREVIEW_FAILED,
+    PREVIEWED,
     SKIPPED,
     covers,
 )
+
+
+def approval_lines(transfers: Iterable[dict]) -> dict[int, dict]:
+    """The batch's transfers as the lines a person approves, ``{row: line}`` (see
+    ``reports.by_row``), each with one ``state`` for the approval rules: previewed, approved
+    or skipped when any of its transfers is (in that order), else preview_failed when one
+    failed its preview, else the first one not planned (decided), else planned;
+    ``preview_error`` names the kind of a ticket transfer's."""
+    lines = {}
+    for line in reports.by_row(transfers):
+        states = [t["state"] for t in line["transfers"].values()]
+        line["state"] = next(
+            (s for s in (PREVIEWED, APPROVED, SKIPPED, PREVIEW_FAILED) if s in states),
+            next((s for s in states if s != PLANNED), PLANNED),
+        )
+        line["preview_error"] = reports.preview_errors(line)
+        lines[line["row"]] = line
+    return lines
 
 
 def approvals_from_report(
@@ -39,7 +60,9 @@ def approvals_from_report(
     if entries and named == {""}:
         raise UsageError(f"{path.name} names no batch in its batch column: nothing was "
                          f"approved (the preview report of batch {batch_id} names it)")  # fmt: skip
-    expected = reports.expected_cells(list(rows.values()), warnings)
+    expected = reports.expected_cells(
+        [t for line in rows.values() for t in line.get("transfers", {0: line}).values()], warnings
+    )
     mismatches: list[str] = []
     refusals: list[str] = []
     chosen: list[int] = []
@@ -110,6 +133,8 @@ def uncovered_catch_alls(
     for catch_all in rows:
         if catch_all["conv_ids"] or after[catch_all["row"]] != APPROVED:
             continue
+        if (catch_all.get("kind") or CONVERSATIONS) != CONVERSATIONS:
+            continue  # a row that moves only tickets takes no conversations
         for other in rows:
             same = other["source_email"] == catch_all["source_email"] and other["conv_ids"]
             if same and not covers(after[other["row"]]):

@@ -14,13 +14,16 @@ from omi_batch.pipeline.preview import Previewing
 from omi_batch.pipeline.work import now_iso
 from omi_batch.states import (
     APPROVED,
+    CONVERSATIONS,
     DECIDED,
     HELD,
     STARTED,
+    TICKETS,
     TO_EXECUTE,
     count_states,
     held_error,
     holds,
+    phase_of,
     uncovered_by,
 )
 
@@ -85,7 +88,9 @@ class Executing(Previewing):
         rows = [r for r in every if r["state"] in TO_EXECUTE]
         by_source: dict[str, list[dict]] = {}
         sources = {r["source_email"] for r in rows}
-        for row in every:  # every row, so that an earlier failed row of a source still holds
+        # every transfer, so that an earlier failed row of a source still holds; a source's
+        # ticket transfer after its conversation rows (sorted() keeps their run order)
+        for row in sorted(every, key=lambda r: r["kind"] == TICKETS):
             if row["source_email"] in sources:
                 by_source.setdefault(row["source_email"], []).append(row)
         if rows:
@@ -101,7 +106,8 @@ class Executing(Previewing):
         """One source's rows in run order. A row that holds (``states.holds``: failed,
         preview_failed, or left unconfirmed now) holds the rows after it, and a ``conv_ids``
         row that will not run (skipped, not approved) holds its source's catch-all row, which
-        would take its conversations (``states.uncovered_by``)."""
+        would take its conversations (``states.uncovered_by``). The source's ticket transfer
+        comes last and is held the same way."""
         blocker: dict | None = None
         for row in group:
             if self._stop.is_set():
@@ -112,7 +118,8 @@ class Executing(Previewing):
                 continue
             blocker = blocker or uncovered_by(group, row)
             if blocker is not None:
-                self.ledger.update_row(batch_id, row["row"], event=HELD, error=held_error(blocker))
+                self.ledger.update_row(batch_id, row["row"], event=HELD, kind=row["kind"],
+                                       error=held_error(blocker))  # fmt: skip
                 self.progress.advance("execute")
                 continue
             try:
@@ -129,7 +136,7 @@ class Executing(Previewing):
 
     def _execute_row(self, batch_id: str, row: dict) -> dict:
         """Save the intent, submit, then wait for the callback; returns the row as it ends."""
-        number = row["row"]
+        number, kind = row["row"], row["kind"]
         resubmit = row["state"] in ("submitted", "unconfirmed")
         reason = None
         if resubmit:
@@ -140,25 +147,21 @@ class Executing(Previewing):
         self._step(batch_id, number, state="submitted",
                    event="resubmitted" if resubmit else "submitted", reason=reason,
                    expect=[row["state"]], submitted_at=now_iso(), request_id=None,
-                   error=None)  # fmt: skip
+                   error=None, kind=kind)  # fmt: skip
         try:
             return self._submit_and_wait(batch_id, row)
         finally:
             self._flush_attempts()
 
     def _submit_and_wait(self, batch_id: str, row: dict) -> dict:
-        number = row["row"]
-        callback = self._callback(batch_id, number, "execute")
+        number, kind = row["row"], row["kind"]
+        has_callback = self._callback(batch_id, number, "execute") is not None
         try:
-            result = self.client.transfer_conversations(
-                row["source_email"], row["target_email"], preview=False,
-                replace_existing_members=bool(row["replace_existing_members"]),
-                conv_ids=row["conv_ids"] or None, callback=callback,
-                context={"batch_id": batch_id, "row": number, "phase": "execute"},
-            )  # fmt: skip
+            result = self._send(row, preview=False, phase="execute", batch_id=batch_id,
+                                callback=True)  # fmt: skip
         except AuthError as error:
             if error.outcome_unknown:  # an earlier attempt may have been applied; still stop
-                self._settle(batch_id, number, "unconfirmed", _unknown(error))
+                self._settle(batch_id, row, "unconfirmed", _unknown(error))
                 raise
             self._unsubmit(batch_id, row, f"not started: OMI refused the key: {error}")
             raise
@@ -167,64 +170,66 @@ class Executing(Previewing):
                 self._unsubmit(batch_id, row, f"not sent: {error}")
                 raise
             if not error.reached:  # an earlier attempt may have been applied; now unreachable
-                self._settle(batch_id, number, "unconfirmed", _unknown(error))
+                self._settle(batch_id, row, "unconfirmed", _unknown(error))
                 raise
-            return self._settle(batch_id, number, "unconfirmed",
-                                f"outcome unknown: {error}")  # fmt: skip
+            return self._settle(batch_id, row, "unconfirmed", f"outcome unknown: {error}")
         except ApiError as error:
             if isinstance(error, RateLimited) and not error.outcome_unknown:
-                return self._settle(batch_id, number, "failed", f"rate_limited: {error}")
+                return self._settle(batch_id, row, "failed", f"rate_limited: {error}")
             if error.retryable:  # retries ran out on 5xx: OMI may or may not have started it
-                return self._settle(batch_id, number, "unconfirmed", f"outcome unknown: {error}")
+                return self._settle(batch_id, row, "unconfirmed", f"outcome unknown: {error}")
             if error.outcome_unknown:  # a 4xx now, but an earlier attempt may have been applied
-                return self._settle(batch_id, number, "unconfirmed", _unknown(error))
-            return self._settle(batch_id, number, "failed", str(error))
-        self._step(batch_id, number, event="accepted", phase="execute",
+                return self._settle(batch_id, row, "unconfirmed", _unknown(error))
+            # e.g. permission_denied on tickets: this transfer fails, the run goes on
+            return self._settle(batch_id, row, "failed", str(error))
+        self._step(batch_id, number, event="accepted", phase=phase_of(kind, "execute"),
+                   kind=kind,
                    **({"request_id": result.request_id} if result.request_id else {}))  # fmt: skip
-        if callback is None:
-            return self._settle(batch_id, number, "unconfirmed",
+        if not has_callback:
+            return self._settle(batch_id, row, "unconfirmed",
                                 "no webhook: OMI cannot report the result; run reconcile")  # fmt: skip
         done = self._wait_for(
-            lambda: self._finished(batch_id, number), self.wait, (batch_id, number)
+            lambda: self._finished(batch_id, number, kind), self.wait, (batch_id, number)
         )
         if done:
             return done
         if self._stop.is_set():  # interrupted: the row stays submitted; a re-run resumes it
-            return self.ledger.row(batch_id, number)
-        return self._settle(batch_id, number, "unconfirmed",
-                            f"no callback within {self.wait:g} s")  # fmt: skip
+            return self.ledger.row(batch_id, number, kind)
+        return self._settle(batch_id, row, "unconfirmed", f"no callback within {self.wait:g} s")
 
     def _unsubmit(self, batch_id: str, row: dict, error: str) -> None:
         """OMI surely started nothing: put the row back where it was before this submit."""
-        number, before = row["row"], row["state"]
+        number, before, kind = row["row"], row["state"], row["kind"]
         try:
             if before == "submitted":  # an earlier run's outcome is still unknown: keep saying so
-                self._step(batch_id, number, event="submit_refused", error=error)
+                self._step(batch_id, number, event="submit_refused", error=error, kind=kind)
             else:
                 self._step(batch_id, number, state=before, event="submit_refused",
-                           expect=["submitted"], error=error)  # fmt: skip
+                           expect=["submitted"], error=error, kind=kind)  # fmt: skip
         except IllegalTransition:  # a callback decided it meanwhile
-            self._step(batch_id, number, event="submit_refused", error=error)
+            self._step(batch_id, number, event="submit_refused", error=error, kind=kind)
 
-    def _finished(self, batch_id: str, number: int) -> dict | None:
-        row = self.ledger.row(batch_id, number)
+    def _finished(self, batch_id: str, number: int, kind: str = CONVERSATIONS) -> dict | None:
+        row = self.ledger.row(batch_id, number, kind)
         return row if row["state"] != "submitted" else None
 
-    def _settle(self, batch_id: str, number: int, state: str, error: str) -> dict:
-        """Move a submitted row to ``state`` unless a callback decided it meanwhile."""
+    def _settle(self, batch_id: str, row: dict, state: str, error: str) -> dict:
+        """Move a submitted transfer to ``state`` unless a callback decided it meanwhile."""
+        number, kind = row["row"], row["kind"]
         done = {"completed_at": now_iso()} if state == "failed" else {}
         try:
             self._step(batch_id, number, state=state, event=state, expect=["submitted"],
-                       error=error, **done)  # fmt: skip
+                       error=error, kind=kind, **done)  # fmt: skip
         except IllegalTransition:
             self._flush_attempts()
-        return self.ledger.row(batch_id, number)
+        return self.ledger.row(batch_id, number, kind)
 
     # ------------------------------------------------------------------ reconcile
 
     def reconcile(self, batch_id: str) -> Summary:
-        """Preview unconfirmed rows again: nothing left to move means the transfer happened.
-        Holds the batch lock, as :meth:`execute` does."""
+        """Preview unconfirmed rows again: nothing left to move means the transfer happened
+        (a ticket transfer too: no open ticket left to move). Holds the batch lock, as
+        :meth:`execute` does."""
         self.ledger.batch(batch_id)
         with BatchLock(self.ledger.path, batch_id):
             return self._reconcile(batch_id)
@@ -240,22 +245,23 @@ class Executing(Previewing):
         return Summary(batch_id, counts=count_states(self.ledger.rows(batch_id)))
 
     def _reconcile_row(self, batch_id: str, row: dict) -> None:
-        number = row["row"]
+        number, kind = row["row"], row["kind"]
         try:
             count, error = self._preview_count(batch_id, row, "reconcile")
             if error is not None:
-                self._step(batch_id, number, event="reconcile_failed",
+                self._step(batch_id, number, event="reconcile_failed", kind=kind,
                            error=f"reconcile: {error}")  # fmt: skip
             elif count == 0:
                 try:
                     self._step(batch_id, number, state="succeeded", event="verified_by_preview",
-                               expect=[row["state"]], verified_by="preview",
+                               expect=[row["state"]], verified_by="preview", kind=kind,
                                completed_at=now_iso(), error=None)  # fmt: skip
                 except IllegalTransition:
                     pass  # a callback decided it meanwhile
             else:
-                self._step(batch_id, number, event="reconcile_pending",
-                           error=f"reconcile: {count} conversation(s) still to move")  # fmt: skip
+                what = "ticket(s)" if kind == TICKETS else "conversation(s)"
+                self._step(batch_id, number, event="reconcile_pending", kind=kind,
+                           error=f"reconcile: {count} {what} still to move")  # fmt: skip
         finally:
             self._flush_attempts()
 

@@ -13,9 +13,18 @@ from omi_batch.client import ApiError, AuthError, TransportError
 from omi_batch.config import PRODUCTION_URL, STAGING_URL
 from omi_batch.errors import InputError, UsageError
 from omi_batch.pipeline.outcome import EndpointMissing, Summary, Unreachable
-from omi_batch.pipeline.work import Work, now_iso, who
-from omi_batch.roster import Plan, Problem
-from omi_batch.states import APPROVABLE, APPROVED, PLANNED, PREVIEW_FAILED, count_states, stale_rows
+from omi_batch.pipeline.work import Work, now_iso, transfer_kind, who
+from omi_batch.roster import Plan
+from omi_batch.states import (
+    APPROVABLE,
+    APPROVED,
+    PLANNED,
+    PREVIEW_FAILED,
+    TICKETS,
+    count_states,
+    phase_of,
+    stale_rows,
+)
 
 log = logging.getLogger("omi_batch.pipeline")
 AGENT_CODES = ("user_not_found", "agent_not_found")  # a 404 about an agent, not the endpoint
@@ -40,7 +49,6 @@ class Previewing(Work):
         self.settings.require_api()
         if not plan.transfers:
             raise UsageError("the plan has no transfers")
-        refuse_ticket_scopes(plan)
         self._early = []
         self._events_batch = None
         self.preflight(asdict(plan.transfers[0]), [asdict(t) for t in plan.transfers[1:4]])
@@ -57,8 +65,8 @@ class Previewing(Work):
             rows=[asdict(t) for t in plan.transfers],
         )
         early, self._early = self._early, []
-        for row, data in early:  # the preflight's attempts belong to the audit trail too
-            self.ledger.record_attempt(batch_id, row, "preflight", data)
+        for row, phase, data in early:  # the preflight's attempts belong to the audit trail too
+            self.ledger.record_attempt(batch_id, row, phase, data)
         self._record_slow_downs(batch_id)
         return batch_id
 
@@ -88,16 +96,23 @@ class Previewing(Work):
         naming the URL tried) otherwise. A 404 that is not about an agent is tried on up to
         PROBES of ``others``: 404 for each means OMI_BASE_URL names no OMI API (EndpointMissing,
         exit 3). Its attempts are kept in the ledger, phase
-        ``preflight``: at once when ``row`` is a ledger row (it has a ``batch_id``), else by
-        :meth:`create_batch` once the batch exists."""
+        ``preflight`` (``tickets-preflight`` for a ticket transfer): at once when ``row`` is a
+        ledger row (it has a ``batch_id``), else by :meth:`create_batch` once the batch
+        exists."""
         self.settings.require_api()
-        context = {"phase": "preflight", "batch_id": row.get("batch_id"), "row": row.get("row")}
+        kind = transfer_kind(row)
+        context = {"phase": phase_of(kind, "preflight"), "batch_id": row.get("batch_id"),
+                   "row": row.get("row")}  # fmt: skip
         try:  # the request itself here, not in a helper: execute's path to OMI stays short
-            self.client.transfer_conversations(
-                row["source_email"], row["target_email"], preview=True,
-                replace_existing_members=bool(row["replace_existing_members"]),
-                conv_ids=list(row["conv_ids"]) or None, context=context,
-            )  # fmt: skip
+            if kind == TICKETS:
+                self.client.transfer_tickets(row["source_email"], row["target_email"],
+                                             preview=True, context=context)  # fmt: skip
+            else:
+                self.client.transfer_conversations(
+                    row["source_email"], row["target_email"], preview=True,
+                    replace_existing_members=bool(row["replace_existing_members"]),
+                    conv_ids=list(row["conv_ids"]) or None, context=context,
+                )  # fmt: skip
             return
         except AuthError:
             raise
@@ -130,13 +145,8 @@ class Previewing(Work):
     def _preflight_one(self, row: dict) -> ApiError | None:
         """One preview of ``row`` for :meth:`preflight`: None if OMI answered it, else the
         error (AuthError raised at once: a refused key stops everything)."""
-        context = {"phase": "preflight", "batch_id": row.get("batch_id"), "row": row.get("row")}
         try:
-            self.client.transfer_conversations(
-                row["source_email"], row["target_email"], preview=True,
-                replace_existing_members=bool(row["replace_existing_members"]),
-                conv_ids=list(row["conv_ids"]) or None, context=context,
-            )  # fmt: skip
+            self._send(row, preview=True, phase="preflight", batch_id=row.get("batch_id"))
         except AuthError:
             raise
         except ApiError as error:
@@ -157,15 +167,11 @@ class Previewing(Work):
         return self.preview_summary(batch_id)
 
     def _preview_count(self, batch_id: str, row: dict, phase: str) -> tuple[int | None, str | None]:
-        """Ask OMI how many conversations this row would move: (count, error)."""
+        """Ask OMI how many conversations (or tickets, for a ticket transfer) this transfer would
+        move: (count, error). A key without the tickets permission is this transfer's error."""
+        kind = transfer_kind(row)
         try:
-            result = self.client.transfer_conversations(
-                row["source_email"], row["target_email"], preview=True,
-                replace_existing_members=bool(row["replace_existing_members"]),
-                conv_ids=row["conv_ids"] or None,
-                callback=self._callback(batch_id, row["row"], "preview"),
-                context={"batch_id": batch_id, "row": row["row"], "phase": phase},
-            )  # fmt: skip
+            result = self._send(row, preview=True, phase=phase, batch_id=batch_id, callback=True)
         except AuthError:
             raise
         except TransportError as error:
@@ -178,13 +184,15 @@ class Previewing(Work):
             return result.count, None
         if not result.request_id:
             return None, "OMI answered the preview with neither a count nor a requestId"
-        self._step(batch_id, row["row"], event="preview_requested",
+        self._step(batch_id, row["row"], event="preview_requested", kind=kind,
                    preview_request_id=result.request_id)  # fmt: skip
-        if not self._callback(batch_id, row["row"], "preview"):
+        if not self._callback(batch_id, row["row"], phase_of(kind, "preview")):
             return None, ("OMI sends this preview's count by callback, and no webhook is set "
                           "(set OMI_WEBHOOK_URL and OMI_WEBHOOK_SECRET, or use --listen)")  # fmt: skip
         found = self._wait_for(
-            lambda: self.ledger.find_callback(batch_id, row["row"], "preview", result.request_id),
+            lambda: self.ledger.find_callback(
+                batch_id, row["row"], phase_of(kind, "preview"), result.request_id
+            ),
             self.wait,
             (batch_id, row["row"]),
         )
@@ -213,10 +221,11 @@ class Previewing(Work):
             if error is None:
                 self._step(batch_id, row["row"], state="previewed", event="previewed",
                            conversations_previewed=count, previewed_at=now_iso(),
-                           preview_error=None, **unapproved)  # fmt: skip
+                           preview_error=None, kind=row["kind"], **unapproved)  # fmt: skip
             else:
                 self._step(batch_id, row["row"], state="preview_failed", event="preview_failed",
-                           preview_error=error, previewed_at=now_iso(), **unapproved)  # fmt: skip
+                           preview_error=error, previewed_at=now_iso(), kind=row["kind"],
+                           **unapproved)  # fmt: skip
         finally:
             self._flush_attempts()
 
@@ -276,23 +285,3 @@ def rows_to_preview(
     rows = list(rows)
     stale = set(stale_rows([r for r in rows if r["state"] in APPROVABLE], max_age_hours, now))
     return [r for r in rows if r["state"] in (PLANNED, PREVIEW_FAILED) or r["row"] in stale]
-
-
-def refuse_ticket_scopes(plan: Plan) -> None:
-    """Refuse, before anything is sent, a plan that asks to move tickets: preview and execute
-    move conversations only so far, and a row that says ``tickets`` must never end
-    ``succeeded`` after a conversation transfer (issue 15)."""
-    rows = [t for t in plan.transfers if t.scope != "conversations"]
-    if rows:
-        problems = [
-            Problem(t.row, "scope_not_supported",
-                    f"scope is {t.scope}: preview and execute move conversations only for now; "
-                    "move this agent's tickets in OMI itself, and set scope to conversations "
-                    "(or leave it blank) to move the conversations here")
-            for t in rows
-        ]  # fmt: skip
-        raise InputError(
-            f"{len(rows)} row(s) ask to move tickets, which omi-batch cannot do yet: "
-            "nothing was sent",
-            problems,
-        )

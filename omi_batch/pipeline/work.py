@@ -10,16 +10,29 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 
 from omi_batch import callbacks
-from omi_batch.client import Attempt, AuthError, OmiClient, RetryPolicy, TransportError
+from omi_batch.client import (
+    Attempt,
+    AuthError,
+    OmiClient,
+    RetryPolicy,
+    TransferResult,
+    TransportError,
+)
 from omi_batch.config import Secret, Settings
 from omi_batch.ledger import Ledger, os_user
 from omi_batch.ledger import now as ledger_now
 from omi_batch.ledger.serial import SerialLedger
 from omi_batch.pipeline.outcome import Progress
 from omi_batch.ratelimit import DEFAULT_CEILING, AdaptiveLimiter, SlowDown
+from omi_batch.states import TICKETS, base_phase, kind_of, kinds_of, phase_of
 
 now_iso = ledger_now  # one clock format for the whole ledger
 who = os_user
+
+
+def transfer_kind(row: dict) -> str:
+    """The kind of a ledger transfer, or of the first transfer of a plan's row (its scope)."""
+    return row.get("kind") or kinds_of(row.get("scope"))[0]
 
 
 class Work:
@@ -97,8 +110,8 @@ class Work:
         data = asdict(attempt)
         data.pop("context", None)
         if not batch_id:
-            if context.get("phase") == "preflight":  # stored by create_batch once it exists
-                self._early.append((context.get("row"), data))
+            if base_phase(context.get("phase")) == "preflight":  # stored by create_batch later
+                self._early.append((context.get("row"), context["phase"], data))
             return
         if attempt.error is None and context.get("row") is not None:
             pending = getattr(self._pending, "attempts", None)
@@ -120,9 +133,11 @@ class Work:
             self.ledger.record_attempt(batch_id, row, phase, data)
 
     def _step(self, batch_id: str, number: int, *, event: str, **options: object) -> None:
-        """One row step and this thread's held attempts for that row, in one transaction."""
+        """One transfer's step (``kind=``, conversations by default) and this thread's held
+        attempts for that transfer, in one transaction."""
         held = self._take_attempts()
-        mine = [a for a in held if a[0] == batch_id and a[1] == number]
+        kind = options.get("kind") or "conversations"
+        mine = [a for a in held if a[0] == batch_id and a[1] == number and kind_of(a[2]) == kind]
         self._pending.attempts = [a for a in held if a not in mine]
         phase = mine[-1][2] if mine else options.pop("phase", None)
         options.pop("phase", None)
@@ -139,6 +154,35 @@ class Work:
         return callbacks.callback_config(
             self.webhook_url, self.webhook_secret, batch_id, row, phase
         )
+
+    def _send(
+        self,
+        row: dict,
+        *,
+        preview: bool,
+        phase: str,
+        batch_id: str | None = None,
+        callback: bool = False,
+    ) -> TransferResult:
+        """One transfer of ``row``'s kind (its conversations, or its tickets) to OMI, its
+        attempts recorded under ``phase`` named for the kind (``tickets-execute``); with
+        ``callback``, the URL and credential of that very transfer."""
+        kind = transfer_kind(row)
+        context = {"batch_id": batch_id, "row": row.get("row"), "phase": phase_of(kind, phase)}
+        config = None
+        if callback and batch_id:  # a reconcile's preview is called back as a preview
+            called = phase_of(kind, "preview" if preview else "execute")
+            config = self._callback(batch_id, row["row"], called)
+        if kind == TICKETS:
+            return self.client.transfer_tickets(
+                row["source_email"], row["target_email"], preview=preview, callback=config,
+                context=context,
+            )  # fmt: skip
+        return self.client.transfer_conversations(
+            row["source_email"], row["target_email"], preview=preview,
+            replace_existing_members=bool(row["replace_existing_members"]),
+            conv_ids=list(row["conv_ids"]) or None, callback=config, context=context,
+        )  # fmt: skip
 
     def _map(self, work: Callable[[dict], None], rows: Iterable[dict], phase: str) -> None:
         """Run ``work`` over rows on ``concurrency`` threads; stop early when OMI refuses the
