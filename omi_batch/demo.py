@@ -11,8 +11,9 @@ ledger, reports, logs):
 
 then checks the outcome in the ledger, and stops the simulator whatever happens.
 
-The sample has a chain (a→b, b→c), a source split by ``conv_ids``, Vietnamese names, and that
-one row caught by the directory check. The demo exits 0 when the flow behaved as designed (that
+The sample has a chain (a→b, b→c), a source split by ``conv_ids``, a row whose open tickets move
+with its conversations (``scope=both``: two transfers, the tickets after the conversations),
+Vietnamese names, and that one row caught by the directory check. The demo exits 0 when the flow behaved as designed (that
 row caught, every other row succeeded), 1 when anything else happened, 130 on Ctrl-C.
 """
 
@@ -143,7 +144,8 @@ def without_rows(source: Path, target: Path, rows: set[int]) -> Path:
 
 
 def check_outcome(ledger_path: Path, reports_dir: Path, run_code: int) -> list:
-    """The rows that succeeded (every row must have); DemoFailed when anything else happened."""
+    """The transfers that succeeded (every one must have: conversations and tickets, each
+    confirmed by its own callback); DemoFailed when anything else happened."""
     from omi_batch.ledger import Ledger
 
     if run_code != 0:
@@ -161,7 +163,8 @@ def check_outcome(ledger_path: Path, reports_dir: Path, run_code: int) -> list:
     succeeded = [r for r in rows if r["state"] == "succeeded" and r["verified_by"] == "callback"]
     others = [r for r in rows if r not in succeeded]
     if others:
-        listed = "; ".join(f"row {r['row']} is {r['state']}: {r['error'] or r['preview_error']}"
+        listed = "; ".join(f"row {r['row']}{' (tickets)' if r['kind'] == 'tickets' else ''} "
+                           f"is {r['state']}: {r['error'] or r['preview_error']}"
                            for r in others)  # fmt: skip
         raise DemoFailed(f"unexpected outcome: {listed}")
     if not succeeded:
@@ -264,10 +267,17 @@ def main(argv: list[str] | None = None) -> int:
     for path in sorted(p for p in reports_dir.iterdir() if p.suffix in (".csv", ".xlsx")):
         say(f"  {path.name}")  # the CSV reports for scripts, the workbooks for people
     say(f"Ledger: {_show(ledger_path)}   (omi-batch status --ledger {_show(ledger_path)})")
-    moved = sum(r["updated_records"] or 0 for r in succeeded)
-    say(f"{len(succeeded)} transfer(s) succeeded, confirmed by OMI's callbacks: {moved} "
-        "conversation(s) moved.")  # fmt: skip
-    for row in succeeded:
+    conversations = [r for r in succeeded if r["kind"] != "tickets"]
+    tickets = [r for r in succeeded if r["kind"] == "tickets"]
+    moved = sum(r["updated_records"] or 0 for r in conversations)
+    what = f"{moved} conversation(s)"
+    if tickets:
+        what += f" and {sum(r['updated_records'] or 0 for r in tickets)} ticket(s)"
+    say(f"{len(succeeded)} transfer(s) succeeded, confirmed by OMI's callbacks: {what} moved.")
+    for row in tickets:
+        say(f"Row {row['row']} moved {row['source_email']}'s {row['updated_records']} open "
+            f"ticket(s) to {row['target_email']} too, after its conversations.")  # fmt: skip
+    for row in conversations:
         if row["via"]:
             say(f"Row {row['row']} was a chain: {row['requested_target']} is leaving too, so "
                 f"{row['source_email']}'s conversations went straight to {row['target_email']}.")  # fmt: skip
