@@ -720,12 +720,15 @@ class _Tick:
         self.pipeline.preview_summary(
             batch_id, self.job.reports, max_age_hours=self.job.max_age_hours, replace=True
         )
-        rows = self.ledger.rows(batch_id)
+        rows = self.ledger.rows(batch_id)  # one per transfer: counted per row of the file
         previewed = [r for r in rows if r["conversations_previewed"] is not None]
-        failed = [r for r in rows if r["state"] == "preview_failed"]
-        log.info("job %s: batch %s: %d row(s) previewed, %d conversation(s) to move, "
-                 "%d failed their preview", self.job.name, batch_id, len(previewed),
-                 sum(r["conversations_previewed"] for r in previewed), len(failed))  # fmt: skip
+        failed = {r["row"] for r in rows if r["state"] == "preview_failed"}
+        moving = sum(r["conversations_previewed"] for r in previewed if r["kind"] != "tickets")
+        tickets = [r["conversations_previewed"] for r in previewed if r["kind"] == "tickets"]
+        what = f"{moving} conversation(s)" + (f" and {sum(tickets)} ticket(s)" if tickets else "")
+        log.info("job %s: batch %s: %d row(s) previewed, %s to move, %d failed their preview",
+                 self.job.name, batch_id, len({r["row"] for r in previewed} - failed), what,
+                 len(failed))  # fmt: skip
 
     def _to_review(self, batch_id: str, reason: str | None = None) -> None:
         """Put the review workbook and the preview and targets reports in the review folder

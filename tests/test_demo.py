@@ -65,11 +65,18 @@ def test_the_demo_runs_the_whole_flow_and_stops_the_simulator(tmp_path):
     sample = SAMPLE.read_text(encoding="utf-8").splitlines(keepends=True)
     assert copy.read_text(encoding="utf-8") == "".join(sample[:6] + sample[7:])
     # The results table, from `omi-batch run` (plain columns: the demo reads it through a
-    # pipe): every row left succeeded.
-    for row in (2, 3, 4, 5, 6):
+    # pipe): every row left succeeded; the sample's row 8 (row 7 of the copy, tuan.ho, scope
+    # both) is two transfers, its tickets after its conversations.
+    for row in (2, 3, 4, 5, 6, 7):
         assert re.search(rf"^ *{row}  .*  succeeded( |$)", done.stdout, re.M), row
-    assert not re.search(r"^ *7  ", done.stdout, re.M)
-    assert lines[-4].startswith("5 transfer(s) succeeded, confirmed by OMI's callbacks: ")
+    assert re.search(
+        r"^ *7 \(tickets\)  +tuan\.ho@example\.vn .*  succeeded( |$)", done.stdout, re.M
+    )
+    assert not re.search(r"long\.ly@example\.vn .*  succeeded", done.stdout)
+    assert re.fullmatch(r"7 transfer\(s\) succeeded, confirmed by OMI's callbacks: \d+ "
+                        r"conversation\(s\) and 2 ticket\(s\) moved\.", lines[-5])  # fmt: skip
+    assert lines[-4] == ("Row 7 moved tuan.ho@example.vn's 2 open ticket(s) to "
+                         "hanh.ngo@example.vn too, after its conversations.")  # fmt: skip
     assert lines[-3] == ("Row 2 was a chain: minh.tran@example.vn is leaving too, so "
                          "lan.nguyen@example.vn's conversations went straight to "
                          "hong.le@example.vn.")  # fmt: skip

@@ -332,9 +332,10 @@ def test_a_batch_travels_inbox_review_approved_archive(tmp_path, runner, simulat
     assert names(job.inbox) == []
     assert names(job.review) == [f"{batch_id}-{kind}" for kind in REVIEW_FILES]
     assert states(job, batch_id) == {2: "previewed", 3: "previewed", 4: "previewed",
-                                     5: "previewed", 6: "previewed", 7: "preview_failed"}  # fmt: skip
-    assert (f"job offboarding: batch {batch_id}: 5 row(s) previewed, 73 conversation(s) to move, "
-            "1 failed their preview") in messages(job_log)  # fmt: skip
+                                     5: "previewed", 6: "previewed", 7: "preview_failed",
+                                     8: "previewed"}  # fmt: skip
+    assert (f"job offboarding: batch {batch_id}: 6 row(s) previewed, 85 conversation(s) and 2 "
+            "ticket(s) to move, 1 failed their preview") in messages(job_log)  # fmt: skip
 
     # A tick with nothing new: the batch waits, nothing is duplicated or sent.
     requests_before = len(sim.events)
@@ -348,14 +349,15 @@ def test_a_batch_travels_inbox_review_approved_archive(tmp_path, runner, simulat
     result = runner.invoke(cli, ["job", "run", str(job.path)], env=env)
     assert result.exit_code == 1  # the row without an OMI account failed its preview
     assert states(job, batch_id) == {2: "succeeded", 3: "succeeded", 4: "succeeded",
-                                     5: "succeeded", 6: "succeeded", 7: "preview_failed"}  # fmt: skip
+                                     5: "succeeded", 6: "succeeded", 7: "preview_failed",
+                                     8: "succeeded"}  # fmt: skip
     assert names(job.review) == names(job.approved) == names(job.reports) == []
     assert names(job.archive / batch_id) == sorted(
         f"{batch_id}-{kind}" for kind in ("approved.csv", "preview.csv", "targets.csv",
                                           "results.csv", "retry.csv", "source-departures.csv",
                                           "review.xlsx", "results.xlsx")
     )  # fmt: skip
-    assert f"job offboarding: batch {batch_id}: 5 row(s) approved, 0 skipped" in messages(job_log)
+    assert f"job offboarding: batch {batch_id}: 6 row(s) approved, 0 skipped" in messages(job_log)
     retry = (job.archive / batch_id / f"{batch_id}-retry.csv").read_text(encoding="utf-8-sig")
     assert retry.splitlines()[1].startswith("thu.dang@example.vn,long.ly@example.vn,")
     with Ledger(job.ledger) as ledger:

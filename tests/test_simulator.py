@@ -938,9 +938,12 @@ def test_the_sample_csv_matches_the_fixture(simulator):
         "target_email",
         "replace_existing_members",
         "conv_ids",
+        "scope",
         "note",
     ]
-    assert 5 <= len(rows) <= 7
+    assert 5 <= len(rows) <= 8
+    [both] = [r for r in rows if r["scope"] == "both"]  # its conversations and open tickets
+    assert sim.count_tickets(both["source_email"], both["target_email"]) == 2
     leaving = {r["source_email"]: r["target_email"] for r in rows if not r["conv_ids"]}
     assert leaving[LAN] == MINH and leaving[MINH] == HONG  # a chain: lan → minh → hong
     split = [r for r in rows if r["source_email"] == BAO]

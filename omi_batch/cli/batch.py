@@ -102,7 +102,8 @@ def _start_execute(batch_id: str, yes: bool, pipeline: Any = None) -> Any:
         ):  # fmt: skip
             click.echo(f"Nothing executed. Run omi-batch execute {batch_id} when ready.", err=True)
             return False
-        click.echo(f"Batch {batch_id}: executing {len(rows)} row(s)", err=True)
+        click.echo(f"Batch {batch_id}: executing {len({r['row'] for r in rows})} row(s)",
+                   err=True)  # fmt: skip
         return True
 
     return start

@@ -208,7 +208,7 @@ def print_plan_summary(rows: list[dict]) -> None:
     if tickets:
         what += f" and {sum(r['conversations_previewed'] for r in tickets)} ticket(s)"
     failed = [r for r in rows if r["state"] == "preview_failed"]
-    click.echo(f"{len(previewed)} row(s) previewed: {what} to "
+    click.echo(f"{len({r['row'] for r in previewed})} row(s) previewed: {what} to "
                f"{len(targets)} target agent(s); {len(failed)} failed their preview.", err=True)  # fmt: skip
     for row in failed:
         click.echo(f"  {row_label(row)}: {row['source_email']} → {row['target_email']}: "
