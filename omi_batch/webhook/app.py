@@ -1,27 +1,10 @@
-"""The webhook receiver: where OMI reports each transfer's result.
-
-``make_app`` builds a small WSGI app; ``serve`` runs it until SIGTERM or Ctrl-C (the CLI),
-``start`` in a background thread (``--listen`` and tests), both through ``omi_batch.serving``. The app checks each
-callback's per-transfer credential (see ``omi_batch.callbacks``), writes the raw callback to the
-ledger and only then answers 2xx, so a callback is never acknowledged and lost. Checks run in a
-fixed order: path (not a callback path: 404), method (405), size (413), credential (401), JSON
-(400), then the ledger's verdict (unknown transfer: 404). Every refusal that names a transfer
-is recorded in the ledger too, and no refusal changes a row.
-
-waitress reads each request in full on its I/O thread before a worker thread sees it, so a
-slow client costs a socket, not a worker. Ledger writes go through one thread in arrival
-order and are given ``answer_within`` seconds (1.5): past that the answer is 503, so OMI
-always has its answer inside its 2 seconds, even while a runner holds the ledger. That thread
-stores every callback waiting at that moment in one transaction (``Ledger.receive_callbacks``,
-a group commit: one fsync for the group instead of one per callback, issue 6), and each is
-answered only once that transaction is committed.
-"""
+"""The receiver's WSGI app: checks each callback (path, method, size, credential, JSON), has
+it stored through the ledger writer, and answers within ``answer_within`` seconds."""
 
 from __future__ import annotations
 
 import json
 import logging
-import queue
 import threading
 import time
 import uuid
@@ -30,25 +13,24 @@ from concurrent.futures import Future
 from http import HTTPStatus
 from typing import Any
 
-from omi_batch import callbacks, serving
+from omi_batch import callbacks
 from omi_batch.bodies import BodyError, parse_body
 from omi_batch.callbacks import CallbackTarget
 from omi_batch.config import Secret
 from omi_batch.errors import ConfigError, LedgerGone
 from omi_batch.refusals import RefusalTally
 from omi_batch.spool import Spool, spool_path
+from omi_batch.webhook.writer import Writer, is_ledger_error
 
 MAX_BODY = 65536
 REFUSED_BODY_KEPT = 4096  # bytes of an uncredentialed body kept in the ledger
 ANSWER_WITHIN = 1.5  # seconds the ledger gets before we answer 503: OMI allows 2
-MAX_GROUP = 100  # callbacks stored in one transaction at most
 MAX_HEADERS = 64  # request headers allowed at most (431 beyond): OMI sends about 6
 MAX_HEADER_BYTES = 16384  # their total size at most
 KEPT_HEADERS = 32  # headers stored with a callback at most, each value cut to KEPT_HEADER_VALUE
 KEPT_HEADER_VALUE = 256
 HOLD_RETRY = 0.5  # seconds between tries of a callback held until its row's 202 is stored
 HOLD_FOR = 600.0  # seconds a callback is held at most; then it is judged on what is known
-POLL = 0.5  # seconds between looks at the spool when nothing else wakes the writer
 LOGGER_NAME = "omi_batch.webhook"
 HEALTH_PATH = "/healthz"
 
@@ -130,7 +112,7 @@ class WebhookApp:
         self.hold_for = float(hold_for)
         self.refusals = RefusalTally()
         self._write_lock = threading.Lock()
-        self._pool: _Writer | None = None
+        self._pool: Writer | None = None
         self._pool_lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -248,14 +230,14 @@ class WebhookApp:
             self._spool(writer, callback, "spooled")
             raise
         except Exception as error:
-            if not _is_ledger_error(error):
+            if not is_ledger_error(error):
                 raise
             return self._spool(writer, callback, "spooled")
         if verdict == "held":
             return self._spool(writer, callback, "held")
         return verdict
 
-    def _spool(self, writer: _Writer, callback: dict, verdict: str) -> str:
+    def _spool(self, writer: Writer, callback: dict, verdict: str) -> str:
         assert self.spool is not None
         wait = self.hold_retry if verdict == "held" else 0.0
         self.spool.put(callback, wait=wait)
@@ -285,7 +267,7 @@ class WebhookApp:
         Writes go through one thread, in arrival order: SQLite takes one writer at a time
         anyway, and threads queued on a Python lock wake at once where threads contending for
         the SQLite lock sleep and poll (which made the slowest answers ten times slower); and
-        the callbacks waiting at the same moment share one transaction (see :class:`_Writer`)."""
+        the callbacks waiting at the same moment share one transaction (see :class:`Writer`)."""
         callback = {"batch_id": target.batch_id, "row": target.row, "phase": target.phase,
                     **received}  # fmt: skip
         if not getattr(self.ledger, "takes_receipts", False):
@@ -320,10 +302,10 @@ class WebhookApp:
             outcome,
         )
 
-    def _executor(self) -> _Writer:
+    def _executor(self) -> Writer:
         with self._pool_lock:
             if self._pool is None:
-                self._pool = _Writer(self)
+                self._pool = Writer(self)
             return self._pool
 
     def start(self) -> None:
@@ -437,224 +419,6 @@ class WebhookApp:
         return _respond(start_response, 404, {"error": "not found"})
 
 
-class _Writer:
-    """The one thread that writes the ledger, in arrival order: each turn it takes every
-    callback waiting (up to :data:`MAX_GROUP`) and stores them in one transaction when the
-    ledger offers ``receive_callbacks`` (one savepoint each, so one failing loses no other),
-    else one by one. Each caller's Future gets its own verdict or error, and only after the
-    commit, so a callback is still stored before it is answered. A Future still queued can be
-    cancelled; one taken into a group can no longer be.
-
-    Between turns (and at least every :data:`POLL` seconds) it applies what waits in the
-    spool, oldest first, and writes the refusal counts of each finished minute. It starts with
-    the spool, so a receiver restarted applies what the last one left before anything new."""
-
-    def __init__(self, app: WebhookApp):
-        self._app = app
-        self._ledger = app.ledger
-        self._spool = app.spool
-        self._metrics = app.metrics
-        # Only a ledger whose class has it: a wrapper that adds work around receive_callback
-        # (a lock, a notification) passes receive_callbacks through untouched, so it is not used.
-        self._grouped = callable(getattr(type(self._ledger), "receive_callbacks", None))
-        self._queue: queue.SimpleQueue[tuple[dict, Future] | None] = queue.SimpleQueue()
-        self._closed = False
-        self._lock = threading.Lock()
-        self._due = self._spool is not None and self._spool.exists()  # the spool may hold some
-        self._held_rows: set[tuple[str, int, str]] = set()
-        self.gone: str | None = None  # why the ledger can no longer be written, once it is
-        self._thread = threading.Thread(
-            target=self._run, name="omi-batch-webhook-ledger", daemon=True
-        )
-        self._thread.start()
-
-    def submit(self, callback: dict) -> Future:
-        """Queue ``callback`` (receive_callback's keyword arguments); its Future gets the verdict."""
-        future: Future = Future()
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("the webhook's ledger writer is closed")
-            self._queue.put((callback, future))
-        return future
-
-    def must_queue(self, target: CallbackTarget) -> bool:
-        """Whether a new callback must go behind the spool's (to keep their order)."""
-        with self._lock:
-            return self._due or (target.batch_id, target.row, target.phase) in self._held_rows
-
-    def spooled(self, callback: dict, *, held: bool) -> None:
-        """A callback went to the spool: apply it when due (wake the writer unless held)."""
-        key = (callback["batch_id"], callback["row"], callback["phase"])
-        with self._lock:
-            if held:
-                self._held_rows.add(key)
-            else:
-                self._due = True
-                self._queue.put(("wake", None))  # type: ignore[arg-type]
-
-    def close(self) -> None:
-        """Cancel what is still queued, let the group being stored finish, end the thread."""
-        with self._lock:
-            self._closed = True
-            self._queue.put(None)
-        self._thread.join()
-
-    def _run(self) -> None:
-        self._after_turn()  # what an earlier receiver left in the spool goes first
-        while True:
-            try:
-                item = self._queue.get(timeout=POLL)
-            except queue.Empty:
-                item = ("wake", None)  # type: ignore[assignment]
-            group = []
-            stop = False
-            while True:
-                if item is None:
-                    stop = True
-                elif item[1] is None:  # a wake-up: nothing to answer
-                    pass
-                elif self._closed:
-                    item[1].cancel()
-                elif item[1].set_running_or_notify_cancel():  # False: cancelled (too slow)
-                    group.append(item)
-                if stop or len(group) >= MAX_GROUP:
-                    break
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-            if group:
-                self._store(group)
-            self._after_turn(final=stop)
-            if stop:
-                while True:  # anything queued after the close: cancelled
-                    try:
-                        late = self._queue.get_nowait()
-                    except queue.Empty:
-                        return
-                    if late is not None and late[1] is not None:
-                        late[1].cancel()
-
-    def _after_turn(self, *, final: bool = False) -> None:
-        """Drain the spool and write the refusal counts; never raises (retried next turn)."""
-        try:
-            self._drain()
-        except Exception as error:
-            self._app.logger.warning("spool: not applied yet (%s)", type(error).__name__)
-        counts = self._app.refusals.take(everything=final)
-        record = getattr(self._ledger, "record_refusals", None)
-        if counts and callable(record):
-            try:
-                record(counts)
-            except Exception as error:
-                self._app.refusals.give_back(counts)
-                self._app.logger.warning(
-                    "refusal counts not written yet (%s)", type(error).__name__
-                )
-
-    def _drain(self) -> None:
-        """Apply the spool's due entries, oldest first, in groups; stop at the first group the
-        ledger refuses (kept for the next turn)."""
-        spool = self._spool
-        if spool is None or not spool.exists():
-            return
-        for _ in range(1000):  # bounded: at most 100,000 entries a turn
-            entries = spool.pending(MAX_GROUP)
-            if not entries:
-                with self._lock:  # a callback spooled meanwhile is seen here, or sets _due
-                    if spool.pending(1):
-                        continue
-                    self._due = False
-                    held = {(e.callback["batch_id"], e.callback["row"], e.callback["phase"])
-                            for e in spool.pending(10_000, due=False)}  # fmt: skip
-                    self._held_rows = held
-                return
-            received = [self._entry_callback(entry) for entry in entries]
-            results = self._apply(received)
-            done, later = [], []
-            for entry, outcome in zip(entries, results, strict=True):
-                if isinstance(outcome, LedgerGone):
-                    self.gone = str(outcome)
-                if outcome == "held" or (
-                    isinstance(outcome, Exception) and _is_ledger_error(outcome)
-                ):
-                    later.append(entry.id)
-                else:
-                    done.append(entry.id)
-                    self._app.logger.info(
-                        "spooled callback batch=%s row=%s phase=%s verdict=%s",
-                        entry.callback["batch_id"], entry.callback["row"],
-                        entry.callback["phase"],
-                        outcome if isinstance(outcome, str) else f"error={type(outcome).__name__}",
-                    )  # fmt: skip
-            spool.remove(done)
-            spool.later(later, self._app.hold_retry)
-            if later:
-                return
-
-    def _entry_callback(self, entry: Any) -> dict:
-        """A spool entry as receive_callback's arguments: its body read again; held only
-        while it is younger than ``hold_for``."""
-        callback = dict(entry.callback)
-        callback["body"] = None
-        if callback.get("refused") is None:
-            try:
-                callback["body"] = parse_body(callback["raw_body"])
-            except BodyError as error:
-                callback["refused"] = error.reason
-        callback["may_hold"] = _age(entry.received_at) < self._app.hold_for
-        if not getattr(self._ledger, "takes_receipts", False):
-            callback.pop("receipt", None)
-            callback.pop("may_hold", None)
-        return callback
-
-    def _apply(self, received: list[dict]) -> list[Any]:
-        began = time.monotonic()
-        try:
-            if self._grouped and len(received) > 1:
-                return list(self._ledger.receive_callbacks(received))
-            return [self._one(callback) for callback in received]
-        except BaseException as error:  # the transaction itself failed: none is stored
-            return [error] * len(received)
-        finally:
-            if self._metrics is not None:
-                self._metrics.observe_ledger_write(time.monotonic() - began)
-
-    def _store(self, group: list[tuple[dict, Future]]) -> None:
-        results = self._apply([callback for callback, _ in group])
-        for (_, future), outcome in zip(group, results, strict=True):
-            if isinstance(outcome, LedgerGone):
-                self.gone = str(outcome)
-            if isinstance(outcome, BaseException):
-                future.set_exception(outcome)
-            else:
-                future.set_result(outcome)
-
-    def _one(self, callback: dict) -> Any:
-        try:
-            return self._ledger.receive_callback(**callback)
-        except Exception as error:
-            return error
-
-
-def _is_ledger_error(error: BaseException) -> bool:
-    """Whether the ledger itself refused the write (locked, read-only, full): worth a retry."""
-    from omi_batch.errors import LedgerError
-
-    return isinstance(error, LedgerError | TimeoutError | OSError)
-
-
-def _age(received_at: str) -> float:
-    """Seconds since an ISO 8601 UTC time."""
-    from datetime import UTC, datetime
-
-    try:
-        then = datetime.fromisoformat(received_at.replace("Z", "+00:00"))
-    except ValueError:
-        return 0.0
-    return (datetime.now(UTC) - then).total_seconds()
-
-
 def _too_many_headers(environ: dict) -> bool:
     """More headers than :data:`MAX_HEADERS`, or more than :data:`MAX_HEADER_BYTES` of them."""
     count = size = 0
@@ -733,30 +497,3 @@ def _respond(
     ]
     start_response(f"{status} {HTTPStatus(status).phrase}", headers)
     return [data]
-
-
-# ---------------------------------------------------------------------- serving
-
-
-def start(
-    app: Callable, host: str = "127.0.0.1", port: int = 0, *, threads: int = 16, grace: float = 10.0
-) -> serving.Running:
-    """Serve ``app`` in a background thread (``--listen``, tests); the port is bound when this
-    returns. A port that cannot be had is a ConfigError (exit 3)."""
-    server = serving.create_server(app, host, port, threads=threads, log_name=LOGGER_NAME)
-    return serving.start(server, grace=grace)
-
-
-def serve(
-    app: Callable,
-    host: str = "127.0.0.1",
-    port: int = 8080,
-    *,
-    threads: int = 16,
-    ready: Callable[[str], None] | None = None,
-    grace: float = 10.0,
-) -> None:
-    """Serve ``app`` until SIGTERM or Ctrl-C, then finish requests in flight and return;
-    ``ready(url)`` is called once the port is bound. A second signal stops at once."""
-    server = serving.create_server(app, host, port, threads=threads, log_name=LOGGER_NAME)
-    serving.serve(server, ready=ready, grace=grace)
