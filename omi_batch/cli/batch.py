@@ -16,6 +16,7 @@ from omi_batch.cli.options import (
     limit_option,
     listen_option,
     notify_option,
+    pipeline_options,
     reports_option,
     scope_option,
     wait_option,
@@ -47,8 +48,9 @@ def _parse_listen(listen: str) -> tuple[str, int]:
 
 
 def _session(ledger_path: str, *, listen: str | None = None, create: bool = False,
-             yes: bool = True, **options: Any) -> Any:  # fmt: skip
-    """The runtime of a command (``omi_batch.session.Session``), its messages on stderr."""
+             yes: bool = True) -> Any:  # fmt: skip
+    """The runtime of a command (``omi_batch.session.Session``) with its --concurrency, --rate,
+    --timeout and --wait, its messages on stderr."""
     from omi_batch.config import Settings
     from omi_batch.session import Session
 
@@ -64,7 +66,8 @@ def _session(ledger_path: str, *, listen: str | None = None, create: bool = Fals
 
         metrics = make_metrics(ledger)  # GET /metrics beside the callbacks
     return Session(settings, ledger, listen=address, say=lambda text: click.echo(text, err=True),
-                   metrics=metrics, metrics_endpoint=True, progress=progress(), **options)  # fmt: skip
+                   metrics=metrics, metrics_endpoint=True, progress=progress(),
+                   **pipeline_options())  # fmt: skip
 
 
 def _notifier(urls: tuple[str, ...]) -> Any:
@@ -300,12 +303,8 @@ def preview(
     scope: str | None,
     ledger_path: str,
     reports_dir: str,
-    concurrency: int,
-    rate: float,
-    timeout: float,
     check_agents: bool,
     listen: str | None,
-    wait: float,
     as_json: bool,
 ) -> None:
     """Validate FILE, create a batch, preview every transfer and write the preview reports.
@@ -323,16 +322,15 @@ def preview(
     """
     if (file is None) == (batch_id is None):
         raise click.UsageError("say what to preview: a FILE, or --batch BATCH")
-    options = {"concurrency": concurrency, "rate": rate, "timeout": timeout, "wait": wait}
     if batch_id is not None:
-        _preview_batch(batch_id, max_age, ledger_path, reports_dir, listen, as_json, options)
+        _preview_batch(batch_id, max_age, ledger_path, reports_dir, listen, as_json)
         return
     plan = load_plan(file, limit=limit, scope=scope)
     for warning in plan.warnings:
         click.echo(f"Warning: {warning}", err=True)
-    with _session(ledger_path, listen=listen, create=True, **options) as session:
+    with _session(ledger_path, listen=listen, create=True) as session:
         batch_id = session.pipeline.create_batch(
-            plan, options={"command": "preview", **options}, check_agents=check_agents
+            plan, options={"command": "preview", **pipeline_options()}, check_agents=check_agents
         )
         _directory_warnings(plan)
         resume_with("preview", "--batch", batch_id, ledger_path=ledger_path,
@@ -345,11 +343,11 @@ def preview(
 
 
 def _preview_batch(batch_id: str, max_age: float, ledger_path: str, reports_dir: str,
-                   listen: str | None, as_json: bool, options: dict) -> None:  # fmt: skip
+                   listen: str | None, as_json: bool) -> None:  # fmt: skip
     """`preview --batch`: the rows of an existing batch that need a preview, previewed again."""
     from omi_batch.pipeline import rows_to_preview
 
-    with _session(ledger_path, listen=listen, **options) as session:
+    with _session(ledger_path, listen=listen) as session:
         before = session.ledger.rows(batch_id)
         for warning in session.ledger.batch(batch_id).get("warnings") or []:
             where = f"row {warning['row']}: " if warning.get("row") is not None else ""
@@ -458,11 +456,7 @@ def execute(
     yes: bool,
     ledger_path: str,
     reports_dir: str,
-    concurrency: int,
-    rate: float,
-    timeout: float,
     listen: str | None,
-    wait: float,
     notify_urls: tuple[str, ...],
     as_json: bool,
 ) -> None:
@@ -476,10 +470,9 @@ def execute(
         omi-batch execute 20261125-093000-ab12 --notify 'json://hooks.example.vn/x?-token=${T}'
     """
     notifier = _notifier(notify_urls)
-    options = {"concurrency": concurrency, "rate": rate, "timeout": timeout, "wait": wait}
     resume_with("execute", batch, *(["--yes"] if yes else []), ledger_path=ledger_path,
                 reports_dir=reports_dir, listen=listen)  # fmt: skip
-    with _session(ledger_path, listen=listen, yes=yes, **options) as session:
+    with _session(ledger_path, listen=listen, yes=yes) as session:
         session.notifier = notifier
         summary = session.pipeline.execute(
             batch, confirm=_start_execute(batch, yes, session.pipeline), reports_dir=reports_dir
@@ -507,12 +500,8 @@ def run(
     scope: str | None,
     ledger_path: str,
     reports_dir: str,
-    concurrency: int,
-    rate: float,
-    timeout: float,
     check_agents: bool,
     listen: str | None,
-    wait: float,
     notify_urls: tuple[str, ...],
     as_json: bool,
 ) -> None:
@@ -528,12 +517,11 @@ def run(
     for warning in plan.warnings:
         click.echo(f"Warning: {warning}", err=True)
     notifier = _notifier(notify_urls)
-    options = {"concurrency": concurrency, "rate": rate, "timeout": timeout, "wait": wait}
-    with _session(ledger_path, listen=listen, create=True, yes=yes, **options) as session:
+    with _session(ledger_path, listen=listen, create=True, yes=yes) as session:
         session.notifier = notifier
         pipeline = session.pipeline
         batch_id = pipeline.create_batch(
-            plan, options={"command": "run", **options}, check_agents=check_agents
+            plan, options={"command": "run", **pipeline_options()}, check_agents=check_agents
         )
         _directory_warnings(plan)
         where = {"ledger_path": ledger_path, "reports_dir": reports_dir, "listen": listen}
@@ -582,11 +570,7 @@ def reconcile(
     batch: str,
     ledger_path: str,
     reports_dir: str,
-    concurrency: int,
-    rate: float,
-    timeout: float,
     listen: str | None,
-    wait: float,
     as_json: bool,
 ) -> None:
     """Preview the unconfirmed rows of BATCH again; nothing left to move means succeeded.
@@ -595,10 +579,9 @@ def reconcile(
     Example:
         omi-batch reconcile 20261125-093000-ab12
     """
-    options = {"concurrency": concurrency, "rate": rate, "timeout": timeout, "wait": wait}
     resume_with("reconcile", batch, ledger_path=ledger_path, reports_dir=reports_dir,
                 listen=listen)  # fmt: skip
-    with _session(ledger_path, listen=listen, **options) as session:
+    with _session(ledger_path, listen=listen) as session:
         before = session.ledger.rows(batch, states=list(OUTCOME_UNKNOWN))
         click.echo(f"Batch {batch}: reconciling {len(before)} unconfirmed row(s)", err=True)
         session.pipeline.reconcile(batch)

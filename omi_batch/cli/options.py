@@ -56,13 +56,24 @@ def scope_option(f: Callable) -> Callable:
     )(f)
 
 
+PIPELINE_OPTIONS = "omi_batch.pipeline_options"  # ctx.meta key: the dict built once
+
+
+def _keep(ctx: click.Context, param: click.Parameter, value: object) -> object:
+    """Put a pipeline option into the command's one options dict (see :func:`pipeline_options`)."""
+    ctx.meta.setdefault(PIPELINE_OPTIONS, {})[param.name] = value
+    return value
+
+
 def http_options(f: Callable) -> Callable:
-    """--concurrency, --rate and --timeout: how hard we talk to OMI."""
+    """--concurrency, --rate and --timeout: how hard we talk to OMI (see :func:`pipeline_options`)."""
     f = click.option(
         "--timeout",
         type=click.FloatRange(min=0.1),
         default=30.0,
         show_default=True,
+        expose_value=False,
+        callback=_keep,
         help="Seconds to wait for each HTTP answer.",
     )(f)
     f = click.option(
@@ -70,6 +81,8 @@ def http_options(f: Callable) -> Callable:
         type=click.FloatRange(min=0.01),
         default=20.0,
         show_default=True,
+        expose_value=False,
+        callback=_keep,
         help="Ceiling of requests per second. The rate starts at 5 (or this, if lower), "
         "rises while OMI accepts and slows down at once when OMI says too many.",
     )(f)
@@ -78,9 +91,20 @@ def http_options(f: Callable) -> Callable:
         type=click.IntRange(1, 64),
         default=4,
         show_default=True,
+        expose_value=False,
+        callback=_keep,
         help="Transfers in flight at once.",
     )(f)
     return f
+
+
+def pipeline_options() -> dict:
+    """The command's --concurrency, --rate, --timeout and --wait as one dict, built once from
+    the options themselves: what ``Session`` takes and what a batch records as its options."""
+    chosen = click.get_current_context().meta.get(PIPELINE_OPTIONS, {})
+    return {
+        name: chosen[name] for name in ("concurrency", "rate", "timeout", "wait") if name in chosen
+    }
 
 
 def check_agents_option(f: Callable) -> Callable:
@@ -104,11 +128,14 @@ def listen_option(f: Callable) -> Callable:
 
 
 def wait_option(default: float) -> Callable:
+    """--wait: seconds a row's callback is waited for (into :func:`pipeline_options`)."""
     return click.option(
         "--wait",
         type=click.FloatRange(min=0),
         default=default,
         show_default=True,
+        expose_value=False,
+        callback=_keep,
         help="Seconds to wait for callbacks before calling a row unconfirmed.",
     )
 
@@ -193,3 +220,232 @@ def setup_logging(verbose: int, fmt: str | None = None) -> None:
     if fmt is None and any(not isinstance(h, logs.StderrHandler) for h in root.handlers):
         return
     logs.setup_logging(verbose, fmt or "text")
+
+
+def _check_rate_limit(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Refuse a malformed --rate-limit before anything starts."""
+    from omi_batch.errors import UsageError
+    from omi_batch.simulator.gate import parse_rate_limit
+
+    try:
+        parse_rate_limit(value)
+    except UsageError as error:
+        raise click.BadParameter(str(error).replace("rate_limit", "--rate-limit", 1)) from None
+    return value
+
+
+def _knob(*decls: str, **attrs: object) -> tuple[tuple[str, ...], dict]:
+    return decls, attrs
+
+
+# `simulator serve`'s knobs, one table: each is a click option; the ones named in
+# SIMULATOR_FAULTS go to simulator.Faults, the others to Simulator (same names).
+SIMULATOR_KNOBS = (
+    _knob(
+        "--fixture",
+        type=click.Path(exists=True, dir_okay=False),
+        default=None,
+        help="Agents and conversations (default: the built-in sample fixture).",
+    ),
+    _knob(
+        "--api-key",
+        envvar="OMI_API_KEY",
+        default="sim-key",
+        show_default=False,
+        help="The only API key accepted, as x-api-key or by GET /api/auth (default: sim-key, or "
+        "OMI_API_KEY). Never printed.",
+    ),
+    _knob(
+        "--preview-mode",
+        type=click.Choice(["sync", "async"]),
+        default="sync",
+        show_default=True,
+        help="sync: a preview's count is in the answer; async: 202, the count comes in a callback.",
+    ),
+    _knob(
+        "--preview-field",
+        type=click.Choice(["updatedRecords", "totalRecords", "total", "count", "number"]),
+        default="updatedRecords",
+        show_default=True,
+        help="Where a sync preview puts its count (number: the payload is the count itself).",
+    ),
+    _knob(
+        "--latency-ms", type=click.FloatRange(min=0), default=0, help="Added before every answer."
+    ),
+    _knob(
+        "--error-rate",
+        type=click.FloatRange(0, 1),
+        default=0,
+        help="Fraction of requests answered 500 or 503 (nothing applied).",
+    ),
+    _knob(
+        "--rate-limit-rate",
+        type=click.FloatRange(0, 1),
+        default=0,
+        help="Fraction of requests answered 429 with Retry-After (nothing applied).",
+    ),
+    _knob(
+        "--retry-after",
+        type=click.FloatRange(min=0),
+        default=1.0,
+        show_default=True,
+        help="Seconds put in Retry-After.",
+    ),
+    _knob(
+        "--slow-rate",
+        type=click.FloatRange(0, 1),
+        default=0,
+        help="Fraction answered only after --slow-seconds (the transfer is applied first).",
+    ),
+    _knob(
+        "--slow-seconds",
+        type=click.FloatRange(min=0),
+        default=35.0,
+        show_default=True,
+        help="How late a slow answer is.",
+    ),
+    _knob(
+        "--reset-rate",
+        type=click.FloatRange(0, 1),
+        default=0,
+        help="Fraction of connections closed with no answer (nothing applied).",
+    ),
+    _knob(
+        "--drop-callbacks",
+        type=click.FloatRange(0, 1),
+        default=0,
+        help="Fraction of callbacks never sent.",
+    ),
+    _knob(
+        "--duplicate-callbacks",
+        type=click.FloatRange(0, 1),
+        default=0,
+        help="Fraction of callbacks sent twice.",
+    ),
+    _knob(
+        "--callback-delay",
+        type=click.FloatRange(min=0),
+        default=0,
+        help="Seconds before each callback is sent.",
+    ),
+    _knob("--reorder-callbacks", is_flag=True, help="Hold callbacks back and send them shuffled."),
+    _knob(
+        "--callback-error-rate",
+        type=click.FloatRange(0, 1),
+        default=0,
+        help="Fraction of executes whose callback says ERROR (nothing moved).",
+    ),
+    _knob(
+        "--rate-limit",
+        metavar="RPS[:BURST]",
+        default=None,
+        callback=_check_rate_limit,
+        help="A hidden token bucket over every request of every endpoint: RPS a second, bursts of "
+        "BURST (default: one second's worth). Off by default.",
+    ),
+    _knob(
+        "--rate-limit-retry-after",
+        type=click.Choice(["header", "none", "envelope"]),
+        default="header",
+        show_default=True,
+        help="How --rate-limit refuses: 429 with Retry-After (whole seconds), 429 without it, or "
+        "HTTP 200 with a -9999 rate_limit_exceeded envelope.",
+    ),
+    _knob(
+        "--auth",
+        type=click.Choice(["api-key", "bearer", "both"]),
+        default="api-key",
+        show_default=True,
+        help="What the transfer and chat endpoints accept: x-api-key, Authorization: Bearer with a "
+        "token from GET /api/auth, or either.",
+    ),
+    _knob(
+        "--directory-auth",
+        type=click.Choice(["api-key", "bearer", "both"]),
+        default="bearer",
+        show_default=True,
+        help="The same for the agent directory (GET /api/agent/list); the vendor documents Bearer.",
+    ),
+    _knob(
+        "--token-lifetime",
+        type=click.FloatRange(min=0, min_open=True),
+        metavar="SECONDS",
+        default=86400.0,
+        show_default=True,
+        help="Seconds a token lives; then requests with it get 401 token_expired.",
+    ),
+    _knob(
+        "--token-expires-in/--no-token-expires-in",
+        default=True,
+        show_default=True,
+        help="Whether GET /api/auth says expires_in.",
+    ),
+    _knob(
+        "--refuse-token-after",
+        type=click.IntRange(min=0),
+        default=None,
+        metavar="N",
+        help="Issue N tokens, then refuse every other GET /api/auth with 401 api_key_invalid "
+        "(a refresh that fails).",
+    ),
+    _knob(
+        "--directory-shape",
+        type=click.Choice(["items", "data", "list"]),
+        default="items",
+        show_default=True,
+        help="Where the directory puts its agents: payload.items, payload.data (with total), or "
+        "payload as a bare list.",
+    ),
+    _knob(
+        "--directory-fault",
+        type=click.Choice(["permission_denied", "forbidden", "not_found", "unavailable", "error"]),
+        default=None,
+        help="The directory refuses: permission_denied (200, -9999), forbidden (403), or is "
+        "unreachable: not_found (404), unavailable (503), error (500).",
+    ),
+    _knob(
+        "--ticket-callbacks/--no-ticket-callbacks",
+        default=True,
+        show_default=True,
+        help="Whether ticket transfers call back (TICKET_AGENT_TRANSFER); OMI may send none.",
+    ),
+    _knob(
+        "--ticket-preview-mode",
+        type=click.Choice(["sync", "async"]),
+        default=None,
+        help="Like --preview-mode, for ticket previews only (default: as --preview-mode).",
+    ),
+    _knob(
+        "--ticket-window-days",
+        type=click.IntRange(min=1),
+        default=None,
+        metavar="DAYS",
+        help="Move only tickets created in the last DAYS days (default: every open ticket).",
+    ),
+    _knob(
+        "--ticket-fault",
+        type=click.Choice(["permission_denied", "forbidden"]),
+        default=None,
+        help="The key lacks the permission to assign others' tickets: ticket transfers answer "
+        "permission_denied (200, -9999, or 403 for forbidden); conversations still work.",
+    ),
+    _knob(
+        "--seed",
+        type=int,
+        default=0,
+        show_default=True,
+        help="Seed of the random faults (repeatable).",
+    ),
+)
+SIMULATOR_FAULTS = (
+    "latency_ms", "error_rate", "rate_limit_rate", "retry_after", "slow_rate", "slow_seconds",
+    "reset_rate", "drop_callbacks", "duplicate_callbacks", "callback_delay", "reorder_callbacks",
+    "callback_error_rate", "directory_fault", "ticket_fault",
+)  # fmt: skip
+
+
+def simulator_options(f: Callable) -> Callable:
+    """Every knob of :data:`SIMULATOR_KNOBS` as an option of ``f``, in the table's order."""
+    for decls, attrs in reversed(SIMULATOR_KNOBS):
+        f = click.option(*decls, **attrs)(f)
+    return f

@@ -4,7 +4,6 @@ progress bars (stdout is data, stderr is talk)."""
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import shlex
@@ -83,17 +82,6 @@ class Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         with errors_to_exit():
             return super().invoke(ctx)
-
-
-def handle_errors(f: Callable) -> Callable:
-    """:func:`errors_to_exit` for one function run outside the root group."""
-
-    @functools.wraps(f)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with errors_to_exit():
-            return f(*args, **kwargs)
-
-    return wrapper
 
 
 def storage_message(error: OSError) -> str:
