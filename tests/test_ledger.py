@@ -986,6 +986,33 @@ def test_a_version_1_ledger_opens_and_is_migrated(ledger_path):
     conn.close()
 
 
+def test_a_migration_that_fails_part_way_leaves_the_ledger_as_it_was(ledger_path):
+    """The sqlite-utils statements of a migration run inside its one BEGIN IMMEDIATE: when a
+    later statement fails, the earlier ones (an added column) are rolled back too."""
+    conn = sqlite3.connect(ledger_path, isolation_level=None)
+    assert ledger_module.migrate(conn, 2) == 2
+    conn.execute("CREATE TABLE refusals (x)")  # migration 3 creates it: it will fail there
+    with pytest.raises(sqlite3.OperationalError, match="refusals"):
+        ledger_module.migrate(conn)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    columns = [c[1] for c in conn.execute("PRAGMA table_info(callbacks)")]
+    assert "receipt" not in columns  # added by migration 3 before it failed, then rolled back
+    assert not conn.in_transaction
+    conn.close()
+
+
+def test_opening_an_up_to_date_ledger_loads_no_sqlite_utils(ledger_path):
+    import subprocess
+    import sys
+
+    Ledger(ledger_path).close()
+    code = ("import sys\nfrom omi_batch.ledger import Ledger\n"
+            f"Ledger({str(ledger_path)!r}).close()\nprint('sqlite_utils' in sys.modules)")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)  # fmt: skip
+    assert done.stdout.strip() == "False"
+
+
 def test_a_ledger_from_a_newer_omi_batch_is_refused(ledger_path):
     Ledger(ledger_path).close()
     conn = sqlite3.connect(ledger_path)

@@ -24,7 +24,7 @@ from typing import Any
 from filelock import lock_descriptor, unlock_descriptor
 
 from omi_batch.errors import LedgerDamaged, LedgerError
-from omi_batch.ledger.schema import decode_batch, decode_callback, decode_row, query
+from omi_batch.ledger.schema import decode_batch, decode_callback, decode_row
 
 LOCK_POLL = 0.001  # seconds between tries for the head file's lock while another process has it
 
@@ -390,19 +390,21 @@ class Audit:
 
     @staticmethod
     def _export_items(conn: sqlite3.Connection, batch_id: str) -> Iterator[dict]:
-        by_batch = (batch_id,)
-        for batch in query(conn, "SELECT * FROM batches WHERE id = ?", by_batch):
+        """The items, read through sqlite-utils (``rows_where``) inside the caller's snapshot."""
+        import sqlite_utils
+
+        db = sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
+        where, by_batch = "batch_id = ?", [batch_id]
+        for batch in db["batches"].rows_where("id = ?", by_batch):
             yield {"type": "batch", **decode_batch(batch)}
-        for row in query(conn, 'SELECT * FROM "rows" WHERE batch_id = ? ORDER BY seq', by_batch):
+        for row in db["rows"].rows_where(where, by_batch, order_by="seq"):
             yield {"type": "row", **decode_row(row)}
         for table, kind in (("approvals", "approval"), ("attempts", "attempt")):
-            for item in query(
-                conn, f"SELECT * FROM {table} WHERE batch_id = ? ORDER BY id", by_batch
-            ):
+            for item in db[table].rows_where(where, by_batch, order_by="id"):
                 yield {"type": kind, **item}
-        for item in query(conn, "SELECT * FROM callbacks WHERE batch_id = ? ORDER BY id", by_batch):
+        for item in db["callbacks"].rows_where(where, by_batch, order_by="id"):
             yield {"type": "callback", **decode_callback(item)}
-        for item in query(conn, "SELECT * FROM events WHERE batch_id = ? ORDER BY id", by_batch):
+        for item in db["events"].rows_where(where, by_batch, order_by="id"):
             item["data"] = json.loads(item["data"])
             yield {"type": "event", **item}
 

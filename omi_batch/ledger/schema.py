@@ -1,15 +1,19 @@
 """The ledger's schema: one function per version, applied in order under ``PRAGMA user_version``,
 so a ledger written by an older omi-batch opens in a newer one (as sqlite-utils keeps
-``migrations.py``)."""
+``migrations.py``). The migrations speak sqlite-utils (``table.create``, ``add_column``,
+``create_index``), imported only when one is due: opening an up-to-date ledger loads none of it."""
 
 from __future__ import annotations
 
 import json
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omi_batch.errors import LedgerError
+
+if TYPE_CHECKING:
+    from sqlite_utils import Database
 
 
 def _run(conn: sqlite3.Connection, script: str) -> None:
@@ -20,148 +24,91 @@ def _run(conn: sqlite3.Connection, script: str) -> None:
             conn.execute(statement)
 
 
-def _migration_1_tables(conn: sqlite3.Connection) -> None:
+def _migration_1_tables(db: Database) -> None:
     """The tables of the first ledger."""
-    _run(
-        conn,
-        """
-        CREATE TABLE batches (
-            id TEXT PRIMARY KEY,
-            created_at TEXT NOT NULL,
-            created_by TEXT,
-            source_file TEXT,
-            source_sha256 TEXT,
-            base_url TEXT,
-            options TEXT,
-            row_count INTEGER NOT NULL,
-            input_rows INTEGER,
-            warnings TEXT
-        );
-        CREATE TABLE "rows" (
-            batch_id TEXT NOT NULL REFERENCES batches(id),
-            "row" INTEGER NOT NULL,
-            seq INTEGER NOT NULL,
-            source_email TEXT NOT NULL,
-            target_email TEXT NOT NULL,
-            requested_target TEXT,
-            via TEXT,
-            conv_ids TEXT,
-            replace_existing_members INTEGER NOT NULL DEFAULT 0,
-            note TEXT,
-            state TEXT NOT NULL,
-            conversations_previewed INTEGER,
-            preview_request_id TEXT,
-            preview_error TEXT,
-            previewed_at TEXT,
-            approved_at TEXT,
-            approved_by TEXT,
-            approved_how TEXT,
-            request_id TEXT,
-            submitted_at TEXT,
-            completed_at TEXT,
-            updated_records INTEGER,
-            callback_status TEXT,
-            error TEXT,
-            attempts INTEGER NOT NULL DEFAULT 0,
-            verified_by TEXT,
-            updated_at TEXT,
-            PRIMARY KEY (batch_id, "row")
-        );
-        CREATE TABLE attempts (
-            id INTEGER PRIMARY KEY,
-            batch_id TEXT,
-            "row" INTEGER,
-            phase TEXT,
-            endpoint TEXT,
-            number INTEGER,
-            started_at TEXT,
-            elapsed_ms REAL,
-            http_status INTEGER,
-            vendor_code TEXT,
-            error TEXT,
-            request_id TEXT,
-            wait_s REAL
-        );
-        CREATE TABLE callbacks (
-            id INTEGER PRIMARY KEY,
-            received_at TEXT NOT NULL,
-            batch_id TEXT,
-            "row" INTEGER,
-            phase TEXT,
-            request_id TEXT,
-            status TEXT,
-            updated_records INTEGER,
-            raw_body TEXT,
-            headers TEXT,
-            remote TEXT,
-            verdict TEXT NOT NULL,
-            applied INTEGER NOT NULL DEFAULT 0
-        );
-        CREATE TABLE approvals (
-            id INTEGER PRIMARY KEY,
-            batch_id TEXT NOT NULL,
-            "row" INTEGER NOT NULL,
-            decision TEXT NOT NULL,
-            "by" TEXT,
-            "at" TEXT NOT NULL,
-            how TEXT
-        );
-        CREATE TABLE events (
-            id INTEGER PRIMARY KEY,
-            "at" TEXT NOT NULL,
-            kind TEXT NOT NULL,
-            batch_id TEXT,
-            "row" INTEGER,
-            data TEXT NOT NULL,
-            prev_hash TEXT NOT NULL,
-            hash TEXT NOT NULL
-        );
-        """,
-    )
+    db["batches"].create(
+        {"id": str, "created_at": str, "created_by": str, "source_file": str,
+         "source_sha256": str, "base_url": str, "options": str, "row_count": int,
+         "input_rows": int, "warnings": str},
+        pk="id", not_null={"created_at", "row_count"},
+    )  # fmt: skip
+    db["rows"].create(
+        {"batch_id": str, "row": int, "seq": int, "source_email": str, "target_email": str,
+         "requested_target": str, "via": str, "conv_ids": str, "replace_existing_members": int,
+         "note": str, "state": str, "conversations_previewed": int, "preview_request_id": str,
+         "preview_error": str, "previewed_at": str, "approved_at": str, "approved_by": str,
+         "approved_how": str, "request_id": str, "submitted_at": str, "completed_at": str,
+         "updated_records": int, "callback_status": str, "error": str, "attempts": int,
+         "verified_by": str, "updated_at": str},
+        pk=("batch_id", "row"),
+        not_null={"batch_id", "row", "seq", "source_email", "target_email",
+                  "replace_existing_members", "state", "attempts"},
+        defaults={"replace_existing_members": 0, "attempts": 0},
+        foreign_keys=[("batch_id", "batches", "id")],
+    )  # fmt: skip
+    db["attempts"].create(
+        {"id": int, "batch_id": str, "row": int, "phase": str, "endpoint": str, "number": int,
+         "started_at": str, "elapsed_ms": float, "http_status": int, "vendor_code": str,
+         "error": str, "request_id": str, "wait_s": float},
+        pk="id",
+    )  # fmt: skip
+    db["callbacks"].create(
+        {"id": int, "received_at": str, "batch_id": str, "row": int, "phase": str,
+         "request_id": str, "status": str, "updated_records": int, "raw_body": str,
+         "headers": str, "remote": str, "verdict": str, "applied": int},
+        pk="id", not_null={"received_at", "verdict", "applied"}, defaults={"applied": 0},
+    )  # fmt: skip
+    db["approvals"].create(
+        {"id": int, "batch_id": str, "row": int, "decision": str, "by": str, "at": str,
+         "how": str},
+        pk="id", not_null={"batch_id", "row", "decision", "at"},
+    )  # fmt: skip
+    db["events"].create(
+        {"id": int, "at": str, "kind": str, "batch_id": str, "row": int, "data": str,
+         "prev_hash": str, "hash": str},
+        pk="id", not_null={"at", "kind", "data", "prev_hash", "hash"},
+    )  # fmt: skip
 
 
-def _migration_2_review_and_indexes(conn: sqlite3.Connection) -> None:
+def _migration_2_review_and_indexes(db: Database) -> None:
     """``rows.needs_review`` (a conflicting callback flags the row), the attempt's message and
     whether its outcome is unknown (sent, no answer), and the lookup indexes."""
-    _run(
-        conn,
-        """
-        ALTER TABLE "rows" ADD COLUMN needs_review INTEGER NOT NULL DEFAULT 0;
-        ALTER TABLE attempts ADD COLUMN message TEXT;
-        ALTER TABLE attempts ADD COLUMN outcome_unknown INTEGER;
-        CREATE INDEX rows_by_state ON "rows" (batch_id, state);
-        CREATE INDEX attempts_by_row ON attempts (batch_id, "row");
-        CREATE INDEX callbacks_by_row ON callbacks (batch_id, "row", phase);
-        CREATE INDEX approvals_by_row ON approvals (batch_id, "row");
-        CREATE INDEX events_by_batch ON events (batch_id);
-        """,
-    )
+    db["rows"].add_column("needs_review", int, not_null_default=0)
+    db["attempts"].add_column("message", str)
+    db["attempts"].add_column("outcome_unknown", int)
+    for table, columns, name in (
+        ("rows", ["batch_id", "state"], "rows_by_state"),
+        ("attempts", ["batch_id", "row"], "attempts_by_row"),
+        ("callbacks", ["batch_id", "row", "phase"], "callbacks_by_row"),
+        ("approvals", ["batch_id", "row"], "approvals_by_row"),
+        ("events", ["batch_id"], "events_by_batch"),
+    ):
+        db[table].create_index(columns, index_name=name)
 
 
-def _migration_3_receipts_and_refusals(conn: sqlite3.Connection) -> None:
+def _migration_3_receipts_and_refusals(db: Database) -> None:
     """``callbacks.receipt`` (one delivery stored once, whatever the spool replays) and the
     ``refusals`` counts per minute and reason (issue 12)."""
-    _run(
-        conn,
-        """
-        ALTER TABLE callbacks ADD COLUMN receipt TEXT;
-        CREATE UNIQUE INDEX callbacks_by_receipt ON callbacks (receipt) WHERE receipt IS NOT NULL;
-        CREATE INDEX attempts_by_request ON attempts (batch_id, request_id);
-        CREATE TABLE refusals (
-            minute TEXT NOT NULL,
-            reason TEXT NOT NULL,
-            count INTEGER NOT NULL,
-            PRIMARY KEY (minute, reason)
-        );
-        """,
+    db["callbacks"].add_column("receipt", str)
+    # A partial index (only rows with a receipt): sqlite-utils' create_index has no WHERE.
+    db.execute(
+        "CREATE UNIQUE INDEX callbacks_by_receipt ON callbacks (receipt) WHERE receipt IS NOT NULL"
     )
+    db["attempts"].create_index(["batch_id", "request_id"], index_name="attempts_by_request")
+    db["refusals"].create(
+        {"minute": str, "reason": str, "count": int},
+        pk=("minute", "reason"), not_null={"minute", "reason", "count"},
+    )  # fmt: skip
 
 
-def _migration_4_transfer_kinds(conn: sqlite3.Connection) -> None:
+def _migration_4_transfer_kinds(db: Database) -> None:
     """``rows.kind`` in the rows' key: a row of the input file is one transfer per kind it
     moves (conversations, tickets), each with its own state, counts and request id (issue 15).
     SQLite cannot change a primary key in place, so the table is rebuilt; every existing row
-    is a conversation transfer. ``approvals.kind`` says which transfer a decision was for."""
+    is a conversation transfer. ``approvals.kind`` says which transfer a decision was for.
+    Plain SQL on the migration's connection: sqlite-utils' ``transform`` would commit the
+    migration's transaction part-way."""
+    conn = db.conn
     columns = [c[1] for c in conn.execute('PRAGMA table_info("rows")')]
     _run(
         conn,
@@ -213,7 +160,7 @@ def _migration_4_transfer_kinds(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+MIGRATIONS: list[Callable[[Database], None]] = [
     _migration_1_tables,
     _migration_2_review_and_indexes,
     _migration_3_receipts_and_refusals,
@@ -223,12 +170,18 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 
 def migrate(db: Any, target: int | None = None) -> int:
-    """Bring ``db`` (autocommit connection) up to schema ``target`` (default: the newest) in
-    one ``BEGIN IMMEDIATE`` transaction; return the version it is at afterwards."""
+    """Bring ``db`` (an autocommit connection, or a sqlite-utils Database over one) up to schema
+    ``target`` (default: the newest) in one ``BEGIN IMMEDIATE`` transaction; return the version
+    it is at afterwards. sqlite-utils is imported only when a migration is due, and runs
+    inside that transaction (its statements join an open one)."""
     target = SCHEMA_VERSION if target is None else target
     conn: sqlite3.Connection = getattr(db, "conn", db)  # a connection, or a Database over one
     if conn.execute("PRAGMA user_version").fetchone()[0] == target:
         return target  # nothing due: opening writes nothing (a reader works on a read-only disk)
+    import sqlite_utils
+
+    if not isinstance(db, sqlite_utils.Database):
+        db = sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
     conn.execute("BEGIN IMMEDIATE")
     try:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -238,7 +191,7 @@ def migrate(db: Any, target: int | None = None) -> int:
                 f"({SCHEMA_VERSION}): upgrade omi-batch"
             )
         for number in range(version + 1, target + 1):
-            MIGRATIONS[number - 1](conn)
+            MIGRATIONS[number - 1](db)
             version = number
         conn.execute(f"PRAGMA user_version = {int(version)}")
         conn.execute("COMMIT")
