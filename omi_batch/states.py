@@ -114,7 +114,7 @@ def key(row: Mapping[str, Any]) -> tuple[int, str]:
 # A row in one of these holds the rows after it of the same source: a catch-all row must not
 # take conversations an earlier ``conv_ids`` row was meant to route elsewhere.
 HOLDING = (FAILED, PREVIEW_FAILED, UNCONFIRMED, SUBMITTED)
-HELD = "held"  # the audit event of a held row, and the first word of its error
+HELD = "held"  # the audit event of a held row, and the first word of its error text
 
 
 def holds(row: Mapping[str, Any]) -> bool:
@@ -123,13 +123,19 @@ def holds(row: Mapping[str, Any]) -> bool:
 
 
 def held_error(blocker: Mapping[str, Any]) -> str:
-    """The error a held row carries: which row of its source holds it, and why."""
+    """The error text a held row carries for people: which row of its source holds it, and why."""
     return f"{HELD}: row {blocker['row']} of the same source is {blocker['state']}"
 
 
+def hold(blocker: Mapping[str, Any]) -> dict[str, Any]:
+    """The row changes that hold a row behind ``blocker``: ``held_by`` (the data) and the
+    error text saying so."""
+    return {"held_by": blocker["row"], "error": held_error(blocker)}
+
+
 def is_held(row: Mapping[str, Any]) -> bool:
-    """An approved row that execute held back behind a row of its source."""
-    return row["state"] == APPROVED and str(row.get("error") or "").startswith(f"{HELD}:")
+    """An approved row that execute held back behind a row of its source (``held_by``)."""
+    return row["state"] == APPROVED and row.get("held_by") is not None
 
 
 # A ``conv_ids`` row in one of these routes (or has routed) its conversations before its

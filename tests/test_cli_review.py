@@ -138,6 +138,7 @@ def test_execute_holds_a_catch_all_whose_conv_ids_row_was_not_approved(
         row = ledger.row(batch_id, 5)
     assert row["state"] == "approved"
     assert row["error"] == "held: row 4 of the same source is skipped"
+    assert row["held_by"] == 4
 
 
 def test_filling_yes_down_onto_a_row_that_failed_its_preview_says_which_row_to_clear(

@@ -975,12 +975,13 @@ def test_a_version_1_ledger_opens_and_is_migrated(ledger_path):
     with Ledger(ledger_path) as led:
         row = led.row("20250101-000000-0001", 2)
         assert row["needs_review"] is False
+        assert row["held_by"] is None
         assert row["state"] == "submitted"
         verdict = deliver(led, "20250101-000000-0001", data=body())
         assert verdict == "applied"
 
     conn = sqlite3.connect(ledger_path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == ledger_module.SCHEMA_VERSION == 4
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == ledger_module.SCHEMA_VERSION == 5
     indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert {"rows_by_state", "callbacks_by_row", "events_by_batch"} <= indexes
     conn.close()

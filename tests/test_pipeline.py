@@ -224,10 +224,28 @@ def test_an_earlier_failed_row_holds_the_rest_of_its_source(
     assert rows[3]["state"] == "failed"
     assert rows[4]["state"] == "approved"
     assert rows[4]["error"] == "held: row 3 of the same source is failed"
+    assert rows[4]["held_by"] == 3  # the hold is data: the row that holds it
     # Run again: the failed row still holds its source's catch-all row.
     stack.pipeline.execute(batch_id)
     assert stack.ledger.row(batch_id, 4)["state"] == "approved"
     assert execute_requests(sim)[4] == 0
+
+
+def test_a_held_row_runs_once_its_blocker_is_reconciled_and_is_no_longer_held(
+    make_simulator, tmp_path, csv_file, stacks
+):
+    sim, server = make_simulator(faults=Faults(drop_callbacks=1.0))
+    stack = Stack(tmp_path, server, wait=0.3)
+    stacks.append(stack)
+    batch_id = stack.run(csv_file)
+    held = stack.ledger.row(batch_id, 4)
+    assert (held["state"], held["held_by"]) == ("approved", 3)  # row 3 is unconfirmed
+    sim.faults.drop_callbacks = 0
+    stack.pipeline.reconcile(batch_id)  # row 3 was applied: its preview finds nothing left
+    assert stack.ledger.row(batch_id, 3)["state"] == "succeeded"
+    stack.pipeline.execute(batch_id)
+    row = stack.ledger.row(batch_id, 4)
+    assert (row["state"], row["held_by"], row["error"]) == ("succeeded", None, None)
 
 
 # --------------------------------------------------------------------------- preview

@@ -58,6 +58,7 @@ ROW_FIELDS = frozenset(
         "error",
         "attempts",
         "needs_review",
+        "held_by",
         "verified_by",
     }
 )
@@ -556,6 +557,7 @@ class Rows:
                         "approved_at": stamp if decision == "approved" else None,
                         "approved_by": by if decision == "approved" else None,
                         "approved_how": how if decision == "approved" else None,
+                        "held_by": None,  # decided again: execute looks at its source afresh
                     }
                     self._write_row(tx, batch_id, row, {**approval, "state": decision}, kind)
                     tx.execute(

@@ -160,11 +160,18 @@ def _migration_4_transfer_kinds(db: Database) -> None:
     )
 
 
+def _migration_5_held_by(db: Database) -> None:
+    """``rows.held_by``: the row of the same source that holds an approved row back (NULL when
+    nothing does), so "held" is data, not a prefix of the row's error (issue 11)."""
+    db["rows"].add_column("held_by", int)
+
+
 MIGRATIONS: list[Callable[[Database], None]] = [
     _migration_1_tables,
     _migration_2_review_and_indexes,
     _migration_3_receipts_and_refusals,
     _migration_4_transfer_kinds,
+    _migration_5_held_by,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -21,7 +21,7 @@ from omi_batch.states import (
     TICKETS,
     TO_EXECUTE,
     count_states,
-    held_error,
+    hold,
     holds,
     phase_of,
     uncovered_by,
@@ -119,7 +119,7 @@ class Executing(Previewing):
             blocker = blocker or uncovered_by(group, row)
             if blocker is not None:
                 self.ledger.update_row(batch_id, row["row"], event=HELD, kind=row["kind"],
-                                       error=held_error(blocker))  # fmt: skip
+                                       **hold(blocker))  # fmt: skip
                 self.progress.advance("execute")
                 continue
             try:
@@ -147,7 +147,7 @@ class Executing(Previewing):
         self._step(batch_id, number, state="submitted",
                    event="resubmitted" if resubmit else "submitted", reason=reason,
                    expect=[row["state"]], submitted_at=now_iso(), request_id=None,
-                   error=None, kind=kind)  # fmt: skip
+                   error=None, held_by=None, kind=kind)  # fmt: skip
         try:
             return self._submit_and_wait(batch_id, row)
         finally:

@@ -214,8 +214,8 @@ class Previewing(Work):
 
     def _preview_row(self, batch_id: str, row: dict) -> None:
         # A count that changed is a new plan: what was approved on the old one is not kept.
-        unapproved = ({"approved_at": None, "approved_by": None, "approved_how": None}
-                      if row["state"] == APPROVED else {})  # fmt: skip
+        unapproved = ({"approved_at": None, "approved_by": None, "approved_how": None,
+                       "held_by": None} if row["state"] == APPROVED else {})  # fmt: skip
         try:
             count, error = self._preview_count(batch_id, row, "preview")
             if error is None:
