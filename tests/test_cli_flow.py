@@ -376,6 +376,34 @@ def test_an_interrupted_batch_is_not_shown_executing_when_nothing_runs(
     assert f"Next: omi-batch execute {batch_id}" in result.stderr
 
 
+def test_a_killed_execute_reads_executing_while_it_runs_and_interrupted_after(
+    runner, make_simulator, monkeypatch, departures, ledger_path, reports_dir
+):
+    _, server = make_simulator(api_key=KEY, faults=Faults(callback_delay=30))
+    batch_id = previewed_batch(runner, monkeypatch, server, ledger_path, reports_dir, departures)
+    assert invoke(runner, "approve", batch_id, "--all", "--ledger", ledger_path).exit_code == 0
+
+    def word() -> str:
+        result = invoke(runner, "status", "--json", "--ledger", ledger_path)
+        return json.loads(result.stdout)["batches"][0]["state"]
+
+    process = child(["execute", batch_id, "--yes", "--rate", "1000", "--listen", "127.0.0.1:0",
+                     "--wait", "60", *where(ledger_path, reports_dir)],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_until(lambda: "submitted" in {r["state"] for r in rows_of(ledger_path)},
+                   what="a row submitted")  # fmt: skip
+        assert word() == "executing"  # another process holds the batch's lock
+        process.kill()  # no chance to clean up: what a crash or a lost machine leaves
+        process.wait(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+    assert "submitted" in {r["state"] for r in rows_of(ledger_path)}
+    assert word() == "interrupted"
+
+
 def test_status_does_not_point_at_an_execute_that_would_only_hold_its_rows_again(
     runner, omi, monkeypatch, departures, ledger_path, reports_dir
 ):
