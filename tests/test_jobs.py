@@ -624,3 +624,53 @@ def test_a_cancelled_batch_is_never_executed_by_a_job(tmp_path, runner, simulato
     assert names(job.archive) == [batch_id]  # closed: no later tick looks at it again
     assert (f"job offboarding: batch {batch_id}: cancelled (omi-batch cancel): nothing of it "
             "is sent") in messages(job_log)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- omi.auth
+
+
+def with_auth(job, mode: str):
+    """``job``'s file with ``[omi] auth = mode`` added, loaded again."""
+    job.path.write_text(job.path.read_text() + f'[omi]\nauth = "{mode}"\n')
+    return load_job(job.path)
+
+
+def test_a_job_file_chooses_bearer_auth_over_the_environment(tmp_path):
+    job = with_auth(make_job(tmp_path), "bearer")
+    assert job.auth == "bearer"
+    assert job.settings({"OMI_AUTH": "api-key"}).auth == "bearer"
+    assert make_job(tmp_path).settings({"OMI_AUTH": "bearer"}).auth == "bearer"
+    assert make_job(tmp_path).settings({}).auth == "api-key"
+
+
+def test_a_job_file_with_an_unknown_auth_mode_is_refused(tmp_path):
+    with pytest.raises(UsageError) as caught:
+        with_auth(make_job(tmp_path), "token")
+    assert str(caught.value) == (
+        'offboarding.toml: omi.auth must be "api-key" or "bearer", not \'token\''
+    )
+
+
+@pytest.mark.parametrize("mode, code", [("bearer", 0), ("api-key", 3)])
+def test_a_job_against_an_omi_that_wants_a_token_runs_only_with_bearer_auth(
+    tmp_path, runner, make_simulator, job_log, mode, code
+):
+    from omi_batch.client import AUTH_PATH
+
+    sim, server = make_simulator(auth="bearer", directory_auth="bearer")
+    job = with_auth(make_job(tmp_path), mode)
+    drop(job.inbox, "departures.csv", GOOD_CSV)
+    result = runner.invoke(cli, ["job", "run", str(job.path)], env=env_for(server))
+    assert result.exit_code == code, result.output
+    asked = [e["status"] for e in sim.events if e.get("path") == AUTH_PATH]
+    if mode == "bearer":
+        assert asked == [200]  # one token for the whole tick
+        [batch] = job_batches(job)
+        assert set(states(job, batch["id"]).values()) == {"previewed"}
+    else:
+        assert asked == []
+        assert "Error: OMI answered 401 auth_invalid" in result.output, result.output
+        assert names(job.inbox) == ["departures.csv"]  # left for the next tick
+    # A sentence starting with a variable's name keeps its capitals in the job's log.
+    assert ("job offboarding: OMI_WEBHOOK_SECRET is not set: using a one-off secret, so only "
+            "this command's receiver can check these callbacks.") in messages(job_log)  # fmt: skip

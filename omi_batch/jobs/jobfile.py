@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from omi_batch.callbacks import parse_listen
-from omi_batch.config import PRODUCTION_URL, STAGING_URL, Settings
+from omi_batch.config import AUTH_MODES, PRODUCTION_URL, STAGING_URL, Settings
 from omi_batch.errors import (
     ConfigError,
     UsageError,
@@ -65,6 +65,7 @@ _SCHEMA: dict[str, dict[str, str]] = {
         "webhook_url": "url",
         "api_key_env": "env",
         "webhook_secret_env": "env",
+        "auth": "auth",
     },
 }
 _SECTIONS = tuple(s for s in _SCHEMA if s)
@@ -103,6 +104,7 @@ class Job:
     webhook_url: str | None = None
     api_key_env: str = "OMI_API_KEY"
     webhook_secret_env: str = "OMI_WEBHOOK_SECRET"
+    auth: str | None = None  # api-key | bearer; None: OMI_AUTH from the environment
     notify: tuple[str, ...] = ()  # apprise URL templates: ${NAME} stands for a variable
     metrics_file: Path | None = None
     log_format: str = "text"
@@ -118,8 +120,8 @@ class Job:
         return self.ledger.with_name(f"{self.ledger.name}.{self.name}.notify-outbox.jsonl")
 
     def settings(self, env: Mapping[str, str] | None = None) -> Settings:
-        """The configuration this job runs with: the job file's URLs, else the environment's;
-        the secrets from the variables the job file names."""
+        """The configuration this job runs with: the job file's URLs and auth mode, else the
+        environment's; the secrets from the variables the job file names."""
         env = os.environ if env is None else env
         return Settings.from_env(
             {
@@ -127,6 +129,7 @@ class Job:
                 "OMI_API_KEY": env.get(self.api_key_env, ""),
                 "OMI_WEBHOOK_URL": self.webhook_url or env.get("OMI_WEBHOOK_URL", ""),
                 "OMI_WEBHOOK_SECRET": env.get(self.webhook_secret_env, ""),
+                "OMI_AUTH": self.auth or env.get("OMI_AUTH", ""),
             }
         )
 
@@ -242,6 +245,7 @@ def load_job(path: str | os.PathLike) -> Job:
         webhook_url=checked.get("omi.webhook_url"),
         api_key_env=checked.get("omi.api_key_env", "OMI_API_KEY"),
         webhook_secret_env=checked.get("omi.webhook_secret_env", "OMI_WEBHOOK_SECRET"),
+        auth=checked.get("omi.auth"),
         notify=checked.get("notify", ()),
         metrics_file=place("metrics_file") if "metrics_file" in checked else None,
         log_format=checked.get("log_format", "text"),
@@ -413,6 +417,10 @@ def _check_value(key: str, value: Any, where: str) -> Any:
         if not isinstance(value, str) or not re.match(r"^https?://[^\s/]+", value):
             raise bad("an http:// or https:// URL")
         return value.rstrip("/")
+    if kind == "auth":
+        if value not in AUTH_MODES:
+            raise bad(" or ".join(f'"{mode}"' for mode in AUTH_MODES))
+        return value
     if kind == "env":
         if not isinstance(value, str) or not _ENV_NAME.match(value):
             raise bad("the name of an environment variable")

@@ -131,7 +131,7 @@ class _Tick(Review):
             # With listen, callbacks wake the waits and share commits, as `--listen` does.
             session = Session(
                 self.settings, self.ledger, listen=job.listen, metrics=self.metrics,
-                say=lambda text: log.info("job %s: %s", job.name, text[:1].lower() + text[1:]),
+                say=lambda text: log.info("job %s: %s", job.name, _lowered(text)),
                 concurrency=job.concurrency, rate=job.rate, timeout=job.timeout, wait=job.wait,
             )  # fmt: skip
             self.pipeline = session.pipeline
@@ -318,3 +318,9 @@ class _Tick(Review):
             self.result.problems.append(f"batch {batch_id}: {what.strip(', ')}")
             log.warning("job %s: batch %s: %s: the retry report lists them", job.name, batch_id,
                         what.strip(", "))  # fmt: skip
+
+
+def _lowered(text: str) -> str:
+    """A sentence to follow "job NAME: ": its first letter small, unless it starts a name
+    written in capitals (OMI_WEBHOOK_SECRET, OMI)."""
+    return text if text[:2].isupper() else text[:1].lower() + text[1:]
