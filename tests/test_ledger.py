@@ -1199,3 +1199,18 @@ def test_two_ledger_objects_never_move_the_head_back(ledger_path):
         first.head_file.publish(1, first.events()[0]["hash"])  # a late publish of an older event
         assert first.read_head_file() == (2, second.head())
         assert first.verify().ok
+
+
+def test_a_callback_reads_only_its_own_rows_attempts_however_big_the_batch(tmp_path):
+    from omi_batch.ledger.callbacks import REQUESTS_GIVEN_SQL
+
+    Ledger(tmp_path / "ledger.db").close()
+    conn = sqlite3.connect(tmp_path / "ledger.db")
+    try:
+        plan = conn.execute("EXPLAIN QUERY PLAN " + REQUESTS_GIVEN_SQL, ("B", 2, "execute"))
+        plan = plan.fetchall()
+    finally:
+        conn.close()
+    assert [step[-1] for step in plan] == [
+        "SEARCH attempts USING INDEX attempts_by_row (batch_id=? AND row=?)"
+    ]

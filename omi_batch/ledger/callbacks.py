@@ -43,6 +43,15 @@ def clean_headers(headers: Mapping[str, Any] | None) -> dict[str, str]:
     return cleaned
 
 
+# The request ids a row was given (repeats are dropped by the caller's set). No DISTINCT and
+# ``+request_id`` keep SQLite on the row's index (attempts_by_row): on the batch's request index
+# it read every attempt of the batch for each callback, a cost that grew with the batch.
+REQUESTS_GIVEN_SQL = (
+    'SELECT request_id FROM attempts WHERE batch_id = ? AND "row" = ? '
+    "AND phase = ? AND +request_id IS NOT NULL"
+)
+
+
 class Callbacks:
     """Storing and applying callbacks (a part of :class:`Ledger`)."""
 
@@ -343,9 +352,7 @@ class Callbacks:
         """The request ids this row was given by OMI (its own and its earlier executes')."""
         given = {str(current["request_id"])} if current.get("request_id") else set()
         found = tx.execute(
-            'SELECT DISTINCT request_id FROM attempts WHERE batch_id = ? AND "row" = ? '
-            "AND phase = ? AND request_id IS NOT NULL",
-            (current["batch_id"], current["row"], _execute_phase(current)),
+            REQUESTS_GIVEN_SQL, (current["batch_id"], current["row"], _execute_phase(current))
         )
         given.update(str(item[0]) for item in found)
         return given
