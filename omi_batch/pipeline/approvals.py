@@ -129,15 +129,18 @@ def uncovered_catch_alls(
     after = {r["row"]: r["state"] for r in rows}
     after.update(dict.fromkeys(chosen, APPROVED))
     after.update(dict.fromkeys(skipped, SKIPPED))
+    chosen_by_source: dict[str, list[dict]] = {}  # the conv_ids rows of each source, in order
+    for row in rows:
+        if row["conv_ids"]:
+            chosen_by_source.setdefault(row["source_email"], []).append(row)
     found = []
     for catch_all in rows:
         if catch_all["conv_ids"] or after[catch_all["row"]] != APPROVED:
             continue
         if (catch_all.get("kind") or CONVERSATIONS) != CONVERSATIONS:
             continue  # a row that moves only tickets takes no conversations
-        for other in rows:
-            same = other["source_email"] == catch_all["source_email"] and other["conv_ids"]
-            if same and not covers(after[other["row"]]):
+        for other in chosen_by_source.get(catch_all["source_email"], ()):
+            if not covers(after[other["row"]]):
                 found.append((catch_all, dict(other, state=after[other["row"]])))
     return found
 
