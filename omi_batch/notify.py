@@ -236,12 +236,17 @@ def batch_finished(
     statuses = Counter(result_status(dict(r)) for r in rows)
     line = summary or ", ".join(f"{n} {s}" for s, n in sorted(statuses.items())) or "no rows"
     totals: dict[str, dict[str, int]] = {}
+    by_row: dict[tuple[str, Any], list[Mapping[str, Any]]] = {}  # a row's transfers (issue 15)
     for row in rows:
-        entry = totals.setdefault(str(row["target_email"]),
-                                  {"rows": 0, "succeeded": 0, "moved": 0})  # fmt: skip
+        by_row.setdefault((str(row["target_email"]), row["row"]), []).append(row)
+    for (target, _), transfers in by_row.items():
+        entry = totals.setdefault(target, {"rows": 0, "succeeded": 0, "moved": 0, "tickets": 0})
         entry["rows"] += 1
-        entry["succeeded"] += result_status(dict(row)) == "succeeded"
-        entry["moved"] += int(row.get("updated_records") or 0)
+        entry["succeeded"] += all(result_status(dict(t)) == "succeeded" for t in transfers)
+        for transfer in transfers:
+            kind = "tickets" if transfer.get("kind") == "tickets" else "moved"
+            entry[kind] += int(transfer.get("updated_records") or 0)
+    tickets = any(row.get("kind") == "tickets" for row in rows)
     of_job = f" (job {job})" if job else ""
     lines = [
         f"Batch {batch_id}{of_job} finished: {line}.",
@@ -249,7 +254,9 @@ def batch_finished(
         *_listed(
             [
                 f"  {target}: {t['succeeded']} of {_plural(t['rows'], 'row')} succeeded, "
-                f"{_plural(t['moved'], 'conversation')} moved"
+                f"{_plural(t['moved'], 'conversation')}"
+                + (f" and {_plural(t['tickets'], 'ticket')}" if tickets else "")
+                + " moved"
                 for target, t in sorted(totals.items())
             ]
         ),  # fmt: skip

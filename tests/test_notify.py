@@ -620,3 +620,16 @@ def test_execute_with_a_notify_variable_unset_exits_3_before_sending(tmp_path, r
         "Error: OMI_NOTIFY_TOKEN is not set: a notification URL reads a secret from it"
     )
     assert not (tmp_path / "ledger.db").exists()
+
+
+def test_batch_finished_counts_a_row_with_tickets_once_and_says_how_many_tickets_moved():
+    both = {"row": 2, "source_email": "tuan.ho@example.vn", "target_email": "hanh.ngo@example.vn",
+            "state": "succeeded", "updated_records": 12, "kind": "conversations"}  # fmt: skip
+    rows = [both, dict(both, kind="tickets", updated_records=2),
+            dict(both, row=3, kind="tickets", state="failed", updated_records=None)]  # fmt: skip
+
+    message = notify.batch_finished(BATCH, rows, summary="done")
+
+    assert message.body.splitlines()[2:] == [
+        "  hanh.ngo@example.vn: 1 of 2 rows succeeded, 12 conversations and 2 tickets moved"
+    ]

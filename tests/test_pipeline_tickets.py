@@ -381,6 +381,8 @@ def test_omi_batch_run_moves_tickets_and_status_names_each_ticket_transfer(
         batch_id = ledger.batches()[0]["id"]
     # the results table says which line is a ticket transfer
     assert re.search(r"^ *2 \(tickets\) +tuan\.ho@example\.vn ", done.stdout, re.M)
+    table = runner.invoke(cli, ["status", batch_id, "--ledger", str(ledger_path)])
+    assert re.search(r"^ *2 \(tickets\) +tuan\.ho@example\.vn ", table.stdout, re.M)
     shown = runner.invoke(cli, ["status", batch_id, "--json", "--ledger", str(ledger_path)])
     assert shown.exit_code == 0, (batch_id, shown.output)
     rows = json.loads(shown.stdout)["rows"]

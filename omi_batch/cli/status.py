@@ -85,7 +85,8 @@ def status(batch: str | None, state: str | None, ledger_path: str, as_json: bool
         echo_json(data)
         return
     table(["row", "source", "target", "state", "previewed", "updated", "request_id"],
-          [[r["row"], r["source_email"], r["target_email"],
+          [[f"{r['row']} (tickets)" if r["kind"] == "tickets" else r["row"],
+            r["source_email"], r["target_email"],
             shown["state"] + (" (needs review)" if r["needs_review"] else ""),
             r["conversations_previewed"], r["updated_records"], r["request_id"]]
            for r, shown in zip(rows, data["rows"], strict=True)],
