@@ -27,6 +27,16 @@ def ledger(ledger_path):
 
 
 @pytest.fixture
+def led(ledger_path):
+    """A fresh ledger file, open, closed after the test."""
+    from omi_batch.ledger import Ledger
+
+    ledger = Ledger(ledger_path)
+    yield ledger
+    ledger.close()
+
+
+@pytest.fixture
 def receiver(ledger):
     """The webhook receiver on ``ledger`` in this process, on a free loopback port, stopped at
     the end of the test."""

@@ -278,3 +278,13 @@ def transfers(sim, *, preview: bool) -> Counter:
         if request and isinstance(body, dict) and bool(body.get("previewChanges")) == preview:
             sent[(body["sourceEmail"], body["targetEmail"])] += 1
     return sent
+
+
+# A batch's rows with each scope, for the ledger's and reports' ticket tests (issue 15).
+BOTH = {
+    "row": 2, "source_email": "tuan.ho@example.vn", "target_email": "hanh.ngo@example.vn",
+    "requested_target": "hanh.ngo@example.vn", "via": (), "conv_ids": (),
+    "replace_existing_members": False, "note": "", "scope": "both",
+}  # fmt: skip
+TICKETS_ONLY = dict(BOTH, row=3, source_email="an.nguyen@example.vn", scope="tickets")
+CONVERSATIONS = dict(BOTH, row=4, source_email="chi.le@example.vn", scope="conversations")

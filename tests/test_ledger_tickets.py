@@ -8,28 +8,13 @@ import sqlite3
 
 import pytest
 import requests
-from helpers import SECRET, TIMEOUT, send
+from helpers import BOTH, CONVERSATIONS, SECRET, TICKETS_ONLY, TIMEOUT, send
 
 from omi_batch import callbacks
 from omi_batch import ledger as ledger_module
 from omi_batch.errors import IllegalTransition
 from omi_batch.ledger import Ledger
 from omi_batch.webhook import make_app, start
-
-BOTH = {
-    "row": 2, "source_email": "tuan.ho@example.vn", "target_email": "hanh.ngo@example.vn",
-    "requested_target": "hanh.ngo@example.vn", "via": (), "conv_ids": (),
-    "replace_existing_members": False, "note": "", "scope": "both",
-}  # fmt: skip
-TICKETS_ONLY = dict(BOTH, row=3, source_email="an.nguyen@example.vn", scope="tickets")
-CONVERSATIONS = dict(BOTH, row=4, source_email="chi.le@example.vn", scope="conversations")
-
-
-@pytest.fixture
-def led(ledger_path):
-    ledger = Ledger(ledger_path)
-    yield ledger
-    ledger.close()
 
 
 def new_batch(led: Ledger, rows=(BOTH, TICKETS_ONLY, CONVERSATIONS)) -> str:

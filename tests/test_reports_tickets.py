@@ -6,25 +6,11 @@ from __future__ import annotations
 
 import openpyxl
 import pytest
+from helpers import BOTH, CONVERSATIONS, TICKETS_ONLY
 
 from omi_batch import reports, workbook
-from omi_batch.ledger import Ledger
 
 PERMISSION = "OMI answered 200 permission_denied: your key lacks the permission to assign other "
-BOTH = {
-    "row": 2, "source_email": "tuan.ho@example.vn", "target_email": "hanh.ngo@example.vn",
-    "requested_target": "hanh.ngo@example.vn", "via": (), "conv_ids": (),
-    "replace_existing_members": False, "note": "", "scope": "both",
-}  # fmt: skip
-TICKETS_ONLY = dict(BOTH, row=3, source_email="an.nguyen@example.vn", scope="tickets")
-CONVERSATIONS = dict(BOTH, row=4, source_email="chi.le@example.vn", scope="conversations")
-
-
-@pytest.fixture
-def led(ledger_path):
-    ledger = Ledger(ledger_path)
-    yield ledger
-    ledger.close()
 
 
 def step(led, batch, row, kind, *states, **fields):

@@ -429,18 +429,7 @@ def _too_many_headers(environ: dict) -> bool:
     return count > MAX_HEADERS or size > MAX_HEADER_BYTES
 
 
-def make_app(
-    ledger: Any,
-    secret: Secret,
-    *,
-    max_body: int = MAX_BODY,
-    logger: logging.Logger | None = None,
-    answer_within: float | None = ANSWER_WITHIN,
-    metrics: Any = None,
-    spool: Spool | None = None,
-    hold_retry: float = HOLD_RETRY,
-    hold_for: float = HOLD_FOR,
-) -> WebhookApp:
+def make_app(ledger: Any, secret: Secret, **options: Any) -> WebhookApp:
     """The receiver's WSGI app over ``ledger`` (an ``omi_batch.ledger.Ledger``).
 
     ``answer_within``: seconds the ledger gets to store a callback before it is kept in the
@@ -450,9 +439,7 @@ def make_app(
     ``hold_retry``/``hold_for``: how often and how long a callback whose row's 202 is not
     stored yet is tried again before it is judged on what is known.
     """
-    return WebhookApp(ledger, secret, max_body=max_body, logger=logger,
-                      answer_within=answer_within, metrics=metrics, spool=spool,
-                      hold_retry=hold_retry, hold_for=hold_for)  # fmt: skip
+    return WebhookApp(ledger, secret, **options)
 
 
 def _check_readable(ledger: Any) -> None:
