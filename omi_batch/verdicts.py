@@ -10,7 +10,6 @@ applied), ``unexpected``, ``unknown``, ``error`` (applying it failed: kept) and
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,8 +21,6 @@ APPLIED_VERDICTS = ("applied", "late", "confirmed")
 # Verdicts of a callback that was not accepted: refused ones start with REFUSED.
 NOT_ACCEPTED = ("unknown", "error")
 REFUSED = "refused:"
-# Where a preview answer may put its count (OMI's field is not confirmed).
-COUNT_FIELDS = ("updatedRecords", "totalRecords", "total", "count")
 MAX_COUNT = 2**63 - 1  # the largest integer SQLite stores
 
 
@@ -39,24 +36,6 @@ def whole_count(value: Any) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT:
         return value
     return None
-
-
-def read_count(payload: Any) -> int | None:
-    """The preview count in a transfer's payload, or None when there is none (it will come by
-    callback). Raises ApiError("bad_count") for a negative or non-integer count."""
-    if isinstance(payload, dict):
-        value = next((payload[k] for k in COUNT_FIELDS if payload.get(k) is not None), None)
-    else:
-        value = payload
-    if value is None:
-        return None
-    count = whole_count(value)
-    if count is None:
-        from omi_batch.client import ApiError  # only on this error path: the client is heavy
-
-        shown = json.dumps(value, ensure_ascii=False)[:40]
-        raise ApiError(None, "bad_count", f"the count is not a whole number >= 0: {shown}")
-    return count
 
 
 def review(current: Mapping[str, Any], what: str) -> dict[str, Any]:

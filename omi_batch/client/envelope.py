@@ -15,7 +15,7 @@ from omi_batch.client.errors import ApiError, AuthError, RateLimited, ServerErro
 from omi_batch.client.values import Agent, TransferResult
 from omi_batch.config import Secret, scrub
 from omi_batch.errors import UsageError
-from omi_batch.verdicts import read_count
+from omi_batch.verdicts import whole_count
 
 TRANSFER_PATH = "/api/v3/agent/conversation/transfer"
 TICKET_PATH = "/api/v3/agent/ticket/transfer"
@@ -163,6 +163,27 @@ def _auth_hint(code: str | None) -> str:
     if code == "token_expired":
         return "the credential has expired"
     return "the API key may not do this (check its rights in the OMI web app)"
+
+
+# Where a preview answer may put its count (OMI's field is not confirmed).
+COUNT_FIELDS = ("updatedRecords", "totalRecords", "total", "count")
+
+
+def read_count(payload: Any) -> int | None:
+    """The preview count in a transfer's payload by the one count rule (``whole_count``), or
+    None when there is none (it will come by callback). Raises ApiError("bad_count") for a
+    negative or non-integer count."""
+    if isinstance(payload, dict):
+        value = next((payload[k] for k in COUNT_FIELDS if payload.get(k) is not None), None)
+    else:
+        value = payload
+    if value is None:
+        return None
+    count = whole_count(value)
+    if count is None:
+        shown = json.dumps(value, ensure_ascii=False)[:40]
+        raise ApiError(None, "bad_count", f"the count is not a whole number >= 0: {shown}")
+    return count
 
 
 def _transfer_result(http_status: int, envelope: dict, secrets: Sequence[str]) -> TransferResult:
