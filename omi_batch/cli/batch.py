@@ -9,17 +9,15 @@ from typing import Any
 import click
 
 from omi_batch.cli.options import (
-    check_agents_option,
-    http_options,
     json_option,
     ledger_option,
     limit_option,
-    listen_option,
+    max_age_option,
     notify_option,
     pipeline_options,
-    reports_option,
+    plan_options,
     scope_option,
-    wait_option,
+    session_options,
 )
 from omi_batch.cli.output import (
     batch_json,
@@ -279,21 +277,9 @@ def _check_agents(plan) -> None:
     help="Preview again the rows of this batch that are planned, failed their preview, or "
     "were previewed longer than --max-age ago (no new batch).",
 )
-@click.option(
-    "--max-age",
-    type=click.FloatRange(min=0),
-    default=24.0,
-    show_default=True,
-    help="With --batch: hours after which a preview is previewed again.",
-)
-@limit_option
-@scope_option
-@ledger_option
-@reports_option
-@http_options
-@check_agents_option
-@listen_option
-@wait_option(60.0)
+@max_age_option("With --batch: hours after which a preview is previewed again.")
+@plan_options
+@session_options(60.0, check_agents=True)
 @json_option
 def preview(
     file: str | None,
@@ -325,21 +311,35 @@ def preview(
     if batch_id is not None:
         _preview_batch(batch_id, max_age, ledger_path, reports_dir, listen, as_json)
         return
+    plan = _plan_told(file, limit, scope)
+    with _session(ledger_path, listen=listen, create=True) as session:
+        batch_id, summary = _create_and_preview(session, plan, "preview", check_agents,
+                                                ledger_path, reports_dir, listen)  # fmt: skip
+        rows = session.ledger.rows(batch_id)
+    _preview_done(batch_id, rows, summary, as_json)
+
+
+def _plan_told(file: str, limit: int | None, scope: str | None) -> Any:
+    """The plan of FILE (see :func:`load_plan`), its warnings told on stderr."""
     plan = load_plan(file, limit=limit, scope=scope)
     for warning in plan.warnings:
         click.echo(f"Warning: {warning}", err=True)
-    with _session(ledger_path, listen=listen, create=True) as session:
-        batch_id = session.pipeline.create_batch(
-            plan, options={"command": "preview", **pipeline_options()}, check_agents=check_agents
-        )
-        _directory_warnings(plan)
-        resume_with("preview", "--batch", batch_id, ledger_path=ledger_path,
-                    reports_dir=reports_dir, listen=listen)  # fmt: skip
-        click.echo(f"Batch {batch_id}: previewing {len(plan.transfers)} row(s)", err=True)
-        session.pipeline.preview(batch_id)
-        summary = session.pipeline.preview_summary(batch_id, reports_dir)
-        rows = session.ledger.rows(batch_id)
-    _preview_done(batch_id, rows, summary, as_json)
+    return plan
+
+
+def _create_and_preview(session: Any, plan: Any, command: str, check_agents: bool,
+                        ledger_path: str, reports_dir: str,
+                        listen: str | None) -> tuple[str, Any]:  # fmt: skip
+    """A new batch of ``plan``, previewed (preview, run): its id and the preview's summary."""
+    batch_id = session.pipeline.create_batch(
+        plan, options={"command": command, **pipeline_options()}, check_agents=check_agents
+    )
+    _directory_warnings(plan)
+    resume_with("preview", "--batch", batch_id, ledger_path=ledger_path,
+                reports_dir=reports_dir, listen=listen)  # fmt: skip
+    click.echo(f"Batch {batch_id}: previewing {len(plan.transfers)} row(s)", err=True)
+    session.pipeline.preview(batch_id)
+    return batch_id, session.pipeline.preview_summary(batch_id, reports_dir)
 
 
 def _preview_batch(batch_id: str, max_age: float, ledger_path: str, reports_dir: str,
@@ -393,13 +393,7 @@ def _preview_done(batch_id: str, rows: list[dict], summary: Any, as_json: bool) 
     type=click.Path(exists=True, dir_okay=False),
     help="A preview report whose `approved` column says yes / y / true / 1 / x.",
 )
-@click.option(
-    "--max-age",
-    type=click.FloatRange(min=0),
-    default=24.0,
-    show_default=True,
-    help="Hours a preview stays fresh enough to approve.",
-)
+@max_age_option("Hours a preview stays fresh enough to approve.")
 @ledger_option
 def approve(
     batch: str, approve_all: bool, report_file: str | None, max_age: float, ledger_path: str
@@ -444,11 +438,7 @@ def _next_execute(ledger: Any, batch_id: str, pipeline: Any) -> str:
 @click.command()
 @click.argument("batch")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@ledger_option
-@reports_option
-@http_options
-@listen_option
-@wait_option(300.0)
+@session_options(300.0)
 @notify_option
 @json_option
 def execute(
@@ -483,14 +473,8 @@ def execute(
 @click.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--yes", is_flag=True, help="Approve every row that previewed ok, without asking.")
-@limit_option
-@scope_option
-@ledger_option
-@reports_option
-@http_options
-@check_agents_option
-@listen_option
-@wait_option(300.0)
+@plan_options
+@session_options(300.0, check_agents=True)
 @notify_option
 @json_option
 def run(
@@ -513,22 +497,14 @@ def run(
         omi-batch run departures.csv --yes --limit 3
         omi-batch run departures.csv --yes --notify 'mailto://bot:${SMTP_PASSWORD}@mail.example.vn'
     """
-    plan = load_plan(file, limit=limit, scope=scope)
-    for warning in plan.warnings:
-        click.echo(f"Warning: {warning}", err=True)
+    plan = _plan_told(file, limit, scope)
     notifier = _notifier(notify_urls)
     with _session(ledger_path, listen=listen, create=True, yes=yes) as session:
         session.notifier = notifier
         pipeline = session.pipeline
-        batch_id = pipeline.create_batch(
-            plan, options={"command": "run", **pipeline_options()}, check_agents=check_agents
-        )
-        _directory_warnings(plan)
-        where = {"ledger_path": ledger_path, "reports_dir": reports_dir, "listen": listen}
-        resume_with("preview", "--batch", batch_id, **where)
-        click.echo(f"Batch {batch_id}: previewing {len(plan.transfers)} row(s)", err=True)
-        pipeline.preview(batch_id)
-        written = pipeline.preview_summary(batch_id, reports_dir).reports
+        batch_id, summary = _create_and_preview(session, plan, "run", check_agents, ledger_path,
+                                                reports_dir, listen)  # fmt: skip
+        written = summary.reports
         print_reports(written)
         rows = session.ledger.rows(batch_id)
         print_plan_summary(rows)
@@ -551,7 +527,8 @@ def run(
         pipeline.approve(batch_id, approve_all=True, notes=notes)
         for note in notes:
             click.echo(note, err=True)
-        resume_with("execute", batch_id, "--yes", **where)
+        resume_with("execute", batch_id, "--yes", ledger_path=ledger_path,
+                    reports_dir=reports_dir, listen=listen)  # fmt: skip
         summary = pipeline.execute(
             batch_id, confirm=_start_execute(batch_id, True, pipeline), reports_dir=reports_dir
         )
@@ -560,11 +537,7 @@ def run(
 
 @click.command()
 @click.argument("batch")
-@ledger_option
-@reports_option
-@http_options
-@listen_option
-@wait_option(60.0)
+@session_options(60.0)
 @json_option
 def reconcile(
     batch: str,

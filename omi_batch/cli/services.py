@@ -10,9 +10,11 @@ import click
 
 from omi_batch.cli.options import (
     SIMULATOR_FAULTS,
+    host_option,
     ledger_option,
     log_format,
     log_format_option,
+    port_option,
     simulator_options,
     verbosity,
 )
@@ -24,14 +26,8 @@ def webhook() -> None:
 
 
 @webhook.command("serve")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option(
-    "--port",
-    type=click.IntRange(0, 65535),
-    default=8080,
-    show_default=True,
-    help="Port to listen on (0 picks a free one).",
-)
+@host_option
+@port_option(8080)
 @click.option(
     "--threads", type=click.IntRange(1, 256), default=16, show_default=True, help="Worker threads."
 )
@@ -90,14 +86,8 @@ def simulator() -> None:
 
 
 @simulator.command("serve")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option(
-    "--port",
-    type=click.IntRange(0, 65535),
-    default=0,
-    show_default=True,
-    help="Port to listen on (0 picks a free one).",
-)
+@host_option
+@port_option(0)
 @simulator_options
 @click.option("-v", "--verbose", count=True, help="Log one line per request on stderr.")
 def simulator_serve(host: str, port: int, verbose: int, **knobs: Any) -> None:
