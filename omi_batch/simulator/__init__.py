@@ -24,11 +24,12 @@ option is described on ``Simulator`` and ``Faults``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from omi_batch.serving import Running
 from omi_batch.simulator.app import envelope, make_app
 from omi_batch.simulator.core import Simulator
 from omi_batch.simulator.model import FIXTURE_PATH, PREVIEW_FIELDS, PREVIEW_MODES, Faults
-from omi_batch.simulator.server import serve
 
 __all__ = [
     "FIXTURE_PATH",
@@ -41,3 +42,15 @@ __all__ = [
     "make_app",
     "serve",
 ]
+
+
+def serve(
+    sim: Simulator,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    ready: Callable[[str], None] | None = None,
+    threads: int = 32,
+) -> None:
+    """Serve ``sim`` until SIGTERM or Ctrl-C (``Simulator.serve``); ``ready(url)`` once listening."""
+    sim.serve(host, port, ready=ready, threads=threads)

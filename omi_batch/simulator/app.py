@@ -15,16 +15,15 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qs
 
 from waitress.channel import ClientDisconnected
 
-from omi_batch.simulator.gate import retry_after_seconds
+from omi_batch.simulator.gate import Gate, retry_after_seconds
 from omi_batch.simulator.model import Rejected
-
-if TYPE_CHECKING:
-    from omi_batch.simulator.core import Simulator
+from omi_batch.simulator.operations import Operations
+from omi_batch.simulator.state import State
 
 log = logging.getLogger("omi_batch.simulator")
 
@@ -160,8 +159,9 @@ def _permission_fault(fault: str | None, error: str) -> Answer | None:
     return None
 
 
-def make_app(sim: Simulator) -> Callable:
-    """The WSGI app that answers like OMI, over ``sim``'s state."""
+def make_app(gate: Gate, operations: Operations, state: State) -> Callable:
+    """The WSGI app that answers like OMI: each request through ``gate``, then the faults of
+    ``state``, then its endpoint in ``operations``."""
 
     def handle(method: str, path: str, environ: dict, body: Any, slow: bool) -> Answer:
         room = _ROOM_PATH.match(path)
@@ -173,51 +173,52 @@ def make_app(sim: Simulator) -> Callable:
             return _failure("method_not_allowed", f"{route} takes {wanted}", 405)
         query = parse_qs(environ.get("QUERY_STRING") or "")
         if route == AUTH_PATH:
-            payload, error = sim.issue_token((query.get("apiKey") or [""])[0])
+            payload, error = gate.issue_token((query.get("apiKey") or [""])[0])
             return Answer(200, envelope(payload)) if payload else _failure(error, status=401)
         if route == AGENT_LIST_PATH:
-            unreachable = _directory_fault(sim.faults.directory_fault)
+            unreachable = _directory_fault(state.faults.directory_fault)
             if unreachable:
                 return unreachable
-        mode = sim.directory_auth if route == AGENT_LIST_PATH else sim.auth
-        auth_error = sim.check_auth(
-            environ.get("HTTP_X_API_KEY"), environ.get("HTTP_AUTHORIZATION"), mode
+        auth_error = gate.check_auth(
+            environ.get("HTTP_X_API_KEY"),
+            environ.get("HTTP_AUTHORIZATION"),
+            directory=route == AGENT_LIST_PATH,
         )
         if auth_error:
             return _failure(auth_error, status=401)
         try:
             if route == AGENT_LIST_PATH:
                 denied = _permission_fault(
-                    sim.faults.directory_fault, "the key's role may not list agents"
+                    state.faults.directory_fault, "the key's role may not list agents"
                 )
                 if denied:
                     return denied
                 page, size = _page(query, "page", 1), _page(query, "size", DIRECTORY_PAGE_SIZE)
                 keyword = (query.get("keyword") or [""])[0]
-                return Answer(200, envelope(sim.list_agents(page, size, keyword)))
+                return Answer(200, envelope(operations.list_agents(page, size, keyword)))
         except Rejected as rejected:
             return _failure(rejected.code, rejected.error, rejected.http_status)
         if not isinstance(body, dict):
             return _failure("request_body_required", "the body must be a JSON object")
         try:
             if route == TICKET_TRANSFER_PATH:
-                denied = _permission_fault(sim.faults.ticket_fault, TICKET_PERMISSION)
+                denied = _permission_fault(state.faults.ticket_fault, TICKET_PERMISSION)
                 if denied:
                     return denied
-                request = sim.parse_transfer(body, "tickets")
-                status, payload = sim.transfer(request, apply_now=slow)
+                request = operations.parse_transfer(body, "tickets")
+                status, payload = operations.transfer(request, apply_now=slow)
                 return Answer(status, envelope(payload))
             if room:
                 channel, action = room.groups()
                 if channel not in CHANNELS:
                     raise Rejected("channel_not_supported", f"channel {channel}: only livetalk")
                 if action == "new_room":
-                    return Answer(200, envelope(sim.new_room(channel, body)))
-                return Answer(200, envelope(sim.guest_send_message(body)))
+                    return Answer(200, envelope(operations.new_room(channel, body)))
+                return Answer(200, envelope(operations.guest_send_message(body)))
             if route == LIST_PATH:
                 page, size = _page(query, "page", 1), _page(query, "size", 15)
-                return Answer(200, envelope(sim.list_messages(body, page, size)))
-            status, payload = sim.transfer(sim.parse_transfer(body), apply_now=slow)
+                return Answer(200, envelope(operations.list_messages(body, page, size)))
+            status, payload = operations.transfer(operations.parse_transfer(body), apply_now=slow)
             return Answer(status, envelope(payload))
         except Rejected as rejected:
             return _failure(rejected.code, rejected.error, rejected.http_status)
@@ -236,12 +237,12 @@ def make_app(sim: Simulator) -> Callable:
         )
         if script.get("apply") and kind and isinstance(body, dict):
             try:
-                request = sim.parse_transfer(body, kind)
+                request = operations.parse_transfer(body, kind)
             except Rejected:
                 return answer, _request_id(answer)
             if not request.preview:
                 request_id = _request_id(answer) or str(uuid.uuid4())
-                sim.transfer(request, apply_now=True, request_id=request_id)
+                operations.transfer(request, apply_now=True, request_id=request_id)
                 return answer, request_id
         return answer, _request_id(answer)
 
@@ -263,50 +264,49 @@ def make_app(sim: Simulator) -> Callable:
             "fault": None,
         }
         recorded = False
-        sim.count_request()
-        script = sim.next_scripted()
-        wait = 0.0 if script is not None else sim.admit()
+        script = gate.next_scripted()
+        wait = 0.0 if script is not None else gate.admit()
         if wait:
             event["fault"] = "rate_limited"
-            answer = _rate_limited(sim.rate_limit_retry_after, wait)
+            answer = _rate_limited(gate.rate_limit_retry_after, wait)
         elif script is None:
-            faults = sim.faults
-            sim.sleep(faults.latency_ms / 1000)
-            if sim.draw(faults.reset_rate):
+            faults = state.faults
+            state.sleep(faults.latency_ms / 1000)
+            if state.draw(faults.reset_rate):
                 event["fault"], answer = "reset", Answer(0, reset=True)
-            elif sim.draw(faults.rate_limit_rate):
+            elif state.draw(faults.rate_limit_rate):
                 event["fault"] = "rate_limit"
                 answer = _failure("rate_limit_exceeded", "too many requests", 429)
                 answer.headers["Retry-After"] = f"{faults.retry_after:g}"
-            elif sim.draw(faults.error_rate):
+            elif state.draw(faults.error_rate):
                 event["fault"] = "error"
-                if sim.choice([500, 503]) == 500:
+                if state.choice([500, 503]) == 500:
                     answer = _failure("internal_server_error", status=500)
                 else:
                     answer = Answer(503, UNAVAILABLE_PAGE, {"Content-Type": "text/html"})
             else:
-                slow = sim.draw(faults.slow_rate)
+                slow = state.draw(faults.slow_rate)
                 if too_large:
                     answer = _failure("request_body_too_large", f"at most {MAX_BODY} bytes", 413)
                 else:
-                    with sim.lock:  # the event is recorded before any callback of this request
+                    with state.lock:  # the event is recorded before any callback of this request
                         answer = handle(method, path, environ, body, slow)
                         if slow:
                             event["fault"] = "slow"
                             answer.delay = faults.slow_seconds
                         event["status"], event["request_id"] = answer.status, _request_id(answer)
-                        sim.record(event)
+                        state.record(event)
                         recorded = True
         else:
             event["fault"] = "scripted"
-            with sim.lock:
+            with state.lock:
                 answer, event["request_id"] = scripted(script, path, body)
                 event["status"] = None if answer.reset else answer.status
-                sim.record(event)
+                state.record(event)
                 recorded = True
         if not recorded:  # a fault answered: nothing was handled
             event["status"] = None if answer.reset else answer.status
-            sim.record(event)
+            state.record(event)
         log.info(
             "%s %s -> %s%s",
             method,
@@ -314,7 +314,7 @@ def make_app(sim: Simulator) -> Callable:
             "no answer (reset)" if answer.reset else answer.status,
             f" [{event['fault']}]" if event["fault"] else "",
         )
-        sim.sleep(answer.delay)
+        state.sleep(answer.delay)
         if answer.reset:
             raise ResetConnection("closed without an answer (simulated fault)")
         data, headers = _encode(answer)

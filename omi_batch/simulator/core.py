@@ -1,52 +1,41 @@
-"""The simulator's state: agents (and their directory), conversations, tickets, transfers,
-faults, scripted answers, events, stats. ``Simulator`` holds it; what each endpoint does to it
-is in ``operations``, the worker that applies transfers and sends callbacks in ``delivery``,
-loading a fixture in ``fixtures``.
-
-Everything mutable sits behind one lock (``Simulator._cond``) so the WSGI app can run in many
-threads. Random faults come from ``random.Random(seed)`` so a run can be repeated; request ids
-are real UUIDs so two runs never share one (a ledger may outlive a simulator).
+"""The simulator as one object: ``Simulator`` holds its parts and is what tests, demos and the
+CLI use. The parts: ``state`` (the world and the one lock), ``gate`` (scripted answers, the
+hidden rate limit, credentials), ``operations`` (what each endpoint does to the state),
+``delivery`` (the worker: transfers applied, callbacks sent), ``app`` (the WSGI app over them)
+and ``server`` (serving it). Request ids are real UUIDs so two runs never share one (a ledger
+may outlive a simulator).
 """
 
 from __future__ import annotations
 
-import itertools
-import random
-import threading
-import time
-from collections import deque
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from omi_batch.config import Secret
 from omi_batch.errors import NotFound, UsageError
-from omi_batch.simulator.delivery import _Worker
+from omi_batch.serving import Running
+from omi_batch.simulator import server
+from omi_batch.simulator.app import make_app
+from omi_batch.simulator.delivery import Delivery
 from omi_batch.simulator.fixtures import _iso, _parse_time, load_fixture
 from omi_batch.simulator.gate import (
     AUTH_MODES,
     RATE_LIMIT_ANSWERS,
     Credentials,
-    TokenBucket,
+    Gate,
     parse_rate_limit,
 )
 from omi_batch.simulator.model import (
-    CALLBACK_TIMEOUT,
     DAY_SECONDS,
-    DIRECTORY_SHAPES,
-    EVENT_LIMIT,
-    PREVIEW_FIELDS,
-    PREVIEW_MODES,
-    SCRIPT_KEYS,
+    Answers,
     Faults,
 )
 from omi_batch.simulator.operations import Operations
-
-if TYPE_CHECKING:
-    from omi_batch.serving import Running
+from omi_batch.simulator.state import State
 
 
-class Simulator(Operations):
+class Simulator:
     """A stand-in for OMI's API: agents, conversations, tickets, transfers and their callbacks.
 
     ``fixture`` is a path or a dict (None: the built-in sample); ``api_key`` is the only
@@ -92,10 +81,11 @@ class Simulator(Operations):
         ticket_callbacks: bool = True,
         ticket_preview_mode: str | None = None,
     ):
-        if preview_mode not in PREVIEW_MODES:
-            raise UsageError(f"preview_mode must be one of {', '.join(PREVIEW_MODES)}")
-        if ticket_preview_mode not in (None, *PREVIEW_MODES):
-            raise UsageError(f"ticket_preview_mode must be one of {', '.join(PREVIEW_MODES)}")
+        answers = Answers(
+            preview_mode=preview_mode, preview_field=preview_field, window_days=window_days,
+            directory_shape=directory_shape, ticket_window_days=ticket_window_days,
+            ticket_callbacks=ticket_callbacks, ticket_preview_mode=ticket_preview_mode,
+        )  # fmt: skip
         for name, value in (("auth", auth), ("directory_auth", directory_auth)):
             if value not in AUTH_MODES:
                 raise UsageError(f"{name} must be one of {', '.join(AUTH_MODES)}, not {value!r}")
@@ -103,55 +93,38 @@ class Simulator(Operations):
             raise UsageError(
                 f"rate_limit_retry_after must be one of {', '.join(RATE_LIMIT_ANSWERS)}"
             )
-        if directory_shape not in DIRECTORY_SHAPES:
-            raise UsageError(f"directory_shape must be one of {', '.join(DIRECTORY_SHAPES)}")
-        if ticket_window_days is not None and ticket_window_days < 1:
-            raise UsageError("ticket_window_days must be at least 1 (or None: no window)")
-        if preview_field not in PREVIEW_FIELDS:
-            raise UsageError(f"preview_field must be one of {', '.join(PREVIEW_FIELDS)}")
-        if window_days < 1:
-            raise UsageError("window_days must be at least 1")
-        self._credentials = Credentials(
+        credentials = Credentials(
             api_key if isinstance(api_key, Secret) else Secret(api_key),
             token_lifetime,
             refuse_token_after,
         )
-        self.preview_mode = preview_mode
-        self.preview_field = preview_field
-        self.faults = faults if faults is not None else Faults()
-        self.window_days = window_days
-        self._bucket: TokenBucket | None = parse_rate_limit(rate_limit)
-        self.rate_limit_retry_after = rate_limit_retry_after
-        self.auth = auth
-        self.directory_auth = directory_auth
-        self.token_expires_in = token_expires_in
-        self.directory_shape = directory_shape
-        self.ticket_window_days = ticket_window_days
-        self.ticket_callbacks = ticket_callbacks
-        self.ticket_preview_mode = ticket_preview_mode
-        self._stats = {"requests": 0, "admitted": 0, "refused": 0}
-        self._fixed_now = None if now is None else _parse_time(now, "now")
-        self._agents, self._conversations, self._tickets = load_fixture(fixture, self.now())
-        self._by_id = {c["id"]: c for c in self._conversations}
-        self._by_uuid = {c["uuid"]: c for c in self._conversations}
-        self._messages: dict[str, list[dict]] = {}
-        self._rng = random.Random(seed)
-        self._cond = threading.Condition(threading.RLock())
-        self._events: deque[dict] = deque(maxlen=EVENT_LIMIT)
-        self._script: deque[dict] = deque()
-        self._jobs: list[tuple] = []
-        self._seq = itertools.count()
-        self._in_flight = 0
-        self._group_due = 0.0  # when the current group of reordered callbacks goes out
-        self._group_size = 0
-        self._worker: _Worker | None = None
-        self._stopping = threading.Event()
+        self.gate = Gate(
+            credentials,
+            parse_rate_limit(rate_limit),
+            auth=auth,
+            directory_auth=directory_auth,
+            rate_limit_retry_after=rate_limit_retry_after,
+            token_expires_in=token_expires_in,
+        )
+        fixed_now = None if now is None else _parse_time(now, "now")
+        agents, conversations, tickets = load_fixture(fixture, fixed_now or datetime.now(UTC))
+        self.state = State(
+            agents,
+            conversations,
+            tickets,
+            faults=faults if faults is not None else Faults(),
+            seed=seed,
+            fixed_now=fixed_now,
+        )
+        self.delivery = Delivery(self.state)
+        self.operations = Operations(self.state, self.delivery, answers)
 
     def __repr__(self) -> str:
+        state, operations = self.state, self.operations
         return (
-            f"Simulator(agents={len(self._agents)}, conversations={len(self._conversations)}, "
-            f"tickets={len(self._tickets)}, preview_mode={self.preview_mode!r}, "
-            f"preview_field={self.preview_field!r}, auth={self.auth!r}, "
+            f"Simulator(agents={len(state.agents)}, conversations={len(state.conversations)}, "
+            f"tickets={len(state.tickets)}, preview_mode={operations.answers.preview_mode!r}, "
+            f"preview_field={operations.answers.preview_field!r}, auth={self.gate.auth!r}, "
             f"rate_limit={self.rate_limit!r})"
         )
 
@@ -159,25 +132,34 @@ class Simulator(Operations):
 
     def now(self) -> datetime:
         """The simulator's clock: ``now`` if pinned, else the real UTC time."""
-        return self._fixed_now or datetime.now(UTC)
+        return self.state.now()
+
+    @property
+    def faults(self) -> Faults:
+        """The fault knobs, read at each request: change them while running."""
+        return self.state.faults
+
+    @faults.setter
+    def faults(self, faults: Faults) -> None:
+        self.state.faults = faults
 
     @property
     def agents(self) -> dict[str, str]:
         """email → name of every agent OMI knows (former agents included)."""
-        return {email: agent["name"] for email, agent in self._agents.items()}
+        return {email: agent["name"] for email, agent in self.state.agents.items()}
 
     @property
     def directory(self) -> list[dict]:
         """Every agent as the directory lists it: ``{"email", "name", "is_active", "is_deleted"}``."""
         return [
             {"email": e, "name": a["name"], "is_active": a["active"], "is_deleted": a["deleted"]}
-            for e, a in self._agents.items()
+            for e, a in self.state.agents.items()
         ]
 
     @property
     def tickets(self) -> list[dict]:
         """A copy of every ticket: ``{"id", "assignee", "status", "created_at"}``."""
-        with self._cond:
+        with self.state.lock:
             return [
                 {
                     "id": t["id"],
@@ -185,53 +167,52 @@ class Simulator(Operations):
                     "status": t["status"],
                     "created_at": _iso(t["created"]),
                 }
-                for t in self._tickets
+                for t in self.state.tickets
             ]
 
     @property
     def rate_limit(self) -> str | None:
         """The hidden limit as "RPS:BURST" (None: no limit); settable while running."""
-        bucket = self._bucket
+        bucket = self.gate.bucket
         return None if bucket is None else f"{bucket.rate:g}:{bucket.burst}"
 
     @rate_limit.setter
     def rate_limit(self, spec: str | float | None) -> None:
-        self._bucket = parse_rate_limit(spec)
+        self.gate.bucket = parse_rate_limit(spec)
 
     @property
     def refuse_token_after(self) -> int | None:
         """Tokens issued before ``/api/auth`` refuses every other (None: never); settable."""
-        return self._credentials.refuse_token_after
+        return self.gate.credentials.refuse_token_after
 
     @refuse_token_after.setter
     def refuse_token_after(self, count: int | None) -> None:
-        self._credentials.refuse_token_after = count
+        self.gate.credentials.refuse_token_after = count
 
     @property
     def stats(self) -> dict[str, int]:
         """Counts so far: ``requests`` (all), ``admitted`` and ``refused`` by the rate limit
         (every unscripted request is admitted when there is none), ``tokens_issued``."""
-        with self._cond:
-            return dict(self._stats, tokens_issued=self._credentials.issued)
+        return self.gate.stats
 
     def expire_tokens(self) -> int:
         """Make every token issued so far expired (a test's "24 hours later"); how many."""
-        return self._credentials.expire_all()
+        return self.gate.credentials.expire_all()
 
     @property
     def conversations(self) -> list[dict]:
         """A copy of every conversation: ``{"id", "members", "created_at"}``."""
-        with self._cond:
+        with self.state.lock:
             return [
                 {"id": c["id"], "members": list(c["members"]), "created_at": _iso(c["created"])}
-                for c in self._conversations
+                for c in self.state.conversations
             ]
 
     @property
     def events(self) -> list[dict]:
         """Every request and callback so far, in order (a copy)."""
-        with self._cond:
-            return [dict(e) for e in self._events]
+        with self.state.lock:
+            return [dict(e) for e in self.state.events]
 
     def script(self, *answers: dict) -> None:
         """Queue exact answers for the next API requests, in order, whatever the endpoint.
@@ -240,11 +221,7 @@ class Simulator(Operations):
         ``delay`` (seconds), ``reset`` (close the connection, no answer), ``apply`` (process
         the request for real first: an execute is applied and its callback sent).
         """
-        for answer in answers:
-            if not isinstance(answer, dict) or not set(answer) <= SCRIPT_KEYS:
-                raise UsageError(f"a scripted answer is a dict with keys {sorted(SCRIPT_KEYS)}")
-        with self._cond:
-            self._script.extend(dict(a) for a in answers)
+        self.gate.script(answers)
 
     def count(
         self,
@@ -255,110 +232,52 @@ class Simulator(Operations):
     ) -> int:
         """How many conversations a preview of this transfer would count right now."""
         source, target = self._known(source), self._known(target)
-        with self._cond:
+        with self.state.lock:
             return len(
-                self._changes(source, target, tuple(conv_ids) if conv_ids else None, replace)
+                self.operations.changes(
+                    source, target, tuple(conv_ids) if conv_ids else None, replace
+                )
             )
 
     def count_tickets(self, source: str, target: str) -> int:
         """How many tickets a preview of this ticket transfer would count right now."""
         source, target = self._known(source), self._known(target)
-        with self._cond:
-            return len(self._ticket_changes(source, target))
+        with self.state.lock:
+            return len(self.operations.ticket_changes(source, target))
 
     def _known(self, email: str) -> str:
         email = email.strip().lower()
-        if email not in self._agents:
+        if email not in self.state.agents:
             raise NotFound(f"no agent {email} in the simulator")
         return email
 
     def wait_idle(self, timeout: float = 10) -> bool:
         """True once no transfer or callback is pending or in flight; False after ``timeout``."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while self._jobs or self._in_flight:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(min(left, 0.5))
-            return True
+        return self.delivery.wait_idle(timeout)
+
+    def app(self) -> Callable:
+        """The WSGI app that answers like OMI over this simulator."""
+        return make_app(self.gate, self.operations, self.state)
 
     def start(self, host: str = "127.0.0.1", port: int = 0, *, threads: int = 32) -> Running:
-        """Serve the API with waitress in a daemon thread; returns a handle with ``url``, ``stop()``."""
-        from omi_batch.simulator.server import start
+        """Serve the API with waitress in a daemon thread; returns a handle with ``url``,
+        ``stop()`` (which also ends the callback worker)."""
+        self.state.stopping.clear()  # a simulator stopped before may serve again
+        return server.start(self.app(), self.close, host, port, threads=threads)
 
-        return start(self, host, port, threads=threads)
+    def serve(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        ready: Callable[[str], None] | None = None,
+        threads: int = 32,
+    ) -> None:
+        """Serve the API until SIGTERM or Ctrl-C; calls ``ready(url)`` once listening."""
+        self.state.stopping.clear()
+        server.serve(self.app(), self.close, host, port, ready=ready, threads=threads)
 
     def close(self) -> None:
         """Stop the worker (pending callbacks are dropped) and wake every sleeping answer."""
-        self._stopping.set()
-        with self._cond:
-            worker, self._worker = self._worker, None
-            self._jobs.clear()
-            if worker:
-                worker.stopping = True
-            self._cond.notify_all()
-        if worker and worker is not threading.current_thread():
-            worker.join(timeout=CALLBACK_TIMEOUT + 3)
-
-    # ----------------------------------------------------------------- used by the app
-
-    @property
-    def lock(self) -> threading.Condition:
-        """The one lock over all state (re-entrant)."""
-        return self._cond
-
-    def check_auth(self, api_key: str | None, authorization: str | None, mode: str) -> str | None:
-        """None if the request's credentials pass ``mode``, else the error code (HTTP 401)."""
-        return self._credentials.check(mode, api_key, authorization)
-
-    def issue_token(self, presented: str | None) -> tuple[dict | None, str | None]:
-        """``GET /api/auth``: (the payload, None) for the right key, else (None, error code)."""
-        token, error = self._credentials.issue(presented)
-        if token is None:
-            return None, error
-        payload: dict[str, Any] = {
-            "access_token": token,
-            "access_type": "api_key",
-            "token_type": "Bearer",
-        }
-        if self.token_expires_in:
-            payload["expires_in"] = int(self._credentials.token_lifetime)
-        return payload, None
-
-    def admit(self) -> float:
-        """Count one request against the hidden rate limit: 0 admitted, else seconds to wait."""
-        bucket = self._bucket
-        wait = bucket.take() if bucket is not None else 0.0
-        with self._cond:
-            self._stats["refused" if wait else "admitted"] += 1
-        return wait
-
-    def count_request(self) -> None:
-        with self._cond:
-            self._stats["requests"] += 1
-
-    def next_scripted(self) -> dict | None:
-        with self._cond:
-            return self._script.popleft() if self._script else None
-
-    def draw(self, rate: float) -> bool:
-        """One repeatable coin toss; a rate of 0 draws nothing, so it shifts no other fault."""
-        if rate <= 0:
-            return False
-        with self._cond:
-            return self._rng.random() < rate
-
-    def choice(self, options: list) -> Any:
-        with self._cond:
-            return self._rng.choice(options)
-
-    def sleep(self, seconds: float) -> None:
-        """Wait, but wake at once when the simulator stops."""
-        if seconds > 0:
-            self._stopping.wait(seconds)
-
-    def record(self, event: dict) -> None:
-        event.setdefault("at", datetime.now(UTC).isoformat(timespec="milliseconds"))
-        with self._cond:
-            self._events.append(event)
+        self.state.stopping.set()
+        self.delivery.close()

@@ -1,5 +1,5 @@
-"""What the simulator checks before any endpoint runs: its hidden rate limit and its credentials
-(the API key, and Bearer tokens from ``GET /api/auth``).
+"""What the simulator checks before any endpoint runs (``Gate``): a scripted answer, its hidden
+rate limit and its credentials (the API key, and Bearer tokens from ``GET /api/auth``).
 
 Both keep their state behind their own small lock and read ``time.monotonic()``, so a pinned
 calendar clock (``Simulator(now=...)``) never stops a bucket from refilling or a token from
@@ -13,9 +13,12 @@ import math
 import secrets
 import threading
 import time
+from collections import deque
+from typing import Any
 
 from omi_batch.config import Secret
 from omi_batch.errors import UsageError
+from omi_batch.simulator.model import SCRIPT_KEYS
 
 AUTH_MODES = ("api-key", "bearer", "both")
 RATE_LIMIT_ANSWERS = ("header", "none", "envelope")
@@ -152,3 +155,79 @@ class Credentials:
         if bearer is not None:
             return self.token_error(bearer)
         return self.key_error(api_key)
+
+
+class Gate:
+    """What every request passes before its endpoint: the scripted answers queued, the hidden
+    rate limit (``bucket``, None: none), the credentials in ``auth`` mode (``directory_auth``
+    for the directory); and the counts of it all."""
+
+    def __init__(
+        self,
+        credentials: Credentials,
+        bucket: TokenBucket | None,
+        *,
+        auth: str,
+        directory_auth: str,
+        rate_limit_retry_after: str,
+        token_expires_in: bool,
+    ):
+        self.credentials = credentials
+        self.bucket = bucket
+        self.auth = auth
+        self.directory_auth = directory_auth
+        self.rate_limit_retry_after = rate_limit_retry_after
+        self.token_expires_in = token_expires_in
+        self._stats = {"requests": 0, "admitted": 0, "refused": 0}
+        self._script: deque[dict] = deque()
+        self._lock = threading.Lock()
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """``requests``, ``admitted`` and ``refused`` by the rate limit, ``tokens_issued``."""
+        with self._lock:
+            return dict(self._stats, tokens_issued=self.credentials.issued)
+
+    def script(self, answers: tuple[dict, ...]) -> None:
+        """Queue exact answers for the next requests (keys: SCRIPT_KEYS)."""
+        for answer in answers:
+            if not isinstance(answer, dict) or not set(answer) <= SCRIPT_KEYS:
+                raise UsageError(f"a scripted answer is a dict with keys {sorted(SCRIPT_KEYS)}")
+        with self._lock:
+            self._script.extend(dict(a) for a in answers)
+
+    def next_scripted(self) -> dict | None:
+        """Count the request; the scripted answer queued for it, if any."""
+        with self._lock:
+            self._stats["requests"] += 1
+            return self._script.popleft() if self._script else None
+
+    def admit(self) -> float:
+        """Count one request against the hidden rate limit: 0 admitted, else seconds to wait."""
+        bucket = self.bucket
+        wait = bucket.take() if bucket is not None else 0.0
+        with self._lock:
+            self._stats["refused" if wait else "admitted"] += 1
+        return wait
+
+    def check_auth(
+        self, api_key: str | None, authorization: str | None, *, directory: bool = False
+    ) -> str | None:
+        """None if the request's credentials pass (the directory's mode for ``directory``),
+        else the error code (HTTP 401)."""
+        mode = self.directory_auth if directory else self.auth
+        return self.credentials.check(mode, api_key, authorization)
+
+    def issue_token(self, presented: str | None) -> tuple[dict | None, str | None]:
+        """``GET /api/auth``: (the payload, None) for the right key, else (None, error code)."""
+        token, error = self.credentials.issue(presented)
+        if token is None:
+            return None, error
+        payload: dict[str, Any] = {
+            "access_token": token,
+            "access_type": "api_key",
+            "token_type": "Bearer",
+        }
+        if self.token_expires_in:
+            payload["expires_in"] = int(self.credentials.token_lifetime)
+        return payload, None

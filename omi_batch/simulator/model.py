@@ -1,6 +1,7 @@
-"""The simulator's vocabulary, with no behaviour: its constants, the ``Faults`` it can inject, a
-parsed transfer request, and ``Rejected`` (a refusal in the vendor's envelope). The WSGI app and
-the state both use these, so neither imports the other for them."""
+"""The simulator's vocabulary, with no behaviour: its constants, the ``Faults`` it can inject,
+the ``Answers`` its endpoints give, a parsed transfer request, and ``Rejected`` (a refusal in
+the vendor's envelope). Every other part of the simulator uses these, so none imports another
+for them."""
 
 from __future__ import annotations
 
@@ -25,6 +26,33 @@ EVENT_LIMIT = 200_000  # oldest events are forgotten beyond this
 REORDER_WINDOW = 0.25  # seconds callbacks are held back when reorder_callbacks is on
 REORDER_GROUP = 64  # at most this many callbacks shuffled together
 SCRIPT_KEYS = frozenset({"status", "body", "headers", "delay", "reset", "apply"})
+
+
+@dataclass(frozen=True)
+class Answers:
+    """How the endpoints answer (the variants OMI may turn out to have); see ``Simulator``."""
+
+    preview_mode: str = "sync"
+    preview_field: str = "updatedRecords"
+    window_days: int = 183
+    directory_shape: str = "items"
+    ticket_window_days: int | None = None
+    ticket_callbacks: bool = True
+    ticket_preview_mode: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.preview_mode not in PREVIEW_MODES:
+            raise UsageError(f"preview_mode must be one of {', '.join(PREVIEW_MODES)}")
+        if self.ticket_preview_mode not in (None, *PREVIEW_MODES):
+            raise UsageError(f"ticket_preview_mode must be one of {', '.join(PREVIEW_MODES)}")
+        if self.directory_shape not in DIRECTORY_SHAPES:
+            raise UsageError(f"directory_shape must be one of {', '.join(DIRECTORY_SHAPES)}")
+        if self.ticket_window_days is not None and self.ticket_window_days < 1:
+            raise UsageError("ticket_window_days must be at least 1 (or None: no window)")
+        if self.preview_field not in PREVIEW_FIELDS:
+            raise UsageError(f"preview_field must be one of {', '.join(PREVIEW_FIELDS)}")
+        if self.window_days < 1:
+            raise UsageError("window_days must be at least 1")
 
 
 @dataclass

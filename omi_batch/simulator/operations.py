@@ -3,26 +3,34 @@ conversation and ticket transfers (preview and execute)."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 from omi_batch.simulator.delivery import Delivery
 from omi_batch.simulator.fixtures import _agent_id, _ms, _new_id
 from omi_batch.simulator.model import (
     TICKET_OPEN,
+    Answers,
     Rejected,
     TransferRequest,
 )
+from omi_batch.simulator.state import State
 
 
-class Operations(Delivery):
-    """The endpoints' work on the state, called by the WSGI app under ``Simulator.lock``."""
+class Operations:
+    """The endpoints' work on the ``State``, called by the WSGI app under ``State.lock``,
+    answering as ``answers`` say; what an executed transfer sets off goes to the ``Delivery``."""
+
+    def __init__(self, state: State, delivery: Delivery, answers: Answers):
+        self.state = state
+        self.delivery = delivery
+        self.answers = answers
 
     def agent(self, email: str, field: str) -> str:
         email = email.strip().lower()
-        if email not in self._agents:
+        if email not in self.state.agents:
             raise Rejected("user_not_found", f"{field}: no agent with email {email}")
         return email
 
@@ -37,8 +45,8 @@ class Operations(Delivery):
         if not isinstance(members, list):
             raise Rejected("request_body_required", "members is a list of agent emails")
         members = [self.agent(str(m), "members") for m in members]
-        with self._cond:
-            conversation = self._by_uuid.get(room_uuid) if room_uuid else None
+        with self.state.lock:
+            conversation = self.state.by_uuid.get(room_uuid) if room_uuid else None
             if conversation is None:
                 conv_id = _new_id()
                 conversation = {
@@ -47,11 +55,11 @@ class Operations(Delivery):
                     "channel": channel,
                     "guest_info": dict(guest),
                     "members": members,
-                    "created": self.now(),
+                    "created": self.state.now(),
                 }
-                self._conversations.append(conversation)
-                self._by_id[conv_id] = conversation
-                self._by_uuid[conversation["uuid"]] = conversation
+                self.state.conversations.append(conversation)
+                self.state.by_id[conv_id] = conversation
+                self.state.by_uuid[conversation["uuid"]] = conversation
             return {"conversation": self._room_view(conversation)}
 
     def guest_send_message(self, body: dict) -> dict:
@@ -63,8 +71,8 @@ class Operations(Delivery):
         multimedias = body.get("multimedias")
         if multimedias is not None and not isinstance(multimedias, list):
             raise Rejected("request_body_required", "multimedias is a list")
-        with self._cond:
-            conversation = self._by_uuid.get(room_uuid)
+        with self.state.lock:
+            conversation = self.state.by_uuid.get(room_uuid)
             if conversation is None:
                 raise Rejected("resource_not_found", f"no conversation with uuid {room_uuid}")
             stamp = _ms()
@@ -82,7 +90,7 @@ class Operations(Delivery):
                 "conv_uuid": conversation["uuid"],
                 "guest_info": conversation["guest_info"] or None,
             }
-            self._messages.setdefault(conversation["id"], []).append(message)
+            self.state.messages.setdefault(conversation["id"], []).append(message)
             return dict(message)
 
     def list_messages(self, body: dict, page: int, size: int) -> list[dict]:
@@ -90,11 +98,11 @@ class Operations(Delivery):
         conv_id = body.get("conv_id")
         if not isinstance(conv_id, str) or not conv_id:
             raise Rejected("conv_id_required", "conv_id: the conversation id is required")
-        with self._cond:
-            conversation = self._by_id.get(conv_id) or self._by_uuid.get(conv_id)
+        with self.state.lock:
+            conversation = self.state.by_id.get(conv_id) or self.state.by_uuid.get(conv_id)
             if conversation is None:
                 raise Rejected("resource_not_found", f"no conversation {conv_id}")
-            messages = list(reversed(self._messages.get(conversation["id"], [])))
+            messages = list(reversed(self.state.messages.get(conversation["id"], [])))
             return [dict(m) for m in messages[(page - 1) * size : page * size]]
 
     def list_agents(self, page: int, size: int, keyword: str) -> Any:
@@ -103,11 +111,11 @@ class Operations(Delivery):
         needle = keyword.strip().casefold()
         matches = [
             (email, agent)
-            for email, agent in self._agents.items()
+            for email, agent in self.state.agents.items()
             if not needle or needle in email or needle in agent["name"].casefold()
         ]
         chosen = matches[(page - 1) * size : page * size]
-        if self.directory_shape == "data":
+        if self.answers.directory_shape == "data":
             items = [
                 {
                     "id": _agent_id(email),
@@ -132,7 +140,7 @@ class Operations(Delivery):
             }
             for email, agent in chosen
         ]
-        if self.directory_shape == "list":
+        if self.answers.directory_shape == "list":
             return items
         return {"items": items, "page": page, "size": size, "total_items": len(matches)}
 
@@ -185,24 +193,22 @@ class Operations(Delivery):
         """
         request_id = request_id or str(uuid.uuid4())
         if request.preview:
-            with self._cond:
+            with self.state.lock:
                 count = len(self._request_changes(request))
-            mode = self.preview_mode
-            if request.kind == "tickets" and self.ticket_preview_mode:
-                mode = self.ticket_preview_mode
+            mode = self.answers.preview_mode
+            if request.kind == "tickets" and self.answers.ticket_preview_mode:
+                mode = self.answers.ticket_preview_mode
             if mode == "sync":
-                if self.preview_field == "number":
+                if self.answers.preview_field == "number":
                     return 200, count
-                return 200, {self.preview_field: count, "requestId": request_id}
+                return 200, {self.answers.preview_field: count, "requestId": request_id}
             if request.callback:
-                self._schedule_callback(request, request_id, "SUCCESS", count)
+                self._callback(request, request_id, "SUCCESS", count)
             return 202, {"requestId": request_id}
         if apply_now:
-            self._finish_transfer(request, request_id)
+            self.finish_transfer(request, request_id)
         else:
-            self._enqueue(
-                {"kind": "apply", "request": request, "request_id": request_id}, time.monotonic()
-            )
+            self.delivery.apply_later(partial(self.finish_transfer, request, request_id))
         return 202, {"requestId": request_id}
 
     # ----------------------------------------------------------------- internals
@@ -221,14 +227,14 @@ class Operations(Delivery):
             "last_message": None,
         }
 
-    def _changes(
+    def changes(
         self, source: str, target: str, conv_ids: tuple[str, ...] | None, replace: bool
     ) -> list[dict]:
         """The conversations this transfer would change now (call with the lock held)."""
-        since = self.now() - timedelta(days=self.window_days)
+        since = self.state.now() - timedelta(days=self.answers.window_days)
         wanted = set(conv_ids) if conv_ids else None
         changes = []
-        for conversation in self._conversations:
+        for conversation in self.state.conversations:
             members = conversation["members"]
             if source not in members or conversation["created"] < since:
                 continue
@@ -238,14 +244,14 @@ class Operations(Delivery):
                 changes.append(conversation)
         return changes
 
-    def _ticket_changes(self, source: str, target: str) -> list[dict]:
+    def ticket_changes(self, source: str, target: str) -> list[dict]:
         """The open tickets of ``source`` a ticket transfer would move now (lock held)."""
         since = None
-        if self.ticket_window_days is not None:
-            since = self.now() - timedelta(days=self.ticket_window_days)
+        if self.answers.ticket_window_days is not None:
+            since = self.state.now() - timedelta(days=self.answers.ticket_window_days)
         return [
             t
-            for t in self._tickets
+            for t in self.state.tickets
             if t["assignee"] == source
             and source != target
             and t["status"] in TICKET_OPEN
@@ -255,16 +261,16 @@ class Operations(Delivery):
     def _request_changes(self, request: TransferRequest) -> list[dict]:
         """What this request would change now, conversations or tickets (lock held)."""
         if request.kind == "tickets":
-            return self._ticket_changes(request.source, request.target)
-        return self._changes(request.source, request.target, request.conv_ids, request.replace)
+            return self.ticket_changes(request.source, request.target)
+        return self.changes(request.source, request.target, request.conv_ids, request.replace)
 
-    def _finish_transfer(self, request: TransferRequest, request_id: str) -> None:
+    def finish_transfer(self, request: TransferRequest, request_id: str) -> None:
         """Apply an executed transfer (or fail it, by the callback_error_rate fault), then
         queue its callback."""
-        failed = self.draw(self.faults.callback_error_rate)
+        failed = self.state.draw(self.state.faults.callback_error_rate)
         updated = 0
         if not failed:
-            with self._cond:
+            with self.state.lock:
                 changes = self._request_changes(request)
                 for record in changes:
                     if request.kind == "tickets":
@@ -275,4 +281,11 @@ class Operations(Delivery):
                         record["members"].append(request.target)
                 updated = len(changes)
         if request.callback:
-            self._schedule_callback(request, request_id, "ERROR" if failed else "SUCCESS", updated)
+            self._callback(request, request_id, "ERROR" if failed else "SUCCESS", updated)
+
+    def _callback(
+        self, request: TransferRequest, request_id: str, status: str, updated: int
+    ) -> None:
+        if request.kind == "tickets" and not self.answers.ticket_callbacks:
+            return  # the variant where OMI never calls back for tickets
+        self.delivery.schedule_callback(request, request_id, status, updated)
