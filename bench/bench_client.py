@@ -9,23 +9,12 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections import Counter
 
 from omi_batch.client import OmiClient, RetryPolicy, ServerError
 from omi_batch.config import Secret
 from omi_batch.simulator import Faults, Simulator
 
 KEY = "bench-key"
-
-
-def _pair(sim: Simulator) -> tuple[str, str]:
-    members = Counter(m for c in sim.conversations for m in c["members"])
-    agents = [email for email, _ in members.most_common()]
-    for source in agents:
-        for target in agents:
-            if target != source and sim.count(source, target) > 0:
-                return source, target
-    raise SystemExit("the simulator fixture has no transfer that would move anything")
 
 
 def previews(url: str, source: str, target: str, *, total: int, threads: int) -> float:
@@ -57,7 +46,7 @@ def main() -> None:
     sim = Simulator(api_key=KEY)
     server = sim.start(host="127.0.0.1", port=0)
     try:
-        source, target = _pair(sim)
+        source, target = sim.moving_pair()
         for threads in (1, 16):
             total = 400 if threads == 1 else 2000
             wall = previews(server.url, source, target, total=total, threads=threads)
@@ -72,7 +61,7 @@ def main() -> None:
     flaky = Simulator(api_key=KEY, faults=Faults(error_rate=0.5), seed=1)
     server = flaky.start(host="127.0.0.1", port=0)
     try:
-        source, target = _pair(flaky)
+        source, target = flaky.moving_pair()
         attempts: list = []
         ok = failed = 0
         policy = RetryPolicy(max_attempts=5, base=0.001, max_wait=0.002, max_total=10)

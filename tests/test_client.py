@@ -7,7 +7,6 @@ import email.utils
 import random
 import socket
 import threading
-from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -104,17 +103,6 @@ def sim(simulator):
     return simulator[0]
 
 
-def pair(sim) -> tuple[str, str]:
-    """A source agent with conversations a preview would move, and a target agent."""
-    members = Counter(m for c in sim.conversations for m in c["members"])
-    agents = [email for email, _ in members.most_common()]
-    for source in agents:
-        for target in agents:
-            if target != source and sim.count(source, target) > 0:
-                return source, target
-    raise AssertionError("the simulator fixture has no transfer that would move anything")
-
-
 def api_requests(sim) -> list[dict]:
     return [e for e in sim.events if e["kind"] == "request"]
 
@@ -131,7 +119,7 @@ def closed_port() -> int:
 @pytest.mark.parametrize("field", ["updatedRecords", "totalRecords", "total", "count", "number"])
 def test_preview_reads_the_count_wherever_omi_puts_it(make_simulator, field):
     sim, server = make_simulator(preview_field=field)
-    source, target = pair(sim)
+    source, target = sim.moving_pair()
     expected = sim.count(source, target)
     with OmiClient(server.url, Secret(API_KEY), sleep=Sleeps()) as client:
         result = client.transfer_conversations(source, target, preview=True)
@@ -148,7 +136,7 @@ def test_preview_reads_the_count_wherever_omi_puts_it(make_simulator, field):
 
 def test_async_preview_returns_only_a_request_id(make_simulator):
     sim, server = make_simulator(preview_mode="async")
-    source, target = pair(sim)
+    source, target = sim.moving_pair()
     with OmiClient(server.url, Secret(API_KEY)) as client:
         result = client.transfer_conversations(source, target, preview=True)
     assert result.count is None
@@ -210,7 +198,7 @@ def test_a_bad_count_is_an_api_error(client, sim, attempts, payload, shown):
 
 
 def test_execute_answers_202_and_applies_the_transfer(client, sim):
-    source, target = pair(sim)
+    source, target = sim.moving_pair()
     before = sim.count(source, target)
     result = client.transfer_conversations(source, target, preview=False)
     assert (result.http_status, result.count) == (202, None)
@@ -260,7 +248,7 @@ def test_the_transfer_body_has_exactly_the_fields_given(client, sim):
 
 
 def test_conv_ids_limit_the_preview(client, sim):
-    source, target = pair(sim)
+    source, target = sim.moving_pair()
     mine = [c["id"] for c in sim.conversations if source in c["members"]]
     one = mine[:1]
     result = client.transfer_conversations(source, target, preview=True, conv_ids=one)
@@ -314,151 +302,53 @@ def test_list_messages_sends_page_and_size(client, sim):
 
 
 BAD_ANSWERS = [
-    # (answer, class, http_status, code, message)
-    (
-        {"status": 401, "body": failure("api_key_is_required")},
-        AuthError,
-        401,
-        "api_key_is_required",
-        "OMI answered 401 api_key_is_required: no API key was sent (set OMI_API_KEY)",
-    ),
-    (
-        {"status": 403, "body": failure("permission_denied")},
-        AuthError,
-        403,
-        "permission_denied",
-        "OMI answered 403 permission_denied: the API key may not do this "
-        "(check its rights in the OMI web app)",
-    ),
-    (
-        {"status": 403, "body": "Forbidden"},
-        AuthError,
-        403,
-        "not_json",
-        "OMI answered 403 not_json: answer is not JSON: Forbidden",
-    ),
-    (
-        {"status": 200, "body": failure("token_expired")},
-        AuthError,
-        200,
-        "token_expired",
-        "OMI answered 200 token_expired: the credential has expired",
-    ),
-    (
-        {"status": 200, "body": failure(payload={"error": "source_email_required"})},
-        ApiError,
-        200,
-        "source_email_required",
-        "OMI answered 200 source_email_required",
-    ),
-    (
-        {"status": 200, "body": failure(payload={"message": "Không tìm thấy"})},
-        ApiError,
-        200,
-        "Không tìm thấy",
-        "OMI answered 200 Không tìm thấy",
-    ),
-    (
-        {
-            "status": 200,
-            "body": failure("user_not_found", {"error": "target agent not found: x@y.vn"}),
-        },
-        ApiError,
-        200,
-        "user_not_found",
-        "OMI answered 200 user_not_found: target agent not found: x@y.vn",
-    ),
-    (
-        {"status": 200, "body": envelope({"updatedRecords": 1}, status_code=0)},
-        ApiError,
-        200,
-        "status_code_0",
-        "OMI answered 200 status_code_0",
-    ),
-    (
-        {"status": 200, "body": {"payload": {"updatedRecords": 1}}},
-        ApiError,
-        200,
-        "bad_envelope",
-        "OMI answered 200 bad_envelope",
-    ),
-    (
-        {"status": 200, "body": "<html><body>Bad\n gateway page</body></html>"},
-        ApiError,
-        200,
-        "not_json",
-        "OMI answered 200 not_json: answer is not JSON: <html><body>Bad gateway page</body></html>",
-    ),
-    (
-        {"status": 200, "body": b""},
-        ApiError,
-        200,
-        "not_json",
-        "OMI answered 200 not_json: answer is not JSON: (empty body)",
-    ),
-    (
-        {"status": 200, "body": "[1, 2]"},
-        ApiError,
-        200,
-        "bad_envelope",
-        "OMI answered 200 bad_envelope: not an OMI envelope: [1, 2]",
-    ),
-    (
-        {"status": 400, "body": failure("request_body_required")},
-        ApiError,
-        400,
-        "request_body_required",
-        "OMI answered 400 request_body_required",
-    ),
-    (
-        {"status": 404, "body": failure("resource_not_found")},
-        ApiError,
-        404,
-        "resource_not_found",
-        "OMI answered 404 resource_not_found",
-    ),
-    (
-        {"status": 500, "body": failure("internal_error")},
-        ServerError,
-        500,
-        "internal_error",
-        "OMI answered 500 internal_error",
-    ),
-    (
-        {"status": 503, "body": "Service Unavailable"},
-        ServerError,
-        503,
-        "not_json",
-        "OMI answered 503 not_json: answer is not JSON: Service Unavailable",
-    ),
-    (
-        {"status": 429, "body": failure("rate_limit_exceeded"), "headers": {"Retry-After": "7"}},
-        RateLimited,
-        429,
-        "rate_limit_exceeded",
-        "OMI answered 429 rate_limit_exceeded",
-    ),
-    (
-        {"status": 200, "body": failure("rate_limit_exceeded")},
-        RateLimited,
-        200,
-        "rate_limit_exceeded",
-        "OMI answered 200 rate_limit_exceeded",
-    ),
-]
+    # (answer, class, code, what the message says after "OMI answered <status> <code>")
+    ({"status": 401, "body": failure("api_key_is_required")}, AuthError, "api_key_is_required",
+     ": no API key was sent (set OMI_API_KEY)"),
+    ({"status": 403, "body": failure("permission_denied")}, AuthError, "permission_denied",
+     ": the API key may not do this (check its rights in the OMI web app)"),
+    ({"status": 403, "body": "Forbidden"}, AuthError, "not_json",
+     ": answer is not JSON: Forbidden"),
+    ({"status": 200, "body": failure("token_expired")}, AuthError, "token_expired",
+     ": the credential has expired"),
+    ({"status": 200, "body": failure(payload={"error": "source_email_required"})}, ApiError,
+     "source_email_required", ""),
+    ({"status": 200, "body": failure(payload={"message": "Không tìm thấy"})}, ApiError,
+     "Không tìm thấy", ""),
+    ({"status": 200, "body": failure("user_not_found", {"error": "target agent not found: x@y.vn"})},
+     ApiError, "user_not_found", ": target agent not found: x@y.vn"),
+    ({"status": 200, "body": envelope({"updatedRecords": 1}, status_code=0)}, ApiError,
+     "status_code_0", ""),
+    ({"status": 200, "body": {"payload": {"updatedRecords": 1}}}, ApiError, "bad_envelope", ""),
+    ({"status": 200, "body": "<html><body>Bad\n gateway page</body></html>"}, ApiError, "not_json",
+     ": answer is not JSON: <html><body>Bad gateway page</body></html>"),
+    ({"status": 200, "body": b""}, ApiError, "not_json", ": answer is not JSON: (empty body)"),
+    ({"status": 200, "body": "[1, 2]"}, ApiError, "bad_envelope",
+     ": not an OMI envelope: [1, 2]"),
+    ({"status": 400, "body": failure("request_body_required")}, ApiError,
+     "request_body_required", ""),
+    ({"status": 404, "body": failure("resource_not_found")}, ApiError, "resource_not_found", ""),
+    ({"status": 500, "body": failure("internal_error")}, ServerError, "internal_error", ""),
+    ({"status": 503, "body": "Service Unavailable"}, ServerError, "not_json",
+     ": answer is not JSON: Service Unavailable"),
+    ({"status": 429, "body": failure("rate_limit_exceeded"), "headers": {"Retry-After": "7"}},
+     RateLimited, "rate_limit_exceeded", ""),
+    ({"status": 200, "body": failure("rate_limit_exceeded")}, RateLimited,
+     "rate_limit_exceeded", ""),
+]  # fmt: skip
 
 
-@pytest.mark.parametrize(("answer", "cls", "http_status", "code", "message"), BAD_ANSWERS)
-def test_every_failure_becomes_the_right_error(
-    make_client, sim, answer, cls, http_status, code, message
-):
+@pytest.mark.parametrize(("answer", "cls", "code", "detail"), BAD_ANSWERS)
+def test_every_failure_becomes_the_right_error(make_client, sim, answer, cls, code, detail):
     client = make_client(retry=RetryPolicy(max_attempts=1, rate_limit_total=0))
     sim.script(answer)
     with pytest.raises(OmiBatchError) as caught:
         client.transfer_conversations("a@example.com", "b@example.com", preview=True)
     error = caught.value
     assert type(error) is cls
-    assert (error.http_status, error.code, str(error)) == (http_status, code, message)
+    status = answer["status"]
+    message = f"OMI answered {status} {code}{detail}"
+    assert (error.http_status, error.code, str(error)) == (status, code, message)
     assert error.endpoint == TRANSFER_PATH
     assert error.retryable is (cls in (ServerError, RateLimited))
     assert error.exit_code == (3 if cls is AuthError else 1)
@@ -477,7 +367,7 @@ def test_a_wrong_key_is_refused_with_exit_3(simulator):
 
 
 def test_an_unknown_agent_is_user_not_found(client, sim, sleeps):
-    source, _ = pair(sim)
+    source, _ = sim.moving_pair()
     with pytest.raises(ApiError) as caught:
         client.transfer_conversations(source, NOBODY, preview=True)
     error = caught.value
@@ -731,7 +621,7 @@ def test_client_errors_are_never_retried(make_client, sim, sleeps, attempts, ans
 
 
 def test_a_timed_out_execute_is_retried_and_every_attempt_recorded(make_client, sim, attempts):
-    source, target = pair(sim)
+    source, target = sim.moving_pair()
     client = make_client(timeout=0.3, retry=RetryPolicy(base=0.01, max_wait=0.01, max_total=60))
     sim.script(
         {"status": 202, "body": envelope({"requestId": "lost"}), "delay": 1.5, "apply": True}
@@ -846,7 +736,7 @@ def test_a_failing_hook_does_not_break_the_request(make_client, sim, caplog):
 
 
 def test_one_client_serves_many_threads(make_client, sim, attempts):
-    source, target = pair(sim)
+    source, target = sim.moving_pair()
     expected = sim.count(source, target)
     client = make_client(pool_size=8)
     results: list[int | None] = []
@@ -881,7 +771,7 @@ def test_previews_get_through_a_flaky_omi(make_simulator, sleeps):
 
     faults = Faults(error_rate=0.3, rate_limit_rate=0.3, retry_after=2.0)
     sim, server = make_simulator(faults=faults, seed=3)
-    source, target = pair(sim)
+    source, target = sim.moving_pair()
     expected = sim.count(source, target)
     seen: list[Attempt] = []
     policy = RetryPolicy(max_attempts=12, base=0.1, max_wait=1, max_total=1000)
@@ -933,7 +823,7 @@ def clean_proxy_env(monkeypatch):
 
 def test_an_http_proxy_from_the_environment_carries_the_requests(simulator, clean_proxy_env):
     sim, server = simulator
-    source, target = pair(sim)
+    source, target = sim.moving_pair()
     clean_proxy_env.setenv("HTTP_PROXY", server.url)  # the simulator stands in for the proxy
     with OmiClient("http://omi.invalid", Secret(API_KEY), sleep=Sleeps()) as client:
         result = client.transfer_conversations(source, target, preview=True)
@@ -943,7 +833,7 @@ def test_an_http_proxy_from_the_environment_carries_the_requests(simulator, clea
 
 def test_no_proxy_sends_requests_straight_to_omi(simulator, clean_proxy_env):
     sim, server = simulator
-    source, target = pair(sim)
+    source, target = sim.moving_pair()
     clean_proxy_env.setenv("HTTP_PROXY", f"http://127.0.0.1:{closed_port()}")
     clean_proxy_env.setenv("NO_PROXY", "127.0.0.1")
     with OmiClient(server.url, Secret(API_KEY), sleep=Sleeps()) as client:
@@ -953,7 +843,7 @@ def test_no_proxy_sends_requests_straight_to_omi(simulator, clean_proxy_env):
 
 def test_the_proxy_environment_is_read_once_when_the_client_is_built(simulator, clean_proxy_env):
     sim, server = simulator
-    source, target = pair(sim)
+    source, target = sim.moving_pair()
     with OmiClient(server.url, Secret(API_KEY), sleep=Sleeps()) as client:
         clean_proxy_env.setenv("HTTP_PROXY", f"http://127.0.0.1:{closed_port()}")
         result = client.transfer_conversations(source, target, preview=True)

@@ -739,19 +739,6 @@ def test_a_ticket_transfer_ignores_conversation_fields(simulator):
     assert sim.count(THU, KHOA) > 0
 
 
-def test_a_scripted_reset_with_apply_moves_tickets_too(simulator, receiver):
-    sim, server = simulator
-    sim.script({"reset": True, "apply": True, "body": {"payload": {"requestId": "lost-t"}}})
-    with pytest.raises(requests.exceptions.ConnectionError):
-        ticket_transfer(server, THU, KHOA, preview=False, receiver=receiver)
-    assert sim.wait_idle(10)
-    [callback] = receiver.wait_for(1)
-    assert (callback["body"]["requestId"], callback["body"]["action"]) == (
-        "lost-t", "TICKET_AGENT_TRANSFER"
-    )  # fmt: skip
-    assert sim.count_tickets(THU, KHOA) == 0
-
-
 def test_a_failed_ticket_callback_says_error_and_moves_nothing(make_simulator, receiver):
     sim, server = make_simulator(faults=Faults(callback_error_rate=1.0))
     ticket_transfer(server, THU, KHOA, preview=False, receiver=receiver)
@@ -789,16 +776,28 @@ def test_scripted_answers_come_in_order_on_any_endpoint(simulator):
     assert sim.wait_idle(5) and sim.count(LAN, HONG) == 19  # nothing applied
 
 
-def test_a_scripted_reset_with_apply_moves_and_calls_back(simulator, receiver):
+@pytest.mark.parametrize(
+    ("send", "source", "target", "action", "left", "moved"),
+    [
+        (transfer, LAN, HONG, "CONVERSATION_AGENT_TRANSFER", "count", 19),
+        (ticket_transfer, THU, KHOA, "TICKET_AGENT_TRANSFER", "count_tickets", 8),
+    ],
+    ids=["conversations", "tickets"],
+)
+def test_a_scripted_reset_with_apply_moves_and_calls_back(
+    simulator, receiver, send, source, target, action, left, moved
+):
     sim, server = simulator
     sim.script({"reset": True, "apply": True, "body": {"payload": {"requestId": "lost-1"}}})
     with pytest.raises(requests.exceptions.ConnectionError):
-        transfer(server, LAN, HONG, preview=False, receiver=receiver)
+        send(server, source, target, preview=False, receiver=receiver)
     assert sim.wait_idle(10)
     [callback] = receiver.wait_for(1)
-    assert callback["body"]["requestId"] == "lost-1"
-    assert callback["body"]["payload"]["updatedRecords"] == 19
-    assert sim.count(LAN, HONG) == 0
+    body = callback["body"]
+    assert (body["requestId"], body["action"], body["payload"]) == (
+        "lost-1", action, {"updatedRecords": moved}
+    )  # fmt: skip
+    assert getattr(sim, left)(source, target) == 0
 
 
 @pytest.mark.parametrize("answer", [{"stauts": 200}, "200", {"status": 200, "sleep": 1}])
@@ -864,6 +863,12 @@ def test_a_request_comes_before_its_callback_in_events(simulator, receiver):
             "the fixture: conversation c names unknown agents",
         ),
         ({"fixture": "/nonexistent/fixture.json"}, "cannot read fixture /nonexistent/fixture.json"),
+        ({"auth": "token"}, "auth must be one of api-key, bearer, both, not 'token'"),
+        ({"directory_auth": "none"}, "directory_auth must be one of api-key, bearer, both"),
+        ({"token_lifetime": 0}, "token_lifetime must be seconds > 0, not 0"),
+        ({"refuse_token_after": -1}, "refuse_token_after must be >= 0, not -1"),
+        ({"rate_limit_retry_after": "body"}, "rate_limit_retry_after must be one of header"),
+        ({"directory_shape": "rows"}, "directory_shape must be one of items, data, list"),
     ],
 )
 def test_bad_options_are_usage_errors(options, message):

@@ -299,22 +299,6 @@ def test_keys_and_tokens_never_show_in_events_logs_or_reprs(make_simulator, capl
         assert secret not in text
 
 
-@pytest.mark.parametrize(
-    ("options", "message"),
-    [
-        ({"auth": "token"}, "auth must be one of api-key, bearer, both, not 'token'"),
-        ({"directory_auth": "none"}, "directory_auth must be one of api-key, bearer, both"),
-        ({"token_lifetime": 0}, "token_lifetime must be seconds > 0, not 0"),
-        ({"refuse_token_after": -1}, "refuse_token_after must be >= 0, not -1"),
-        ({"rate_limit_retry_after": "body"}, "rate_limit_retry_after must be one of header"),
-        ({"directory_shape": "rows"}, "directory_shape must be one of items, data, list"),
-    ],
-)
-def test_bad_gate_options_are_usage_errors(options, message):
-    with pytest.raises(UsageError, match=message):
-        Simulator(**options)
-
-
 # --------------------------------------------------------------------------- directory
 
 

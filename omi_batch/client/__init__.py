@@ -17,25 +17,10 @@ every attempt is reported to ``on_attempt`` with ``outcome_unknown=True`` so the
 """
 
 from omi_batch.client.endpoints import OmiClient
-from omi_batch.client.envelope import (
-    AGENTS_PATH,
-    AUTH_CODES,
-    AUTH_PATH,
-    RATE_LIMIT_CODES,
-    REFRESH_CODES,
-    SUCCESS,
-    TICKET_PATH,
-    TICKETS_DENIED,
-    TRANSFER_PATH,
-    check_envelope,
-    parse_retry_after,
-)
+from omi_batch.client.envelope import AGENTS_PATH, AUTH_PATH, TICKET_PATH, TRANSFER_PATH
 from omi_batch.client.errors import ApiError, AuthError, RateLimited, ServerError, TransportError
 from omi_batch.client.values import Agent, Attempt, RetryPolicy, TransferResult
 
-__all__ = [
-    "AGENTS_PATH", "AUTH_CODES", "AUTH_PATH", "RATE_LIMIT_CODES", "REFRESH_CODES", "SUCCESS",
-    "TICKET_PATH", "TICKETS_DENIED", "TRANSFER_PATH", "Agent", "ApiError", "Attempt", "AuthError",
-    "OmiClient", "RateLimited", "RetryPolicy", "ServerError", "TransferResult", "TransportError",
-    "check_envelope", "parse_retry_after",
-]  # fmt: skip
+__all__ = ["AGENTS_PATH", "AUTH_PATH", "TICKET_PATH", "TRANSFER_PATH", "Agent", "ApiError", "Attempt",
+           "AuthError", "OmiClient", "RateLimited", "RetryPolicy", "ServerError", "TransferResult",
+           "TransportError"]  # fmt: skip

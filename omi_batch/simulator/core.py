@@ -8,6 +8,7 @@ may outlive a simulator).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -244,6 +245,17 @@ class Simulator:
         source, target = self._known(source), self._known(target)
         with self.state.lock:
             return len(self.operations.ticket_changes(source, target))
+
+    def moving_pair(self) -> tuple[str, str]:
+        """A (source, target) whose conversation transfer would move something now, the
+        busiest source first: the transfer a test or benchmark needs without naming agents."""
+        members = Counter(m for c in self.conversations for m in c["members"])
+        agents = [email for email, _ in members.most_common()]
+        for source in agents:
+            for target in agents:
+                if target != source and self.count(source, target) > 0:
+                    return source, target
+        raise NotFound("no conversation transfer in the simulator would move anything")
 
     def _known(self, email: str) -> str:
         email = email.strip().lower()

@@ -26,25 +26,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from omi_batch import serving
-from omi_batch.webhook.app import (
-    ANSWER_WITHIN,
-    HEALTH_PATH,
-    HOLD_FOR,
-    HOLD_RETRY,
-    LOGGER_NAME,
-    MAX_BODY,
-    MAX_HEADER_BYTES,
-    MAX_HEADERS,
-    WebhookApp,
-    make_app,
-)
-from omi_batch.webhook.writer import MAX_GROUP, POLL, Writer
+from omi_batch.webhook.app import LOGGER_NAME, make_app
 
-__all__ = [
-    "ANSWER_WITHIN", "HEALTH_PATH", "HOLD_FOR", "HOLD_RETRY", "LOGGER_NAME", "MAX_BODY",
-    "MAX_GROUP", "MAX_HEADER_BYTES", "MAX_HEADERS", "POLL", "WebhookApp", "Writer", "make_app",
-    "serve", "start",
-]  # fmt: skip
+__all__ = ["LOGGER_NAME", "make_app", "serve", "start"]
 
 
 def start(
