@@ -1202,7 +1202,7 @@ def test_two_ledger_objects_never_move_the_head_back(ledger_path):
 
 
 def test_a_callback_reads_only_its_own_rows_attempts_however_big_the_batch(tmp_path):
-    from omi_batch.ledger.callbacks import REQUESTS_GIVEN_SQL
+    from omi_batch.ledger.judging import REQUESTS_GIVEN_SQL
 
     Ledger(tmp_path / "ledger.db").close()
     conn = sqlite3.connect(tmp_path / "ledger.db")

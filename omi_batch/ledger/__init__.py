@@ -6,9 +6,12 @@ hash-chained audit log of events. The only code in omi-batch that speaks SQL.
 - ``store``: connections, the short ``BEGIN IMMEDIATE`` write transactions, busy handling;
 - ``schema``: the migrations (``PRAGMA user_version``);
 - ``chain``: event hashing, the ``<ledger>.head`` file, ``verify`` and ``export``;
-- ``rows``: batches, rows, attempts and approvals (the state machine's writes);
-- ``callbacks``: storing a received callback and applying its verdict (rules in
-  ``omi_batch.verdicts``);
+- ``fields``: what a row is made of (the columns callers may set, an attempt's columns);
+- ``rows``: creating batches and their rows, reading them; the row SQL the parts share;
+- ``steps``: row steps (attempts, fields, the state move and its event) and their group commit;
+- ``decisions``: approve, skip, cancel;
+- ``callbacks``: storing a received callback and applying its verdict, reading them back;
+- ``judging``: the verdict of a callback against its transfer (rules in ``omi_batch.verdicts``);
 - ``serial``: the one single-writer / group-commit path of a process.
 
 No secret is ever stored: callback headers lose every credential before they are written, and
@@ -30,14 +33,21 @@ from omi_batch.ledger.chain import (
     event_hash,
     event_text,
 )
-from omi_batch.ledger.rows import ROW_FIELDS, Rows
+from omi_batch.ledger.decisions import Decisions
+from omi_batch.ledger.fields import ROW_FIELDS
+from omi_batch.ledger.rows import Rows
 from omi_batch.ledger.schema import MIGRATIONS, SCHEMA_VERSION, migrate
+from omi_batch.ledger.steps import Steps
 from omi_batch.ledger.store import Store, new_batch_id, now, os_user
 from omi_batch.states import STATES, TRANSITIONS
 
 
-class Ledger(Rows, Callbacks, Audit, Store):
-    """The SQLite audit ledger at ``path``; safe to share across threads and processes."""
+class Ledger(Rows, Steps, Decisions, Callbacks, Audit, Store):
+    """The SQLite audit ledger at ``path``; safe to share across threads and processes.
+
+    Its parts are side by side, not stacked: each uses only the store's ``_write``, ``_query``
+    and ``path`` (and the public reads ``row``/``batch``), and the SQL they share are functions
+    taking the open transaction (``rows.locked_row``, ``rows.write_row``, ``steps.step_in``)."""
 
     def record_group(
         self, steps: list[Mapping[str, Any]], received: list[Mapping[str, Any]]

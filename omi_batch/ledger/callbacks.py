@@ -1,4 +1,5 @@
-"""Received callbacks: stored raw (without credentials), judged, and applied to their row."""
+"""Received callbacks: stored raw (without credentials), judged (``judging``), and applied to
+their row in the same transaction; the stored callbacks and refusal counts read back."""
 
 from __future__ import annotations
 
@@ -9,26 +10,15 @@ from typing import Any
 
 from omi_batch.errors import LedgerError
 from omi_batch.ledger.chain import canonical_json
+from omi_batch.ledger.judging import ACCEPTED_SQL, HELD, callback_key, judge
+from omi_batch.ledger.rows import write_row
 from omi_batch.ledger.schema import decode_callback
 from omi_batch.ledger.store import Tx, now
-from omi_batch.states import TICKETS, base_phase, kind_of, phase_of
-from omi_batch.verdicts import (
-    APPLIED_VERDICTS,
-    NOT_ACCEPTED,
-    REFUSED,
-    foreign_request,
-    judge_execute,
-    not_a_count,
-    parse_result,
-)
+from omi_batch.states import kind_of
+from omi_batch.verdicts import APPLIED_VERDICTS, REFUSED, parse_result
 
 # A header is dropped before storage when its lower-cased name contains any of these.
 _CREDENTIAL_WORDS = ("token", "secret", "key", "authorization", "cookie", "password", "signature")
-
-# The SQL spelling of verdicts.is_accepted.
-_ACCEPTED_SQL = (
-    f"verdict NOT LIKE '{REFUSED}%' AND verdict NOT IN ({', '.join(repr(v) for v in NOT_ACCEPTED)})"
-)
 
 
 def clean_headers(headers: Mapping[str, Any] | None) -> dict[str, str]:
@@ -43,17 +33,30 @@ def clean_headers(headers: Mapping[str, Any] | None) -> dict[str, str]:
     return cleaned
 
 
-# The request ids a row was given (repeats are dropped by the caller's set). No DISTINCT and
-# ``+request_id`` keep SQLite on the row's index (attempts_by_row): on the batch's request index
-# it read every attempt of the batch for each callback, a cost that grew with the batch.
-REQUESTS_GIVEN_SQL = (
-    'SELECT request_id FROM attempts WHERE batch_id = ? AND "row" = ? '
-    "AND phase = ? AND +request_id IS NOT NULL"
-)
+def insert_callback(
+    tx: Tx,
+    key: tuple,
+    raw: str,
+    headers_text: str,
+    remote: str | None,
+    verdict: str,
+    applied: bool,
+    receipt: str | None = None,
+) -> int:
+    """Store one callback under its :func:`~omi_batch.ledger.judging.callback_key`, inside
+    ``tx``; return its id."""
+    cursor = tx.execute(
+        'INSERT INTO callbacks (received_at, batch_id, "row", phase, request_id, status, '
+        "updated_records, raw_body, headers, remote, verdict, applied, receipt) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (now(), *key, raw, headers_text, remote, verdict, 1 if applied else 0, receipt),
+    )
+    return int(cursor.lastrowid or 0)
 
 
 class Callbacks:
-    """Storing and applying callbacks (a part of :class:`Ledger`)."""
+    """Storing, applying and reading callbacks (a part of :class:`Ledger`: needs ``_write``,
+    ``_query`` and ``path`` from its store)."""
 
     # receive_callback takes ``receipt`` (a callback stored once per receipt) and ``may_hold``
     # (a SUCCESS that arrived before its row's 202 was stored is held, not judged yet).
@@ -179,8 +182,8 @@ class Callbacks:
         batch_id, row, phase, raw, cleaned, remote = args[:6]
         tx.execute("SAVEPOINT kept")
         try:
-            callback_id = self._insert_callback(
-                tx, batch_id, row, phase, raw, cleaned, remote, {}, "error", False
+            callback_id = insert_callback(
+                tx, callback_key(batch_id, row, phase, {}), raw, cleaned, remote, "error", False
             )
             tx.event(
                 "callback_error",
@@ -195,43 +198,7 @@ class Callbacks:
             tx.execute("RELEASE kept")
 
     @staticmethod
-    def _insert_callback(
-        tx: Tx,
-        batch_id: Any,
-        row: Any,
-        phase: Any,
-        raw: str,
-        headers_text: str,
-        remote: str | None,
-        result: Mapping[str, Any],
-        verdict: str,
-        applied: bool,
-        receipt: str | None = None,
-    ) -> int:
-        cursor = tx.execute(
-            'INSERT INTO callbacks (received_at, batch_id, "row", phase, request_id, status, '
-            "updated_records, raw_body, headers, remote, verdict, applied, receipt) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                now(),
-                batch_id,
-                row,
-                phase,
-                result.get("request_id"),
-                result.get("status"),
-                result.get("updated_records"),
-                raw,
-                headers_text,
-                remote,
-                verdict,
-                1 if applied else 0,
-                receipt,
-            ),
-        )
-        return int(cursor.lastrowid or 0)
-
     def _receive_in(
-        self,
         tx: Tx,
         batch_id: str,
         row: int,
@@ -252,12 +219,12 @@ class Callbacks:
         if refused is None and not isinstance(body, Mapping):
             refused = "bad_json"
         result = parse_result(body) if isinstance(body, Mapping) else {}
+        key = callback_key(batch_id, row, phase, result)
         if refused is not None:
             verdict = f"{REFUSED}{refused}"
-            callback_id = self._insert_callback(
-                tx, batch_id, row, phase, raw, headers_text, remote, result, verdict, False,
-                receipt,
-            )  # fmt: skip
+            callback_id = insert_callback(
+                tx, key, raw, headers_text, remote, verdict, False, receipt
+            )
             tx.event(
                 "callback_refused",
                 batch_id,
@@ -265,59 +232,14 @@ class Callbacks:
                 {"callback_id": callback_id, "phase": phase, "verdict": verdict},
             )
             return verdict
-        kind = kind_of(phase)
-        current = tx.one(
-            'SELECT * FROM "rows" WHERE batch_id = ? AND "row" = ? AND kind = ?',
-            (batch_id, row, kind),
-        )
-        changes: dict[str, Any] = {}
-        extra: dict[str, Any] = {}
-        action = body.get("action") if isinstance(body, Mapping) else None
-        if current is None or base_phase(phase) not in ("preview", "execute"):
-            verdict = "unknown"
-        elif self._is_duplicate(tx, batch_id, row, phase, result):
-            verdict = "duplicate"
-        elif isinstance(action, str) and action in ACTIONS and ACTIONS[action] != kind:
-            verdict = "unexpected"  # kept, not applied: this URL is the other transfer's
-            extra = {"reason": f"action {action} is not a transfer of {kind}"}
-        elif base_phase(phase) == "preview":
-            verdict = "stored"
-        elif result.get("bad_count") is not None:
-            verdict, changes = "unexpected", not_a_count(current, result)
-            extra = {"reason": "updatedRecords is not a count"}
-        else:
-            given = self._requests_given(tx, current)
-            theirs = result.get("request_id")
-            if (
-                result.get("status") == "SUCCESS"
-                and theirs not in given
-                and (given or self._names_another_row(tx, current, theirs))
-            ):
-                verdict, changes = "unexpected", foreign_request(current, str(theirs))
-                extra = {"reason": "not a request of this row", "row_requests": sorted(given)}
-            elif (result.get("status") == "SUCCESS" and not given and may_hold
-                  and current["state"] == "submitted"):  # fmt: skip
-                return "held"  # its row's 202 is not stored yet: nothing written, tried later
-            else:
-                verdict, changes, extra = judge_execute(
-                    current, result, self._is_older_request(tx, current, result), at=now(),
-                    counted=self._counted(tx, batch_id, row, phase),
-                )  # fmt: skip
-        callback_id = self._insert_callback(
-            tx,
-            batch_id,
-            row,
-            phase,
-            raw,
-            headers_text,
-            remote,
-            result,
-            verdict,
-            verdict in APPLIED_VERDICTS,
-            receipt,
+        current, verdict, changes, extra = judge(tx, batch_id, row, phase, body, result, may_hold)
+        if verdict == HELD:
+            return verdict
+        callback_id = insert_callback(
+            tx, key, raw, headers_text, remote, verdict, verdict in APPLIED_VERDICTS, receipt
         )
         if changes:
-            self._write_row(tx, batch_id, row, changes, kind)
+            write_row(tx, batch_id, row, changes, kind_of(phase))
         data = {"callback_id": callback_id, "phase": phase, "verdict": verdict, **result}
         if changes:  # what the row was given, so verify can rebuild it from the events
             data["changes"] = dict(changes)
@@ -326,81 +248,6 @@ class Callbacks:
         tx.event(f"callback_{verdict}", batch_id, row, {**data, **extra})
         return verdict
 
-    @staticmethod
-    def _is_duplicate(
-        tx: Tx, batch_id: str, row: int, phase: str, result: Mapping[str, Any]
-    ) -> bool:
-        return (
-            tx.one(
-                'SELECT id FROM callbacks WHERE batch_id = ? AND "row" = ? AND phase = ? '
-                f"AND {_ACCEPTED_SQL} "
-                "AND request_id IS ? AND status IS ? AND updated_records IS ? LIMIT 1",
-                (
-                    batch_id,
-                    row,
-                    phase,
-                    result.get("request_id"),
-                    result.get("status"),
-                    result.get("updated_records"),
-                ),
-            )
-            is not None
-        )
-
-    @staticmethod
-    def _requests_given(tx: Tx, current: Mapping[str, Any]) -> set[str]:
-        """The request ids this row was given by OMI (its own and its earlier executes')."""
-        given = {str(current["request_id"])} if current.get("request_id") else set()
-        found = tx.execute(
-            REQUESTS_GIVEN_SQL, (current["batch_id"], current["row"], _execute_phase(current))
-        )
-        given.update(str(item[0]) for item in found)
-        return given
-
-    @staticmethod
-    def _names_another_row(tx: Tx, current: Mapping[str, Any], theirs: Any) -> bool:
-        """Whether ``theirs`` is a request id another transfer of the batch was given."""
-        if not theirs:
-            return False
-        batch_id, row, kind = current["batch_id"], current["row"], current["kind"]
-        found = tx.one(
-            'SELECT 1 AS x FROM "rows" WHERE batch_id = ? AND NOT ("row" = ? AND kind = ?) '
-            "AND request_id = ? "
-            "UNION ALL SELECT 1 FROM attempts WHERE batch_id = ? AND phase IN (?, ?) "
-            'AND NOT ("row" = ? AND phase = ?) AND request_id = ? LIMIT 1',
-            (batch_id, row, kind, theirs, batch_id, "execute", phase_of(TICKETS, "execute"),
-             row, _execute_phase(current), theirs),
-        )  # fmt: skip
-        return found is not None
-
-    @staticmethod
-    def _counted(tx: Tx, batch_id: str, row: int, phase: str) -> dict[str | None, int | None]:
-        """What each request of the transfer moved, by the SUCCESS callbacks already applied to
-        it (the first one of each request): ``{request_id: updatedRecords}``."""
-        counted: dict[str | None, int | None] = {}
-        for found in tx.conn.execute(
-            'SELECT request_id, updated_records FROM callbacks WHERE batch_id = ? AND "row" = ? '
-            "AND phase = ? AND status = 'SUCCESS' AND applied = 1 ORDER BY id",
-            (batch_id, row, phase),
-        ):
-            counted.setdefault(found[0], found[1])
-        return counted
-
-    @staticmethod
-    def _is_older_request(tx: Tx, current: Mapping[str, Any], result: Mapping[str, Any]) -> bool:
-        """True when the callback names a request this row had before it was submitted again:
-        the row knows no request id now (a resubmit cleared it), yet an earlier execute attempt
-        of the row was answered with this one."""
-        theirs = result.get("request_id")
-        if not theirs or current.get("request_id"):
-            return False
-        found = tx.one(
-            'SELECT id FROM attempts WHERE batch_id = ? AND "row" = ? AND phase = ? '
-            "AND request_id = ? LIMIT 1",
-            (current["batch_id"], current["row"], _execute_phase(current), theirs),
-        )
-        return found is not None
-
     def find_callback(
         self, batch_id: str, row: int, phase: str, request_id: str | None = None
     ) -> dict | None:
@@ -408,7 +255,7 @@ class Callbacks:
         phase, and that ``request_id`` if given; None when there is none yet."""
         sql = (
             'SELECT * FROM callbacks WHERE batch_id = ? AND "row" = ? AND phase = ? '
-            f"AND {_ACCEPTED_SQL}"
+            f"AND {ACCEPTED_SQL}"
         )
         params: list[Any] = [batch_id, int(row), phase]
         if request_id is not None:
@@ -460,12 +307,3 @@ class Callbacks:
     def refusals(self) -> list[dict]:
         """Refused callbacks counted per minute and reason, oldest first."""
         return self._query("SELECT minute, reason, count FROM refusals ORDER BY minute, reason")
-
-
-# The callback body's ``action`` and the kind of transfer it reports.
-ACTIONS = {"CONVERSATION_AGENT_TRANSFER": "conversations", "TICKET_AGENT_TRANSFER": TICKETS}
-
-
-def _execute_phase(current: Mapping[str, Any]) -> str:
-    """The execute phase word of a transfer (``execute`` or ``tickets-execute``)."""
-    return phase_of(current.get("kind") or "conversations", "execute")

@@ -223,8 +223,8 @@ class Audit:
         event edited, deleted, inserted or reordered, and compare the end of the chain with
         ``<ledger>.head``; then replay the events and name every row whose table values differ
         from them (one edited with sqlite3, or by flipped bytes)."""
+        from omi_batch.ledger.fields import ROW_FIELDS
         from omi_batch.ledger.replay import replay
-        from omi_batch.ledger.rows import ROW_FIELDS
 
         sidecar = self.head_file.read()  # read before the snapshot: it never runs ahead of it
         conn = self._connection()
