@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,12 +85,13 @@ def _require_confirmation_means(yes: bool) -> None:
         raise click.UsageError("not at a terminal: confirm with --yes")
 
 
-def _start_execute(batch_id: str, yes: bool, pipeline: Any = None) -> Any:
+def _start_execute(batch_id: str, yes: bool,
+                   receiver_warning: Callable[[int], str | None]) -> Callable:  # fmt: skip
     """The ``confirm`` execute calls with the rows due: warns when their results cannot come
-    back (no receiver), asks (unless --yes), then says so."""
+    back (``receiver_warning``: no receiver), asks (unless --yes), then says so."""
 
     def start(rows: list[dict]) -> bool:
-        warning = pipeline.receiver_warning(len(rows)) if pipeline is not None else None
+        warning = receiver_warning(len(rows))
         if warning:
             click.echo(f"Warning: {warning}", err=True)
         conversations = sum(r["conversations_previewed"] or 0 for r in rows
@@ -460,13 +462,14 @@ def execute(
         omi-batch execute 20261125-093000-ab12 --notify 'json://hooks.example.vn/x?-token=${T}'
     """
     notifier = _notifier(notify_urls)
+    # Everything this command does with BATCH before the one library call; the receiver
+    # warning is the session's, looked up when execute asks (the session is open by then).
+    confirm = _start_execute(batch, yes, lambda count: session.pipeline.receiver_warning(count))
     resume_with("execute", batch, *(["--yes"] if yes else []), ledger_path=ledger_path,
                 reports_dir=reports_dir, listen=listen)  # fmt: skip
     with _session(ledger_path, listen=listen, yes=yes) as session:
         session.notifier = notifier
-        summary = session.pipeline.execute(
-            batch, confirm=_start_execute(batch, yes, session.pipeline), reports_dir=reports_dir
-        )
+        summary = session.pipeline.execute(batch, confirm=confirm, reports_dir=reports_dir)
         _show_execute(session, summary, as_json=as_json)
 
 
@@ -527,11 +530,10 @@ def run(
         pipeline.approve(batch_id, approve_all=True, notes=notes)
         for note in notes:
             click.echo(note, err=True)
+        confirm = _start_execute(batch_id, True, pipeline.receiver_warning)
         resume_with("execute", batch_id, "--yes", ledger_path=ledger_path,
                     reports_dir=reports_dir, listen=listen)  # fmt: skip
-        summary = pipeline.execute(
-            batch_id, confirm=_start_execute(batch_id, True, pipeline), reports_dir=reports_dir
-        )
+        summary = pipeline.execute(batch_id, confirm=confirm, reports_dir=reports_dir)
         _show_execute(session, summary, approved_only=False, as_json=as_json)
 
 
