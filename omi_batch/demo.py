@@ -4,17 +4,20 @@ It starts ``omi-batch simulator serve --port 0`` as a real subprocess and reads 
 then, with a random API key and webhook secret, in a fresh folder (``data/demo/<time>/``:
 ledger, reports, logs):
 
-1. ``omi-batch validate data/sample_offboarding.csv --check-agents``: the sample's row 7 names a
-   target agent with no OMI account, and the directory check catches it (exit 2, nothing sent);
-2. as an operator would, it writes a copy of the sample without the rows caught into that folder;
+1. ``omi-batch validate data/sample_offboarding.csv --check-agents``: the sample's last row (8)
+   names a target agent with no OMI account, and the directory check catches it (exit 2,
+   nothing sent);
+2. as an operator would, it writes a copy of the sample without the rows caught into that
+   folder (the caught row is the last, so every other row keeps its number in the run);
 3. ``omi-batch run COPY --yes --listen 127.0.0.1:0`` (preview, execute, callbacks, reports);
 
 then checks the outcome in the ledger, and stops the simulator whatever happens.
 
 The sample has a chain (a→b, b→c), a source split by ``conv_ids``, a row whose open tickets move
 with its conversations (``scope=both``: two transfers, the tickets after the conversations),
-Vietnamese names, and that one row caught by the directory check. The demo exits 0 when the flow behaved as designed (that
-row caught, every other row succeeded), 1 when anything else happened, 130 on Ctrl-C.
+Vietnamese names, and that one row caught by the directory check. The demo exits 0 when the
+flow behaved as designed (that row caught, every other row succeeded), 1 when anything else
+happened, 130 on Ctrl-C.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ def test_execute_reaches_its_first_request_in_five_frames_entering_cli_once(
     runner, env, ledger_path, reports_dir, monkeypatch
 ):
     common = ["--ledger", str(ledger_path), "--reports", str(reports_dir)]
-    # The sample's row 7 has no OMI account: without the directory check it just fails its preview.
+    # The sample's row 8 has no OMI account: without the directory check it just fails its preview.
     done = runner.invoke(cli, ["preview", str(SAMPLE), "--no-check-agents", *common, "--listen",
                                "127.0.0.1:0"])  # fmt: skip
     assert done.exit_code in (0, 1), done.output

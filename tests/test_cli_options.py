@@ -18,7 +18,7 @@ def test_preview_records_the_options_it_ran_with_as_the_batch_options(
         str(reports_dir), "--concurrency", "3", "--rate", "50", "--timeout", "7", "--wait", "9",
         "--listen", "127.0.0.1:0",
     ])  # fmt: skip
-    assert done.exit_code == 1, done.output  # row 7's agent has no OMI account: its preview fails
+    assert done.exit_code == 1, done.output  # row 8's agent has no OMI account: its preview fails
     batch = done.stdout.strip().splitlines()[-1]
     with Ledger(ledger_path) as ledger:
         options = ledger.batch(batch)["options"]

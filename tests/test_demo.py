@@ -49,26 +49,29 @@ def test_the_demo_runs_the_whole_flow_and_stops_the_simulator(tmp_path):
         r"^OMI simulator listening on (http://127\.0\.0\.1:\d+) ", done.stdout, re.M
     )
     assert address
-    # First the directory check catches row 7, as designed; then the run goes on without it.
+    # First the directory check catches row 8 (the sample's last), as designed; then the run
+    # goes on without it.
     out = tmp_path / "demo"
-    copy = out / "sample_offboarding-without-row-7.csv"
+    copy = out / "sample_offboarding-without-row-8.csv"
     assert lines[3:7] == [
         "$ omi-batch validate data/sample_offboarding.csv --check-agents",
-        "Row 7 caught before anything moved, as designed: long.ly@example.vn has no OMI account "
+        "Row 8 caught before anything moved, as designed: long.ly@example.vn has no OMI account "
         "(exit 2, nothing was sent, no batch was created).",
         f"As an operator would, the demo writes a copy without it and runs that: {copy}",
         f"$ omi-batch run {copy} --yes --listen 127.0.0.1:0 --ledger {out / 'ledger.db'} "
         f"--reports {out / 'reports'} --wait 30",
     ]
-    assert ("  row 7: target_not_found: target long.ly@example.vn is not in OMI's agent "
+    assert ("  row 8: target_not_found: target long.ly@example.vn is not in OMI's agent "
             "directory\n") in done.stderr  # fmt: skip
     sample = SAMPLE.read_text(encoding="utf-8").splitlines(keepends=True)
-    assert copy.read_text(encoding="utf-8") == "".join(sample[:6] + sample[7:])
+    assert copy.read_text(encoding="utf-8") == "".join(sample[:7])
     # The results table, from `omi-batch run` (plain columns: the demo reads it through a
-    # pipe): every row left succeeded; the sample's row 8 (row 7 of the copy, tuan.ho, scope
-    # both) is two transfers, its tickets after its conversations.
+    # pipe): every row left succeeded, each under its number in the sample (the caught row was
+    # the last, so no row took its number); row 7 (tuan.ho, scope both) is two transfers, its
+    # tickets after its conversations.
     for row in (2, 3, 4, 5, 6, 7):
         assert re.search(rf"^ *{row}  .*  succeeded( |$)", done.stdout, re.M), row
+    assert not re.search(r"^ *8 ", done.stdout, re.M)
     assert re.search(
         r"^ *7 \(tickets\)  +tuan\.ho@example\.vn .*  succeeded( |$)", done.stdout, re.M
     )

@@ -314,7 +314,7 @@ def test_missing_configuration_is_named_and_exits_3(tmp_path, runner, env, extra
 
 def test_a_batch_travels_inbox_review_approved_archive(tmp_path, runner, simulator, job_log):
     sim, server = simulator
-    # The directory check is off: the sample's row 7 (no OMI account) reaches its preview and is
+    # The directory check is off: the sample's row 8 (no OMI account) reaches its preview and is
     # the journey's one failed row.
     job = make_job(tmp_path, check_agents=False)
     env = env_for(server)
@@ -332,8 +332,8 @@ def test_a_batch_travels_inbox_review_approved_archive(tmp_path, runner, simulat
     assert names(job.inbox) == []
     assert names(job.review) == [f"{batch_id}-{kind}" for kind in REVIEW_FILES]
     assert states(job, batch_id) == {2: "previewed", 3: "previewed", 4: "previewed",
-                                     5: "previewed", 6: "previewed", 7: "preview_failed",
-                                     8: "previewed"}  # fmt: skip
+                                     5: "previewed", 6: "previewed", 7: "previewed",
+                                     8: "preview_failed"}  # fmt: skip
     assert (f"job offboarding: batch {batch_id}: 6 row(s) previewed, 85 conversation(s) and 2 "
             "ticket(s) to move, 1 failed their preview") in messages(job_log)  # fmt: skip
 
@@ -349,8 +349,8 @@ def test_a_batch_travels_inbox_review_approved_archive(tmp_path, runner, simulat
     result = runner.invoke(cli, ["job", "run", str(job.path)], env=env)
     assert result.exit_code == 1  # the row without an OMI account failed its preview
     assert states(job, batch_id) == {2: "succeeded", 3: "succeeded", 4: "succeeded",
-                                     5: "succeeded", 6: "succeeded", 7: "preview_failed",
-                                     8: "succeeded"}  # fmt: skip
+                                     5: "succeeded", 6: "succeeded", 7: "succeeded",
+                                     8: "preview_failed"}  # fmt: skip
     assert names(job.review) == names(job.approved) == names(job.reports) == []
     assert names(job.archive / batch_id) == sorted(
         f"{batch_id}-{kind}" for kind in ("approved.csv", "preview.csv", "targets.csv",
@@ -438,7 +438,7 @@ def test_a_file_naming_an_agent_omi_does_not_have_is_rejected_before_any_batch(
     assert names(job.rejected) == ["departures.csv", "departures.csv.errors.csv"]
     report = (job.rejected / "departures.csv.errors.csv").read_text(encoding="utf-8-sig")
     assert report.splitlines()[1:] == [
-        "7,target_not_found,target long.ly@example.vn is not in OMI's agent directory"
+        "8,target_not_found,target long.ly@example.vn is not in OMI's agent directory"
     ]
     assert [e["body"]["previewChanges"] for e in sim.events
             if e["kind"] == "request" and "transfer" in e["path"]] == [True]  # the preflight only  # fmt: skip

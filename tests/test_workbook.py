@@ -372,7 +372,7 @@ def test_a_job_puts_the_workbook_in_review_and_executes_it_once_saved_into_appro
     from helpers import API_KEY, write_job
 
     _, server = simulator
-    # the sample as it is: row 7, whose target has no OMI account, fails its preview
+    # the sample as it is: row 8, whose target has no OMI account, fails its preview
     job_file = write_job(tmp_path / "offboarding.toml", check_agents=False)
     work = tmp_path / "work"
     (work / "inbox").mkdir(parents=True)
@@ -393,10 +393,10 @@ def test_a_job_puts_the_workbook_in_review_and_executes_it_once_saved_into_appro
     temporary.replace(work / "approved" / review.name)
 
     result = runner.invoke(cli, ["job", "run", str(job_file)], env=env)
-    assert result.exit_code == 1, result.output  # the sample's row 7 failed its preview
+    assert result.exit_code == 1, result.output  # the sample's row 8 failed its preview
     with Ledger(work / "ledger.db") as ledger:
         states = {r["row"]: r["state"] for r in ledger.rows(batch_id)}
     assert states == {2: "succeeded", 3: "succeeded", 4: "succeeded", 5: "succeeded",
-                      6: "succeeded", 7: "preview_failed", 8: "succeeded"}  # fmt: skip
+                      6: "succeeded", 7: "succeeded", 8: "preview_failed"}  # fmt: skip
     archived = sorted(p.name for p in (work / "archive" / batch_id).iterdir())
     assert f"{batch_id}-approved.xlsx" in archived and f"{batch_id}-results.xlsx" in archived
