@@ -20,9 +20,9 @@ from omi_batch.workbook.frames import (
     review_frame,
     warnings_by_row,
 )
-from omi_batch.workbook.results import RESULTS_SHEET, results_path, write_results_workbook
-from omi_batch.workbook.review import REVIEW_SHEET, review_path, write_review_workbook
-from omi_batch.workbook.sheets import ABOUT_SHEET, TARGETS_SHEET
+from omi_batch.workbook.results import RESULTS_SHEET, write_results_workbook
+from omi_batch.workbook.review import REVIEW_SHEET, write_review_workbook
+from omi_batch.workbook.sheets import ABOUT_SHEET, TARGETS_SHEET, results_path, review_path
 from omi_batch.workbook.texts import HEADER_NOTES, TARGET_NOTES
 
 __all__ = [

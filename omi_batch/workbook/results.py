@@ -8,14 +8,9 @@ from typing import Any
 
 from omi_batch import reports
 from omi_batch.workbook import frames, sheets
-from omi_batch.workbook.texts import HEADER_NOTES, STATUS_VI, results_steps
+from omi_batch.workbook.texts import HEADER_NOTES, RESULTS_STEPS, STATUS_VI, steps
 
 RESULTS_SHEET = "Results"
-
-
-def results_path(reports_dir: str | Path, batch_id: str) -> Path:
-    """Where a batch's results workbook goes: beside its results report."""
-    return Path(reports_dir) / f"{batch_id}-results.xlsx"
 
 
 def write_results_workbook(
@@ -54,5 +49,7 @@ def write_results_workbook(
         ("Mã băm sổ ghi", "Ledger head", head or ""),
     ]
     title = ("Kết quả lô chuyển hội thoại", "Results of a conversation transfer batch")
-    sheets.about_sheet(book, title=title, steps=results_steps(batch_info["id"]), facts=facts)
+    sheets.about_sheet(
+        book, title=title, steps=steps(RESULTS_STEPS, batch=batch_info["id"]), facts=facts
+    )
     return book.save(Path(path))

@@ -10,14 +10,9 @@ from typing import Any
 
 from omi_batch import reports
 from omi_batch.workbook import frames, sheets
-from omi_batch.workbook.texts import HEADER_NOTES, review_steps
+from omi_batch.workbook.texts import HEADER_NOTES, REVIEW_STEPS, steps
 
 REVIEW_SHEET = "Review"
-
-
-def review_path(reports_dir: str | Path, batch_id: str) -> Path:
-    """Where a batch's review workbook goes: beside its preview report."""
-    return Path(reports_dir) / f"{batch_id}-review.xlsx"
 
 
 def write_review_workbook(
@@ -66,7 +61,7 @@ def write_review_workbook(
     sheets.about_sheet(
         book,
         title=("Duyệt lô chuyển hội thoại", "Review of a conversation transfer batch"),
-        steps=review_steps(max_age_hours),
+        steps=steps(REVIEW_STEPS, hours=max_age_hours),
         facts=_facts(batch_info, rows, path.name, max_age_hours),
         notes=loose,
     )

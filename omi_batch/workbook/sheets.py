@@ -35,6 +35,16 @@ APPROVE_FILL = "FFE2EFDA"  # the one column a person fills in
 _AUTHOR = "omi-batch"
 
 
+def review_path(reports_dir: str | Path, batch_id: str) -> Path:
+    """Where a batch's review workbook goes: beside its preview report."""
+    return Path(reports_dir) / f"{batch_id}-review.xlsx"
+
+
+def results_path(reports_dir: str | Path, batch_id: str) -> Path:
+    """Where a batch's results workbook goes: beside its results report."""
+    return Path(reports_dir) / f"{batch_id}-results.xlsx"
+
+
 class Book:
     """A write-only openpyxl workbook (streams rows: 10,000 rows stay cheap) saved atomically."""
 

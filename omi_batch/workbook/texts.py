@@ -3,6 +3,8 @@ Vietnamese first (the reviewers are Vietnamese HR staff), English beside or bene
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 # What each column means, for the header's cell comment (the reviewers are Vietnamese HR staff).
 HEADER_NOTES = {
     "batch": "Mã lô (batch) của báo cáo này. Không sửa.",
@@ -56,41 +58,41 @@ STATUS_VI = {
 }
 
 
-def review_steps(max_age_hours: float) -> list[tuple[str, str]]:
-    """The review workbook's steps: how to approve, then hand the file back."""
-    return [
-        ("Mở trang Review. Với mỗi dòng muốn duyệt, chọn yes ở cột approved; chọn no hoặc để "
-         "trống nếu không duyệt.",
-         "Open the Review sheet. For each row you accept choose yes in the approved column; "
-         "choose no or leave it empty for a row you do not accept."),
-        ("Dòng tô màu cam là dòng xem trước bị lỗi (preview_failed): không thể duyệt; lý do ở "
-         "cột error.",
-         "Orange rows failed their preview (preview_failed) and cannot be approved; the reason "
-         "is in the error column."),
-        ("Đọc cột warnings trước khi duyệt. Trang Targets cho biết mỗi nhân viên nhận sẽ nhận "
-         "bao nhiêu hội thoại.",
-         "Read the warnings column before approving. The Targets sheet shows how many "
-         "conversations each target agent takes on."),
-        ("Chỉ cột approved được sửa; các cột khác bị khóa để tránh sửa nhầm (không có mật khẩu). "
-         "Không thêm, xóa hay sắp xếp lại dòng.",
-         "Only the approved column can be edited; the others are locked against accidental "
-         "edits (no password). Do not add, delete or reorder rows."),
-        (f"Lưu tệp ở định dạng .xlsx, rồi đặt tệp vào thư mục approved/ của job, hoặc chạy lệnh "
-         f"duyệt bên dưới. Bản xem trước chỉ có hiệu lực {max_age_hours:g} giờ.",
-         f"Save the file as .xlsx, then put it in the job's approved/ folder, or run the approve "
-         f"command below. The preview is valid for {max_age_hours:g} hours."),
-    ]  # fmt: skip
+# The About sheets' steps, (Vietnamese, English); ``{hours}`` and ``{batch}`` are filled in.
+REVIEW_STEPS = (
+    ("Mở trang Review. Với mỗi dòng muốn duyệt, chọn yes ở cột approved; chọn no hoặc để "
+     "trống nếu không duyệt.",
+     "Open the Review sheet. For each row you accept choose yes in the approved column; "
+     "choose no or leave it empty for a row you do not accept."),
+    ("Dòng tô màu cam là dòng xem trước bị lỗi (preview_failed): không thể duyệt; lý do ở "
+     "cột error.",
+     "Orange rows failed their preview (preview_failed) and cannot be approved; the reason "
+     "is in the error column."),
+    ("Đọc cột warnings trước khi duyệt. Trang Targets cho biết mỗi nhân viên nhận sẽ nhận "
+     "bao nhiêu hội thoại.",
+     "Read the warnings column before approving. The Targets sheet shows how many "
+     "conversations each target agent takes on."),
+    ("Chỉ cột approved được sửa; các cột khác bị khóa để tránh sửa nhầm (không có mật khẩu). "
+     "Không thêm, xóa hay sắp xếp lại dòng.",
+     "Only the approved column can be edited; the others are locked against accidental "
+     "edits (no password). Do not add, delete or reorder rows."),
+    ("Lưu tệp ở định dạng .xlsx, rồi đặt tệp vào thư mục approved/ của job, hoặc chạy lệnh "
+     "duyệt bên dưới. Bản xem trước chỉ có hiệu lực {hours:g} giờ.",
+     "Save the file as .xlsx, then put it in the job's approved/ folder, or run the approve "
+     "command below. The preview is valid for {hours:g} hours."),
+)  # fmt: skip
+RESULTS_STEPS = (
+    ("Trang Results có kết quả của từng dòng. Dòng tô màu cam là dòng thất bại; màu vàng là "
+     "dòng chưa được OMI xác nhận (unconfirmed).",
+     "The Results sheet has every row's outcome. Orange rows failed; yellow rows are not "
+     "confirmed by OMI yet (unconfirmed)."),
+    ("Các dòng cần làm lại có trong tệp {batch}-retry.csv.",
+     "The rows to run again are in {batch}-retry.csv."),
+    ("Trang Targets cho biết số hội thoại mỗi nhân viên nhận đã thực sự nhận (moved).",
+     "The Targets sheet shows how many conversations each target agent received (moved)."),
+)  # fmt: skip
 
 
-def results_steps(batch_id: str) -> list[tuple[str, str]]:
-    """The results workbook's steps: what the colours mean and where the retry rows are."""
-    return [
-        ("Trang Results có kết quả của từng dòng. Dòng tô màu cam là dòng thất bại; màu vàng là "
-         "dòng chưa được OMI xác nhận (unconfirmed).",
-         "The Results sheet has every row's outcome. Orange rows failed; yellow rows are not "
-         "confirmed by OMI yet (unconfirmed)."),
-        ("Các dòng cần làm lại có trong tệp " + f"{batch_id}-retry.csv.",
-         f"The rows to run again are in {batch_id}-retry.csv."),
-        ("Trang Targets cho biết số hội thoại mỗi nhân viên nhận đã thực sự nhận (moved).",
-         "The Targets sheet shows how many conversations each target agent received (moved)."),
-    ]  # fmt: skip
+def steps(texts: Sequence[tuple[str, str]], **values: object) -> list[tuple[str, str]]:
+    """``texts`` with ``values`` filled in."""
+    return [(vi.format(**values), en.format(**values)) for vi, en in texts]
