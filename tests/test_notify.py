@@ -58,6 +58,12 @@ class Receiver:
     def url(self, path: str = "hook", query: str = "") -> str:
         return f"json://127.0.0.1:{self.port}/{path}" + (f"?{query}" if query else "")
 
+    def delivered(self, message: Message) -> dict:
+        """Send ``message`` here with a plain notifier; the JSON body of the one POST it made."""
+        Notifier([self.url()]).send(message)
+        [post] = self.posts
+        return post["body"]
+
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
@@ -142,36 +148,32 @@ def test_review_waiting_reaches_the_receiver_with_the_workbook_attached(receiver
 
 
 def test_batch_finished_gives_the_summary_line_and_the_totals_per_target(receiver):
-    message = notify.batch_finished(BATCH, finished_rows())
+    body = receiver.delivered(notify.batch_finished(BATCH, finished_rows()))
 
-    Notifier([receiver.url()]).send(message)
-
-    [post] = receiver.posts
-    assert post["body"]["type"] == "success"
-    assert post["body"]["title"] == (
-        f"omi-batch: batch {BATCH} finished: 1 failed, 1 preview_failed, 1 succeeded, 1 unconfirmed"
+    assert (body["type"], body["title"]) == (
+        "success",
+        f"omi-batch: batch {BATCH} finished: 1 failed, 1 preview_failed, 1 succeeded, 1 unconfirmed",
     )
-    assert post["body"]["message"].splitlines() == [
+    assert body["message"].splitlines() == [
         f"Batch {BATCH} finished: 1 failed, 1 preview_failed, 1 succeeded, 1 unconfirmed.",
         "Per target:",
         "  binh.tran@example.vn: 1 of 2 rows succeeded, 40 conversations moved",
         "  hoa.vo@example.vn: 0 of 2 rows succeeded, 0 conversations moved",
     ]
-    assert post["body"]["attachments"] == []
+    assert body["attachments"] == []
 
 
 def test_needs_attention_lists_the_rows_a_person_must_look_at_with_their_errors(receiver):
     message = notify.rows_need_attention(BATCH, finished_rows(), retry_report="r/x-retry.csv")
     assert message is not None
 
-    Notifier([receiver.url()]).send(message)
+    body = receiver.delivered(message)
 
-    [post] = receiver.posts
-    assert post["body"]["type"] == "warning"
-    assert post["body"]["title"] == (
-        f"omi-batch: batch {BATCH} needs attention: 1 failed, 1 preview_failed, 1 unconfirmed"
+    assert (body["type"], body["title"]) == (
+        "warning",
+        f"omi-batch: batch {BATCH} needs attention: 1 failed, 1 preview_failed, 1 unconfirmed",
     )
-    assert post["body"]["message"].splitlines() == [
+    assert body["message"].splitlines() == [
         f"Batch {BATCH}: 1 failed, 1 preview_failed, 1 unconfirmed.",
         "  row 2 cuong.le@example.vn -> binh.tran@example.vn: failed: "
         "ERROR callback: conversation locked",
@@ -195,9 +197,8 @@ def test_a_rejected_file_needs_attention_with_its_first_errors(receiver):
     message = notify.file_rejected("departures.csv", "8 problems in departures.csv", problems,
                                    errors_report="rejected/departures.csv.errors.csv")  # fmt: skip
 
-    Notifier([receiver.url()]).send(message)
+    body = receiver.delivered(message)
 
-    body = receiver.posts[0]["body"]
     assert body["title"] == "omi-batch: file departures.csv was rejected"
     assert body["message"].splitlines() == [
         "File departures.csv was rejected: 8 problems in departures.csv",
