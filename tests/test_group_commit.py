@@ -199,3 +199,58 @@ def test_notify_wakes_the_wait_for_that_row_only(led):
     assert found == ["finished"]
     assert len(calls) == 2
     assert pipeline._waiters == {}
+
+
+def test_steps_recorded_soon_are_committed_together_by_the_next_flush(led):
+    batch_id = new_batch(led, rows=ROWS, state="approved")
+    serial = SerialLedger(led, gather=3600)  # the committer waits: flush() commits them
+    statements = commits(led)
+    for n in range(1, ROWS + 1):
+        serial.record_step_soon(batch_id, n, event="submitted", state="submitted")
+    assert {r["state"] for r in led.rows(batch_id)} == {"approved"}  # none committed yet
+    assert serial.flush() == []
+    assert [s for s in statements if s == "COMMIT"] == ["COMMIT"]
+    assert {r["state"] for r in led.rows(batch_id)} == {"submitted"}
+    assert led.verify().ok
+
+
+def test_a_step_recorded_soon_is_committed_by_the_committer_when_nobody_else_writes(led):
+    batch_id = new_batch(led, rows=2, state="approved")
+    serial = SerialLedger(led, gather=0)
+    serial.record_step_soon(batch_id, 1, event="submitted", state="submitted")
+    for _ in range(500):  # bounded: the committer thread commits it on its own
+        if led.row(batch_id, 1)["state"] == "submitted":
+            break
+        threading.Event().wait(0.01)
+    assert led.row(batch_id, 1)["state"] == "submitted"
+    assert serial.flush() == []
+
+
+def test_a_step_recorded_soon_and_refused_is_handed_to_flush_and_the_others_kept(led):
+    batch_id = new_batch(led, rows=3, state="approved")
+    serial = SerialLedger(led, gather=3600)
+    serial.record_step_soon(batch_id, 1, event="submitted", state="submitted")
+    serial.record_step_soon(batch_id, 2, event="previewed_again", state="planned")
+    serial.record_step_soon(batch_id, 3, event="submitted", state="submitted")
+    refused = serial.flush()
+    assert [str(e) for e in refused] == [
+        f"row 2 of batch {batch_id} cannot go from approved to planned"
+    ]
+    assert isinstance(refused[0], IllegalTransition)
+    assert [r["state"] for r in led.rows(batch_id)] == ["submitted", "approved", "submitted"]
+    assert serial.flush() == []  # handed over once
+
+
+def test_a_write_after_steps_recorded_soon_sees_them_first(led):
+    batch_id = led.create_batch(
+        source_file="departures.csv", source_sha256="ab" * 32, created_by="hr-admin",
+        base_url="http://127.0.0.1:1", options={}, input_rows=1, warnings=[],
+        rows=[{"row": 1, "source_email": "s1@example.vn", "target_email": "t1@example.vn"}],
+    )  # fmt: skip
+    serial = SerialLedger(led, gather=3600)
+    serial.record_step_soon(batch_id, 1, event="previewed", state="previewed",
+                            conversations_previewed=1)  # fmt: skip
+    assert serial.approve(batch_id, approve=[1], by="hr-admin", how="all") == 1
+    kinds = [e["kind"] for e in led.events(batch_id)]
+    assert kinds == ["batch_created", "previewed", "approved"]
+    assert serial.flush() == []

@@ -232,7 +232,8 @@ def test_the_ticket_transfer_is_held_when_a_conversation_row_of_its_source_did_n
                     "tuan.ho@example.vn,hanh.ngo@example.vn,tickets\n")  # fmt: skip
     stack = Stack(tmp_path, server)
     stacks.append(stack)
-    batch_id = stack.pipeline.create_batch(read_plan(path))
+    # long.ly has no account: unchecked, its preview fails (the directory would stop the batch)
+    batch_id = stack.pipeline.create_batch(read_plan(path), check_agents=False)
     stack.pipeline.preview(batch_id)
     stack.pipeline.approve(batch_id, approve_all=True)
 

@@ -12,6 +12,10 @@ from typing import Any
 
 from omi_batch.ledger import Ledger
 
+# Seconds the committer thread lets steps nobody waits on gather before it commits them: at most
+# this much later than a commit of their own would have been, in far fewer fsyncs.
+GATHER = 0.01
+
 
 class WriteLock:
     """A process's ledger write lock (a plain lock to take), which also knows the
@@ -43,19 +47,29 @@ class SerialLedger:
     10 … ms). And a commit costs an fsync: steps and callbacks that several threads write at
     the same moment go into one transaction (``Ledger.record_steps``, ``receive_callbacks`` or
     both in ``record_group``), each still committed before its call returns, so "the intent is
-    saved before the request" and "a callback is stored before it is answered" hold. Reads
-    pass through. The in-process receiver shares ``write_lock`` (see :class:`NotifyingLedger`).
+    saved before the request" and "a callback is stored before it is answered" hold.
+
+    A step nothing waits on (a preview's result, a request's 202 and its attempt) may be given
+    with :meth:`record_step_soon`: queued, it goes into the next group commit (a committer
+    thread starts when nobody else commits) and its caller does not wait for the fsync.
+    :meth:`flush` commits what waits and hands over the refusals of such steps. Every other
+    write first commits what is queued, so this process's writes keep their order. Reads pass
+    through. The in-process receiver shares ``write_lock`` (see :class:`NotifyingLedger`).
     """
 
     WRITES = frozenset({"create_batch", "update_row", "record_attempt", "approve",
                         "log", "receive_callback", "record_steps", "record_group",
                         "cancel_batch"})  # fmt: skip
 
-    def __init__(self, ledger: Ledger):
+    def __init__(self, ledger: Ledger, *, gather: float = GATHER):
         self._ledger = ledger
+        self.gather = gather  # seconds steps nobody waits on gather before their commit
+        self._hurry = threading.Event()  # set by flush(): the committer need not wait longer
         self.write_lock = WriteLock(self)
         self._queue: list[dict] = []
         self._queue_lock = threading.Lock()
+        self._committer: threading.Thread | None = None  # commits the steps nobody waits for
+        self._refused: list[BaseException] = []  # refusals of those steps, until flush()
 
     def record_step(self, batch_id: str, row: int, **step: object) -> None:
         """Ledger.record_step, committed with whatever other steps and callbacks are waiting
@@ -63,6 +77,28 @@ class SerialLedger:
         error = self._commit({"step": dict(step, batch_id=batch_id, row=row)})
         if error is not None:
             raise error
+
+    def record_step_soon(self, batch_id: str, row: int, **step: object) -> None:
+        """Ledger.record_step in the next group commit, without waiting for it: for a step
+        nothing depends on before :meth:`flush` (its refusal, if any, is returned there)."""
+        item = {"work": {"step": dict(step, batch_id=batch_id, row=row)}, "done": False,
+                "outcome": None, "soon": True}  # fmt: skip
+        with self._queue_lock:
+            self._queue.append(item)
+            if self._committer is None:
+                self._committer = threading.Thread(
+                    target=self._commit_queued, name="omi-batch-ledger-commit", daemon=True
+                )
+                self._committer.start()
+
+    def flush(self) -> list[BaseException]:
+        """Commit every step and callback still queued; return (and forget) the refusals of
+        the steps recorded with :meth:`record_step_soon` since the last flush."""
+        with self.write_lock:
+            self._commit_waiting()
+            refused, self._refused = self._refused, []
+        self._hurry.set()  # a committer still gathering finds nothing left and ends
+        return refused
 
     def receive_callbacks(self, received: list[dict]) -> list[str | Exception]:
         """Ledger.receive_callbacks, committed with whatever else is waiting (group commit);
@@ -80,10 +116,30 @@ class SerialLedger:
             self._queue.append(item)
         with self.write_lock:
             if not item["done"]:  # nobody committed it meanwhile: commit every waiting item
-                with self._queue_lock:
-                    group, self._queue = self._queue, []
-                self._commit_group(group)
+                self._commit_waiting()
         return item["outcome"]
+
+    def _commit_waiting(self) -> bool:
+        """Under the write lock: commit every queued item in one transaction; False when
+        there was none."""
+        with self._queue_lock:
+            group, self._queue = self._queue, []
+        if group:
+            self._commit_group(group)
+        return bool(group)
+
+    def _commit_queued(self) -> None:
+        """The committer thread: commit queued groups until the queue is empty, then end. It
+        lets steps gather for ``gather`` seconds before each commit (one fsync for them)."""
+        while True:
+            self._hurry.wait(self.gather)
+            self._hurry.clear()
+            with self.write_lock:
+                with self._queue_lock:
+                    if not self._queue:
+                        self._committer = None
+                        return
+                self._commit_waiting()
 
     def _commit_group(self, group: list[dict]) -> None:
         steps = [i for i in group if "step" in i["work"]]
@@ -100,9 +156,12 @@ class SerialLedger:
         except BaseException as error:
             for waiting in group:
                 waiting["outcome"], waiting["done"] = error, True
+            self._refused += [error for i in group if i.get("soon")][:1]
             return
         for waiting, result in zip(steps, step_results, strict=True):
             waiting["outcome"], waiting["done"] = result, True
+            if result is not None and waiting.get("soon"):
+                self._refused.append(result)
         at = 0
         for waiting in received:
             size = len(waiting["work"]["callbacks"])
@@ -116,6 +175,7 @@ class SerialLedger:
 
         def write(*args: object, **kwargs: object) -> object:
             with self.write_lock:
+                self._commit_waiting()  # what was queued before it goes first
                 return found(*args, **kwargs)
 
         return write

@@ -182,8 +182,9 @@ class Executing(Previewing):
                 return self._settle(batch_id, row, "unconfirmed", _unknown(error))
             # e.g. permission_denied on tickets: this transfer fails, the run goes on
             return self._settle(batch_id, row, "failed", str(error))
+        # Nothing waits on the 202 but the callback: it joins the callback's commit, or the next.
         self._step(batch_id, number, event="accepted", phase=phase_of(kind, "execute"),
-                   kind=kind,
+                   kind=kind, soon=True,
                    **({"request_id": result.request_id} if result.request_id else {}))  # fmt: skip
         if not has_callback:
             return self._settle(batch_id, row, "unconfirmed",

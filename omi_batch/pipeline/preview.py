@@ -41,11 +41,11 @@ class Previewing(Work):
     """Preflight, batch creation, preview (and preview again), the preview reports."""
 
     def create_batch(
-        self, plan: Plan, *, options: dict | None = None, check_agents: bool = False
+        self, plan: Plan, *, options: dict | None = None, check_agents: bool = True
     ) -> str:
-        """Check the key and that OMI answers (one preview, nothing moves), then (with
-        ``check_agents``; the CLI's default) every source and target in OMI's agent directory,
-        then the batch. Directory problems raise InputError (exit 2): nothing sent, no batch."""
+        """Check the key and that OMI answers (one preview, nothing moves), then (unless
+        ``check_agents=False``, as the CLI's ``--no-check-agents``) every source and target in
+        OMI's agent directory, then the batch. Directory problems raise InputError (exit 2): nothing sent, no batch."""
         self.settings.require_api()
         if not plan.transfers:
             raise UsageError("the plan has no transfers")
@@ -221,11 +221,12 @@ class Previewing(Work):
             if error is None:
                 self._step(batch_id, row["row"], state="previewed", event="previewed",
                            conversations_previewed=count, previewed_at=now_iso(),
-                           preview_error=None, kind=row["kind"], **unapproved)  # fmt: skip
+                           preview_error=None, kind=row["kind"], soon=True,
+                           **unapproved)  # fmt: skip
             else:
                 self._step(batch_id, row["row"], state="preview_failed", event="preview_failed",
                            preview_error=error, previewed_at=now_iso(), kind=row["kind"],
-                           **unapproved)  # fmt: skip
+                           soon=True, **unapproved)  # fmt: skip
         finally:
             self._flush_attempts()
 

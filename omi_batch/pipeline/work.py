@@ -99,8 +99,12 @@ class Work:
         return self._client
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
+        """Commit what is still queued, then close the client."""
+        try:
+            self.ledger.flush()
+        finally:
+            if self._client is not None:
+                self._client.close()
 
     def _record_attempt(self, attempt: Attempt) -> None:
         """Store a failed attempt at once; hold a successful one (always a call's last) so the
@@ -132,15 +136,23 @@ class Work:
         for batch_id, row, phase, data in self._take_attempts():
             self.ledger.record_attempt(batch_id, row, phase, data)
 
-    def _step(self, batch_id: str, number: int, *, event: str, **options: object) -> None:
+    def _step(
+        self, batch_id: str, number: int, *, event: str, soon: bool = False, **options: object
+    ) -> None:
         """One transfer's step (``kind=``, conversations by default) and this thread's held
-        attempts for that transfer, in one transaction."""
+        attempts for that transfer, in one transaction. ``soon``: a step nothing waits on (a
+        preview's result, a 202), queued for the next group commit without waiting for it;
+        the phase's end commits it (:meth:`_pool`) and raises its refusal, if any."""
         held = self._take_attempts()
         kind = options.get("kind") or "conversations"
         mine = [a for a in held if a[0] == batch_id and a[1] == number and kind_of(a[2]) == kind]
         self._pending.attempts = [a for a in held if a not in mine]
         phase = mine[-1][2] if mine else options.pop("phase", None)
         options.pop("phase", None)
+        if soon:
+            self.ledger.record_step_soon(batch_id, number, event=event, phase=phase,
+                                         attempts=[a[3] for a in mine], **options)  # fmt: skip
+            return
         try:
             self.ledger.record_step(batch_id, number, event=event, phase=phase,
                                     attempts=[a[3] for a in mine], **options)  # fmt: skip
@@ -207,8 +219,11 @@ class Work:
                     raise
         finally:
             self.progress.done(phase)
+            refused = self.ledger.flush()  # the steps nothing waited on: committed now
         if self._stop_reason is not None:
             raise self._stop_reason
+        if refused:
+            raise refused[0]
 
     def _guarded(self, work: Callable[[dict], None], row: dict, phase: str) -> None:
         if self._stop.is_set():
