@@ -29,7 +29,7 @@ def test_a_session_with_a_receiver_settles_each_row_by_its_callback(tmp_path, si
     with Session(settings, ledger, listen=("127.0.0.1", 0), say=said.append, rate=1000,
                  wait=20, poll_interval=3600, retry=RetryPolicy(max_attempts=2, base=0.0, max_wait=0.0)) as session:  # fmt: skip
         pipeline = session.pipeline
-        # the sample's row 7 names a target absent from the directory: its preview fails
+        # the sample's row 8 names a target absent from the directory: its preview fails
         batch_id = pipeline.create_batch(read_plan(SAMPLE), check_agents=False)
         pipeline.preview(batch_id)
         pipeline.approve(batch_id, approve_all=True)
@@ -54,6 +54,6 @@ def test_a_library_caller_creating_a_batch_is_checked_against_the_directory_by_d
         session.pipeline.create_batch(read_plan(SAMPLE))
     assert str(caught.value).startswith("1 problem(s) in OMI's agent directory: nothing was "
                                         "sent and no batch was created")  # fmt: skip
-    assert [(p.row, p.code) for p in caught.value.problems] == [(7, "target_not_found")]
+    assert [(p.row, p.code) for p in caught.value.problems] == [(8, "target_not_found")]
     assert ledger.batches() == []
     ledger.close()
