@@ -5,7 +5,8 @@ hash-chained audit log of events. The only code in omi-batch that speaks SQL.
 
 - ``store``: connections, the short ``BEGIN IMMEDIATE`` write transactions, busy handling;
 - ``schema``: the migrations (``PRAGMA user_version``);
-- ``chain``: event hashing, the ``<ledger>.head`` file, ``verify`` and ``export``;
+- ``hashing``: event hashing and the ``<ledger>.head`` file (the bottom: imports no part);
+- ``chain``: the events read back, ``verify`` and ``export``;
 - ``fields``: what a row is made of (the columns callers may set, an attempt's columns);
 - ``rows``: creating batches and their rows, reading them; the row SQL the parts share;
 - ``steps``: row steps (attempts, fields, the state move and its event) and their group commit;
@@ -24,17 +25,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from omi_batch.ledger.callbacks import Callbacks, clean_headers
-from omi_batch.ledger.chain import (
-    GENESIS,
-    HEAD_RECORD,
-    Audit,
-    VerifyResult,
-    canonical_json,
-    event_hash,
-    event_text,
-)
+from omi_batch.ledger.chain import Audit, VerifyResult
 from omi_batch.ledger.decisions import Decisions
 from omi_batch.ledger.fields import ROW_FIELDS
+from omi_batch.ledger.hashing import GENESIS, HEAD_RECORD, canonical_json, event_hash, event_text
 from omi_batch.ledger.rows import Rows
 from omi_batch.ledger.schema import MIGRATIONS, SCHEMA_VERSION, migrate
 from omi_batch.ledger.steps import Steps

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from omi_batch.errors import LedgerError
-from omi_batch.ledger.chain import canonical_json
+from omi_batch.ledger.hashing import canonical_json
 from omi_batch.ledger.judging import ACCEPTED_SQL, HELD, callback_key, judge
 from omi_batch.ledger.rows import write_row
 from omi_batch.ledger.schema import decode_callback

@@ -26,7 +26,7 @@ from typing import Any
 from urllib.parse import quote
 
 from omi_batch.errors import LedgerDamaged, LedgerError, LedgerGone, NotFound
-from omi_batch.ledger.chain import GENESIS, HeadFile, canonical_json, event_hash, event_text
+from omi_batch.ledger.hashing import GENESIS, HeadFile, canonical_json, event_hash, event_text
 from omi_batch.ledger.schema import SCHEMA_VERSION, migrate, query
 
 BUSY_RETRIES = 2  # extra BEGIN IMMEDIATE tries after the busy handler itself gave up
