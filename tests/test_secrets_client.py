@@ -157,7 +157,7 @@ def test_the_key_in_the_token_request_shows_nowhere(make_simulator, caplog):
         client.transfer_conversations(
             "lan.nguyen@example.vn", "minh.tran@example.vn", preview=False
         )
-        token = client._token.value
+        token = client.transport._token.value
         sim.expire_tokens()
         try:
             client.transfer_conversations(

@@ -1,9 +1,10 @@
-"""``OmiClient``: the OMI endpoints omi-batch uses, each one call through ``Transport``."""
+"""``OmiClient``: the OMI endpoints omi-batch uses, each one call through the ``Transport`` it
+holds."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Self
 
 from omi_batch.client.envelope import (
     AGENTS_PATH,
@@ -20,18 +21,36 @@ from omi_batch.client.envelope import (
 from omi_batch.client.errors import ApiError
 from omi_batch.client.transport import Transport
 from omi_batch.client.values import Agent, TransferResult
+from omi_batch.config import Secret
 
 
-class OmiClient(Transport):
+class OmiClient:
     """A client for the OMI endpoints omi-batch uses. Share one between threads; close it once.
 
+    Each endpoint is one call through the ``Transport`` it holds, which takes the options:
     ``timeout`` is the read timeout per request, ``connect_timeout`` the connect timeout.
     ``auth`` is ``"api-key"`` (the x-api-key header) or ``"bearer"`` (a token from
     ``GET /api/auth``, kept in memory only). ``limiter`` paces every attempt (None: no pacing;
     the pipeline always gives one). ``on_attempt`` is called in the calling thread after every
     attempt; a failing hook is logged and ignored. ``sleep`` and ``rng`` are injectable so tests
-    neither wait nor guess.
+    neither wait nor guess; ``pool_size`` is the most connections kept open.
     """
+
+    def __init__(self, base_url: str, api_key: Secret, **options: Any):
+        self.transport = Transport(base_url, api_key, **options)
+
+    def __repr__(self) -> str:
+        return f"OmiClient(base_url={self.transport.base_url!r})"
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self.transport.close()
 
     # ----------------------------------------------------------------------- endpoints
 
@@ -58,7 +77,7 @@ class OmiClient(Transport):
             body["convIds"] = [str(c) for c in conv_ids]
         if callback:
             body["callbackResultConfig"] = callback
-        return self._post(TRANSFER_PATH, body, context=context, parse=_transfer_result)
+        return self.transport.post(TRANSFER_PATH, body, context=context, parse=_transfer_result)
 
     def transfer_tickets(
         self,
@@ -80,7 +99,7 @@ class OmiClient(Transport):
         }
         if callback:
             body["callbackResultConfig"] = callback
-        return self._post(
+        return self.transport.post(
             TICKET_PATH, body, context=context, parse=_ticket_result, denied=TICKETS_DENIED
         )
 
@@ -102,9 +121,10 @@ class OmiClient(Transport):
             params: dict[str, Any] = {"page": page, "size": size}
             if keyword:
                 params["keyword"] = keyword
-            agents = self._request(
+            agents = self.transport.request(
                 "GET", AGENTS_PATH, None, params=params, context=context, parse=_agents_page,
-                auth=self._directory_auth, fallback=self._directory_auth == "api-key",
+                auth=self.transport.directory_auth,
+                fallback=self.transport.directory_auth == "api-key",
             )  # fmt: skip
             fresh = [a for a in agents if a.email not in seen]
             if not fresh:  # an empty page, or OMI ignoring ``page`` and repeating itself
@@ -127,7 +147,7 @@ class OmiClient(Transport):
         """Open a conversation as a guest (test data); returns the payload."""
         body = {"uuid": uuid, "guest_info": guest_info or {}}
         path = f"/api/social/{_channel(channel)}/new_room"
-        return self._post(path, body, context=context, parse=_dict_payload)
+        return self.transport.post(path, body, context=context, parse=_dict_payload)
 
     def guest_send_message(
         self,
@@ -143,13 +163,13 @@ class OmiClient(Transport):
         if multimedias:
             body["multimedias"] = multimedias
         path = f"/api/social/{_channel(channel)}/guest_send_message"
-        return self._post(path, body, context=context, parse=_dict_payload)
+        return self.transport.post(path, body, context=context, parse=_dict_payload)
 
     def list_messages(
         self, conv_id: str, *, page: int = 1, size: int = 15, context: dict | None = None
     ) -> list:
         """One page of a conversation's messages."""
-        return self._post(
+        return self.transport.post(
             "/api/social/message/list",
             {"conv_id": conv_id},
             params={"page": int(page), "size": int(size)},

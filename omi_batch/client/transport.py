@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, Self
+from typing import Any
 
 import requests
 import tenacity
@@ -186,7 +186,8 @@ def _session_for(base_url: str) -> requests.Session:
 
 
 class Transport:
-    """Sending one logical call to OMI across its attempts; ``OmiClient`` adds the endpoints."""
+    """Sending one logical call to OMI across its attempts; ``OmiClient`` holds one and adds
+    the endpoints. The options are described on ``OmiClient``."""
 
     def __init__(
         self,
@@ -224,7 +225,7 @@ class Transport:
         self._rng = rng or random.Random()
         self._token: Secret | None = None
         self._token_lock = threading.Lock()
-        self._directory_auth = self.auth  # becomes "bearer" if the directory refuses the key
+        self.directory_auth = self.auth  # becomes "bearer" if the directory refuses the key
         self._session = _session_for(base_url)
         # max_retries=0: urllib3 never retries on its own, so every attempt is one we record.
         adapter = HTTPAdapter(
@@ -237,13 +238,7 @@ class Transport:
         )
 
     def __repr__(self) -> str:
-        return f"OmiClient(base_url={self.base_url!r})"
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        return f"Transport(base_url={self.base_url!r})"
 
     def close(self) -> None:
         """Close the pooled connections."""
@@ -271,7 +266,7 @@ class Transport:
         never quoted (not in a log, an exception or an attempt) and the key is scrubbed from
         the answer."""
         try:
-            token = self._request(
+            token = self.request(
                 "GET", AUTH_PATH, None, params={"apiKey": self._api_key.value},
                 context=call.context, parse=_token_payload, auth=None,
             )  # fmt: skip
@@ -294,7 +289,7 @@ class Transport:
 
     # ----------------------------------------------------------------------- machinery
 
-    def _post(
+    def post(
         self,
         path: str,
         body: dict,
@@ -304,12 +299,12 @@ class Transport:
         parse: Callable[[int, dict, Sequence[str]], Any] | None = None,
         denied: str | None = None,
     ) -> Any:
-        """POST ``body`` with retries (see :meth:`_request`)."""
-        return self._request(
+        """POST ``body`` with retries (see :meth:`request`)."""
+        return self.request(
             "POST", path, body, params=params, context=context, parse=parse, denied=denied
         )
 
-    def _request(
+    def request(
         self,
         method: str,
         path: str,
@@ -481,7 +476,7 @@ class Transport:
             if ticket is not None:
                 self.limiter.succeeded(ticket)  # type: ignore[union-attr]
             if call.fallback and call.auth == "bearer":  # the directory took the token
-                self._directory_auth = "bearer"
+                self.directory_auth = "bearer"
             request_id = _request_id(envelope.get("payload"))
             record["request_id"] = None if request_id is None else scrub(request_id, call.secrets)
             if parse is None:
