@@ -574,8 +574,9 @@ def test_each_result_delivered_twice_at_once_is_applied_once_and_a_duplicate_onc
 
 
 class CountingLedger:
-    """A wrapper that adds work around receive_callback (as the CLI's in-process receiver
-    does to wake the pipeline) and passes everything else through, receive_callbacks too."""
+    """A wrapper that adds work around the callbacks' writes (as the in-process receiver's
+    NotifyingLedger wakes the pipeline): it wraps receive_callback and receive_callbacks, the
+    two the receiver stores through, and passes everything else on."""
 
     def __init__(self, ledger):
         self._ledger = ledger
@@ -587,11 +588,16 @@ class CountingLedger:
             self.calls += 1
         return self._ledger.receive_callback(**callback)
 
+    def receive_callbacks(self, received):
+        with self._lock:
+            self.calls += len(received)
+        return self._ledger.receive_callbacks(received)
+
     def __getattr__(self, name):
         return getattr(self._ledger, name)
 
 
-def test_a_wrapped_ledger_sees_every_callback_through_its_own_receive_callback(ledger):
+def test_a_wrapped_ledger_sees_every_callback_through_its_own_writes(ledger):
     batch = make_batch(ledger, rows=48)
     wrapped = CountingLedger(ledger)
     app = make_app(wrapped, SECRET)

@@ -58,10 +58,6 @@ class Callbacks:
     """Storing, applying and reading callbacks (a part of :class:`Ledger`: needs ``_write``,
     ``_query`` and ``path`` from its store)."""
 
-    # receive_callback takes ``receipt`` (a callback stored once per receipt) and ``may_hold``
-    # (a SUCCESS that arrived before its row's 202 was stored is held, not judged yet).
-    takes_receipts = True
-
     def receive_callback(
         self,
         *,

@@ -20,7 +20,7 @@ from omi_batch.config import Secret
 from omi_batch.errors import ConfigError, LedgerGone
 from omi_batch.refusals import RefusalTally
 from omi_batch.spool import Spool, spool_path
-from omi_batch.webhook.writer import Writer, is_ledger_error
+from omi_batch.webhook.writer import ReceiverLedger, Writer, is_ledger_error
 
 MAX_BODY = 65536
 REFUSED_BODY_KEPT = 4096  # bytes of an uncredentialed body kept in the ledger
@@ -83,7 +83,7 @@ class WebhookApp:
 
     def __init__(
         self,
-        ledger: Any,
+        ledger: ReceiverLedger,
         secret: Secret,
         *,
         max_body: int = MAX_BODY,
@@ -252,12 +252,28 @@ class WebhookApp:
         headers: dict,
         remote: str | None,
     ) -> str:
-        """Count an unauthenticated refusal; store it (truncated) only as one of the first
-        few of its reason this hour."""
-        if self.refusals.add(refusal.reason):
-            raw_body = raw_body[:REFUSED_BODY_KEPT]
-            return self._record_refusal(target, refusal, raw_body, headers, remote)
-        return f"refused:{refusal.reason}"
+        """Count an unauthenticated refusal; record it (its body truncated, no row changed)
+        only as one of the first few of its reason this hour. Never raises: the caller is
+        answered with its 4xx even if the ledger cannot take the record."""
+        verdict = f"refused:{refusal.reason}"
+        if not self.refusals.add(refusal.reason):
+            return verdict
+        try:
+            recorded = self._store(
+                target, raw_body=raw_body[:REFUSED_BODY_KEPT], headers=headers, remote=remote,
+                body=None, refused=refusal.reason,
+            )  # fmt: skip
+        except Exception as error:
+            self.logger.error(
+                "callback batch=%s row=%s phase=%s: refusal %s not recorded (%s)",
+                target.batch_id,
+                target.row,
+                target.phase,
+                refusal.reason,
+                type(error).__name__,
+            )
+            return verdict
+        return recorded or verdict
 
     def _store(self, target: CallbackTarget, **received: Any) -> str:
         """``ledger.receive_callback``, given up on after ``answer_within`` seconds so that OMI
@@ -270,9 +286,6 @@ class WebhookApp:
         the callbacks waiting at the same moment share one transaction (see :class:`Writer`)."""
         callback = {"batch_id": target.batch_id, "row": target.row, "phase": target.phase,
                     **received}  # fmt: skip
-        if not getattr(self.ledger, "takes_receipts", False):
-            for key in ("receipt", "may_hold"):
-                callback.pop(key, None)
         if self.answer_within is None:
             with self._write_lock:
                 began = time.monotonic()
@@ -305,7 +318,10 @@ class WebhookApp:
     def _executor(self) -> Writer:
         with self._pool_lock:
             if self._pool is None:
-                self._pool = Writer(self)
+                self._pool = Writer(
+                    self.ledger, spool=self.spool, refusals=self.refusals, logger=self.logger,
+                    hold_retry=self.hold_retry, hold_for=self.hold_for, metrics=self.metrics,
+                )  # fmt: skip
             return self._pool
 
     def start(self) -> None:
@@ -344,34 +360,6 @@ class WebhookApp:
         if len(raw) > self.max_body:
             raise _Refusal(413, "too_large")
         return raw
-
-    def _record_refusal(
-        self,
-        target: CallbackTarget,
-        refusal: _Refusal,
-        raw_body: bytes,
-        headers: dict,
-        remote: str | None,
-    ) -> str:
-        """Record a refused callback; the ledger changes no row for it. Never raises: the
-        caller is answered with its 4xx even if the ledger cannot take the record."""
-        verdict = f"refused:{refusal.reason}"
-        try:
-            recorded = self._store(
-                target, raw_body=raw_body, headers=headers, remote=remote, body=None,
-                refused=refusal.reason,
-            )  # fmt: skip
-        except Exception as error:
-            self.logger.error(
-                "callback batch=%s row=%s phase=%s: refusal %s not recorded (%s)",
-                target.batch_id,
-                target.row,
-                target.phase,
-                refusal.reason,
-                type(error).__name__,
-            )
-            return verdict
-        return recorded or verdict
 
     def _answer(
         self,
@@ -429,8 +417,9 @@ def _too_many_headers(environ: dict) -> bool:
     return count > MAX_HEADERS or size > MAX_HEADER_BYTES
 
 
-def make_app(ledger: Any, secret: Secret, **options: Any) -> WebhookApp:
-    """The receiver's WSGI app over ``ledger`` (an ``omi_batch.ledger.Ledger``).
+def make_app(ledger: ReceiverLedger, secret: Secret, **options: Any) -> WebhookApp:
+    """The receiver's WSGI app over ``ledger`` (an ``omi_batch.ledger.Ledger``, or a wrapper of
+    one with what :class:`~omi_batch.webhook.writer.ReceiverLedger` names).
 
     ``answer_within``: seconds the ledger gets to store a callback before it is kept in the
     spool instead (``<ledger>.spool``) and answered ``spooled`` (None: wait as long as the
@@ -442,14 +431,9 @@ def make_app(ledger: Any, secret: Secret, **options: Any) -> WebhookApp:
     return WebhookApp(ledger, secret, **options)
 
 
-def _check_readable(ledger: Any) -> None:
-    """Raise unless the ledger answers a read (the cheapest one it offers)."""
-    for name in ("head", "batches"):
-        method = getattr(ledger, name, None)
-        if callable(method):
-            method()
-            return
-    raise TypeError("the ledger offers no read to check")
+def _check_readable(ledger: ReceiverLedger) -> None:
+    """Raise unless the ledger answers a read (its cheapest: the last event's hash)."""
+    ledger.head()
 
 
 def _headers(environ: dict) -> dict[str, str]:

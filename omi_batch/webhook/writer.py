@@ -3,43 +3,69 @@ between turns, refusal counts written each minute."""
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from omi_batch.bodies import BodyError, parse_body
 from omi_batch.callbacks import CallbackTarget
 from omi_batch.errors import LedgerGone
-
-if TYPE_CHECKING:
-    from omi_batch.webhook.app import WebhookApp
+from omi_batch.refusals import RefusalTally
+from omi_batch.spool import Spool
 
 MAX_GROUP = 100  # callbacks stored in one transaction at most
 POLL = 0.5  # seconds between looks at the spool when nothing else wakes the writer
 
 
+class ReceiverLedger(Protocol):
+    """What the receiver needs of a ledger: ``omi_batch.ledger.Ledger`` and its wrappers
+    (``SerialLedger``, ``NotifyingLedger``) have it all. A wrapper that adds work around the
+    callbacks' writes (a lock, a wake-up) wraps both ``receive_callback`` and
+    ``receive_callbacks``: the writer stores a group through the second."""
+
+    def receive_callback(self, **callback: Any) -> str: ...
+
+    def receive_callbacks(self, received: list[dict]) -> list[str | Exception]: ...
+
+    def record_refusals(self, counts: list[Mapping[str, Any]]) -> None: ...
+
+    def head(self) -> str | None: ...
+
+
 class Writer:
     """The one thread that writes the ledger, in arrival order: each turn it takes every
-    callback waiting (up to :data:`MAX_GROUP`) and stores them in one transaction when the
-    ledger offers ``receive_callbacks`` (one savepoint each, so one failing loses no other),
-    else one by one. Each caller's Future gets its own verdict or error, and only after the
-    commit, so a callback is still stored before it is answered. A Future still queued can be
+    callback waiting (up to :data:`MAX_GROUP`) and stores them in one transaction through
+    ``receive_callbacks`` (one savepoint each, so one failing loses no other). Each caller's
+    Future gets its own verdict or error, and only after the commit, so a callback is still
+    stored before it is answered. A Future still queued can be
     cancelled; one taken into a group can no longer be.
 
     Between turns (and at least every :data:`POLL` seconds) it applies what waits in the
     spool, oldest first, and writes the refusal counts of each finished minute. It starts with
     the spool, so a receiver restarted applies what the last one left before anything new."""
 
-    def __init__(self, app: WebhookApp):
-        self._app = app
-        self._ledger = app.ledger
-        self._spool = app.spool
-        self._metrics = app.metrics
-        # Only a ledger whose class has it: a wrapper that adds work around receive_callback
-        # (a lock, a notification) passes receive_callbacks through untouched, so it is not used.
-        self._grouped = callable(getattr(type(self._ledger), "receive_callbacks", None))
+    def __init__(
+        self,
+        ledger: ReceiverLedger,
+        *,
+        spool: Spool | None,
+        refusals: RefusalTally,
+        logger: logging.Logger,
+        hold_retry: float,
+        hold_for: float,
+        metrics: Any = None,
+    ):
+        self._ledger = ledger
+        self._spool = spool
+        self._refusals = refusals  # the receiver's tally: counted there, written here
+        self._logger = logger
+        self._hold_retry = hold_retry
+        self._hold_for = hold_for
+        self._metrics = metrics
         self._queue: queue.SimpleQueue[tuple[dict, Future] | None] = queue.SimpleQueue()
         self._closed = False
         self._lock = threading.Lock()
@@ -123,17 +149,14 @@ class Writer:
         try:
             self._drain()
         except Exception as error:
-            self._app.logger.warning("spool: not applied yet (%s)", type(error).__name__)
-        counts = self._app.refusals.take(everything=final)
-        record = getattr(self._ledger, "record_refusals", None)
-        if counts and callable(record):
+            self._logger.warning("spool: not applied yet (%s)", type(error).__name__)
+        counts = self._refusals.take(everything=final)
+        if counts:
             try:
-                record(counts)
+                self._ledger.record_refusals(counts)
             except Exception as error:
-                self._app.refusals.give_back(counts)
-                self._app.logger.warning(
-                    "refusal counts not written yet (%s)", type(error).__name__
-                )
+                self._refusals.give_back(counts)
+                self._logger.warning("refusal counts not written yet (%s)", type(error).__name__)
 
     def _drain(self) -> None:
         """Apply the spool's due entries, oldest first, in groups; stop at the first group the
@@ -164,14 +187,14 @@ class Writer:
                     later.append(entry.id)
                 else:
                     done.append(entry.id)
-                    self._app.logger.info(
+                    self._logger.info(
                         "spooled callback batch=%s row=%s phase=%s verdict=%s",
                         entry.callback["batch_id"], entry.callback["row"],
                         entry.callback["phase"],
                         outcome if isinstance(outcome, str) else f"error={type(outcome).__name__}",
                     )  # fmt: skip
             spool.remove(done)
-            spool.later(later, self._app.hold_retry)
+            spool.later(later, self._hold_retry)
             if later:
                 return
 
@@ -185,16 +208,13 @@ class Writer:
                 callback["body"] = parse_body(callback["raw_body"])
             except BodyError as error:
                 callback["refused"] = error.reason
-        callback["may_hold"] = _age(entry.received_at) < self._app.hold_for
-        if not getattr(self._ledger, "takes_receipts", False):
-            callback.pop("receipt", None)
-            callback.pop("may_hold", None)
+        callback["may_hold"] = _age(entry.received_at) < self._hold_for
         return callback
 
     def _apply(self, received: list[dict]) -> list[Any]:
         began = time.monotonic()
         try:
-            if self._grouped and len(received) > 1:
+            if len(received) > 1:
                 return list(self._ledger.receive_callbacks(received))
             return [self._one(callback) for callback in received]
         except BaseException as error:  # the transaction itself failed: none is stored
