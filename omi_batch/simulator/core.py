@@ -14,24 +14,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from omi_batch.config import Secret
-from omi_batch.errors import NotFound, UsageError
+from omi_batch.errors import NotFound
 from omi_batch.serving import Running
 from omi_batch.simulator import server
 from omi_batch.simulator.app import make_app
 from omi_batch.simulator.delivery import Delivery
 from omi_batch.simulator.fixtures import _iso, _parse_time, load_fixture
-from omi_batch.simulator.gate import (
-    AUTH_MODES,
-    RATE_LIMIT_ANSWERS,
-    Credentials,
-    Gate,
-    parse_rate_limit,
-)
-from omi_batch.simulator.model import (
-    DAY_SECONDS,
-    Answers,
-    Faults,
-)
+from omi_batch.simulator.gate import Credentials, Gate, parse_rate_limit
+from omi_batch.simulator.model import DAY_SECONDS, Answers, Faults
 from omi_batch.simulator.operations import Operations
 from omi_batch.simulator.state import State
 
@@ -87,20 +77,12 @@ class Simulator:
             directory_shape=directory_shape, ticket_window_days=ticket_window_days,
             ticket_callbacks=ticket_callbacks, ticket_preview_mode=ticket_preview_mode,
         )  # fmt: skip
-        for name, value in (("auth", auth), ("directory_auth", directory_auth)):
-            if value not in AUTH_MODES:
-                raise UsageError(f"{name} must be one of {', '.join(AUTH_MODES)}, not {value!r}")
-        if rate_limit_retry_after not in RATE_LIMIT_ANSWERS:
-            raise UsageError(
-                f"rate_limit_retry_after must be one of {', '.join(RATE_LIMIT_ANSWERS)}"
-            )
-        credentials = Credentials(
-            api_key if isinstance(api_key, Secret) else Secret(api_key),
-            token_lifetime,
-            refuse_token_after,
-        )
         self.gate = Gate(
-            credentials,
+            Credentials(
+                api_key if isinstance(api_key, Secret) else Secret(api_key),
+                token_lifetime,
+                refuse_token_after,
+            ),
             parse_rate_limit(rate_limit),
             auth=auth,
             directory_auth=directory_auth,

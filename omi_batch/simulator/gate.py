@@ -172,6 +172,13 @@ class Gate:
         rate_limit_retry_after: str,
         token_expires_in: bool,
     ):
+        for name, value in (("auth", auth), ("directory_auth", directory_auth)):
+            if value not in AUTH_MODES:
+                raise UsageError(f"{name} must be one of {', '.join(AUTH_MODES)}, not {value!r}")
+        if rate_limit_retry_after not in RATE_LIMIT_ANSWERS:
+            raise UsageError(
+                f"rate_limit_retry_after must be one of {', '.join(RATE_LIMIT_ANSWERS)}"
+            )
         self.credentials = credentials
         self.bucket = bucket
         self.auth = auth
