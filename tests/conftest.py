@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from click.testing import CliRunner
-from helpers import API_KEY, SAMPLE_TEXT, WEBHOOK_SECRET
+from helpers import API_KEY, SAMPLE_TEXT, departures_csv, use_simulator
 
 
 @pytest.fixture
@@ -20,20 +20,18 @@ def ledger_path(tmp_path):
 
 @pytest.fixture
 def ledger(ledger_path):
-    """A fresh ledger file, open."""
-    from omi_batch.ledger import Ledger
-
-    return Ledger(ledger_path)
-
-
-@pytest.fixture
-def led(ledger_path):
     """A fresh ledger file, open, closed after the test."""
     from omi_batch.ledger import Ledger
 
     ledger = Ledger(ledger_path)
     yield ledger
     ledger.close()
+
+
+@pytest.fixture
+def led(ledger):
+    """The ``ledger`` fixture under the short name the ledger tests use."""
+    return ledger
 
 
 @pytest.fixture
@@ -85,17 +83,28 @@ def env(monkeypatch, simulator):
     """OMI_* pointing at the sample simulator, for commands run in this process; no
     OMI_WEBHOOK_URL (tests use --listen). Returns ``(sim, server)``."""
     sim, server = simulator
-    monkeypatch.setenv("OMI_BASE_URL", server.url)
-    monkeypatch.setenv("OMI_API_KEY", API_KEY)
-    monkeypatch.setenv("OMI_WEBHOOK_SECRET", WEBHOOK_SECRET)
-    monkeypatch.delenv("OMI_WEBHOOK_URL", raising=False)
-    monkeypatch.delenv("OMI_BATCH_LEDGER", raising=False)
+    use_simulator(monkeypatch, server)
     return sim, server
 
 
 @pytest.fixture
 def departures(tmp_path):
     """Rows 2-6 of the sample file (every agent known to the simulator), as a CSV to read."""
-    path = tmp_path / "departures.csv"
-    path.write_text(SAMPLE_TEXT, encoding="utf-8")
-    return path
+    return departures_csv(tmp_path, SAMPLE_TEXT)
+
+
+@pytest.fixture
+def make_stack(tmp_path):
+    """``make_stack(server, **options)``: a ``helpers.Stack`` on ``tmp_path/ledger.db``, closed at
+    the end of the test."""
+    from helpers import Stack
+
+    made = []
+
+    def make(server, **options):
+        made.append(Stack(tmp_path, server, **options))
+        return made[-1]
+
+    yield make
+    for stack in made:
+        stack.close()

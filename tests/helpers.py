@@ -38,6 +38,13 @@ SAMPLE = REPO / "data" / "sample_offboarding.csv"
 GOOD_CSV = "".join(SAMPLE.read_text(encoding="utf-8").splitlines(keepends=True)[:6])
 
 
+def departures_csv(tmp_path, text: str) -> Path:
+    """``text`` saved as ``tmp_path/departures.csv`` (UTF-8): the file a test's commands read."""
+    path = tmp_path / "departures.csv"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
 def make_batch(ledger, rows: int = 3, state: str = "submitted", request_ids: bool = True) -> str:
     """A batch of ``rows`` transfers (rows 2, 3, …), each brought to ``state``; submitted rows
     get the request id ``req-<row>`` unless ``request_ids`` is false (their 202 not stored)."""
@@ -87,6 +94,27 @@ def wait_until(check, *, tries: int = 400, pause: float = 0.05) -> bool:
             return True
         time.sleep(pause)
     return bool(check())
+
+
+def interrupted(args, ready, *, sig: int = signal.SIGINT, what: str = "it got going",
+                env: dict | None = None, cwd=None) -> tuple[int, str]:  # fmt: skip
+    """``omi-batch ARGS`` as its own process, sent ``sig`` once ``ready()`` is true (polled for
+    20 s at most): its exit code and what it said on stderr."""
+    import pytest
+
+    env = dict(env if env is not None else os.environ, PYTHONPATH=str(REPO))
+    process = subprocess.Popen([sys.executable, "-m", "omi_batch", *map(str, args)], env=env,
+                               cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        if not wait_until(ready, tries=1000, pause=0.02):
+            pytest.fail(f"never happened: {what}")
+        process.send_signal(sig)
+        _, stderr = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+    return process.returncode, stderr.decode()
 
 
 class ServiceProcess:
@@ -189,16 +217,58 @@ class Stack:
         self.receiver = self.session.receiver
         self.pipeline = self.session.pipeline
 
-    def run(self, csv_path) -> str:
+    def approved(self, csv_path) -> str:
+        """A batch of ``csv_path``, previewed, every row that previewed ok approved."""
         batch_id = self.pipeline.create_batch(read_plan(csv_path))
         self.pipeline.preview(batch_id)
         self.pipeline.approve(batch_id, approve_all=True)
+        return batch_id
+
+    def run(self, csv_path) -> str:
+        batch_id = self.approved(csv_path)
         self.pipeline.execute(batch_id)
         return batch_id
 
     def close(self):
         self.session.close()
         self.ledger.close()
+
+
+def approved_batch(tmp_path, server, csv_path) -> str:
+    """A batch of ``csv_path`` previewed and approved in ``tmp_path/ledger.db``, nothing sent yet
+    (its Stack closed again, so a command can take over)."""
+    stack = Stack(tmp_path, server, webhook_url=False)
+    try:
+        return stack.approved(csv_path)
+    finally:
+        stack.close()
+
+
+def use_simulator(monkeypatch, server, api_key: str = API_KEY,
+                  secret: str = WEBHOOK_SECRET) -> None:  # fmt: skip
+    """OMI_* of this process (the commands a test runs in it) pointing at ``server``; no
+    OMI_WEBHOOK_URL (tests use --listen) and no OMI_BATCH_LEDGER."""
+    monkeypatch.setenv("OMI_BASE_URL", server.url)
+    monkeypatch.setenv("OMI_API_KEY", api_key)
+    monkeypatch.setenv("OMI_WEBHOOK_SECRET", secret)
+    monkeypatch.delenv("OMI_WEBHOOK_URL", raising=False)
+    monkeypatch.delenv("OMI_BATCH_LEDGER", raising=False)
+
+
+def execute_interrupted(batch_id: str, ledger_path, reports_dir, sig: int, cwd) -> tuple[int, str]:
+    """``omi-batch execute BATCH --yes`` (2 at a time, a receiver of its own) as its own process,
+    sent ``sig`` once a transfer has succeeded while another is still submitted: its exit
+    code and stderr. OMI_* must point at the simulator (:func:`use_simulator`)."""
+    with Ledger(ledger_path) as watch:
+
+        def got_going() -> bool:
+            now = Counter(r["state"] for r in watch.rows(batch_id))
+            return now["succeeded"] >= 1 and now["submitted"] >= 1
+
+        return interrupted(["execute", batch_id, "--yes", "--rate", "1000", "--concurrency", "2",
+                            "--wait", "30", "--listen", "127.0.0.1:0", "--ledger", ledger_path,
+                            "--reports", reports_dir], got_going, sig=sig, cwd=cwd,
+                           what="a transfer succeeded while another is submitted")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- jobs

@@ -12,7 +12,6 @@ import os
 import re
 import select
 import shlex
-import signal
 import socket
 import subprocess
 import sys
@@ -26,9 +25,11 @@ from helpers import (
     SAMPLE_TEXT,
     TRANSFER,
     fail_preview,
+    interrupted,
     invoke,
     read_report,
     transfers,
+    use_simulator,
     where,
 )
 
@@ -49,14 +50,9 @@ BOX = re.compile("[━┃│╇┏┓┗┛╋─]")
 
 def use(monkeypatch, server, webhook_url: str | None = None) -> None:
     """Point this process's OMI_* at ``server`` (and at ``webhook_url``, if given)."""
-    monkeypatch.setenv("OMI_BASE_URL", server.url)
-    monkeypatch.setenv("OMI_API_KEY", KEY)
-    monkeypatch.setenv("OMI_WEBHOOK_SECRET", SECRET)
-    monkeypatch.delenv("OMI_BATCH_LEDGER", raising=False)
+    use_simulator(monkeypatch, server, KEY, SECRET)
     if webhook_url:
         monkeypatch.setenv("OMI_WEBHOOK_URL", webhook_url)
-    else:
-        monkeypatch.delenv("OMI_WEBHOOK_URL", raising=False)
 
 
 def child(args: list, **popen) -> subprocess.Popen:
@@ -136,20 +132,12 @@ def test_a_resumed_execute_counts_what_every_request_of_a_row_moved(
                         *where(ledger_path, reports_dir))  # fmt: skip
         batch_id = result.stdout.strip().splitlines()[-1]
         assert invoke(runner, "approve", batch_id, "--all", "--ledger", ledger_path).exit_code == 0
-        process = child(["execute", batch_id, "--yes", "--rate", "1000", "--wait", "30",
-                         *where(ledger_path, reports_dir)],
-                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
-        try:
-            wait_until(lambda: sum(r["state"] == "submitted" and bool(r["request_id"])
-                                   for r in rows_of(ledger_path)) >= 4,
-                       what="four rows accepted by OMI")  # fmt: skip
-            process.send_signal(signal.SIGINT)
-            process.communicate(timeout=20)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait(timeout=10)
-        assert process.returncode == 130
+        code, _ = interrupted(["execute", batch_id, "--yes", "--rate", "1000", "--wait", "30",
+                               *where(ledger_path, reports_dir)],
+                              lambda: sum(r["state"] == "submitted" and bool(r["request_id"])
+                                          for r in rows_of(ledger_path)) >= 4,
+                              what="four rows accepted by OMI")  # fmt: skip
+        assert code == 130
         sim.faults.callback_delay = 0.1  # the resent requests are answered first
         result = invoke(runner, "execute", batch_id, "--yes", "--rate", "1000", "--wait", "20",
                         *where(ledger_path, reports_dir))  # fmt: skip
@@ -187,22 +175,13 @@ def test_an_interrupted_run_names_the_command_that_finishes_its_preview(
 ):
     sim, server = make_simulator(api_key=KEY, faults=Faults(latency_ms=400))
     use(monkeypatch, server)
-    process = child(["run", departures, "--yes", "--concurrency", "1", "--rate", "1000",
-                     *where(ledger_path, reports_dir)],
-                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
-    try:
-        wait_until(lambda: Counter(r["state"] for r in rows_of(ledger_path))["previewed"] >= 1,
-                   what="a row previewed")  # fmt: skip
-        process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=20)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
-    assert process.returncode == 130
+    code, text = interrupted(["run", departures, "--yes", "--concurrency", "1", "--rate", "1000",
+                              *where(ledger_path, reports_dir)],
+                             lambda: "previewed" in {r["state"] for r in rows_of(ledger_path)},
+                             what="a row previewed")  # fmt: skip
+    assert code == 130
     batch_id = only_batch(ledger_path)
     assert "planned" in {r["state"] for r in rows_of(ledger_path)}
-    text = stderr.decode()
     expected = f"omi-batch preview --batch {batch_id} {' '.join(where(ledger_path, reports_dir))}"
     assert f"Interrupted: state is saved; resume with: {expected}" in text
     assert "run the same command again" not in text
@@ -225,24 +204,16 @@ def test_an_interrupted_run_names_the_execute_command_that_resumes_it(
 ):
     _, server = make_simulator(api_key=KEY, faults=Faults(callback_delay=3))
     use(monkeypatch, server)
-    process = child(["run", departures, "--yes", "--rate", "1000", "--listen", "127.0.0.1:0",
-                     "--wait", "30", *where(ledger_path, reports_dir)],
-                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
-    try:
-        wait_until(lambda: "submitted" in {r["state"] for r in rows_of(ledger_path)},
-                   what="a row submitted")  # fmt: skip
-        process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=20)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
-    assert process.returncode == 130
+    code, text = interrupted(["run", departures, "--yes", "--rate", "1000", "--listen",
+                              "127.0.0.1:0", "--wait", "30", *where(ledger_path, reports_dir)],
+                             lambda: "submitted" in {r["state"] for r in rows_of(ledger_path)},
+                             what="a row submitted")  # fmt: skip
+    assert code == 130
     batch_id = only_batch(ledger_path)
     assert (
         f"Interrupted: state is saved; resume with: omi-batch execute {batch_id} --yes "
         f"{' '.join(where(ledger_path, reports_dir))} --listen 127.0.0.1:0"
-    ) in stderr.decode()
+    ) in text
 
 
 def test_preview_batch_previews_again_only_the_rows_that_need_it(

@@ -62,6 +62,17 @@ def preview(runner, ledger_path, reports_dir, file) -> tuple[str, Path]:
     return batch_id, reports_dir / f"{batch_id}-preview.csv"
 
 
+def execute(runner, ledger_path, reports_dir, batch_id: str):
+    """``execute BATCH --yes`` with a receiver of its own."""
+    return invoke(runner, "execute", batch_id, "--yes", *FAST, *where(ledger_path, reports_dir))
+
+
+@pytest.fixture
+def previewed(runner, env, departures, ledger_path, reports_dir) -> tuple[str, Path]:
+    """The sample's rows 2-6 previewed against the simulator: (batch id, its preview report)."""
+    return preview(runner, ledger_path, reports_dir, departures)
+
+
 def mark(rows: list[dict], approved: dict[int, str]) -> list[dict]:
     for r in rows:
         r["approved"] = approved.get(int(r["row"].lstrip("'")), "")
@@ -73,14 +84,24 @@ def states(ledger_path, batch_id) -> dict[int, str]:
         return {r["row"]: r["state"] for r in ledger.rows(batch_id)}
 
 
+def approve_leaves_out(runner, ledger_path, batch_id: str, how: list, said: str,
+                       after: dict[int, str]) -> None:  # fmt: skip
+    """``approve BATCH HOW`` succeeds, says ``said`` of the rows it leaves out, and leaves the
+    rows in the states ``after``."""
+    result = invoke(runner, "approve", batch_id, *how, "--ledger", ledger_path)
+    assert result.exit_code == 0, result.output
+    assert said in result.stderr
+    assert states(ledger_path, batch_id) == after
+
+
 # --------------------------------------------------------------------------- item 1
 
 
 @pytest.mark.parametrize("how", ["left empty", "deleted from the report"])
 def test_approving_a_catch_all_without_its_conv_ids_row_is_refused_naming_both(
-    runner, env, departures, ledger_path, reports_dir, tmp_path, how
+    runner, ledger_path, tmp_path, how, previewed
 ):
-    batch_id, path = preview(runner, ledger_path, reports_dir, departures)
+    batch_id, path = previewed
     rows = mark(read_report(path), {5: "yes"})
     if how == "deleted from the report":
         rows = [r for r in rows if r["row"] != "4"]
@@ -98,9 +119,9 @@ def test_approving_a_catch_all_without_its_conv_ids_row_is_refused_naming_both(
 
 
 def test_approving_both_rows_of_a_split_source_is_accepted(
-    runner, env, departures, ledger_path, reports_dir, tmp_path
+    runner, ledger_path, tmp_path, previewed
 ):
-    batch_id, path = preview(runner, ledger_path, reports_dir, departures)
+    batch_id, path = previewed
     edited = write_report(tmp_path / "approved.csv", mark(read_report(path), {4: "yes", 5: "yes"}))
     result = invoke(runner, "approve", batch_id, "--report", edited, "--ledger", ledger_path)
     assert result.exit_code == 0, result.output
@@ -108,30 +129,27 @@ def test_approving_both_rows_of_a_split_source_is_accepted(
 
 
 def test_approve_all_leaves_out_a_catch_all_whose_conv_ids_row_failed_its_preview(
-    runner, env, departures, ledger_path, reports_dir, tmp_path
+    runner, ledger_path, tmp_path, previewed
 ):
-    batch_id, _ = preview(runner, ledger_path, reports_dir, departures)
+    batch_id, _ = previewed
     fail_preview(ledger_path, batch_id, 4)
-    result = invoke(runner, "approve", batch_id, "--all", "--ledger", ledger_path)
-    assert result.exit_code == 0, result.output
-    assert (
+    approve_leaves_out(
+        runner, ledger_path, batch_id, ["--all"],
         "row 5 is not approved: row 4 of the same source failed its preview, and row 5 would "
-        "move its conversations too"
-    ) in result.stderr
-    assert states(ledger_path, batch_id) == {
-        2: "approved", 3: "approved", 4: "preview_failed", 5: "previewed", 6: "approved",
-    }  # fmt: skip
+        "move its conversations too",
+        {2: "approved", 3: "approved", 4: "preview_failed", 5: "previewed", 6: "approved"},
+    )  # fmt: skip
 
 
 def test_execute_holds_a_catch_all_whose_conv_ids_row_was_not_approved(
-    runner, env, departures, ledger_path, reports_dir
+    runner, env, ledger_path, reports_dir, previewed
 ):
     sim, _ = env
-    batch_id, _ = preview(runner, ledger_path, reports_dir, departures)
+    batch_id, _ = previewed
     # A ledger approved that way by hand or by an older version: execute must still hold row 5.
     with Ledger(ledger_path) as ledger:
         ledger.approve(batch_id, approve=[5], skip=[2, 3, 4, 6], by="someone", how="by hand")
-    result = invoke(runner, "execute", batch_id, "--yes", *FAST, *where(ledger_path, reports_dir))
+    result = execute(runner, ledger_path, reports_dir, batch_id)
     assert result.exit_code == 1, result.output
     assert transfers(sim, preview=False)[("bao.pham@example.vn", "anh.vu@example.vn")] == 0
     with Ledger(ledger_path) as ledger:
@@ -142,9 +160,9 @@ def test_execute_holds_a_catch_all_whose_conv_ids_row_was_not_approved(
 
 
 def test_filling_yes_down_onto_a_row_that_failed_its_preview_says_which_row_to_clear(
-    runner, env, departures, ledger_path, reports_dir, tmp_path
+    runner, ledger_path, tmp_path, previewed
 ):
-    batch_id, _ = preview(runner, ledger_path, reports_dir, departures)
+    batch_id, _ = previewed
     fail_preview(ledger_path, batch_id, 6)
     invoke(runner, "report", batch_id, "--ledger", ledger_path, "--reports", tmp_path / "again")
     rows = mark(read_report(tmp_path / "again" / f"{batch_id}-preview.csv"),
@@ -163,10 +181,8 @@ def test_filling_yes_down_onto_a_row_that_failed_its_preview_says_which_row_to_c
 # --------------------------------------------------------------------------- item 3
 
 
-def test_the_preview_report_names_its_batch_on_every_row(
-    runner, env, departures, ledger_path, reports_dir
-):
-    batch_id, path = preview(runner, ledger_path, reports_dir, departures)
+def test_the_preview_report_names_its_batch_on_every_row(previewed):
+    batch_id, path = previewed
     rows = read_report(path)
     assert list(rows[0]) == PREVIEW_COLUMNS
     assert {r["batch"] for r in rows} == {batch_id}
@@ -193,9 +209,9 @@ def test_approve_refuses_the_report_of_another_batch(
      ("target_email", "hong.le@example.vn", "mai.hoang@example.vn")],
 )  # fmt: skip
 def test_approve_refuses_a_changed_cell_it_cannot_honour_naming_the_row(
-    runner, env, departures, ledger_path, reports_dir, tmp_path, column, value, was
+    runner, ledger_path, tmp_path, column, value, was, previewed
 ):
-    batch_id, path = preview(runner, ledger_path, reports_dir, departures)
+    batch_id, path = previewed
     rows = mark(read_report(path), {4: "yes", 5: "yes"})
     rows[2][column] = value  # row 4
     edited = write_report(tmp_path / "approved.csv", rows)
@@ -209,9 +225,9 @@ def test_approve_refuses_a_changed_cell_it_cannot_honour_naming_the_row(
 
 
 def test_approve_keeps_an_edited_note_and_an_excel_upper_case_boolean(
-    runner, env, departures, ledger_path, reports_dir, tmp_path
+    runner, ledger_path, tmp_path, previewed
 ):
-    batch_id, path = preview(runner, ledger_path, reports_dir, departures)
+    batch_id, path = previewed
     rows = mark(read_report(path), {4: "yes", 5: "yes"})
     rows[2]["note"] = "checked with Mai"
     rows[2]["replace_existing_members"] = "TRUE"  # Excel upper-cases a boolean it opened
@@ -222,30 +238,29 @@ def test_approve_keeps_an_edited_note_and_an_excel_upper_case_boolean(
 
 
 def test_rows_deleted_from_the_report_are_not_approved_and_named(
-    runner, env, departures, ledger_path, reports_dir, tmp_path
+    runner, ledger_path, tmp_path, previewed
 ):
-    batch_id, path = preview(runner, ledger_path, reports_dir, departures)
+    batch_id, path = previewed
     rows = [r for r in mark(read_report(path), {2: "yes", 3: "yes"}) if r["row"] not in ("4", "6")]
     edited = write_report(tmp_path / "approved.csv", rows)
-    result = invoke(runner, "approve", batch_id, "--report", edited, "--ledger", ledger_path)
-    assert result.exit_code == 0, result.output
-    assert "2 rows not in the report: 4, 6 (not approved)" in result.stderr
-    assert states(ledger_path, batch_id) == {
-        2: "approved", 3: "approved", 4: "previewed", 5: "skipped", 6: "previewed",
-    }  # fmt: skip
+    approve_leaves_out(
+        runner, ledger_path, batch_id, ["--report", edited],
+        "2 rows not in the report: 4, 6 (not approved)",
+        {2: "approved", 3: "approved", 4: "previewed", 5: "skipped", 6: "previewed"},
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- item 4
 
 
 def test_execute_before_approve_keeps_the_yes_typed_into_the_preview_report(
-    runner, env, departures, ledger_path, reports_dir
+    runner, env, ledger_path, reports_dir, previewed
 ):
     sim, _ = env
-    batch_id, path = preview(runner, ledger_path, reports_dir, departures)
+    batch_id, path = previewed
     write_report(path, mark(read_report(path), {2: "yes", 3: "yes"}))  # edited in place
     typed = path.read_bytes()
-    result = invoke(runner, "execute", batch_id, "--yes", *FAST, *where(ledger_path, reports_dir))
+    result = execute(runner, ledger_path, reports_dir, batch_id)
     assert result.exit_code == 2, result.output
     assert (
         f"batch {batch_id} has no approved row, so nothing was sent: approve first: "
@@ -259,15 +274,15 @@ def test_execute_before_approve_keeps_the_yes_typed_into_the_preview_report(
 
 
 def test_execute_and_report_leave_an_edited_preview_report_as_it_is(
-    runner, env, departures, ledger_path, reports_dir
+    runner, ledger_path, reports_dir, previewed
 ):
-    batch_id, path = preview(runner, ledger_path, reports_dir, departures)
+    batch_id, path = previewed
     assert invoke(runner, "approve", batch_id, "--all", "--ledger", ledger_path).exit_code == 0
     rows = read_report(path)
     rows[0]["note"] = "my own remark"
     write_report(path, rows)
     typed = path.read_bytes()
-    result = invoke(runner, "execute", batch_id, "--yes", *FAST, *where(ledger_path, reports_dir))
+    result = execute(runner, ledger_path, reports_dir, batch_id)
     assert result.exit_code == 0, result.output
     assert invoke(runner, "report", batch_id, *where(ledger_path, reports_dir)).exit_code == 0
     assert path.read_bytes() == typed
@@ -278,9 +293,9 @@ def test_execute_and_report_leave_an_edited_preview_report_as_it_is(
 
 
 def test_preview_prints_the_warnings_and_puts_them_beside_their_row(
-    runner, env, departures, ledger_path, reports_dir
+    runner, departures, ledger_path, reports_dir, previewed
 ):
-    batch_id, path = preview(runner, ledger_path, reports_dir, departures)
+    batch_id, path = previewed
     rows = {int(r["row"]): r for r in read_report(path)}
     assert rows[2]["warnings"] == CHAIN
     assert {n: r["warnings"] for n, r in rows.items() if n != 2} == dict.fromkeys(range(3, 7), "")

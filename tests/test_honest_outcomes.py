@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import API_KEY, WEBHOOK_SECRET, Stack, execute_requests, make_job
+from helpers import API_KEY, WEBHOOK_SECRET, execute_requests, make_job
 
 from omi_batch import callbacks
 from omi_batch.cli import cli
@@ -34,14 +34,6 @@ TWO_OF_BAO = (
     "bao.pham@example.vn,anh.vu@example.vn,false,\n"
 )
 ONE_TRY_THEN_ONE = RetryPolicy(max_attempts=2, base=0.0, max_wait=0.0, max_total=20)
-
-
-@pytest.fixture
-def stacks():
-    made: list[Stack] = []
-    yield made
-    for stack in made:
-        stack.close()
 
 
 def invoke(runner, *args):
@@ -65,6 +57,21 @@ def previewed_batch(runner, tmp_path, ledger_path, reports_dir, text=ONE_ROW) ->
     return result.stdout.strip()
 
 
+def approved_one_row(runner, tmp_path, ledger_path, reports_dir) -> str:
+    """A batch of ONE_ROW previewed and approved (``approve --all``) through the commands."""
+    batch_id = previewed_batch(runner, tmp_path, ledger_path, reports_dir)
+    assert invoke(runner, "approve", batch_id, "--all", "--ledger", ledger_path).exit_code == 0
+    return batch_id
+
+
+def executed_one_row(runner, tmp_path, ledger_path, reports_dir) -> str:
+    """The same, then executed (exit 0)."""
+    batch_id = approved_one_row(runner, tmp_path, ledger_path, reports_dir)
+    result = invoke(runner, "execute", batch_id, "--yes", *opts(ledger_path, reports_dir))
+    assert result.exit_code == 0, result.output
+    return batch_id
+
+
 def read_csv(path: Path) -> list[dict]:
     return list(csv.DictReader(io.StringIO(path.read_bytes().decode("utf-8-sig"))))
 
@@ -80,8 +87,7 @@ def test_a_callback_token_echoed_by_omi_reaches_no_file_and_no_output(
     runner, env, tmp_path, ledger_path, reports_dir
 ):
     sim, _ = env
-    batch_id = previewed_batch(runner, tmp_path, ledger_path, reports_dir)
-    assert invoke(runner, "approve", batch_id, "--all", "--ledger", ledger_path).exit_code == 0
+    batch_id = approved_one_row(runner, tmp_path, ledger_path, reports_dir)
     token = callbacks.token(Secret(WEBHOOK_SECRET), batch_id, 2, "execute")
     echo = {"status_code": -9999, "message": "invalid_callback",
             "payload": {"error": f"header X-Omi-Batch-Token: {token} is not allowed",
@@ -116,11 +122,10 @@ def test_a_callback_token_echoed_by_omi_reaches_no_file_and_no_output(
     ids=["timeout-then-401", "timeout-then-400"],
 )  # fmt: skip
 def test_a_timed_out_attempt_keeps_the_row_unconfirmed_whatever_the_last_says(
-    make_simulator, tmp_path, stacks, second, state, stops
+    make_simulator, tmp_path, make_stack, second, state, stops
 ):
     sim, server = make_simulator()
-    stack = Stack(tmp_path, server, timeout=0.3, retry=ONE_TRY_THEN_ONE)
-    stacks.append(stack)
+    stack = make_stack(server, timeout=0.3, retry=ONE_TRY_THEN_ONE)
     batch_id = stack.pipeline.create_batch(read_plan(write(tmp_path, ONE_ROW)))
     stack.pipeline.preview(batch_id)
     stack.pipeline.approve(batch_id, approve_all=True)
@@ -197,10 +202,7 @@ def test_a_late_error_of_an_older_request_is_stale_and_a_success_still_counts(
 def test_conflicting_callbacks_are_shown_in_the_report_status_and_exit_code(
     runner, env, tmp_path, ledger_path, reports_dir
 ):
-    batch_id = previewed_batch(runner, tmp_path, ledger_path, reports_dir)
-    assert invoke(runner, "approve", batch_id, "--all", "--ledger", ledger_path).exit_code == 0
-    result = invoke(runner, "execute", batch_id, "--yes", *opts(ledger_path, reports_dir))
-    assert result.exit_code == 0, result.output
+    batch_id = executed_one_row(runner, tmp_path, ledger_path, reports_dir)
     with Ledger(ledger_path) as ledger:
         request_id = ledger.row(batch_id, 2)["request_id"]
         assert _callback(ledger, batch_id, "ERROR", request_id) == "conflict"
@@ -228,10 +230,9 @@ def test_the_report_flags_a_row_needing_review_even_without_the_text(tmp_path):
 # --------------------------------------------------------------------------- 5. attempts
 
 
-def test_preflight_and_accepted_attempts_are_in_the_ledger(make_simulator, tmp_path, stacks):
+def test_preflight_and_accepted_attempts_are_in_the_ledger(make_simulator, tmp_path, make_stack):
     _, server = make_simulator()
-    stack = Stack(tmp_path, server)
-    stacks.append(stack)
+    stack = make_stack(server)
     batch_id = stack.run(write(tmp_path, ONE_ROW))
     events = [e for e in stack.ledger.events(batch_id) if e["row"] == 2]
     kinds = [(e["kind"], e["data"].get("phase")) for e in events]
@@ -286,8 +287,7 @@ def test_a_second_process_on_the_same_batch_is_refused_with_nothing_sent(
     runner, env, tmp_path, ledger_path, reports_dir, command
 ):
     sim, _ = env
-    batch_id = previewed_batch(runner, tmp_path, ledger_path, reports_dir)
-    assert invoke(runner, "approve", batch_id, "--all", "--ledger", ledger_path).exit_code == 0
+    batch_id = approved_one_row(runner, tmp_path, ledger_path, reports_dir)
     with another_process_executing(ledger_path, batch_id) as pid:
         requests = len(sim.events)
         extra = ["--yes"] if command == "execute" else []
@@ -302,8 +302,7 @@ def test_a_second_execute_through_a_symlink_to_the_ledger_is_refused(
     runner, env, tmp_path, ledger_path, reports_dir
 ):
     sim, _ = env
-    batch_id = previewed_batch(runner, tmp_path, ledger_path, reports_dir)
-    assert invoke(runner, "approve", batch_id, "--all", "--ledger", ledger_path).exit_code == 0
+    batch_id = approved_one_row(runner, tmp_path, ledger_path, reports_dir)
     other_name = tmp_path / "elsewhere" / "same-ledger.db"
     other_name.parent.mkdir()
     other_name.symlink_to(ledger_path)
@@ -318,8 +317,7 @@ def test_execute_whose_reports_cannot_be_written_says_so_in_one_line_and_resumes
     runner, env, tmp_path, ledger_path, reports_dir
 ):
     sim, _ = env
-    batch_id = previewed_batch(runner, tmp_path, ledger_path, reports_dir)
-    assert invoke(runner, "approve", batch_id, "--all", "--ledger", ledger_path).exit_code == 0
+    batch_id = approved_one_row(runner, tmp_path, ledger_path, reports_dir)
     a_file = tmp_path / "reports.txt"
     a_file.write_text("a file where a folder of the reports should be")
     unwritable = a_file / "out"
@@ -346,10 +344,7 @@ def test_execute_whose_reports_cannot_be_written_says_so_in_one_line_and_resumes
 def test_approving_from_a_report_written_after_execute_leaves_finished_rows(
     runner, env, tmp_path, ledger_path, reports_dir
 ):
-    batch_id = previewed_batch(runner, tmp_path, ledger_path, reports_dir)
-    assert invoke(runner, "approve", batch_id, "--all", "--ledger", ledger_path).exit_code == 0
-    result = invoke(runner, "execute", batch_id, "--yes", *opts(ledger_path, reports_dir))
-    assert result.exit_code == 0, result.output
+    batch_id = executed_one_row(runner, tmp_path, ledger_path, reports_dir)
     again = tmp_path / "again"  # the preview report in reports_dir is never rewritten (#10)
     assert invoke(runner, "report", batch_id, "--ledger", ledger_path, "--reports",
                   again).exit_code == 0  # fmt: skip

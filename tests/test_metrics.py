@@ -42,13 +42,6 @@ def samples(text: str) -> dict[tuple, float]:
 
 
 @pytest.fixture
-def ledger(ledger_path):
-    led = Ledger(ledger_path)
-    yield led
-    led.close()
-
-
-@pytest.fixture
 def serving(ledger):
     """The receiver app with /metrics in front, on a loopback port: ``(metrics, url)``."""
     metrics = make_metrics(ledger)

@@ -14,16 +14,23 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
-import time
 import zipfile
 from collections import Counter
 from pathlib import Path
 
 import openpyxl
 import pytest
-from helpers import API_KEY, WEBHOOK_SECRET, Stack, execute_requests, wait_until
+from helpers import (
+    API_KEY,
+    WEBHOOK_SECRET,
+    Stack,
+    approved_batch,
+    departures_csv,
+    execute_interrupted,
+    execute_requests,
+    use_simulator,
+    wait_until,
+)
 
 from omi_batch import callbacks
 from omi_batch.cli import cli
@@ -57,9 +64,7 @@ UNKNOWN_TARGET = "thu.dang@example.vn,long.ly@example.vn,false,,no OMI account y
 
 @pytest.fixture
 def csv_file(tmp_path):
-    path = tmp_path / "departures.csv"
-    path.write_text(CSV, encoding="utf-8")
-    return path
+    return departures_csv(tmp_path, CSV)
 
 
 def invoke(runner, *args):
@@ -105,14 +110,6 @@ def assert_honest(ledger: Ledger, batch_id: str) -> None:
                 c["row"] == row["row"] and c["status"] == "ERROR"
                 for c in ledger.callbacks(batch_id)
             )
-
-
-@pytest.fixture
-def stacks():
-    made = []
-    yield made
-    for stack in made:
-        stack.close()
 
 
 # --------------------------------------------------------------------------- run
@@ -190,11 +187,10 @@ def test_run_limit_takes_only_the_first_rows(runner, env, csv_file, ledger_path,
 
 
 def test_rows_of_one_source_run_in_order_each_confirmed_before_the_next(
-    make_simulator, tmp_path, csv_file, stacks
+    make_simulator, tmp_path, csv_file, make_stack
 ):
     sim, server = make_simulator(faults=Faults(callback_delay=0.2))
-    stack = Stack(tmp_path, server)
-    stacks.append(stack)
+    stack = make_stack(server)
     batch_id = stack.run(csv_file)
     assert {r["state"] for r in stack.ledger.rows(batch_id)} == {"succeeded"}
     events = sim.events
@@ -214,11 +210,10 @@ def test_rows_of_one_source_run_in_order_each_confirmed_before_the_next(
 
 
 def test_an_earlier_failed_row_holds_the_rest_of_its_source(
-    make_simulator, tmp_path, csv_file, stacks
+    make_simulator, tmp_path, csv_file, make_stack
 ):
     sim, server = make_simulator(faults=Faults(callback_error_rate=1.0))
-    stack = Stack(tmp_path, server)
-    stacks.append(stack)
+    stack = make_stack(server)
     batch_id = stack.run(csv_file)
     rows = {r["row"]: r for r in stack.ledger.rows(batch_id)}
     assert rows[3]["state"] == "failed"
@@ -232,11 +227,10 @@ def test_an_earlier_failed_row_holds_the_rest_of_its_source(
 
 
 def test_a_held_row_runs_once_its_blocker_is_reconciled_and_is_no_longer_held(
-    make_simulator, tmp_path, csv_file, stacks
+    make_simulator, tmp_path, csv_file, make_stack
 ):
     sim, server = make_simulator(faults=Faults(drop_callbacks=1.0))
-    stack = Stack(tmp_path, server, wait=0.3)
-    stacks.append(stack)
+    stack = make_stack(server, wait=0.3)
     batch_id = stack.run(csv_file)
     held = stack.ledger.row(batch_id, 4)
     assert (held["state"], held["held_by"]) == ("approved", 3)  # row 3 is unconfirmed
@@ -436,12 +430,11 @@ def test_a_stale_preview_must_be_refreshed_before_approval(runner, previewed, le
     assert f"Batch {batch_id}: 5 row(s) approved, 0 skipped." in result.stderr
 
 
-def test_default_max_age_is_24_hours(make_simulator, tmp_path, csv_file, stacks):
+def test_default_max_age_is_24_hours(make_simulator, tmp_path, csv_file, make_stack):
     from datetime import UTC, datetime, timedelta
 
     _, server = make_simulator()
-    stack = Stack(tmp_path, server)
-    stacks.append(stack)
+    stack = make_stack(server)
     batch_id = stack.pipeline.create_batch(read_plan(csv_file))
     stack.pipeline.preview(batch_id)
     later = datetime.now(UTC) + timedelta(hours=24, minutes=1)
@@ -487,12 +480,11 @@ def settle(sim, stack: Stack, batch_id: str) -> None:
 
 @pytest.mark.parametrize("faults", FAULTS.values(), ids=FAULTS.keys())
 def test_under_faults_every_row_ends_succeeded_or_honestly_not(
-    make_simulator, tmp_path, csv_file, stacks, faults
+    make_simulator, tmp_path, csv_file, make_stack, faults
 ):
     sim, server = make_simulator(faults=Faults(**faults), seed=3)
     wait = 0.15 if "callback_delay" in faults else 1.5
-    stack = Stack(tmp_path, server, wait=wait, timeout=0.3)
-    stacks.append(stack)
+    stack = make_stack(server, wait=wait, timeout=0.3)
     batch_id = stack.run(csv_file)
     settle(sim, stack, batch_id)  # late callbacks land after execute gave up waiting
     rows = stack.ledger.rows(batch_id)
@@ -521,11 +513,10 @@ def test_under_faults_every_row_ends_succeeded_or_honestly_not(
 
 
 def test_a_row_sent_again_after_no_answer_has_both_requests_kept_and_one_result(
-    make_simulator, tmp_path, csv_file, stacks
+    make_simulator, tmp_path, csv_file, make_stack
 ):
     sim, server = make_simulator(faults=Faults(duplicate_callbacks=1.0))
-    stack = Stack(tmp_path, server, wait=1.5, timeout=0.3)
-    stacks.append(stack)
+    stack = make_stack(server, wait=1.5, timeout=0.3)
     batch_id = stack.pipeline.create_batch(read_plan(csv_file, limit=1))
     stack.pipeline.preview(batch_id)
     stack.pipeline.approve(batch_id, approve_all=True)
@@ -579,11 +570,10 @@ def test_dropped_callbacks_end_unconfirmed_and_reconcile_verifies_them(
 
 
 def test_reconcile_never_turns_a_failed_row_into_a_success(
-    make_simulator, tmp_path, csv_file, stacks
+    make_simulator, tmp_path, csv_file, make_stack
 ):
     sim, server = make_simulator(faults=Faults(callback_error_rate=1.0))
-    stack = Stack(tmp_path, server)
-    stacks.append(stack)
+    stack = make_stack(server)
     batch_id = stack.run(csv_file)
     assert {r["state"] for r in stack.ledger.rows(batch_id)} == {"failed", "approved"}
     stack.pipeline.reconcile(batch_id)
@@ -592,11 +582,10 @@ def test_reconcile_never_turns_a_failed_row_into_a_success(
 
 
 def test_reconcile_keeps_a_row_unconfirmed_while_something_is_left_to_move(
-    make_simulator, tmp_path, csv_file, stacks
+    make_simulator, tmp_path, csv_file, make_stack
 ):
     sim, server = make_simulator()
-    stack = Stack(tmp_path, server, wait=0.2)
-    stacks.append(stack)
+    stack = make_stack(server, wait=0.2)
     plan = read_plan(csv_file, limit=1)
     batch_id = stack.pipeline.create_batch(plan)
     stack.pipeline.preview(batch_id)
@@ -723,14 +712,11 @@ def test_an_unreachable_api_stops_with_exit_3(
 
 
 def test_a_key_revoked_mid_execute_puts_the_row_back_and_stops(
-    make_simulator, tmp_path, csv_file, stacks
+    make_simulator, tmp_path, csv_file, make_stack
 ):
     sim, server = make_simulator()
-    stack = Stack(tmp_path, server, concurrency=1)
-    stacks.append(stack)
-    batch_id = stack.pipeline.create_batch(read_plan(csv_file))
-    stack.pipeline.preview(batch_id)
-    stack.pipeline.approve(batch_id, approve_all=True)
+    stack = make_stack(server, concurrency=1)
+    batch_id = stack.approved(csv_file)
     refused = {"status": 401, "body": {"instance_id": "stg", "status_code": -9999,
                                        "message": "api_key_invalid"}}  # fmt: skip
     sim.script(
@@ -755,53 +741,22 @@ def test_execute_resumes_after_a_kill_and_never_resubmits_a_confirmed_row(
     runner, make_simulator, monkeypatch, tmp_path, csv_file, ledger_path, reports_dir, sig
 ):
     sim, server = make_simulator(faults=Faults(callback_delay=0.4))
-    stack = Stack(tmp_path, server, webhook_url=False)
-    try:
-        batch_id = stack.pipeline.create_batch(read_plan(csv_file))
-        stack.pipeline.preview(batch_id)
-        stack.pipeline.approve(batch_id, approve_all=True)
-    finally:
-        stack.close()
-    child_env = dict(os.environ, OMI_BASE_URL=server.url, OMI_API_KEY=API_KEY,
-                     OMI_WEBHOOK_SECRET=WEBHOOK_SECRET, PYTHONPATH=str(ROOT))  # fmt: skip
-    child_env.pop("OMI_WEBHOOK_URL", None)
-    command = [sys.executable, "-m", "omi_batch", "execute", batch_id, "--yes",
-               "--concurrency", "2", *fast("30")[:2], "--listen", "127.0.0.1:0",
-               *common(ledger_path, reports_dir)]  # fmt: skip
-    process = subprocess.Popen(command, env=child_env, cwd=tmp_path, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE)  # fmt: skip
-    try:
-        deadline = time.monotonic() + 20
-        with Ledger(ledger_path) as watch:
-            while time.monotonic() < deadline:
-                states = Counter(r["state"] for r in watch.rows(batch_id))
-                if states["succeeded"] >= 1 and states["submitted"] >= 1:
-                    break
-                time.sleep(0.02)
-            else:
-                pytest.fail(f"the child never got going: {states}")
-            process.send_signal(sig)
-            _, stderr = process.communicate(timeout=20)
-            confirmed = {r["row"] for r in watch.rows(batch_id, ["succeeded"])}
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
+    batch_id = approved_batch(tmp_path, server, csv_file)
+    use_simulator(monkeypatch, server)
+    code, stderr = execute_interrupted(batch_id, ledger_path, reports_dir, sig, cwd=tmp_path)
+    with Ledger(ledger_path) as ledger:
+        confirmed = {r["row"] for r in ledger.rows(batch_id, ["succeeded"])}
     if sig == signal.SIGINT:
-        assert process.returncode == 130, stderr
+        assert code == 130, stderr
         assert (
             f"Interrupted: state is saved; resume with: omi-batch execute {batch_id} --yes "
             f"--ledger {ledger_path} --reports {reports_dir} --listen 127.0.0.1:0"
-        ).encode() in stderr
+        ) in stderr
     else:
-        assert process.returncode == -signal.SIGKILL
+        assert code == -signal.SIGKILL
     sent_before = execute_requests(sim)
     assert confirmed and all(sent_before[n] == 1 for n in confirmed)
 
-    monkeypatch.setenv("OMI_BASE_URL", server.url)
-    monkeypatch.setenv("OMI_API_KEY", API_KEY)
-    monkeypatch.setenv("OMI_WEBHOOK_SECRET", WEBHOOK_SECRET)
-    monkeypatch.delenv("OMI_WEBHOOK_URL", raising=False)
     result = invoke(
         runner, "execute", batch_id, "--yes", *fast(), *common(ledger_path, reports_dir)
     )

@@ -5,17 +5,18 @@ verifying preview, run after its source's conversation rows and held like them."
 from __future__ import annotations
 
 import csv
-import os
 import re
 import signal
-import subprocess
-import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from helpers import API_KEY, WEBHOOK_SECRET, Stack
+from helpers import (
+    approved_batch,
+    departures_csv,
+    execute_interrupted,
+    use_simulator,
+)
 
 from omi_batch.cli import cli
 from omi_batch.errors import InputError
@@ -37,17 +38,7 @@ PERMISSION = "your key lacks the permission to assign other agents' tickets"
 
 @pytest.fixture
 def csv_file(tmp_path):
-    path = tmp_path / "departures.csv"
-    path.write_text(CSV, encoding="utf-8")
-    return path
-
-
-@pytest.fixture
-def stacks():
-    made = []
-    yield made
-    for stack in made:
-        stack.close()
+    return departures_csv(tmp_path, CSV)
 
 
 def states(ledger, batch_id) -> dict[tuple[int, str], str]:
@@ -72,11 +63,10 @@ def open_tickets(sim, agent: str) -> int:
 
 
 def test_run_moves_conversations_and_tickets_each_confirmed_by_its_own_callback(
-    make_simulator, tmp_path, csv_file, stacks
+    make_simulator, tmp_path, csv_file, make_stack
 ):
     sim, server = make_simulator()
-    stack = Stack(tmp_path, server)
-    stacks.append(stack)
+    stack = make_stack(server)
 
     batch_id = stack.run(csv_file)
 
@@ -105,11 +95,10 @@ def test_run_moves_conversations_and_tickets_each_confirmed_by_its_own_callback(
 
 
 def test_a_ticket_preview_count_sent_by_callback_reaches_the_ticket_transfer(
-    make_simulator, tmp_path, csv_file, stacks
+    make_simulator, tmp_path, csv_file, make_stack
 ):
     _, server = make_simulator(ticket_preview_mode="async")
-    stack = Stack(tmp_path, server)
-    stacks.append(stack)
+    stack = make_stack(server)
 
     batch_id = stack.pipeline.create_batch(read_plan(csv_file))
     stack.pipeline.preview(batch_id)
@@ -124,11 +113,10 @@ def test_a_ticket_preview_count_sent_by_callback_reaches_the_ticket_transfer(
 
 
 def test_without_ticket_callbacks_the_ticket_transfer_is_unconfirmed_until_reconcile_verifies_it(
-    make_simulator, tmp_path, csv_file, stacks
+    make_simulator, tmp_path, csv_file, make_stack
 ):
     sim, server = make_simulator(ticket_callbacks=False)
-    stack = Stack(tmp_path, server, wait=1)
-    stacks.append(stack)
+    stack = make_stack(server, wait=1)
 
     batch_id = stack.run(csv_file)
 
@@ -148,14 +136,11 @@ def test_without_ticket_callbacks_the_ticket_transfer_is_unconfirmed_until_recon
 
 
 def test_reconcile_leaves_a_ticket_transfer_unconfirmed_while_tickets_are_left_to_move(
-    make_simulator, tmp_path, csv_file, stacks
+    make_simulator, tmp_path, csv_file, make_stack
 ):
     sim, server = make_simulator(ticket_callbacks=False)
-    stack = Stack(tmp_path, server, wait=1)
-    stacks.append(stack)
-    batch_id = stack.pipeline.create_batch(read_plan(csv_file))
-    stack.pipeline.preview(batch_id)
-    stack.pipeline.approve(batch_id, approve_all=True)
+    stack = make_stack(server, wait=1)
+    batch_id = stack.approved(csv_file)
     sim.faults.callback_error_rate = 1.0  # OMI moves nothing (and sends no ticket callback)
     stack.pipeline.execute(batch_id)
     sim.faults.callback_error_rate = 0.0
@@ -172,14 +157,11 @@ def test_reconcile_leaves_a_ticket_transfer_unconfirmed_while_tickets_are_left_t
 
 
 def test_permission_denied_fails_only_the_ticket_transfer_and_names_the_permission(
-    make_simulator, tmp_path, csv_file, stacks
+    make_simulator, tmp_path, csv_file, make_stack
 ):
     sim, server = make_simulator()
-    stack = Stack(tmp_path, server)
-    stacks.append(stack)
-    batch_id = stack.pipeline.create_batch(read_plan(csv_file))
-    stack.pipeline.preview(batch_id)
-    stack.pipeline.approve(batch_id, approve_all=True)
+    stack = make_stack(server)
+    batch_id = stack.approved(csv_file)
     sim.faults.ticket_fault = "permission_denied"  # the key's role changed since the preview
 
     summary = stack.pipeline.execute(batch_id, reports_dir=tmp_path / "reports")
@@ -202,11 +184,10 @@ def test_permission_denied_fails_only_the_ticket_transfer_and_names_the_permissi
 
 
 def test_a_ticket_preview_refused_for_the_permission_is_not_approved_and_says_why(
-    make_simulator, tmp_path, csv_file, stacks
+    make_simulator, tmp_path, csv_file, make_stack
 ):
     _, server = make_simulator(faults=Faults(ticket_fault="permission_denied"))
-    stack = Stack(tmp_path, server)
-    stacks.append(stack)
+    stack = make_stack(server)
     batch_id = stack.pipeline.create_batch(read_plan(csv_file))
     stack.pipeline.preview(batch_id)
     notes: list[str] = []
@@ -223,15 +204,14 @@ def test_a_ticket_preview_refused_for_the_permission_is_not_approved_and_says_wh
 
 
 def test_the_ticket_transfer_is_held_when_a_conversation_row_of_its_source_did_not_succeed(
-    make_simulator, tmp_path, stacks
+    make_simulator, tmp_path, make_stack
 ):
     sim, server = make_simulator()
     path = tmp_path / "departures.csv"
     path.write_text("source_email,target_email,scope\n"
                     "tuan.ho@example.vn,long.ly@example.vn,conversations\n"
                     "tuan.ho@example.vn,hanh.ngo@example.vn,tickets\n")  # fmt: skip
-    stack = Stack(tmp_path, server)
-    stacks.append(stack)
+    stack = make_stack(server)
     # long.ly has no account: unchecked, its preview fails (the directory would stop the batch)
     batch_id = stack.pipeline.create_batch(read_plan(path), check_agents=False)
     stack.pipeline.preview(batch_id)
@@ -249,11 +229,10 @@ def test_the_ticket_transfer_is_held_when_a_conversation_row_of_its_source_did_n
 
 
 def test_approve_takes_a_report_with_the_tickets_column_and_refuses_an_edit_of_it(
-    make_simulator, tmp_path, csv_file, stacks
+    make_simulator, tmp_path, csv_file, make_stack
 ):
     _, server = make_simulator()
-    stack = Stack(tmp_path, server)
-    stacks.append(stack)
+    stack = make_stack(server)
     batch_id = stack.pipeline.create_batch(read_plan(csv_file))
     stack.pipeline.preview(batch_id)
     report = stack.pipeline.preview_summary(batch_id, tmp_path / "reports").reports["preview"]
@@ -310,48 +289,18 @@ def test_execute_killed_mid_batch_with_both_kinds_resumes_and_every_transfer_end
 ):
     sim, server = make_simulator(faults=Faults(callback_delay=0.4))
     ledger_path, reports_dir = tmp_path / "ledger.db", tmp_path / "reports"
-    stack = Stack(tmp_path, server, webhook_url=False)
-    try:
-        batch_id = stack.pipeline.create_batch(read_plan(csv_file))
-        stack.pipeline.preview(batch_id)
-        stack.pipeline.approve(batch_id, approve_all=True)
-    finally:
-        stack.close()
-    child_env = dict(os.environ, OMI_BASE_URL=server.url, OMI_API_KEY=API_KEY,
-                     OMI_WEBHOOK_SECRET=WEBHOOK_SECRET, PYTHONPATH=str(ROOT))  # fmt: skip
-    child_env.pop("OMI_WEBHOOK_URL", None)
-    common = ["--ledger", str(ledger_path), "--reports", str(reports_dir)]
-    command = [sys.executable, "-m", "omi_batch", "execute", batch_id, "--yes", "--rate", "1000",
-               "--concurrency", "2", "--wait", "30", "--listen", "127.0.0.1:0", *common]  # fmt: skip
-    process = subprocess.Popen(command, env=child_env, cwd=tmp_path, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE)  # fmt: skip
-    try:
-        deadline = time.monotonic() + 20
-        with Ledger(ledger_path) as watch:
-            while time.monotonic() < deadline:
-                now = Counter(r["state"] for r in watch.rows(batch_id))
-                if now["succeeded"] >= 1 and now["submitted"] >= 1:
-                    break
-                time.sleep(0.02)
-            else:
-                pytest.fail(f"the child never got going: {now}")
-            process.send_signal(signal.SIGKILL)
-            process.communicate(timeout=20)
-            confirmed = {(r["row"], r["kind"]) for r in watch.rows(batch_id, ["succeeded"])}
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
-    assert process.returncode == -signal.SIGKILL
+    batch_id = approved_batch(tmp_path, server, csv_file)
+    use_simulator(monkeypatch, server)
+    code, _ = execute_interrupted(batch_id, ledger_path, reports_dir, signal.SIGKILL, tmp_path)
+    with Ledger(ledger_path) as ledger:
+        confirmed = {(r["row"], r["kind"]) for r in ledger.rows(batch_id, ["succeeded"])}
+    assert code == -signal.SIGKILL
     before = ticket_counts(sim)
     assert confirmed and all(before[key] == 1 for key in confirmed)
 
-    monkeypatch.setenv("OMI_BASE_URL", server.url)
-    monkeypatch.setenv("OMI_API_KEY", API_KEY)
-    monkeypatch.setenv("OMI_WEBHOOK_SECRET", WEBHOOK_SECRET)
-    monkeypatch.delenv("OMI_WEBHOOK_URL", raising=False)
     result = runner.invoke(cli, ["execute", batch_id, "--yes", "--rate", "1000", "--wait", "10",
-                                 "--listen", "127.0.0.1:0", *common])  # fmt: skip
+                                 "--listen", "127.0.0.1:0", "--ledger", str(ledger_path),
+                                 "--reports", str(reports_dir)])  # fmt: skip
 
     assert result.exit_code == 0, result.output
     sent = ticket_counts(sim)
