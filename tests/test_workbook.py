@@ -192,6 +192,8 @@ def test_a_row_that_failed_its_preview_is_shaded_with_the_reason(review):
         f"Không thể duyệt: {reason}\nCannot be approved: {reason}"
     )
     assert lines[FAILED_ROW]["approved"].protection.locked is True
+    with_notes = [n for n, line in lines.items() if any(c.comment for c in line.values())]
+    assert with_notes == [FAILED_ROW]  # the rows after it carry no note of its
 
 
 def test_the_plans_warnings_have_their_own_column(review):

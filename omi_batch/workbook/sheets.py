@@ -71,9 +71,12 @@ class Book:
 
 def cell_text(value: object) -> str:
     """A cell's text with the characters an .xlsx file cannot hold replaced."""
+    text = str(value)
+    if text.isprintable():  # the characters replaced are all control characters
+        return text
     from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
 
-    return ILLEGAL_CHARACTERS_RE.sub("\ufffd", str(value))
+    return ILLEGAL_CHARACTERS_RE.sub("\ufffd", text)
 
 
 class _Styles:
@@ -195,32 +198,37 @@ def table(
         styles.templates[key] = template
         return template
 
+    templates = styles.templates
+    numeric = ("row", "number")
+    # One cell per column, used again on every line: append() writes a line's cells out
+    # before it returns, and making 100,000 cells is a good part of a big sheet's cost.
+    pool = [WriteOnlyCell(sheet) for _ in columns]
     for index, record in enumerate(records):
         line: list[Any] = []
-        for position, value in enumerate(record):
-            column = columns[position]
+        for cell, column, kind, value in zip(pool, columns, kinds, record, strict=True):
             fill, editable = style(index, column)
             note = comment(index, column) if comment else None
             empty = value is None or value == ""
             if empty and fill is None and not editable and note is None:
                 line.append(None)  # nothing to show, locked like every cell: not written
                 continue
-            kind = kinds[position]
-            if kind in ("row", "number") and not (empty or isinstance(value, int)):
+            if kind in numeric and not (empty or isinstance(value, int)):
                 kind = "text"
             key = (kind, fill, editable)
-            template = styles.templates.get(key) or build(key)
-            cell = WriteOnlyCell(sheet)
+            template = templates.get(key) or build(key)
             cell._style = template._style  # the same style ids: shared, never mutated after
-            if not empty:
-                # Set directly: openpyxl's setter would turn text starting with "=" into a
-                # formula, and it is the hot path of a 10,000-row sheet.
-                if isinstance(value, int) and not isinstance(value, bool):
-                    cell._value, cell.data_type = value, "n"
-                else:
-                    cell._value, cell.data_type = cell_text(value), "s"
+            # Set directly: openpyxl's setter would turn text starting with "=" into a
+            # formula, and it is the hot path of a 10,000-row sheet.
+            if empty:
+                cell._value, cell.data_type = None, "n"
+            elif isinstance(value, int) and not isinstance(value, bool):
+                cell._value, cell.data_type = value, "n"
+            else:
+                cell._value, cell.data_type = cell_text(value), "s"
             if note:
                 cell.comment = Comment(cell_text(note), _AUTHOR, height=90, width=280)
+            elif cell._comment is not None:
+                cell.comment = None
             line.append(cell)
         lines = max((line_count(record[i], widths[i]) for i in wrapped), default=1)
         if lines > 1:  # neither Excel nor LibreOffice grows a row of a streamed sheet itself
