@@ -38,6 +38,19 @@ class WriteLock:
         self._lock.release()
 
 
+class Queued:
+    """A step given to :meth:`SerialLedger.record_step_soon`."""
+
+    def __init__(self, serial: SerialLedger, item: dict):
+        self._serial = serial
+        self._item = item
+
+    def result(self) -> None:
+        """Wait until the step is committed (now, if nobody has committed it yet); raise its
+        refusal (IllegalTransition, NotFound, LedgerError) if it was refused."""
+        self._serial._committed(self._item)
+
+
 class SerialLedger:
     """The ledger with this process's writes taken one at a time on a Python lock, and the
     pipeline's row steps and the in-process receiver's callbacks committed in groups.
@@ -78,9 +91,10 @@ class SerialLedger:
         if error is not None:
             raise error
 
-    def record_step_soon(self, batch_id: str, row: int, **step: object) -> None:
+    def record_step_soon(self, batch_id: str, row: int, **step: object) -> Queued:
         """Ledger.record_step in the next group commit, without waiting for it: for a step
-        nothing depends on before :meth:`flush` (its refusal, if any, is returned there)."""
+        nothing depends on before :meth:`flush` (its refusal, if any, is returned there) or
+        before its :meth:`Queued.result`."""
         item = {"work": {"step": dict(step, batch_id=batch_id, row=row)}, "done": False,
                 "outcome": None, "soon": True}  # fmt: skip
         with self._queue_lock:
@@ -90,6 +104,20 @@ class SerialLedger:
                     target=self._commit_queued, name="omi-batch-ledger-commit", daemon=True
                 )
                 self._committer.start()
+        return Queued(self, item)
+
+    def _committed(self, item: dict) -> None:
+        """Return once ``item`` is committed (committing the queue now if nobody has); raise
+        its refusal, then no longer handed to :meth:`flush`."""
+        if not item["done"]:
+            with self.write_lock:
+                if not item["done"]:
+                    self._commit_waiting()
+        outcome = item["outcome"]
+        if isinstance(outcome, BaseException):
+            with self.write_lock:
+                self._refused = [e for e in self._refused if e is not outcome]
+            raise outcome
 
     def flush(self) -> list[BaseException]:
         """Commit every step and callback still queued; return (and forget) the refusals of

@@ -3,8 +3,11 @@ settling what never came, reconcile, and the result reports."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from omi_batch import reports
 from omi_batch.client import ApiError, AuthError, RateLimited, TransportError
@@ -97,19 +100,44 @@ class Executing(Previewing):
             self.preflight(
                 rows[0], rows[1:]
             )  # a refused key or a dead API: exit 3, nothing changed
+        feed = iter(list(by_source.values()))
+        lock = threading.Lock()
+        workers = min(self.concurrency, len(by_source))
         self._pool("execute", len(rows), [
-            lambda g=group: self._execute_source(batch_id, g) for group in by_source.values()
+            lambda: self._execute_groups(batch_id, _Ahead(feed, lock)) for _ in range(workers)
         ])  # fmt: skip
         return Summary(batch_id, counts=count_states(self.ledger.rows(batch_id)))
 
-    def _execute_source(self, batch_id: str, group: list[dict]) -> None:
+    def _execute_groups(self, batch_id: str, ahead: _Ahead) -> None:
+        """One worker of execute: source after source from the shared feed, until none is
+        left or the run stops. While a source's last row awaits its callback, the intent of
+        the next source's first row is queued (``ahead``), so that it is committed with that
+        callback instead of with an fsync of its own; a row whose intent was saved so but
+        that was never sent (the run stopped) is put back as it was."""
+        try:
+            while not self._stop.is_set():
+                group = ahead.take()
+                if group is None:
+                    return
+                self._execute_source(batch_id, group, ahead)
+        except BaseException:
+            self.stop()  # the other workers stop too
+            raise
+        finally:
+            if ahead.row is not None:  # its intent is saved, its request was never sent
+                row, ahead.row = ahead.row, None
+                with contextlib.suppress(OmiBatchError):
+                    ahead.intent.result()
+                    self._unsubmit(batch_id, row, "not sent: the run stopped before it")
+
+    def _execute_source(self, batch_id: str, group: list[dict], ahead: _Ahead) -> None:
         """One source's rows in run order. A row that holds (``states.holds``: failed,
         preview_failed, or left unconfirmed now) holds the rows after it, and a ``conv_ids``
         row that will not run (skipped, not approved) holds its source's catch-all row, which
         would take its conversations (``states.uncovered_by``). The source's ticket transfer
         comes last and is held the same way."""
         blocker: dict | None = None
-        for row in group:
+        for at, row in enumerate(group):
             if self._stop.is_set():
                 return
             if row["state"] not in TO_EXECUTE:
@@ -122,8 +150,9 @@ class Executing(Previewing):
                                        **hold(blocker))  # fmt: skip
                 self.progress.advance("execute")
                 continue
+            last = not any(r["state"] in TO_EXECUTE for r in group[at + 1 :])
             try:
-                final = self._execute_row(batch_id, row)
+                final = self._execute_row(batch_id, row, ahead, last)
             except (AuthError, TransportError) as error:
                 if self._stop_reason is None:
                     self._stop_reason = error
@@ -134,26 +163,31 @@ class Executing(Previewing):
             if holds(final):
                 blocker = final
 
-    def _execute_row(self, batch_id: str, row: dict) -> dict:
-        """Save the intent, submit, then wait for the callback; returns the row as it ends."""
-        number, kind = row["row"], row["kind"]
-        resubmit = row["state"] in ("submitted", "unconfirmed")
-        reason = None
-        if resubmit:
-            reason = (f"the row was {row['state']} with request {row['request_id'] or 'unknown'}"
-                      ": its outcome is unknown (no callback came); submitting again is safe, a "
-                      "transfer applied twice moves nothing the second time")  # fmt: skip
+    def _execute_row(self, batch_id: str, row: dict, ahead: _Ahead, last: bool) -> dict:
+        """Save the intent (or wait for the one saved ahead), submit, then wait for the
+        callback; returns the row as it ends. ``last``: no later row of its source runs now,
+        so the next source's first intent may be queued meanwhile."""
         # The intent is saved before the request: a crash from here on leaves it submitted.
-        self._step(batch_id, number, state="submitted",
-                   event="resubmitted" if resubmit else "submitted", reason=reason,
-                   expect=[row["state"]], submitted_at=now_iso(), request_id=None,
-                   error=None, held_by=None, kind=kind)  # fmt: skip
+        if ahead.row is row:
+            ahead.row = None
+            ahead.intent.result()  # committed (with a callback, mostly), or its refusal raised
+        else:
+            self._step(batch_id, row["row"], **_intent(row))
         try:
-            return self._submit_and_wait(batch_id, row)
+            return self._submit_and_wait(batch_id, row, ahead if last else None)
         finally:
             self._flush_attempts()
 
-    def _submit_and_wait(self, batch_id: str, row: dict) -> dict:
+    def _intend_next(self, batch_id: str, ahead: _Ahead) -> None:
+        """Take the worker's next source now and queue the intent of the row it will send
+        first (none when that row would be held: its hold is written when it comes)."""
+        group = ahead.take_now()
+        row = _first_to_send(group) if group else None
+        if row is not None:
+            ahead.intent = self._step(batch_id, row["row"], soon=True, **_intent(row))
+            ahead.row = row
+
+    def _submit_and_wait(self, batch_id: str, row: dict, ahead: _Ahead | None = None) -> dict:
         number, kind = row["row"], row["kind"]
         has_callback = self._callback(batch_id, number, "execute") is not None
         try:
@@ -186,6 +220,8 @@ class Executing(Previewing):
         self._step(batch_id, number, event="accepted", phase=phase_of(kind, "execute"),
                    kind=kind, soon=True,
                    **({"request_id": result.request_id} if result.request_id else {}))  # fmt: skip
+        if ahead is not None and has_callback:
+            self._intend_next(batch_id, ahead)
         if not has_callback:
             return self._settle(batch_id, row, "unconfirmed",
                                 "no webhook: OMI cannot report the result; run reconcile")  # fmt: skip
@@ -292,6 +328,56 @@ class Executing(Previewing):
                 head=head,
             )  # fmt: skip
         return written
+
+
+class _Ahead:
+    """One execute worker's view of the shared feed of sources: the source it took ahead and
+    the row of it whose intent is queued (``intent``: its :class:`Queued` step)."""
+
+    def __init__(self, feed: Iterator[list[dict]], lock: threading.Lock):
+        self._feed, self._lock = feed, lock
+        self._next: list[dict] | None = None
+        self.row: dict | None = None
+        self.intent: Any = None
+
+    def take_now(self) -> list[dict] | None:
+        """The next source, taken from the feed now and kept for :meth:`take`."""
+        if self._next is None:
+            with self._lock:
+                self._next = next(self._feed, None)
+        return self._next
+
+    def take(self) -> list[dict] | None:
+        """The source to run next: the one taken ahead, else the feed's next."""
+        group, self._next = self.take_now(), None
+        return group
+
+
+def _first_to_send(group: list[dict]) -> dict | None:
+    """The row :meth:`Executing._execute_source` sends first for ``group``, or None when that
+    row is held (the same rule, read without writing)."""
+    blocker: dict | None = None
+    for row in group:
+        if row["state"] not in TO_EXECUTE:
+            if holds(row) and blocker is None:
+                blocker = row
+            continue
+        return None if blocker or uncovered_by(group, row) else row
+    return None
+
+
+def _intent(row: dict) -> dict:
+    """The step that saves a row's intent before its request (``resubmitted`` when an earlier
+    run's outcome is unknown)."""
+    resubmit = row["state"] in ("submitted", "unconfirmed")
+    reason = None
+    if resubmit:
+        reason = (f"the row was {row['state']} with request {row['request_id'] or 'unknown'}: "
+                  "its outcome is unknown (no callback came); submitting again is safe, a "
+                  "transfer applied twice moves nothing the second time")  # fmt: skip
+    return {"state": "submitted", "event": "resubmitted" if resubmit else "submitted",
+            "reason": reason, "expect": [row["state"]], "submitted_at": now_iso(),
+            "request_id": None, "error": None, "held_by": None, "kind": row["kind"]}  # fmt: skip
 
 
 def _unknown(error: ApiError) -> str:

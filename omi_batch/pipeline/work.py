@@ -21,7 +21,7 @@ from omi_batch.client import (
 from omi_batch.config import Secret, Settings
 from omi_batch.ledger import Ledger, os_user
 from omi_batch.ledger import now as ledger_now
-from omi_batch.ledger.serial import SerialLedger
+from omi_batch.ledger.serial import Queued, SerialLedger
 from omi_batch.pipeline.outcome import Progress
 from omi_batch.ratelimit import DEFAULT_CEILING, AdaptiveLimiter, SlowDown
 from omi_batch.states import TICKETS, base_phase, kind_of, kinds_of, phase_of
@@ -138,7 +138,7 @@ class Work:
 
     def _step(
         self, batch_id: str, number: int, *, event: str, soon: bool = False, **options: object
-    ) -> None:
+    ) -> Queued | None:
         """One transfer's step (``kind=``, conversations by default) and this thread's held
         attempts for that transfer, in one transaction. ``soon``: a step nothing waits on (a
         preview's result, a 202), queued for the next group commit without waiting for it;
@@ -150,15 +150,15 @@ class Work:
         phase = mine[-1][2] if mine else options.pop("phase", None)
         options.pop("phase", None)
         if soon:
-            self.ledger.record_step_soon(batch_id, number, event=event, phase=phase,
-                                         attempts=[a[3] for a in mine], **options)  # fmt: skip
-            return
+            return self.ledger.record_step_soon(batch_id, number, event=event, phase=phase,
+                                                attempts=[a[3] for a in mine], **options)  # fmt: skip
         try:
             self.ledger.record_step(batch_id, number, event=event, phase=phase,
                                     attempts=[a[3] for a in mine], **options)  # fmt: skip
         except BaseException:
             self._pending.attempts = mine + self._pending.attempts
             raise
+        return None
 
     def _callback(self, batch_id: str, row: int, phase: str) -> dict | None:
         if not (self.webhook_url and self.webhook_secret):
@@ -197,10 +197,25 @@ class Work:
         )  # fmt: skip
 
     def _map(self, work: Callable[[dict], None], rows: Iterable[dict], phase: str) -> None:
-        """Run ``work`` over rows on ``concurrency`` threads; stop early when OMI refuses the
-        key or stops answering."""
+        """Run ``work`` over rows on ``concurrency`` threads, each taking the next row from one
+        shared feed (no task or future per row); stop early when OMI refuses the key or stops
+        answering."""
         rows = list(rows)
-        self._pool(phase, len(rows), [lambda r=row: self._guarded(work, r, phase) for row in rows])
+        feed, lock = iter(rows), threading.Lock()
+
+        def worker() -> None:
+            try:
+                while not self._stop.is_set():
+                    with lock:
+                        row = next(feed, None)
+                    if row is None:
+                        return
+                    self._guarded(work, row, phase)
+            except BaseException:
+                self.stop()  # the other workers stop too, as when a row fails alone
+                raise
+
+        self._pool(phase, len(rows), [worker] * min(self.concurrency, len(rows)))
 
     def _pool(self, phase: str, total: int, tasks: list[Callable[[], None]]) -> None:
         """Run ``tasks`` on ``concurrency`` threads with a progress bar of ``total`` steps; on
