@@ -10,18 +10,10 @@ import sqlite3
 import threading
 
 import pytest
-from helpers import API_KEY, Stack, wait_until
+from helpers import API_KEY, wait_until
 
 from omi_batch.roster import read_plan
 from omi_batch.simulator import Faults
-
-
-@pytest.fixture
-def stacks():
-    made = []
-    yield made
-    for stack in made:
-        stack.close()
 
 
 def _sources(tmp_path, count: int) -> tuple[dict, object]:
@@ -83,23 +75,19 @@ def spied(tmp_path):
         sim.close()
 
 
-def test_every_execute_request_reaches_omi_after_its_rows_intent_is_committed(
-    tmp_path, spied, stacks
-):
+def test_every_execute_request_reaches_omi_after_its_rows_intent_is_committed(spied, make_stack):
     # 12 sources, 4 at a time: each next source's intent is queued while a callback is awaited
     spy, server, path = spied(12)
-    stack = Stack(tmp_path, server, concurrency=4)
-    stacks.append(stack)
+    stack = make_stack(server, concurrency=4)
     batch_id = stack.run(path)
     assert sorted(spy.seen) == sorted((f"src{i}@example.vn", "submitted") for i in range(12))
     assert {r["state"] for r in stack.ledger.rows(batch_id)} == {"succeeded"}
     assert stack.ledger.verify().ok
 
 
-def test_a_run_stopped_while_intents_wait_ahead_puts_the_unsent_rows_back(tmp_path, spied, stacks):
+def test_a_run_stopped_while_intents_wait_ahead_puts_the_unsent_rows_back(spied, make_stack):
     spy, server, path = spied(12, callback_delay=1.0)  # workers wait on callbacks, intents ahead
-    stack = Stack(tmp_path, server, concurrency=4)
-    stacks.append(stack)
+    stack = make_stack(server, concurrency=4)
     batch_id = stack.pipeline.create_batch(read_plan(path))
     stack.pipeline.preview(batch_id)
     stack.pipeline.approve(batch_id, approve_all=True)
