@@ -29,6 +29,7 @@ class Operations:
         self.answers = answers
 
     def agent(self, email: str, field: str) -> str:
+        """The known agent ``email`` names (trimmed, lower case), else Rejected for ``field``."""
         email = email.strip().lower()
         if email not in self.state.agents:
             raise Rejected("user_not_found", f"{field}: no agent with email {email}")
@@ -63,6 +64,7 @@ class Operations:
             return {"conversation": self._room_view(conversation)}
 
     def guest_send_message(self, body: dict) -> dict:
+        """Store a guest's message in the conversation ``uuid`` names; the message as stored."""
         room_uuid, content = body.get("uuid"), body.get("content")
         if not isinstance(room_uuid, str) or not room_uuid:
             raise Rejected("uuid_required", "uuid: the conversation's uuid is required")
@@ -286,6 +288,7 @@ class Operations:
     def _callback(
         self, request: TransferRequest, request_id: str, status: str, updated: int
     ) -> None:
+        """Hand the callback of ``request`` to the delivery, unless tickets get none."""
         if request.kind == "tickets" and not self.answers.ticket_callbacks:
             return  # the variant where OMI never calls back for tickets
         self.delivery.schedule_callback(request, request_id, status, updated)
