@@ -14,6 +14,7 @@ import pytest
 from omi_batch import ledger as ledger_module
 from omi_batch.errors import IllegalTransition, LedgerError, NotFound, UsageError
 from omi_batch.ledger import STATES, TRANSITIONS, Ledger, VerifyResult
+from omi_batch.states import is_held
 
 # Distinctive credential values: no byte of them may reach the ledger file.
 TOKEN = "tok-3f9a1c7e5b2d4a6f8e0c"
@@ -981,10 +982,85 @@ def test_a_version_1_ledger_opens_and_is_migrated(ledger_path):
         assert verdict == "applied"
 
     conn = sqlite3.connect(ledger_path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == ledger_module.SCHEMA_VERSION == 5
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == ledger_module.SCHEMA_VERSION == 6
     indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert {"rows_by_state", "callbacks_by_row", "events_by_batch"} <= indexes
     conn.close()
+
+
+# A row held the way omi-batch held rows before schema 5: its error text only, no held_by.
+OLD_HOLD = "held: row 2 of the same source is failed"
+
+
+def test_a_row_held_by_an_omi_batch_before_schema_5_reads_held_after_the_upgrade(ledger_path):
+    import sqlite_utils
+
+    conn = sqlite3.connect(ledger_path, isolation_level=None)
+    assert ledger_module.migrate(sqlite_utils.Database(conn, execute_plugins=False), 4) == 4
+    conn.execute(
+        "INSERT INTO batches (id, created_at, row_count, options, warnings) "
+        "VALUES ('20260101-000000-0001', '2026-01-01T00:00:00.000Z', 2, '{}', '[]')"
+    )
+    for row, state, error in ((2, "failed", "ERROR 500"), (3, "approved", OLD_HOLD)):
+        conn.execute(
+            'INSERT INTO "rows" (batch_id, "row", kind, seq, source_email, target_email, via, '
+            "conv_ids, state, error) VALUES ('20260101-000000-0001', ?, 'conversations', ?, "
+            "'an.nguyen@example.vn', 'binh.tran@example.vn', '[]', '[]', ?, ?)",
+            (row, row - 2, state, error),
+        )
+    conn.close()
+
+    with Ledger(ledger_path) as led:
+        held = led.row("20260101-000000-0001", 3)
+        assert (held["state"], held["held_by"], held["error"]) == ("approved", 2, OLD_HOLD)
+        assert is_held(held)
+        assert not is_held(led.row("20260101-000000-0001", 2))
+        [event] = led.events()
+        assert (event["kind"], event["row"], event["data"]["held_by"]) == ("held_by_filled", 3, 2)
+
+    conn = sqlite3.connect(ledger_path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == ledger_module.SCHEMA_VERSION == 6
+    conn.close()
+
+
+def _held_the_old_way(ledger_path, *, decided_again: bool = False) -> str:
+    """A ledger whose row 3 was held behind row 2 as omi-batch did before schema 5 (an error
+    text, no held_by in the row or its event), then labelled schema 5: the version a ledger
+    has when schema 5 was applied to it before its old holds were filled."""
+    with Ledger(ledger_path) as led:
+        batch_id = new_batch(led)
+        walk(led, batch_id, 2, "failed")
+        walk(led, batch_id, 3, "approved")
+        led.record_step(batch_id, 3, event="held", error=OLD_HOLD)
+        if decided_again:  # a newer omi-batch skipped and approved it again: held_by None
+            led.approve(batch_id, approve=[], skip=[3], by="lan.hr", how="rows")
+            led.approve(batch_id, approve=[3], by="lan.hr", how="rows")
+    conn = sqlite3.connect(ledger_path, isolation_level=None)
+    conn.execute("PRAGMA user_version = 5")
+    conn.close()
+    return batch_id
+
+
+def test_a_ledger_already_at_schema_5_gets_its_old_holds_filled_and_still_verifies(ledger_path):
+    batch_id = _held_the_old_way(ledger_path)
+
+    with Ledger(ledger_path) as led:
+        held = led.row(batch_id, 3)
+        assert (held["held_by"], is_held(held)) == (2, True)
+        assert led.events()[-1]["kind"] == "held_by_filled"
+        result = led.verify()
+        assert (result.ok, result.rows, result.problem) == (True, (), "")
+
+
+def test_a_row_decided_again_after_its_old_hold_is_not_held_by_the_upgrade(ledger_path):
+    batch_id = _held_the_old_way(ledger_path, decided_again=True)
+
+    with Ledger(ledger_path) as led:
+        row = led.row(batch_id, 3)
+        assert (row["state"], row["held_by"], row["error"]) == ("approved", None, OLD_HOLD)
+        assert not is_held(row)
+        assert "held_by_filled" not in [e["kind"] for e in led.events()]
+        assert led.verify().ok
 
 
 def test_a_migration_that_fails_part_way_leaves_the_ledger_as_it_was(ledger_path):

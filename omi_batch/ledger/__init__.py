@@ -28,11 +28,18 @@ from omi_batch.ledger.callbacks import Callbacks, clean_headers
 from omi_batch.ledger.chain import Audit, VerifyResult
 from omi_batch.ledger.decisions import Decisions
 from omi_batch.ledger.fields import ROW_FIELDS
-from omi_batch.ledger.hashing import GENESIS, HEAD_RECORD, canonical_json, event_hash, event_text
+from omi_batch.ledger.hashing import (
+    GENESIS,
+    HEAD_RECORD,
+    canonical_json,
+    event_hash,
+    event_text,
+    now,
+)
 from omi_batch.ledger.rows import Rows
 from omi_batch.ledger.schema import MIGRATIONS, SCHEMA_VERSION, migrate
 from omi_batch.ledger.steps import Steps
-from omi_batch.ledger.store import Store, new_batch_id, now, os_user
+from omi_batch.ledger.store import Store, new_batch_id, os_user
 from omi_batch.states import STATES, TRANSITIONS
 
 

@@ -9,11 +9,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from omi_batch.errors import LedgerError
-from omi_batch.ledger.hashing import canonical_json
+from omi_batch.ledger.hashing import canonical_json, now
 from omi_batch.ledger.judging import ACCEPTED_SQL, HELD, callback_key, judge
 from omi_batch.ledger.rows import write_row
 from omi_batch.ledger.schema import decode_callback
-from omi_batch.ledger.store import Tx, now
+from omi_batch.ledger.store import Tx
 from omi_batch.states import kind_of
 from omi_batch.verdicts import APPLIED_VERDICTS, REFUSED, parse_result
 

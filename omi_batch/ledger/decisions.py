@@ -9,9 +9,10 @@ from typing import Any
 
 from omi_batch.errors import BatchCancelled, IllegalTransition, NotFound, UsageError
 from omi_batch.ledger.fields import named, with_kind
+from omi_batch.ledger.hashing import now
 from omi_batch.ledger.rows import locked_row, require_batch, write_row
 from omi_batch.ledger.steps import step_in
-from omi_batch.ledger.store import Tx, now
+from omi_batch.ledger.store import Tx
 from omi_batch.states import CANCELLABLE, CANCELLED, KINDS, STARTED, TRANSITIONS
 
 _LAST_CANCEL = (

@@ -8,7 +8,10 @@ import contextlib
 import hashlib
 import json
 import os
+import sqlite3
 import threading
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +46,41 @@ def event_text(
 
 def event_hash(prev_hash: str, text: str) -> str:
     return hashlib.sha256((prev_hash + text).encode("utf-8")).hexdigest()
+
+
+def now() -> str:
+    """The current time as ISO 8601 UTC with milliseconds, e.g. ``2026-11-25T09:30:00.123Z``."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def last_event(conn: sqlite3.Connection) -> tuple[int, str]:
+    """The chain's last event as ``(id, hash)``; ``(0, GENESIS)`` for an empty log."""
+    last = conn.execute("SELECT id, hash FROM events ORDER BY id DESC LIMIT 1").fetchone()
+    return (last[0], last[1]) if last else (0, GENESIS)
+
+
+def append_event(
+    conn: sqlite3.Connection,
+    last: tuple[int, str],
+    kind: str,
+    batch_id: str | None,
+    row: int | None,
+    data: Mapping,
+) -> tuple[int, str]:
+    """Insert one event chained after ``last`` (``(id, hash)``), inside the caller's open
+    transaction; return the new event's ``(id, hash)``."""
+    last_id, prev_hash = last
+    event_id = last_id + 1
+    at = now()
+    data_text = canonical_json(dict(data))
+    row = None if row is None else int(row)
+    digest = event_hash(prev_hash, event_text(event_id, at, kind, batch_id, row, data_text))
+    conn.execute(
+        'INSERT INTO events (id, "at", kind, batch_id, "row", data, prev_hash, hash) '
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (event_id, at, kind, batch_id, row, data_text, prev_hash, digest),
+    )
+    return event_id, digest
 
 
 def _head_record(event_id: int, digest: str) -> bytes:

@@ -7,7 +7,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from omi_batch.ledger.store import Tx, now
+from omi_batch.ledger.hashing import now
+from omi_batch.ledger.store import Tx
 from omi_batch.states import TICKETS, base_phase, kind_of, phase_of
 from omi_batch.verdicts import (
     NOT_ACCEPTED,

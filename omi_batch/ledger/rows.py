@@ -11,9 +11,9 @@ from typing import Any
 
 from omi_batch.errors import NotFound, UsageError
 from omi_batch.ledger.fields import as_dict, named
-from omi_batch.ledger.hashing import canonical_json
+from omi_batch.ledger.hashing import canonical_json, now
 from omi_batch.ledger.schema import decode_batch, decode_row, encode_field
-from omi_batch.ledger.store import Tx, new_batch_id, now
+from omi_batch.ledger.store import Tx, new_batch_id
 from omi_batch.states import CONVERSATIONS, kinds_of
 
 

@@ -6,11 +6,15 @@ so a ledger written by an older omi-batch opens in a newer one (as sqlite-utils 
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from omi_batch.errors import LedgerError
+from omi_batch.ledger.fields import with_kind
+from omi_batch.ledger.hashing import append_event, last_event
+from omi_batch.states import APPROVED, HELD, kind_of
 
 if TYPE_CHECKING:
     from sqlite_utils import Database
@@ -166,12 +170,63 @@ def _migration_5_held_by(db: Database) -> None:
     db["rows"].add_column("held_by", int)
 
 
+# The error text an older omi-batch held a row with (``states.held_error``), and its blocker.
+_HELD_TEXT = re.compile(rf"^{HELD}: row (\d+) ")
+
+
+def _migration_6_held_by_of_old_holds(db: Database) -> None:
+    """``held_by`` of the rows an older omi-batch held, which only their error text
+    (``held: row N of the same source is …``) says: without it ``is_held`` read them as plain
+    approved (issue 11). A migration of its own, not a change to 5: 5 is on ledgers already,
+    which need their old holds filled too. A row some event already gave ``held_by`` is left
+    alone (a newer omi-batch decided it since, so its error text is stale). Each row filled
+    gets an audit event ``held_by_filled``, so the chain says what changed and verify's replay
+    agrees with the table."""
+    conn = db.conn
+    found = conn.execute(
+        'SELECT batch_id, "row", kind, error FROM "rows" WHERE state = ? AND held_by IS NULL '
+        "AND error LIKE ? ORDER BY batch_id, seq, kind",
+        (APPROVED, f"{HELD}: row %"),
+    ).fetchall()
+    last = last_event(conn) if found else None
+    for batch_id, row, kind, error in found:
+        blocker = _HELD_TEXT.match(error or "")
+        if blocker is None or _held_by_decided(conn, batch_id, row, kind):
+            continue
+        conn.execute(
+            'UPDATE "rows" SET held_by = ? WHERE batch_id = ? AND "row" = ? AND kind = ?',
+            (int(blocker.group(1)), batch_id, row, kind),
+        )
+        data = {"held_by": int(blocker.group(1)), "state": APPROVED,
+                "reason": "held_by read from the error text an older omi-batch wrote"}  # fmt: skip
+        last = append_event(conn, last, "held_by_filled", batch_id, row, with_kind(data, kind))
+
+
+def _held_by_decided(conn: sqlite3.Connection, batch_id: str, row: int, kind: str) -> bool:
+    """Whether an event of this transfer already set its ``held_by`` (to a row or to None)."""
+    for (text,) in conn.execute(
+        'SELECT data FROM events WHERE batch_id = ? AND "row" = ?', (batch_id, row)
+    ):
+        try:
+            data = json.loads(text)
+        except ValueError:
+            continue
+        if (
+            isinstance(data, dict)
+            and "held_by" in data
+            and (data.get("kind") or kind_of(data.get("phase"))) == kind
+        ):
+            return True
+    return False
+
+
 MIGRATIONS: list[Callable[[Database], None]] = [
     _migration_1_tables,
     _migration_2_review_and_indexes,
     _migration_3_receipts_and_refusals,
     _migration_4_transfer_kinds,
     _migration_5_held_by,
+    _migration_6_held_by_of_old_holds,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -17,8 +17,9 @@ from omi_batch.ledger.fields import (
     named,
     with_kind,
 )
+from omi_batch.ledger.hashing import now
 from omi_batch.ledger.rows import locked_row, write_row
-from omi_batch.ledger.store import Tx, now
+from omi_batch.ledger.store import Tx
 from omi_batch.states import CONVERSATIONS, STATES, TRANSITIONS, base_phase, kind_of
 
 

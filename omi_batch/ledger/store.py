@@ -26,15 +26,10 @@ from typing import Any
 from urllib.parse import quote
 
 from omi_batch.errors import LedgerDamaged, LedgerError, LedgerGone, NotFound
-from omi_batch.ledger.hashing import GENESIS, HeadFile, canonical_json, event_hash, event_text
+from omi_batch.ledger.hashing import HeadFile, append_event, last_event
 from omi_batch.ledger.schema import SCHEMA_VERSION, migrate, query
 
 BUSY_RETRIES = 2  # extra BEGIN IMMEDIATE tries after the busy handler itself gave up
-
-
-def now() -> str:
-    """The current time as ISO 8601 UTC with milliseconds, e.g. ``2026-11-25T09:30:00.123Z``."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def new_batch_id() -> str:
@@ -91,23 +86,9 @@ class Tx:
     def event(self, kind: str, batch_id: str | None, row: int | None, data: Mapping) -> int:
         """Append one audit event chained to the last one; return its id."""
         if self._last is None:
-            last = self.conn.execute(
-                "SELECT id, hash FROM events ORDER BY id DESC LIMIT 1"
-            ).fetchone()
-            self._last = (last[0], last[1]) if last else (0, GENESIS)
-        last_id, prev_hash = self._last
-        event_id = last_id + 1
-        at = now()
-        data_text = canonical_json(dict(data))
-        row = None if row is None else int(row)
-        digest = event_hash(prev_hash, event_text(event_id, at, kind, batch_id, row, data_text))
-        self.conn.execute(
-            'INSERT INTO events (id, "at", kind, batch_id, "row", data, prev_hash, hash) '
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (event_id, at, kind, batch_id, row, data_text, prev_hash, digest),
-        )
-        self._last = self.head = (event_id, digest)
-        return event_id
+            self._last = last_event(self.conn)
+        self._last = self.head = append_event(self.conn, self._last, kind, batch_id, row, data)
+        return self._last[0]
 
     def forget_tail(self) -> None:
         """A savepoint was rolled back: the chain's tail is read again from the table."""
@@ -176,10 +157,11 @@ class Store:
                 finally:
                     probe.close()
             conn = self._connection()
+            version_before = conn.execute("PRAGMA user_version").fetchone()[0]
             if self.read_only:
                 self._check_version(conn)
-            else:
-                migrate(conn)
+            elif migrate(conn) != version_before:
+                self._publish_last(conn)  # a migration may have added events (schema 6)
             if head is not None and head[0] > 0:
                 found = conn.execute("SELECT max(id) FROM events").fetchone()[0] or 0
                 if head[0] > found:
@@ -211,6 +193,12 @@ class Store:
             for leftover in (temp, Path(f"{temp}-wal"), Path(f"{temp}-shm")):
                 with contextlib.suppress(FileNotFoundError):
                     leftover.unlink()
+
+    def _publish_last(self, conn: sqlite3.Connection) -> None:
+        """Publish the chain's last event to ``<ledger>.head`` (after a migration's commit)."""
+        event_id, digest = last_event(conn)
+        if event_id:
+            self.head_file.publish(event_id, digest)
 
     def _head_ahead(self, named: int, found: int) -> LedgerError:
         has = "none" if not found else str(found)
