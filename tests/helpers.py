@@ -9,6 +9,7 @@ import os
 import queue
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -33,8 +34,8 @@ SECRET = Secret(WEBHOOK_SECRET)
 TIMEOUT = 10  # seconds, per HTTP request: a bound, not a timing assertion
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "data" / "sample_offboarding.csv"
-# The sample's rows 2-6, conversations only: every row can succeed (row 7's target has no OMI
-# account; row 8 moves tickets too, which tests/test_pipeline_tickets.py is about).
+# The sample's rows 2-6, conversations only: every row can succeed (row 7 moves tickets too,
+# which tests/test_pipeline_tickets.py is about; row 8's target has no OMI account).
 GOOD_CSV = "".join(SAMPLE.read_text(encoding="utf-8").splitlines(keepends=True)[:6])
 
 
@@ -45,26 +46,56 @@ def departures_csv(tmp_path, text: str) -> Path:
     return path
 
 
+def transfer(row: int, source: str, target: str, **more) -> dict:
+    """One transfer as ``Ledger.create_batch`` takes it: straight from ``source`` to ``target``
+    (no chain), every conversation, members kept, no note; ``more`` changes any of it."""
+    return {"row": row, "source_email": source, "target_email": target,
+            "requested_target": target, "via": (), "conv_ids": (),
+            "replace_existing_members": False, "note": "", **more}  # fmt: skip
+
+
+OLD_BATCH = "20250101-000000-0001"
+
+
+def old_ledger(path, version: int, *, database: bool = False, **row) -> sqlite3.Connection:
+    """A ledger file as an omi-batch at schema ``version`` left it, written in SQL: one batch
+    (OLD_BATCH) whose row 2 moves a@x.vn to b@x.vn and is ``submitted``, unless ``row`` gives
+    other cells of that schema's rows table. ``database``: migrated through a sqlite-utils
+    Database over the connection (migrate takes either). The connection stays open."""
+    from omi_batch.ledger import migrate
+
+    conn = sqlite3.connect(path, isolation_level=None)
+    if database:
+        import sqlite_utils
+
+        assert migrate(sqlite_utils.Database(conn, execute_plugins=False), version) == version
+    else:
+        assert migrate(conn, version) == version
+    conn.execute("INSERT INTO batches (id, created_at, row_count, options, warnings) "
+                 "VALUES (?, '2025-01-01T00:00:00.000Z', 1, '{}', '[]')", (OLD_BATCH,))  # fmt: skip
+    cells = {"batch_id": OLD_BATCH, "row": 2, "seq": 0, "source_email": "a@x.vn",
+             "target_email": "b@x.vn", "via": "[]", "conv_ids": "[]", "state": "submitted", **row}  # fmt: skip
+    names = ", ".join(f'"{name}"' for name in cells)
+    conn.execute(f'INSERT INTO "rows" ({names}) VALUES ({", ".join("?" * len(cells))})',
+                 list(cells.values()))  # fmt: skip
+    return conn
+
+
 def make_batch(ledger, rows: int = 3, state: str = "submitted", request_ids: bool = True) -> str:
     """A batch of ``rows`` transfers (rows 2, 3, …), each brought to ``state``; submitted rows
     get the request id ``req-<row>`` unless ``request_ids`` is false (their 202 not stored)."""
-    transfers = [
-        {"row": number, "source_email": f"leaver{number}@example.com",
-         "target_email": f"keeper{number}@example.com",
-         "requested_target": f"keeper{number}@example.com", "via": (), "conv_ids": (),
-         "replace_existing_members": False, "note": ""}
-        for number in range(2, rows + 2)
-    ]  # fmt: skip
+    transfers = [transfer(number, f"leaver{number}@example.com", f"keeper{number}@example.com")
+                 for number in range(2, rows + 2)]  # fmt: skip
     batch = ledger.create_batch(source_file="departures.csv", source_sha256="0" * 64,
                                 created_by="test", base_url="http://127.0.0.1:9", options={},
                                 input_rows=rows, warnings=[], rows=transfers)  # fmt: skip
     path = ["previewed", "approved", "submitted", "unconfirmed"]
-    for transfer in transfers:
+    for number in range(2, rows + 2):
         for step in path[: path.index(state) + 1] if state != "planned" else []:
             fields = {}
             if step == "submitted" and request_ids:
-                fields = {"request_id": f"req-{transfer['row']}"}
-            ledger.record_step(batch, transfer["row"], state=step, event=f"test {step}", **fields)
+                fields = {"request_id": f"req-{number}"}
+            ledger.record_step(batch, number, state=step, event=f"test {step}", **fields)
     return batch
 
 
@@ -308,7 +339,7 @@ def make_job(tmp_path, **parts):
 
 # The sample's header and rows 2-6 (the README's file): every agent in them is known to the
 # simulator; row 4 routes bao.pham's 2 VIP conversations, row 5 takes "all the rest".
-SAMPLE_TEXT = "".join(SAMPLE.read_text(encoding="utf-8").splitlines(keepends=True)[:6])
+SAMPLE_TEXT = GOOD_CSV
 # What a preview OMI refused for an unknown target leaves in a row.
 UNKNOWN = "OMI answered 200 user_not_found: targetEmail: no agent with email long.ly@example.vn"
 # Fast, and with a receiver of its own: the options every flow test gives preview/run/execute.

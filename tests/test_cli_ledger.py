@@ -8,22 +8,12 @@ import subprocess
 import sys
 
 import pytest
+from helpers import transfer
 
 from omi_batch.cli import cli
 from omi_batch.ledger import Ledger
 
-ROWS = [
-    {
-        "row": 2,
-        "source_email": "an.nguyen@example.vn",
-        "target_email": "binh.tran@example.vn",
-        "requested_target": "binh.tran@example.vn",
-        "via": (),
-        "conv_ids": (),
-        "replace_existing_members": False,
-        "note": "Nguyễn Văn An",
-    }
-]
+ROWS = [transfer(2, "an.nguyen@example.vn", "binh.tran@example.vn", note="Nguyễn Văn An")]
 
 
 @pytest.fixture
@@ -79,34 +69,22 @@ def test_verify_reads_the_ledger_from_the_environment(runner, filled):
     assert (result.exit_code, result.stdout) == (0, f"Ledger intact: 5 events, head {head[:16]}\n")
 
 
-def test_verify_names_the_first_edited_event_and_exits_1(runner, filled):
+@pytest.mark.parametrize("tamper, said", [
+    ("""UPDATE events SET data = '{"to":"succeeded"}' WHERE id = 3""",
+     "Ledger tampered: event 3 was edited (its hash does not match its content)\n"),
+    ("DELETE FROM events WHERE id >= 4",
+     "Ledger tampered: the chain was cut after event 3 (the head file names event 5)\n"),
+], ids=["an edited event", "a cut tail"])  # fmt: skip
+def test_verify_names_what_was_tampered_with_and_exits_1(runner, filled, tamper, said):
     path, _, _ = filled
     conn = sqlite3.connect(path)
-    conn.execute("""UPDATE events SET data = '{"to":"succeeded"}' WHERE id = 3""")
+    conn.execute(tamper)
     conn.commit()
     conn.close()
 
     result = verify(runner, path)
 
-    assert (result.exit_code, result.stdout) == (
-        1,
-        "Ledger tampered: event 3 was edited (its hash does not match its content)\n",
-    )
-
-
-def test_verify_notices_a_cut_tail(runner, filled):
-    path, _, _ = filled
-    conn = sqlite3.connect(path)
-    conn.execute("DELETE FROM events WHERE id >= 4")
-    conn.commit()
-    conn.close()
-
-    result = verify(runner, path)
-
-    assert (result.exit_code, result.stdout) == (
-        1,
-        "Ledger tampered: the chain was cut after event 3 (the head file names event 5)\n",
-    )
+    assert (result.exit_code, result.stdout) == (1, said)
 
 
 def test_verify_warns_on_stderr_when_the_head_file_is_missing(runner, filled):

@@ -10,6 +10,7 @@ import sqlite3
 import threading
 
 import pytest
+from helpers import OLD_BATCH, old_ledger, transfer
 
 from omi_batch import ledger as ledger_module
 from omi_batch.errors import IllegalTransition, LedgerError, NotFound, UsageError
@@ -22,39 +23,16 @@ API_KEY = "key-9d8c7b6a5f4e3d2c1b0a"
 BEARER = "Bearer bearer-71c2e9a4d0f3"
 COOKIE = "session=cookie-5e1b7d3a9c"
 CUSTOM = "custom-secret-0a2b4c6d8e"
+# Every credential a callback can carry, as headers (each must be dropped before storing).
+CREDENTIALS = {"X-Omi-Batch-Token": TOKEN, "x-api-key": API_KEY, "Authorization": BEARER,
+               "Cookie": COOKIE}  # fmt: skip
 
 TRANSFERS = [
-    {
-        "row": 2,
-        "source_email": "an.nguyen@example.vn",
-        "target_email": "binh.tran@example.vn",
-        "requested_target": "binh.tran@example.vn",
-        "via": (),
-        "conv_ids": (),
-        "replace_existing_members": False,
-        "note": "Nguyễn Văn An nghỉ việc",
-    },
-    {
-        "row": 3,
-        "source_email": "chi.le@example.vn",
-        "target_email": "binh.tran@example.vn",
-        "requested_target": "an.nguyen@example.vn",
-        "via": ("an.nguyen@example.vn",),
-        "conv_ids": ("c1", "c2"),
-        "replace_existing_members": True,
-        "note": "",
-    },
-    {
-        "row": 4,
-        "source_email": "dung.pham@example.vn",
-        "target_email": "chi.le@example.vn",
-        "requested_target": "chi.le@example.vn",
-        "via": (),
-        "conv_ids": (),
-        "replace_existing_members": False,
-        "note": "",
-    },
-]
+    transfer(2, "an.nguyen@example.vn", "binh.tran@example.vn", note="Nguyễn Văn An nghỉ việc"),
+    transfer(3, "chi.le@example.vn", "binh.tran@example.vn", requested_target="an.nguyen@example.vn",
+             via=("an.nguyen@example.vn",), conv_ids=("c1", "c2"), replace_existing_members=True),
+    transfer(4, "dung.pham@example.vn", "chi.le@example.vn"),
+]  # fmt: skip
 
 # The legal path from planned to each state.
 PATHS = {
@@ -70,13 +48,6 @@ PATHS = {
     "cancelled": ["cancelled"],
 }
 ILLEGAL = [(a, b) for a in STATES for b in STATES if b not in TRANSITIONS[a]]
-
-
-@pytest.fixture
-def led(ledger_path):
-    ledger = Ledger(ledger_path)
-    yield ledger
-    ledger.close()
 
 
 def new_batch(led: Ledger, transfers=TRANSFERS) -> str:
@@ -670,10 +641,7 @@ def test_callback_headers_lose_every_credential(led):
     batch_id = new_batch(led)
     submitted_row(led, batch_id)
     headers = {
-        "X-Omi-Batch-Token": TOKEN,
-        "x-api-key": API_KEY,
-        "Authorization": BEARER,
-        "Cookie": COOKIE,
+        **CREDENTIALS,
         "X-Custom-Secret": CUSTOM,
         "HTTP_X_OMI_BATCH_TOKEN": TOKEN,
         "Content-Type": "application/json",
@@ -691,13 +659,7 @@ def test_no_credential_passed_in_headers_reaches_the_ledger_file(ledger_path):
     led = Ledger(ledger_path)
     batch_id = new_batch(led)
     submitted_row(led, batch_id)
-    headers = {
-        "X-Omi-Batch-Token": TOKEN,
-        "x-api-key": API_KEY,
-        "Authorization": BEARER,
-        "Cookie": COOKIE,
-        "X-Webhook-Secret": CUSTOM,
-    }
+    headers = {**CREDENTIALS, "X-Webhook-Secret": CUSTOM}
     for refused in ("bad_credential", None):
         deliver(led, batch_id, data=body(), refused=refused, headers=headers)
     deliver(led, batch_id, 99, data=body(), headers=headers)
@@ -956,29 +918,17 @@ def test_export_of_an_unknown_batch_is_not_found_at_once(led):
 
 
 def test_a_version_1_ledger_opens_and_is_migrated(ledger_path):
-    import sqlite_utils
-
-    conn = sqlite3.connect(ledger_path, isolation_level=None)
-    db = sqlite_utils.Database(conn, execute_plugins=False)
-    assert ledger_module.migrate(db, 1) == 1
-    conn.execute(
-        "INSERT INTO batches (id, created_at, row_count, options, warnings) "
-        "VALUES ('20250101-000000-0001', '2025-01-01T00:00:00.000Z', 1, '{}', '[]')"
-    )
-    conn.execute(
-        'INSERT INTO "rows" (batch_id, "row", seq, source_email, target_email, via, conv_ids, '
-        "state) VALUES ('20250101-000000-0001', 2, 0, 'a@x.vn', 'b@x.vn', '[]', '[]', 'submitted')"
-    )
+    conn = old_ledger(ledger_path, 1, database=True)
     columns = [c[1] for c in conn.execute('PRAGMA table_info("rows")')]
     assert "needs_review" not in columns
     conn.close()
 
     with Ledger(ledger_path) as led:
-        row = led.row("20250101-000000-0001", 2)
+        row = led.row(OLD_BATCH, 2)
         assert row["needs_review"] is False
         assert row["held_by"] is None
         assert row["state"] == "submitted"
-        verdict = deliver(led, "20250101-000000-0001", data=body())
+        verdict = deliver(led, OLD_BATCH, data=body())
         assert verdict == "applied"
 
     conn = sqlite3.connect(ledger_path)

@@ -8,7 +8,7 @@ import sqlite3
 
 import pytest
 import requests
-from helpers import BOTH, CONVERSATIONS, SECRET, TICKETS_ONLY, TIMEOUT, send
+from helpers import BOTH, CONVERSATIONS, OLD_BATCH, SECRET, TICKETS_ONLY, TIMEOUT, old_ledger, send
 
 from omi_batch import callbacks
 from omi_batch import ledger as ledger_module
@@ -179,24 +179,13 @@ def test_the_receiver_routes_a_ticket_callback_to_the_ticket_transfer(led):
 
 
 def test_a_version_3_ledger_keeps_its_rows_as_conversation_transfers(ledger_path):
-    conn = sqlite3.connect(ledger_path, isolation_level=None)
-    assert ledger_module.migrate(conn, 3) == 3
-    conn.execute(
-        "INSERT INTO batches (id, created_at, row_count, options, warnings) "
-        "VALUES ('20250101-000000-0001', '2025-01-01T00:00:00.000Z', 1, '{}', '[]')"
-    )
-    conn.execute(
-        'INSERT INTO "rows" (batch_id, "row", seq, source_email, target_email, via, conv_ids, '
-        "state, request_id) VALUES ('20250101-000000-0001', 2, 0, 'a@x.vn', 'b@x.vn', '[]', "
-        "'[]', 'submitted', 'req-1')"
-    )
-    conn.close()
+    old_ledger(ledger_path, 3, request_id="req-1").close()
 
     with Ledger(ledger_path) as led:
-        row = led.row("20250101-000000-0001", 2)
+        row = led.row(OLD_BATCH, 2)
         assert (row["kind"], row["state"], row["request_id"]) == ("conversations", "submitted",
                                                                   "req-1")  # fmt: skip
-        verdict = deliver(led, "20250101-000000-0001", 2, "execute",
+        verdict = deliver(led, OLD_BATCH, 2, "execute",
                           body("req-1", "CONVERSATION_AGENT_TRANSFER"))  # fmt: skip
         assert verdict == "applied"
 

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-from helpers import WEBHOOK_SECRET
+from helpers import WEBHOOK_SECRET, make_batch, result, send
 
 from omi_batch import callbacks
 from omi_batch.config import Secret
@@ -25,70 +25,12 @@ TIMEOUT = 10  # seconds, per HTTP request: a bound, not a timing assertion
 # --------------------------------------------------------------------------- helpers
 
 
-def make_batch(ledger, rows: int = 3, state: str = "submitted") -> str:
-    """A batch of ``rows`` transfers (rows 2, 3, …), each brought to ``state``."""
-    transfers = [
-        {
-            "row": number,
-            "source_email": f"leaver{number}@example.com",
-            "target_email": f"keeper{number}@example.com",
-            "requested_target": f"keeper{number}@example.com",
-            "via": (),
-            "conv_ids": (),
-            "replace_existing_members": False,
-            "note": "",
-        }
-        for number in range(2, rows + 2)
-    ]
-    batch = ledger.create_batch(
-        source_file="departures.csv",
-        source_sha256="0" * 64,
-        created_by="test",
-        base_url="http://127.0.0.1:9",
-        options={},
-        input_rows=rows,
-        warnings=[],
-        rows=transfers,
-    )
-    path = ["previewed", "approved", "submitted", "unconfirmed"]
-    for transfer in transfers:
-        for step in path[: path.index(state) + 1] if state != "planned" else []:
-            fields = {"request_id": f"req-{transfer['row']}"} if step == "submitted" else {}
-            ledger.record_step(batch, transfer["row"], state=step, event=f"test {step}", **fields)
-    return batch
-
-
-def result(request_id: str = "req-2", status: str = "SUCCESS", updated: int = 7) -> dict:
-    """A callback body as OMI sends it."""
-    return {
-        "requestId": request_id,
-        "requestTimeMs": 1764062400000,
-        "action": "CONVERSATION_AGENT_TRANSFER",
-        "status": status,
-        "responseTimeMs": 1764062401234,
-        "payload": {"updatedRecords": updated},
-    }
-
-
 def url_of(server, batch: str, row: int, phase: str = "execute") -> str:
     return f"{server.url}/callbacks/{batch}/{row}/{phase}"
 
 
 def token_of(batch: str, row: int, phase: str = "execute") -> str:
     return callbacks.token(SECRET, batch, row, phase)
-
-
-def send(server, batch: str, row: int, body, *, phase: str = "execute", token=True, **kw):
-    """POST a callback; ``token=True`` sends this transfer's own credential."""
-    headers = dict(kw.pop("headers", {}))
-    if token is True:
-        headers[HEADER] = token_of(batch, row, phase)
-    elif token:
-        headers[HEADER] = token
-    data = body if isinstance(body, bytes | str) else json.dumps(body)
-    return requests.post(
-        url_of(server, batch, row, phase), data=data, headers=headers, timeout=TIMEOUT, **kw
-    )
 
 
 def row_snapshot(ledger, batch: str, row: int) -> dict:
