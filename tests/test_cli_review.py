@@ -68,6 +68,12 @@ def execute(runner, ledger_path, reports_dir, batch_id: str):
 
 
 @pytest.fixture
+def sim(env):
+    """The simulator the commands talk to (``env`` points OMI_* at it)."""
+    return env[0]
+
+
+@pytest.fixture
 def previewed(runner, env, departures, ledger_path, reports_dir) -> tuple[str, Path]:
     """The sample's rows 2-6 previewed against the simulator: (batch id, its preview report)."""
     return preview(runner, ledger_path, reports_dir, departures)
@@ -142,9 +148,8 @@ def test_approve_all_leaves_out_a_catch_all_whose_conv_ids_row_failed_its_previe
 
 
 def test_execute_holds_a_catch_all_whose_conv_ids_row_was_not_approved(
-    runner, env, ledger_path, reports_dir, previewed
+    runner, sim, ledger_path, reports_dir, previewed
 ):
-    sim, _ = env
     batch_id, _ = previewed
     # A ledger approved that way by hand or by an older version: execute must still hold row 5.
     with Ledger(ledger_path) as ledger:
@@ -254,9 +259,8 @@ def test_rows_deleted_from_the_report_are_not_approved_and_named(
 
 
 def test_execute_before_approve_keeps_the_yes_typed_into_the_preview_report(
-    runner, env, ledger_path, reports_dir, previewed
+    runner, sim, ledger_path, reports_dir, previewed
 ):
-    sim, _ = env
     batch_id, path = previewed
     write_report(path, mark(read_report(path), {2: "yes", 3: "yes"}))  # edited in place
     typed = path.read_bytes()

@@ -16,6 +16,7 @@ from omi_batch.cli.options import (
     max_age_option,
     notify_option,
     pipeline_options,
+    plan_choice,
     plan_options,
     scope_option,
     session_options,
@@ -179,9 +180,7 @@ MAX_SHOWN = 100  # problems told on stderr; the rest are counted, and all are in
 @json_option
 def validate(
     file: str,
-    limit: int | None,
     check_agents: bool,
-    scope: str | None,
     errors_csv: str | None,
     as_json: bool,
 ) -> None:
@@ -198,7 +197,7 @@ def validate(
         omi-batch validate departures.csv --scope both --errors-csv problems.csv
         omi-batch validate departures.csv --check-agents
     """
-    plan = load_plan(file, limit=limit, scope=scope, errors_csv=errors_csv)
+    plan = load_plan(file, errors_csv=errors_csv, **plan_choice())
     if check_agents:
         _check_agents(plan)
     if as_json:
@@ -287,8 +286,6 @@ def preview(
     file: str | None,
     batch_id: str | None,
     max_age: float,
-    limit: int | None,
-    scope: str | None,
     ledger_path: str,
     reports_dir: str,
     check_agents: bool,
@@ -313,7 +310,7 @@ def preview(
     if batch_id is not None:
         _preview_batch(batch_id, max_age, ledger_path, reports_dir, listen, as_json)
         return
-    plan = _plan_told(file, limit, scope)
+    plan = _plan_told(file)
     with _session(ledger_path, listen=listen, create=True) as session:
         batch_id, summary = _create_and_preview(session, plan, "preview", check_agents,
                                                 ledger_path, reports_dir, listen)  # fmt: skip
@@ -321,9 +318,10 @@ def preview(
     _preview_done(batch_id, rows, summary, as_json)
 
 
-def _plan_told(file: str, limit: int | None, scope: str | None) -> Any:
-    """The plan of FILE (see :func:`load_plan`), its warnings told on stderr."""
-    plan = load_plan(file, limit=limit, scope=scope)
+def _plan_told(file: str) -> Any:
+    """The plan of FILE as --limit and --scope ask (see :func:`load_plan`), its warnings told
+    on stderr."""
+    plan = load_plan(file, **plan_choice())
     for warning in plan.warnings:
         click.echo(f"Warning: {warning}", err=True)
     return plan
@@ -483,8 +481,6 @@ def execute(
 def run(
     file: str,
     yes: bool,
-    limit: int | None,
-    scope: str | None,
     ledger_path: str,
     reports_dir: str,
     check_agents: bool,
@@ -500,7 +496,7 @@ def run(
         omi-batch run departures.csv --yes --limit 3
         omi-batch run departures.csv --yes --notify 'mailto://bot:${SMTP_PASSWORD}@mail.example.vn'
     """
-    plan = _plan_told(file, limit, scope)
+    plan = _plan_told(file)
     notifier = _notifier(notify_urls)
     with _session(ledger_path, listen=listen, create=True, yes=yes) as session:
         session.notifier = notifier

@@ -18,6 +18,21 @@ def _path_option(flag: str, name: str, default: str, kind: click.Path, text: str
                         **more)  # fmt: skip
 
 
+PIPELINE_OPTIONS = "omi_batch.pipeline_options"  # ctx.meta keys: the dicts built once
+PLAN_OPTIONS = "omi_batch.plan_options"
+
+
+def _kept_in(key: str) -> Callable:
+    """The callback of an option read from ``ctx.meta[key]`` (a dict by option name) rather than
+    passed to the command as a parameter."""
+
+    def keep(ctx: click.Context, param: click.Parameter, value: object) -> object:
+        ctx.meta.setdefault(key, {})[param.name] = value
+        return value
+
+    return keep
+
+
 # Each shared option is one click decorator, reused by every command that takes it.
 ledger_option = _path_option("--ledger", "ledger_path", DEFAULT_LEDGER,
                              click.Path(dir_okay=False), "SQLite ledger file.",
@@ -26,18 +41,18 @@ reports_option = _path_option("--reports", "reports_dir", DEFAULT_REPORTS,
                               click.Path(file_okay=False),
                               "Folder the reports are written to.")  # fmt: skip
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
-limit_option = click.option(
-    "--limit",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Only the first N rows of the plan: try a batch small first.",
-)
-scope_option = click.option(
-    "--scope",
-    default=None,
-    metavar="SCOPE",
-    help="What a row with no scope cell moves: conversations (default), tickets or both.",
-)
+
+
+def _plan_option(name: str, text: str, **more: object) -> Callable:
+    """An option saying how the file is read, off by default, read through :func:`plan_choice`."""
+    return click.option(name, default=None, expose_value=False, callback=_kept_in(PLAN_OPTIONS),
+                        help=text, **more)  # fmt: skip
+
+
+limit_option = _plan_option("--limit", "Only the first N rows of the plan: try a batch small "
+                            "first.", type=click.IntRange(min=1))  # fmt: skip
+scope_option = _plan_option("--scope", "What a row with no scope cell moves: conversations "
+                            "(default), tickets or both.", metavar="SCOPE")  # fmt: skip
 check_agents_option = click.option(
     "--check-agents/--no-check-agents",
     default=True,
@@ -82,19 +97,10 @@ def max_age_option(text: str) -> Callable:
                         show_default=True, help=text)  # fmt: skip
 
 
-PIPELINE_OPTIONS = "omi_batch.pipeline_options"  # ctx.meta key: the dict built once
-
-
-def _keep(ctx: click.Context, param: click.Parameter, value: object) -> object:
-    """Put a pipeline option into the command's one options dict (see :func:`pipeline_options`)."""
-    ctx.meta.setdefault(PIPELINE_OPTIONS, {})[param.name] = value
-    return value
-
-
 def _pipeline_option(name: str, kind: click.ParamType, default: float, text: str) -> Callable:
     """An option the pipeline reads through :func:`pipeline_options`, not a command parameter."""
     return click.option(name, type=kind, default=default, show_default=True, expose_value=False,
-                        callback=_keep, help=text)  # fmt: skip
+                        callback=_kept_in(PIPELINE_OPTIONS), help=text)  # fmt: skip
 
 
 _HTTP_OPTIONS = (  # outermost first, as --help lists them
@@ -146,6 +152,11 @@ def session_options(wait: float, *, check_agents: bool = False) -> Callable:
 
 
 plan_options = stacked(limit_option, scope_option)  # a command reading a file of rows
+
+
+def plan_choice() -> dict:
+    """The command's --limit and --scope, as ``read_plan`` takes them."""
+    return dict(click.get_current_context().meta.get(PLAN_OPTIONS, {}))
 
 
 def pipeline_options() -> dict:
