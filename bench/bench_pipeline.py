@@ -77,9 +77,7 @@ def run_pipeline(url: str, plan_path: Path, folder: Path, *, concurrency: int, r
     ledger = Ledger(folder / f"ledger-{time.monotonic_ns()}.db")
     holder: dict = {}
     serial = SerialLedger(ledger)  # as `omi-batch run --listen` does: one write at a time
-    notifying = NotifyingLedger(
-        ledger, lambda *key: holder["pipeline"].notify(*key), serial.write_lock
-    )
+    notifying = NotifyingLedger(ledger, lambda *key: holder["pipeline"].notify(*key), serial)
     app = webhook.make_app(notifying, SECRET)
     receiver = webhook.start(app, "127.0.0.1", 0)
     settings = Settings(base_url=url, api_key=Secret(KEY), webhook_url=receiver.url,

@@ -56,7 +56,7 @@ class Session:
                     secret = Secret(secrets.token_urlsafe(32))
                     say("OMI_WEBHOOK_SECRET is not set: using a one-off secret, so only this "
                         "command's receiver can check these callbacks.")  # fmt: skip
-                notifying = NotifyingLedger(ledger, self._notify, serial.write_lock)
+                notifying = NotifyingLedger(ledger, self._notify, serial)
                 options = {"metrics": metrics} if metrics is not None else {}
                 app = webhook.make_app(notifying, secret, **options)
                 if metrics is not None and metrics_endpoint:  # GET /metrics beside the callbacks

@@ -13,7 +13,7 @@ import pytest
 from omi_batch.config import Secret, Settings
 from omi_batch.errors import IllegalTransition
 from omi_batch.ledger import Ledger
-from omi_batch.ledger.serial import NotifyingLedger, SerialLedger, WriteLock
+from omi_batch.ledger.serial import NotifyingLedger, SerialLedger
 from omi_batch.pipeline import Pipeline
 
 ROWS = 6
@@ -123,13 +123,12 @@ def test_serial_ledger_raises_a_step_refusal_to_its_caller_only(led):
     assert serial.receive_callbacks([callback(batch_id, 2)]) == ["applied"]
 
 
-@pytest.mark.parametrize("lock_kind", ["write_lock", "plain_lock", "no_lock"])
-def test_notifying_ledger_stores_a_group_and_wakes_each_of_its_rows(led, lock_kind):
+@pytest.mark.parametrize("through_serial", [True, False])
+def test_notifying_ledger_stores_a_group_and_wakes_each_of_its_rows(led, through_serial):
     batch_id = new_batch(led, rows=3)
-    serial = SerialLedger(led)
-    lock = {"write_lock": serial.write_lock, "plain_lock": threading.Lock(), "no_lock": None}
+    serial = SerialLedger(led) if through_serial else None
     woken: list[tuple] = []
-    notifying = NotifyingLedger(led, lambda *key: woken.append(key), lock[lock_kind])
+    notifying = NotifyingLedger(led, lambda *key: woken.append(key), serial)
     verdicts = notifying.receive_callbacks([callback(batch_id, 1), callback(batch_id, 2)])
     assert verdicts == ["applied", "applied"]
     assert notifying.receive_callback(**callback(batch_id, 3, "ERROR")) == "applied"
@@ -142,7 +141,7 @@ def test_notifying_ledger_raises_what_the_ledger_raises_and_still_wakes(led):
     batch_id = new_batch(led, rows=1)
     serial = SerialLedger(led)
     woken: list[tuple] = []
-    notifying = NotifyingLedger(led, lambda *key: woken.append(key), serial.write_lock)
+    notifying = NotifyingLedger(led, lambda *key: woken.append(key), serial)
     bad = dict(callback(batch_id, 1), headers=["not", "a", "mapping"])
     with pytest.raises(AttributeError, match="'list' object has no attribute 'items'"):
         notifying.receive_callback(**bad)
@@ -163,14 +162,20 @@ def test_a_malformed_callback_fails_alone_in_a_group_with_steps(led):
     assert led.verify().ok
 
 
-def test_write_lock_is_a_lock_that_knows_its_serial_ledger(led):
-    serial = SerialLedger(led)
-    assert isinstance(serial.write_lock, WriteLock)
-    assert serial.write_lock.serial is serial
-    with serial.write_lock:
-        assert serial.write_lock.locked()
-        assert serial.write_lock.acquire(blocking=False) is False
-    assert not serial.write_lock.locked()
+def test_a_receiver_given_the_serial_ledger_commits_its_callbacks_with_the_steps_queued(led):
+    batch_id = new_batch(led, rows=2, state="approved")
+    new_batch_rows = led.rows(batch_id)
+    assert [r["state"] for r in new_batch_rows] == ["approved", "approved"]
+    serial = SerialLedger(led, gather=3600)  # the committer waits: only a write commits the queue
+    serial.record_step_soon(batch_id, 1, event="submitted", state="submitted")
+    serial.record_step_soon(batch_id, 2, event="submitted", state="submitted")
+    statements = commits(led)
+    notifying = NotifyingLedger(led, lambda *key: None, serial)
+    assert notifying.receive_callbacks([callback(batch_id, 1)]) == ["applied"]
+    assert [s for s in statements if s == "COMMIT"] == ["COMMIT"]  # the steps and the callback
+    assert [r["state"] for r in led.rows(batch_id)] == ["succeeded", "submitted"]
+    assert serial.flush() == []
+    assert led.verify().ok
 
 
 def test_notify_wakes_the_wait_for_that_row_only(led):

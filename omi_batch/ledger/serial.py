@@ -5,7 +5,6 @@ commit."""
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -15,27 +14,6 @@ from omi_batch.ledger import Ledger
 # Seconds the committer thread lets steps nobody waits on gather before it commits them: at most
 # this much later than a commit of their own would have been, in far fewer fsyncs.
 GATHER = 0.01
-
-
-class WriteLock:
-    """A process's ledger write lock (a plain lock to take), which also knows the
-    :class:`SerialLedger` it belongs to, so that a receiver given only the lock can put its
-    callbacks into the same group commits as the pipeline's row steps."""
-
-    def __init__(self, serial: SerialLedger):
-        self._lock = threading.Lock()
-        self.serial = serial
-        self.acquire, self.release, self.locked = (
-            self._lock.acquire,
-            self._lock.release,
-            self._lock.locked,
-        )
-
-    def __enter__(self) -> bool:
-        return self._lock.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self._lock.release()
 
 
 class Queued:
@@ -67,7 +45,7 @@ class SerialLedger:
     thread starts when nobody else commits) and its caller does not wait for the fsync.
     :meth:`flush` commits what waits and hands over the refusals of such steps. Every other
     write first commits what is queued, so this process's writes keep their order. Reads pass
-    through. The in-process receiver shares ``write_lock`` (see :class:`NotifyingLedger`).
+    through. The in-process receiver writes through it too (see :class:`NotifyingLedger`).
     """
 
     WRITES = frozenset({"create_batch", "update_row", "record_attempt", "approve",
@@ -78,7 +56,7 @@ class SerialLedger:
         self._ledger = ledger
         self.gather = gather  # seconds steps nobody waits on gather before their commit
         self._hurry = threading.Event()  # set by flush(): the committer need not wait longer
-        self.write_lock = WriteLock(self)
+        self.write_lock = threading.Lock()  # one write at a time in this process
         self._queue: list[dict] = []
         self._queue_lock = threading.Lock()
         self._committer: threading.Thread | None = None  # commits the steps nobody waits for
@@ -214,36 +192,33 @@ class SerialLedger:
 
 class NotifyingLedger:
     """The ledger as an in-process receiver sees it: every stored callback calls
-    ``notify(batch_id, row)``, and its write takes the pipeline's write lock. Given the
-    pipeline's ``SerialLedger.write_lock``, callbacks join the pipeline's group commits (one
-    fsync for the row steps and callbacks written at the same moment)."""
+    ``notify(batch_id, row)``. Given the pipeline's :class:`SerialLedger`, its callbacks are
+    written through it and join the pipeline's group commits (one fsync for the row steps and
+    callbacks written at the same moment); without one they go to the ledger directly."""
 
-    def __init__(self, ledger: Any, notify: Callable[[str, int], None], lock: Any = None) -> None:
+    def __init__(
+        self, ledger: Any, notify: Callable[[str, int], None], serial: SerialLedger | None = None
+    ) -> None:
         self._ledger = ledger
         self._notify = notify
-        self._lock = lock or contextlib.nullcontext()  # the pipeline's write lock, if given
-        self._serial = getattr(lock, "serial", None)  # its SerialLedger (pipeline.WriteLock)
+        self._serial = serial
 
     def receive_callback(self, **callback: Any) -> str:
         try:
-            if self._serial is not None:
-                verdict = self._serial.receive_callbacks([callback])[0]
-                if isinstance(verdict, BaseException):
-                    raise verdict
-                return verdict
-            with self._lock:
+            if self._serial is None:
                 return self._ledger.receive_callback(**callback)
+            verdict = self._serial.receive_callbacks([callback])[0]
         finally:
             self._wake([callback])
+        if isinstance(verdict, BaseException):
+            raise verdict
+        return verdict
 
     def receive_callbacks(self, received: list[dict]) -> list[Any]:
         """``Ledger.receive_callbacks`` in one commit (shared with the pipeline's waiting row
         steps when it can be), then ``notify`` for each of its rows, stored or not."""
         try:
-            if self._serial is not None:
-                return self._serial.receive_callbacks(received)
-            with self._lock:
-                return self._ledger.receive_callbacks(received)
+            return (self._serial or self._ledger).receive_callbacks(received)
         finally:
             self._wake(received)
 
