@@ -110,3 +110,44 @@ def test_a_run_stopped_while_intents_wait_ahead_puts_the_unsent_rows_back(spied,
         for rows_email in (stack.ledger.row(batch_id, e["row"])["source_email"] for e in put_back)
     )
     assert stack.ledger.verify().ok
+
+
+def test_no_intent_is_saved_ahead_for_a_row_its_source_holds(tmp_path, make_stack):
+    # src1's first row fails its preview (its target has no account), so its next row
+    # is held: the worker taking src1 ahead while src0's callback is awaited saves no intent.
+    from omi_batch import webhook
+    from omi_batch.simulator import Simulator
+
+    created = "2026-01-01T00:00:00Z"
+    fixture = {
+        "agents": [{"email": e, "name": e} for e in
+                   ("src0@example.vn", "tgt0@example.vn", "src1@example.vn", "tgt1@example.vn")],
+        "conversations": [{"id": c, "members": [s], "created_at": created} for c, s in
+                          (("c0", "src0@example.vn"), ("c1", "src1@example.vn"),
+                           ("c2", "src1@example.vn"))],
+    }  # fmt: skip
+    path = tmp_path / "departures.csv"
+    path.write_text("source_email,target_email,conv_ids\n"
+                    "src0@example.vn,tgt0@example.vn,\n"
+                    "src1@example.vn,nobody@example.vn,c1\n"
+                    "src1@example.vn,tgt1@example.vn,c2\n")  # fmt: skip
+    sim = Simulator(fixture, api_key=API_KEY, faults=Faults(callback_delay=0.2))
+    spy = _Spy(sim, tmp_path / "ledger.db")
+    server = webhook.start(spy, "127.0.0.1", 0)
+    try:
+        stack = make_stack(server, concurrency=1)
+        batch_id = stack.pipeline.create_batch(read_plan(path), check_agents=False)
+        stack.pipeline.preview(batch_id)
+        assert [r["state"] for r in stack.ledger.rows(batch_id)] == [
+            "previewed", "preview_failed", "previewed"]  # fmt: skip
+        stack.pipeline.approve(batch_id, approve_all=True)
+        stack.pipeline.execute(batch_id)
+    finally:
+        server.stop()
+        sim.close()
+    assert spy.seen == [("src0@example.vn", "submitted")]
+    held = stack.ledger.row(batch_id, 4)
+    assert (held["state"], held["held_by"]) == ("approved", 3)
+    sent = [e for e in stack.ledger.events(batch_id) if e["row"] == 4 and "submit" in e["kind"]]
+    assert sent == []
+    assert stack.ledger.verify().ok

@@ -23,6 +23,7 @@ from omi_batch.states import (
     STARTED,
     TICKETS,
     TO_EXECUTE,
+    blocker_before,
     count_states,
     hold,
     holds,
@@ -355,15 +356,9 @@ class _Ahead:
 
 def _first_to_send(group: list[dict]) -> dict | None:
     """The row :meth:`Executing._execute_source` sends first for ``group``, or None when that
-    row is held (the same rule, read without writing)."""
-    blocker: dict | None = None
-    for row in group:
-        if row["state"] not in TO_EXECUTE:
-            if holds(row) and blocker is None:
-                blocker = row
-            continue
-        return None if blocker or uncovered_by(group, row) else row
-    return None
+    row is held (``states.blocker_before``, read without writing)."""
+    row = next((r for r in group if r["state"] in TO_EXECUTE), None)
+    return row if row is not None and blocker_before(group, row) is None else None
 
 
 def _intent(row: dict) -> dict:
