@@ -53,6 +53,9 @@ class RefusalTally:
     def take(self, *, everything: bool = False) -> list[dict]:
         """The counts of finished minutes (``everything``: the current one too), removed from
         the tally: ``[{"minute", "reason", "count"}]`` in minute order."""
+        with self._lock:
+            if not self._counts:  # the usual case: nothing refused (no clock read per call)
+                return []
         current = minute_of(self._clock())
         with self._lock:
             keys = sorted(k for k in self._counts if everything or k[0] < current)

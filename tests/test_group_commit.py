@@ -259,3 +259,44 @@ def test_a_write_after_steps_recorded_soon_sees_them_first(led):
     kinds = [e["kind"] for e in led.events(batch_id)]
     assert kinds == ["batch_created", "previewed", "approved"]
     assert serial.flush() == []
+
+
+def _committer_ended(serial: SerialLedger) -> bool:
+    for _ in range(1000):  # bounded: the committer ends once the queue stays empty
+        if serial._committer is None:
+            return True
+        threading.Event().wait(0.01)
+    return False
+
+
+def test_committer_threads_of_many_bursts_leave_no_connection_open(led):
+    # Before: each burst of steps started a committer thread whose SQLite connection stayed
+    # open until the ledger was closed (1,300 of them in a 10,000-row run).
+    batch_id = new_batch(led, rows=12, state="approved")
+    serial = SerialLedger(led, gather=0, linger=0)
+    for n in range(1, 13):
+        serial.record_step_soon(batch_id, n, event="submitted", state="submitted")
+        assert _committer_ended(serial)
+    assert {r["state"] for r in led.rows(batch_id)} == {"submitted"}
+    assert len(led._connections) <= 1  # this thread's reads only
+
+
+def test_an_idle_committer_lingers_and_commits_the_next_burst_itself(led):
+    batch_id = new_batch(led, rows=2, state="approved")
+    serial = SerialLedger(led, gather=0, linger=30)
+    serial.record_step_soon(batch_id, 1, event="submitted", state="submitted").result()
+    first = serial._committer
+    assert first is not None and first.is_alive()
+    serial.record_step_soon(batch_id, 2, event="submitted", state="submitted")
+    for _ in range(500):  # bounded: the lingering committer takes the second step
+        if led.row(batch_id, 2)["state"] == "submitted":
+            break
+        threading.Event().wait(0.01)
+    assert led.row(batch_id, 2)["state"] == "submitted"
+    assert serial._committer is first  # the same thread: no new thread, no new connection
+    serial.linger = 0
+    serial._more.set()  # let it end now
+    assert _committer_ended(serial)
+    first.join(5)
+    assert not first.is_alive()
+    assert serial.flush() == []

@@ -989,3 +989,18 @@ def test_a_webhook_url_without_its_secret_is_named_and_rows_end_unconfirmed(
     with Ledger(ledger_path) as ledger:
         states = {r["state"] for r in ledger.rows(batch_of(ledger_path))}
     assert "succeeded" not in states and "unconfirmed" in states
+
+
+def test_a_run_leaves_no_connection_of_its_worker_threads_open(
+    make_simulator, csv_file, make_stack
+):
+    # Before: every worker thread of each phase, and every committer thread, kept its SQLite
+    # connection open until the ledger was closed.
+    sim, server = make_simulator()
+    stack = make_stack(server, concurrency=4)
+    batch_id = stack.run(csv_file)
+    assert {r["state"] for r in stack.ledger.rows(batch_id)} == {"succeeded"}
+    threads = {owner for owner, _ in stack.ledger._connections}
+    assert threads == {os.getpid()}
+    # this thread's, the receiver's writer's and at most a committer still lingering
+    assert len(stack.ledger._connections) <= 3

@@ -14,6 +14,9 @@ from omi_batch.ledger import Ledger
 # Seconds the committer thread lets steps nobody waits on gather before it commits them: at most
 # this much later than a commit of their own would have been, in far fewer fsyncs.
 GATHER = 0.01
+# Seconds an idle committer thread waits for more steps before it ends: a thread (and its
+# SQLite connection) per burst of steps cost an open per burst, and kept each connection open.
+LINGER = 1.0
 
 
 class Queued:
@@ -52,10 +55,12 @@ class SerialLedger:
                         "log", "receive_callback", "record_steps", "record_group",
                         "cancel_batch"})  # fmt: skip
 
-    def __init__(self, ledger: Ledger, *, gather: float = GATHER):
+    def __init__(self, ledger: Ledger, *, gather: float = GATHER, linger: float = LINGER):
         self._ledger = ledger
         self.gather = gather  # seconds steps nobody waits on gather before their commit
+        self.linger = linger  # seconds an idle committer waits for more before it ends
         self._hurry = threading.Event()  # set by flush(): the committer need not wait longer
+        self._more = threading.Event()  # set by record_step_soon: an idle committer goes on
         self.write_lock = threading.Lock()  # one write at a time in this process
         self._queue: list[dict] = []
         self._queue_lock = threading.Lock()
@@ -77,6 +82,7 @@ class SerialLedger:
                 "outcome": None, "soon": True}  # fmt: skip
         with self._queue_lock:
             self._queue.append(item)
+            self._more.set()
             if self._committer is None:
                 self._committer = threading.Thread(
                     target=self._commit_queued, name="omi-batch-ledger-commit", daemon=True
@@ -135,17 +141,25 @@ class SerialLedger:
         return bool(group)
 
     def _commit_queued(self) -> None:
-        """The committer thread: commit queued groups until the queue is empty, then end. It
-        lets steps gather for ``gather`` seconds before each commit (one fsync for them)."""
-        while True:
-            self._hurry.wait(self.gather)
-            self._hurry.clear()
-            with self.write_lock:
-                with self._queue_lock:
+        """The committer thread: commit queued groups until the queue stays empty for
+        ``linger`` seconds, then close its connection and end. It lets steps gather for
+        ``gather`` seconds before each commit (one fsync for them)."""
+        try:
+            while True:
+                self._hurry.wait(self.gather)
+                self._hurry.clear()
+                self._more.clear()  # before the look: a step queued after it sets it again
+                with self.write_lock:
+                    if self._commit_waiting():
+                        continue
+                if self._more.wait(self.linger):
+                    continue
+                with self._queue_lock:  # record_step_soon starts a new one if this one ended
                     if not self._queue:
                         self._committer = None
                         return
-                self._commit_waiting()
+        finally:
+            self._ledger.close_thread_connection()
 
     def _commit_group(self, group: list[dict]) -> None:
         steps = [i for i in group if "step" in i["work"]]

@@ -312,6 +312,20 @@ class Store:
             local.conn = conn
         return local.conn
 
+    def close_thread_connection(self) -> None:
+        """Close the calling thread's connection, if it has one: a thread that is about to end
+        calls it, so the connection is not kept open until :meth:`close`. Its next call (if
+        any) opens a fresh one."""
+        local = self._local
+        conn = getattr(local, "conn", None)
+        if conn is None or local.pid != os.getpid():
+            return
+        local.conn = None
+        with self._lock:
+            self._connections = [(pid, c) for pid, c in self._connections if c is not conn]
+        with contextlib.suppress(sqlite3.Error):
+            conn.close()
+
     def close(self) -> None:
         """Close every connection this object opened (in any thread of this process). The
         object stays usable: the next call opens a fresh connection."""

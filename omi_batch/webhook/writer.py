@@ -71,6 +71,7 @@ class Writer:
         self._lock = threading.Lock()
         self._due = self._spool is not None and self._spool.exists()  # the spool may hold some
         self._held_rows: set[tuple[str, int, str]] = set()
+        self._looked = 0.0  # time.monotonic() of the last look at the spool
         self.gone: str | None = None  # why the ledger can no longer be written, once it is
         self._thread = threading.Thread(
             target=self._run, name="omi-batch-webhook-ledger", daemon=True
@@ -145,11 +146,13 @@ class Writer:
                         late[1].cancel()
 
     def _after_turn(self, *, final: bool = False) -> None:
-        """Drain the spool and write the refusal counts; never raises (retried next turn)."""
-        try:
-            self._drain()
-        except Exception as error:
-            self._logger.warning("spool: not applied yet (%s)", type(error).__name__)
+        """Drain the spool and write the refusal counts; never raises (retried next turn).
+        The spool is looked at when a callback went to it, else at most every :data:`POLL`
+        seconds (for what another process left): not once per group commit."""
+        now = time.monotonic()
+        if final or self._due or self._held_rows or now - self._looked >= POLL:
+            self._looked = now
+            self._look()
         counts = self._refusals.take(everything=final)
         if counts:
             try:
@@ -157,6 +160,13 @@ class Writer:
             except Exception as error:
                 self._refusals.give_back(counts)
                 self._logger.warning("refusal counts not written yet (%s)", type(error).__name__)
+
+    def _look(self) -> None:
+        """:meth:`_drain`, its error logged, never raised (the next look tries again)."""
+        try:
+            self._drain()
+        except Exception as error:
+            self._logger.warning("spool: not applied yet (%s)", type(error).__name__)
 
     def _drain(self) -> None:
         """Apply the spool's due entries, oldest first, in groups; stop at the first group the
