@@ -44,8 +44,9 @@ class Writer:
     stored before it is answered. A Future still queued can be
     cancelled; one taken into a group can no longer be.
 
-    Between turns (and at least every :data:`POLL` seconds) it applies what waits in the
-    spool, oldest first, and writes the refusal counts of each finished minute. It starts with
+    Between turns it applies what waits in the spool, oldest first (every turn while a callback
+    went there or one is held there, else at most every :data:`POLL` seconds), and writes
+    the refusal counts of each finished minute. It starts with
     the spool, so a receiver restarted applies what the last one left before anything new."""
 
     def __init__(
