@@ -56,8 +56,7 @@ class RefusalTally:
         with self._lock:
             if not self._counts:  # the usual case: nothing refused (no clock read per call)
                 return []
-        current = minute_of(self._clock())
-        with self._lock:
+            current = minute_of(self._clock())
             keys = sorted(k for k in self._counts if everything or k[0] < current)
             return [
                 {"minute": minute, "reason": reason, "count": self._counts.pop((minute, reason))}

@@ -278,7 +278,7 @@ def test_committer_threads_of_many_bursts_leave_no_connection_open(led):
         serial.record_step_soon(batch_id, n, event="submitted", state="submitted")
         assert _committer_ended(serial)
     assert {r["state"] for r in led.rows(batch_id)} == {"submitted"}
-    assert len(led._connections) <= 1  # this thread's reads only
+    assert len(led._connections) == 1  # this thread's only
 
 
 def test_an_idle_committer_lingers_and_commits_the_next_burst_itself(led):
@@ -300,3 +300,17 @@ def test_an_idle_committer_lingers_and_commits_the_next_burst_itself(led):
     first.join(5)
     assert not first.is_alive()
     assert serial.flush() == []
+
+
+def test_a_connection_does_not_outlive_its_thread_past_the_next_open(led):
+    # A thread nobody closes for (a receiver's waitress thread, say): the next connection
+    # opened, by any thread, closes the ended thread's one.
+    batch_id = new_batch(led, rows=1, state="approved")
+    reader = threading.Thread(target=lambda: led.row(batch_id, 1))
+    reader.start()
+    reader.join(5)
+    assert [t for _, t, _ in led._connections] == [threading.current_thread(), reader]
+    other = threading.Thread(target=lambda: led.row(batch_id, 1))
+    other.start()
+    other.join(5)
+    assert [t for _, t, _ in led._connections] == [threading.current_thread(), other]

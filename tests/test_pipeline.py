@@ -1000,7 +1000,6 @@ def test_a_run_leaves_no_connection_of_its_worker_threads_open(
     stack = make_stack(server, concurrency=4)
     batch_id = stack.run(csv_file)
     assert {r["state"] for r in stack.ledger.rows(batch_id)} == {"succeeded"}
-    threads = {owner for owner, _ in stack.ledger._connections}
-    assert threads == {os.getpid()}
+    assert all(thread.is_alive() for _, thread, _ in stack.ledger._connections)
     # this thread's, the receiver's writer's and at most a committer still lingering
     assert len(stack.ledger._connections) <= 3

@@ -130,7 +130,8 @@ class Store:
         self._local = threading.local()
         self._lock = threading.Lock()
         self.head_file = HeadFile(self.head_path)
-        self._connections: list[tuple[int, sqlite3.Connection]] = []  # (pid, connection)
+        # (pid, owning thread, connection) of every connection opened and not yet closed
+        self._connections: list[tuple[int, threading.Thread, sqlite3.Connection]] = []
         self._generation = 0
         self._immutable = False
         self._wal_id: tuple[int, int] | None = None  # the -wal file our commits went to
@@ -296,7 +297,9 @@ class Store:
         raise last
 
     def _connection(self) -> sqlite3.Connection:
-        """This thread's connection (opened on first use, again after fork or close)."""
+        """This thread's connection (opened on first use, again after fork or close). Opening
+        one also closes those of threads that have ended, so no connection outlives its
+        thread for long, whoever started the thread."""
         local = self._local
         pid = os.getpid()
         if (
@@ -306,15 +309,18 @@ class Store:
         ):
             conn = self._open()
             with self._lock:
-                self._connections.append((pid, conn))
+                ended = [e for e in self._connections if e[0] == pid and not e[1].is_alive()]
+                self._connections = [e for e in self._connections if e not in ended]
+                self._connections.append((pid, threading.current_thread(), conn))
                 local.generation = self._generation
+            _close_connections(ended)
             local.pid = pid
             local.conn = conn
         return local.conn
 
     def close_thread_connection(self) -> None:
-        """Close the calling thread's connection, if it has one: a thread that is about to end
-        calls it, so the connection is not kept open until :meth:`close`. Its next call (if
+        """Close the calling thread's connection, if it has one: a thread about to end calls
+        it, so its connection is closed now rather than at the next open. Its next call (if
         any) opens a fresh one."""
         local = self._local
         conn = getattr(local, "conn", None)
@@ -322,9 +328,9 @@ class Store:
             return
         local.conn = None
         with self._lock:
-            self._connections = [(pid, c) for pid, c in self._connections if c is not conn]
-        with contextlib.suppress(sqlite3.Error):
-            conn.close()
+            mine = [e for e in self._connections if e[2] is conn]
+            self._connections = [e for e in self._connections if e[2] is not conn]
+        _close_connections(mine)
 
     def close(self) -> None:
         """Close every connection this object opened (in any thread of this process). The
@@ -332,11 +338,7 @@ class Store:
         with self._lock:
             connections, self._connections = self._connections, []
             self._generation += 1
-        pid = os.getpid()
-        for owner, conn in connections:
-            if owner == pid:  # a connection inherited through fork is not ours to close
-                with contextlib.suppress(sqlite3.Error):
-                    conn.close()
+        _close_connections(connections)
         self._wal_id = None
         self.head_file.close()
 
@@ -401,3 +403,13 @@ class Store:
             return list(query(self._connection(), sql, params))
         except sqlite3.Error as error:
             raise ledger_error(self.path, error) from None
+
+
+def _close_connections(entries: list[tuple[int, threading.Thread, sqlite3.Connection]]) -> None:
+    """Close the connections of ``entries`` opened by this process (one inherited through
+    fork is not ours to close)."""
+    pid = os.getpid()
+    for owner, _, conn in entries:
+        if owner == pid:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()

@@ -7,7 +7,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import fields
 
 from omi_batch import callbacks
 from omi_batch.client import (
@@ -21,6 +20,7 @@ from omi_batch.client import (
 from omi_batch.config import Secret, Settings
 from omi_batch.ledger import Ledger, os_user
 from omi_batch.ledger import now as ledger_now
+from omi_batch.ledger.fields import as_dict
 from omi_batch.ledger.serial import Queued, SerialLedger
 from omi_batch.pipeline.outcome import Progress
 from omi_batch.ratelimit import DEFAULT_CEILING, AdaptiveLimiter, SlowDown
@@ -111,8 +111,8 @@ class Work:
         step that follows writes it in the same transaction (see :meth:`_step`)."""
         context = attempt.context or {}
         batch_id = context.get("batch_id")
-        # its fields as they are (no deep copy: a dict per attempt, thousands a minute)
-        data = {f.name: getattr(attempt, f.name) for f in fields(attempt) if f.name != "context"}
+        data = as_dict(attempt)  # its fields as they are: no deep copy, thousands a minute
+        data.pop("context", None)
         if not batch_id:
             if base_phase(context.get("phase")) == "preflight":  # stored by create_batch later
                 self._early.append((context.get("row"), context["phase"], data))

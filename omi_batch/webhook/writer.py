@@ -153,7 +153,10 @@ class Writer:
         now = time.monotonic()
         if final or self._due or self._held_rows or now - self._looked >= POLL:
             self._looked = now
-            self._look()
+            try:
+                self._drain()
+            except Exception as error:
+                self._logger.warning("spool: not applied yet (%s)", type(error).__name__)
         counts = self._refusals.take(everything=final)
         if counts:
             try:
@@ -161,13 +164,6 @@ class Writer:
             except Exception as error:
                 self._refusals.give_back(counts)
                 self._logger.warning("refusal counts not written yet (%s)", type(error).__name__)
-
-    def _look(self) -> None:
-        """:meth:`_drain`, its error logged, never raised (the next look tries again)."""
-        try:
-            self._drain()
-        except Exception as error:
-            self._logger.warning("spool: not applied yet (%s)", type(error).__name__)
 
     def _drain(self) -> None:
         """Apply the spool's due entries, oldest first, in groups; stop at the first group the
