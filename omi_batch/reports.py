@@ -193,23 +193,21 @@ def targets_frame(rows: list[dict], *, moved: bool = False) -> pd.DataFrame:
     previewed = [r for r in conversations(rows) if r["conversations_previewed"] is not None]
     if not previewed:
         return pd.DataFrame(columns=columns)
-    frame = pd.DataFrame.from_records(
-        [
-            {"target_email": r["target_email"], "source_email": r["source_email"],
-             "conversations": r["conversations_previewed"],
-             "moved": r["updated_records"] or 0}
-            for r in previewed
-        ]
+    # Summed here, not with a pandas groupby: its per-group Python aggregate (the joined
+    # sources) was most of the report's time for 10,000 rows.
+    totals: dict[str, tuple[set[str], list[int]]] = {}
+    for r in previewed:
+        sources, sums = totals.setdefault(r["target_email"], (set(), [0, 0]))
+        sources.add(r["source_email"])
+        sums[0] += r["conversations_previewed"]
+        sums[1] += r["updated_records"] or 0
+    records = sorted(
+        ({"target_email": target, "sources": "; ".join(sorted(sources)),
+          "conversations": sums[0], "moved": sums[1]}
+         for target, (sources, sums) in totals.items()),
+        key=lambda record: (-record["conversations"], record["target_email"]),
     )  # fmt: skip
-    grouped = frame.groupby("target_email", sort=True).agg(
-        sources=("source_email", lambda s: "; ".join(sorted(set(s)))),
-        conversations=("conversations", "sum"),
-        moved=("moved", "sum"),
-    )
-    grouped = grouped.reset_index().sort_values(
-        ["conversations", "target_email"], ascending=[False, True], kind="stable"
-    )
-    return grouped[columns]
+    return pd.DataFrame.from_records(records, columns=columns)
 
 
 def received_by_target(rows: Iterable[dict]) -> list[tuple[str, int, int]]:

@@ -11,6 +11,8 @@ import threading
 
 import pytest
 from helpers import OLD_BATCH, old_ledger, transfer
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from omi_batch import ledger as ledger_module
 from omi_batch.errors import IllegalTransition, LedgerError, NotFound, UsageError
@@ -1240,3 +1242,33 @@ def test_a_callback_reads_only_its_own_rows_attempts_however_big_the_batch(tmp_p
     assert [step[-1] for step in plan] == [
         "SEARCH attempts USING INDEX attempts_by_row (batch_id=? AND row=?)"
     ]
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=st.dictionaries(st.text(), _JSON_VALUES, max_size=4),
+    at=st.text(),
+    kind=st.text(),
+    batch_id=st.none() | st.text(),
+    row=st.none() | st.integers(),
+)
+def test_the_hashed_spelling_is_json_dumps_spelling_for_any_event(data, at, kind, batch_id, row):
+    """An event's hashed text is spelled without json.dumps' per-call encoder, and must stay
+    byte for byte what json.dumps gives: every ledger written before is verified with it."""
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                           default=str)  # fmt: skip
+    assert ledger_module.canonical_json(data) == canonical
+
+    def dumps(value: object) -> str:
+        return json.dumps(value, ensure_ascii=False)
+
+    expected = (f'{{"at":{dumps(at)},"batch_id":{dumps(batch_id)},"data":{canonical},'
+                f'"id":7,"kind":{dumps(kind)},"row":{dumps(row)}}}')  # fmt: skip
+    assert ledger_module.event_text(7, at, kind, batch_id, row, canonical) == expected

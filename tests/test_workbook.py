@@ -402,3 +402,35 @@ def test_a_job_puts_the_workbook_in_review_and_executes_it_once_saved_into_appro
                       6: "succeeded", 7: "succeeded", 8: "preview_failed"}  # fmt: skip
     archived = sorted(p.name for p in (work / "archive" / batch_id).iterdir())
     assert f"{batch_id}-approved.xlsx" in archived and f"{batch_id}-results.xlsx" in archived
+
+
+def test_a_table_is_written_as_openpyxls_own_append_would_write_it(tmp_path, monkeypatch):
+    """The cells handed to the write-only sheet as they are (no value conversion per cell) give
+    the very XML openpyxl's own append path gives: values, styles, comments and row heights."""
+    import pandas as pd
+
+    from omi_batch.workbook import sheets
+
+    frame = pd.DataFrame({
+        "row": [2, 3, 4], "source_email": ["a@x.vn", "=b@x.vn", None],
+        "conversations": [19, None, 0], "error": ["", "line one\nline two " * 8, "0123"],
+        "approved": ["yes", None, "no"],
+    })  # fmt: skip
+
+    def style(index: int, column: str) -> tuple[str | None, bool]:
+        return (sheets.FAILED_FILL if index == 1 else None), column == "approved"
+
+    def comment(index: int, column: str) -> str | None:
+        return "why it failed" if (index, column) == (1, "error") else None
+
+    def written(name: str) -> dict[str, bytes]:
+        book = sheets.Book()
+        sheets.table(book.sheet("Review"), frame, {"row": "Dòng"}, style=style, comment=comment)
+        path = book.save(tmp_path / name)
+        with zipfile.ZipFile(path) as archive:
+            return {n: archive.read(n) for n in archive.namelist() if n.startswith("xl/")}
+
+    fast = written("fast.xlsx")
+    monkeypatch.setattr(sheets, "_take_cells_as_they_are", lambda sheet: None)
+    assert written("plain.xlsx") == fast
+    assert b"why it failed" in fast["xl/comments/comment1.xml"]

@@ -12,6 +12,7 @@ import sqlite3
 import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from json.encoder import encode_basestring
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,28 @@ HEAD_RECORD = 128  # bytes of the head file's one record: JSON padded with space
 HEAD_READ_LIMIT = 4096  # bytes of a head file read: more than that is not a head file
 
 
+# json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str),
+# with its encoder made once: json.dumps makes one per call for arguments like these.
+_CANONICAL = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+)
+
+
 def canonical_json(value: Any) -> str:
     """The one JSON spelling that is hashed: sorted keys, no spaces, UTF-8 kept as is."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return _CANONICAL.encode(value)
+
+
+def _json_value(value: Any) -> str:
+    """``json.dumps(value, ensure_ascii=False)`` for one field of an event, with the usual
+    ones (text, None, a whole number) spelled directly: seven events a row, four fields each."""
+    if isinstance(value, str):
+        return encode_basestring(value)
+    if value is None:
+        return "null"
+    if type(value) is int:
+        return str(value)
+    return json.dumps(value, ensure_ascii=False)
 
 
 def event_text(

@@ -37,15 +37,26 @@ def locked_row(tx: Tx, path: Path, batch_id: str, row: int, kind: str = CONVERSA
 
 
 def write_row(
-    tx: Tx, batch_id: str, row: int, fields: Mapping[str, Any], kind: str = CONVERSATIONS
+    tx: Tx,
+    batch_id: str,
+    row: int,
+    fields: Mapping[str, Any],
+    kind: str = CONVERSATIONS,
+    *,
+    attempts: int = 0,
 ) -> None:
-    """Set ``fields`` (and ``updated_at``) on one transfer, inside ``tx``."""
+    """Set ``fields`` (and ``updated_at``) on one transfer, inside ``tx``; ``attempts``: that
+    many more execute attempts counted in the same statement."""
     columns = dict(fields)
     columns["updated_at"] = now()
     assignments = ", ".join(f'"{name}" = ?' for name in columns)
+    values = [encode_field(name, value) for name, value in columns.items()]
+    if attempts:
+        assignments += ", attempts = attempts + ?"
+        values.append(attempts)
     tx.execute(
         f'UPDATE "rows" SET {assignments} WHERE batch_id = ? AND "row" = ? AND kind = ?',
-        [encode_field(name, value) for name, value in columns.items()] + [batch_id, row, kind],
+        values + [batch_id, row, kind],
     )
 
 

@@ -282,7 +282,8 @@ def encode_field(name: str, value: Any) -> Any:
 def decode_row(record: dict) -> dict:
     """A ``rows`` record as callers see it: lists decoded, flags as bools."""
     for name in _JSON_ROW_FIELDS:
-        record[name] = json.loads(record[name]) if record.get(name) else []
+        text = record.get(name)
+        record[name] = json.loads(text) if text and text != "[]" else []  # "[]": most rows
     for name in _BOOL_ROW_FIELDS:
         if name in record:
             record[name] = bool(record[name])

@@ -68,16 +68,17 @@ def step_in(tx: Tx, path: Path, step: dict, records: list[dict]) -> None:
     for record in records:
         insert_attempt(tx, batch_id, row, phase, record)
     columns = dict(fields)
-    if base_phase(phase) == "execute" and records:
-        tx.execute(
-            'UPDATE "rows" SET attempts = attempts + ? '
-            'WHERE batch_id = ? AND "row" = ? AND kind = ?',
-            (len(records), batch_id, row, kind),
-        )
+    added = len(records) if base_phase(phase) == "execute" else 0  # counted in rows.attempts
     if state is not None:
         columns["state"] = state
     if columns:
-        write_row(tx, batch_id, row, columns, kind)
+        write_row(tx, batch_id, row, columns, kind, attempts=added)
+    elif added:
+        tx.execute(
+            'UPDATE "rows" SET attempts = attempts + ? '
+            'WHERE batch_id = ? AND "row" = ? AND kind = ?',
+            (added, batch_id, row, kind),
+        )
     data: dict[str, Any] = dict(fields)
     if reason is not None:
         data["reason"] = reason
