@@ -54,13 +54,9 @@ def event_text(
 ) -> str:
     """Canonical JSON of ``{id, at, kind, batch_id, row, data}`` with ``data_text`` (already
     canonical) spliced in as is, so verify hashes the stored bytes without re-encoding them."""
-
-    def dumps(value: Any) -> str:
-        return json.dumps(value, ensure_ascii=False)
-
     return (
-        f'{{"at":{dumps(at)},"batch_id":{dumps(batch_id)},"data":{data_text},'
-        f'"id":{int(event_id)},"kind":{dumps(kind)},"row":{dumps(row)}}}'
+        f'{{"at":{_json_value(at)},"batch_id":{_json_value(batch_id)},"data":{data_text},'
+        f'"id":{int(event_id)},"kind":{_json_value(kind)},"row":{_json_value(row)}}}'
     )
 
 
