@@ -46,16 +46,17 @@ def write_row(
     attempts: int = 0,
 ) -> None:
     """Set ``fields`` (and ``updated_at``) on one transfer, inside ``tx``; ``attempts``: that
-    many more execute attempts counted in the same statement."""
+    many more execute attempts counted in the same statement (alone, it stamps no time)."""
     columns = dict(fields)
-    columns["updated_at"] = now()
-    assignments = ", ".join(f'"{name}" = ?' for name in columns)
+    if columns:
+        columns["updated_at"] = now()
+    assignments = [f'"{name}" = ?' for name in columns]
     values = [encode_field(name, value) for name, value in columns.items()]
     if attempts:
-        assignments += ", attempts = attempts + ?"
+        assignments.append("attempts = attempts + ?")
         values.append(attempts)
     tx.execute(
-        f'UPDATE "rows" SET {assignments} WHERE batch_id = ? AND "row" = ? AND kind = ?',
+        f'UPDATE "rows" SET {", ".join(assignments)} WHERE batch_id = ? AND "row" = ? AND kind = ?',
         values + [batch_id, row, kind],
     )
 

@@ -71,14 +71,8 @@ def step_in(tx: Tx, path: Path, step: dict, records: list[dict]) -> None:
     added = len(records) if base_phase(phase) == "execute" else 0  # counted in rows.attempts
     if state is not None:
         columns["state"] = state
-    if columns:
+    if columns or added:
         write_row(tx, batch_id, row, columns, kind, attempts=added)
-    elif added:
-        tx.execute(
-            'UPDATE "rows" SET attempts = attempts + ? '
-            'WHERE batch_id = ? AND "row" = ? AND kind = ?',
-            (added, batch_id, row, kind),
-        )
     data: dict[str, Any] = dict(fields)
     if reason is not None:
         data["reason"] = reason
