@@ -1,0 +1,33 @@
+"""The targets report's sums, joins and order, on rows as the ledger gives them."""
+
+from __future__ import annotations
+
+from omi_batch import reports
+
+
+def _row(source: str, target: str, previewed: int | None, moved: int | None = None,
+         kind: str = "conversations") -> dict:  # fmt: skip
+    return {"source_email": source, "target_email": target, "conversations_previewed": previewed,
+            "updated_records": moved, "kind": kind, "state": "succeeded"}  # fmt: skip
+
+
+def test_the_targets_report_sums_per_target_joins_its_sources_and_puts_the_busiest_first():
+    rows = [
+        _row("b@x.vn", "t2@x.vn", 3, 3),
+        _row("a@x.vn", "t2@x.vn", 2, None),  # not moved (yet): counts 0
+        _row("a@x.vn", "t2@x.vn", 1, 1),  # the same source twice: named once
+        _row("c@x.vn", "t1@x.vn", 6, 5),  # ties t2 on 6: the email decides
+        _row("d@x.vn", "t3@x.vn", 9, 9),
+        _row("e@x.vn", "t4@x.vn", None),  # not previewed: not a load
+        _row("f@x.vn", "t3@x.vn", 40, 40, kind="tickets"),  # tickets are not conversations
+    ]
+    frame = reports.targets_frame(rows, moved=True)
+    assert frame.to_dict("records") == [
+        {"target_email": "t3@x.vn", "sources": "d@x.vn", "conversations": 9, "moved": 9},
+        {"target_email": "t1@x.vn", "sources": "c@x.vn", "conversations": 6, "moved": 5},
+        {"target_email": "t2@x.vn", "sources": "a@x.vn; b@x.vn", "conversations": 6, "moved": 4},
+    ]
+    assert [str(t) for t in frame.dtypes[["conversations", "moved"]]] == ["int64", "int64"]
+    assert list(reports.targets_frame(rows).columns) == ["target_email", "sources", "conversations"]
+    assert list(reports.targets_frame([_row("a@x.vn", "t@x.vn", None)], moved=True).columns) == [
+        "target_email", "sources", "conversations", "moved"]  # fmt: skip
