@@ -21,7 +21,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from omi_batch.client import Agent, ApiError, OmiClient
-from omi_batch.roster import Plan, Problem
+from omi_batch.roster import Plan, Problem, normalized_email
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -64,28 +64,46 @@ def check_agents(
 def look_up(
     client: OmiClient, emails: Iterable[str], *, context: dict | None = None
 ) -> dict[str, Agent]:
-    """The directory entries of ``emails`` (lower-case), those OMI has; raises ApiError when
-    the directory cannot be read."""
-    wanted = {e.strip().lower() for e in emails}
+    """The directory entries of ``emails``, keyed by the address as the plan spells it
+    (:func:`~omi_batch.roster.normalized_email`: lower case, NFC, one spelling of an
+    internationalized domain), those OMI has; the directory's addresses are compared in that
+    form too. An agent listed more than once counts as its best entry (active over inactive
+    over deleted), whichever order OMI lists them in. Raises ApiError when the directory cannot
+    be read."""
+    wanted = {normalized_email(e) for e in emails}
     found: dict[str, Agent] = {}
     if len(wanted) <= KEYWORD_MAX:
         for email in sorted(wanted):
             for agent in client.list_agents(keyword=email, size=PAGE_SIZE, context=context):
-                if agent.email == email:
-                    found[email] = agent
-                    break
+                _keep(found, wanted, agent)
+                if email in found and _rank(found[email]) == 0:
+                    break  # no entry can be better than one that takes customers
     missing = wanted - set(found)
     if missing:
         for agent in client.list_agents(size=PAGE_SIZE, context=context):
-            if agent.email in missing:
-                found[agent.email] = agent
+            _keep(found, missing, agent)
     return found
+
+
+def _keep(found: dict[str, Agent], wanted: set[str], agent: Agent) -> None:
+    """Put ``agent`` in ``found`` if it is one of ``wanted`` and better than the entry there."""
+    email = normalized_email(agent.email)
+    if email in wanted and (email not in found or _rank(agent) < _rank(found[email])):
+        found[email] = agent
+
+
+def _rank(agent: Agent) -> int:
+    """0 for an entry that can take customers, 1 deactivated, 2 deleted."""
+    if agent.is_deleted:
+        return 2
+    return 1 if agent.is_active is False else 0
 
 
 def _problems(plan: Plan, found: dict[str, Agent]) -> list[Problem]:
     problems = []
     for transfer in plan.transfers:
-        source, target = transfer.source_email.lower(), transfer.target_email.lower()
+        source = normalized_email(transfer.source_email)
+        target = normalized_email(transfer.target_email)
         if source not in found:
             problems.append(Problem(transfer.row, "source_not_found",
                                     f"source {source} is not in OMI's agent directory"))  # fmt: skip

@@ -4,7 +4,12 @@ and how many requests each way of looking agents up costs."""
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
+import unicodedata
+from pathlib import Path
 
 import pytest
 from helpers import API_KEY
@@ -167,6 +172,97 @@ def test_a_directory_repeating_its_page_is_not_read_forever(make_simulator):
     assert len([e for e in sim.events if e["path"] == AGENTS_PATH]) == 2
 
 
+def page_of(*items: dict) -> dict:
+    return {"status": 200, "body": {"status_code": 9999, "payload": {"items": list(items)}}}
+
+
+EMPTY = page_of()
+
+
+def test_a_full_page_repeated_is_a_warning_not_agents_missing(make_simulator, tmp_path):
+    # OMI ignoring ``page``: the agents after the first page can never be read, so calling them
+    # missing would be false problems.
+    sim, server = make_simulator()
+    first = page_of(*({"identify_info": f"agent{i}@example.vn"} for i in range(50)))
+    sim.script(first, first)
+    rows = [(f"s{i}@example.vn", f"t{i}@example.vn") for i in range(3)]  # 6: the whole list
+    with OmiClient(server.url, Secret(API_KEY)) as client:
+        problems, warnings = directory.check_agents(plan_of(tmp_path, rows), client)
+    assert problems == []
+    assert [w.code for w in warnings] == ["directory_unavailable"]
+    assert "page 2 of the agent list repeats the agents of the pages before it (50 of them)" in (
+        warnings[0].message
+    )
+
+
+def test_a_page_without_any_email_does_not_end_the_directory(make_simulator):
+    sim, server = make_simulator()
+    phones = page_of(*({"identify_info": f"+8490000{i:04d}"} for i in range(50)))
+    sim.script(phones, page_of({"identify_info": "lan.nguyen@example.vn", "is_active": True},
+                               {"identify_info": "+84901234567", "email": "minh.tran@example.vn"}),
+               EMPTY)  # fmt: skip
+    wanted = [email("lan.nguyen"), email("minh.tran"), *(f"x{i}@example.vn" for i in range(4))]
+    with OmiClient(server.url, Secret(API_KEY)) as client:
+        found = directory.look_up(client, wanted)  # 6 agents: the whole directory is read
+    assert sorted(found) == [email("lan.nguyen"), email("minh.tran")]
+    assert len([e for e in sim.events if e["path"] == AGENTS_PATH]) == 3
+
+
+@pytest.mark.parametrize("listed", ["nguyễn@xn--cng-ty-ixa.vn", "NFD", " Nguyễn@Công-Ty.VN "])
+def test_an_address_written_another_way_in_the_directory_is_found(make_simulator, listed):
+    sim, server = make_simulator()
+    wanted = "nguyễn@công-ty.vn"
+    if listed == "NFD":
+        listed = unicodedata.normalize("NFD", wanted)
+    sim.script(page_of({"identify_info": listed, "is_active": 1}), EMPTY)
+    with OmiClient(server.url, Secret(API_KEY)) as client:
+        found = directory.look_up(client, [wanted])
+    assert list(found) == [wanted] and found[wanted].is_active is True
+
+
+@pytest.mark.parametrize("order", ["deleted first", "active first"])
+@pytest.mark.parametrize("agents", [1, 6])  # searched by keyword / the whole directory read
+def test_an_agent_listed_twice_counts_as_its_best_entry(make_simulator, order, agents):
+    sim, server = make_simulator()
+    old = {"identify_info": "lan.nguyen@example.vn", "is_active": False, "is_deleted": True}
+    new = {"identify_info": "lan.nguyen@example.vn", "is_active": True, "is_deleted": False}
+    entries = (old, new) if order == "deleted first" else (new, old)
+    others = [f"other{i}@example.vn" for i in range(agents - 1)]
+    listing = page_of(*entries, *({"identify_info": o} for o in others))
+    sim.script(*[listing, EMPTY] * 2)
+    with OmiClient(server.url, Secret(API_KEY)) as client:
+        found = directory.look_up(client, [email("lan.nguyen"), *others])
+    assert found[email("lan.nguyen")] == Agent(email("lan.nguyen"), True, False)
+
+
+@pytest.mark.parametrize(
+    ("item", "active", "deleted"),
+    [
+        ({"is_active": "no", "is_deleted": "N"}, False, False),
+        ({"is_active": "Yes", "is_deleted": 0.0}, True, False),
+        ({"status": "INACTIVE"}, False, None),
+        ({"status": "Active"}, True, None),
+        ({"status": "deleted"}, None, True),
+        ({"is_active": True, "status": "INACTIVE"}, True, None),  # the flag says more
+        ({"is_active": 2}, None, None),  # not a yes/no: unknown, not a guess
+    ],
+)
+def test_yes_no_fields_and_a_status_are_read(make_simulator, item, active, deleted):
+    sim, server = make_simulator()
+    sim.script(page_of({"identify_info": "a@example.vn", **item}), EMPTY)
+    with OmiClient(server.url, Secret(API_KEY)) as client:
+        [agent] = client.list_agents()
+    assert (agent.is_active, agent.is_deleted) == (active, deleted)
+
+
+def test_a_null_list_key_does_not_hide_the_next_one(make_simulator):
+    sim, server = make_simulator()
+    sim.script({"status": 200, "body": {"status_code": 9999, "payload": {
+        "data": None, "content": [{"identify_info": "a@example.vn"}]}}}, EMPTY)  # fmt: skip
+    with OmiClient(server.url, Secret(API_KEY)) as client:
+        assert [a.email for a in client.list_agents()] == ["a@example.vn"]
+
+
 # --------------------------------------------------------------------------- in the commands
 
 
@@ -238,4 +334,24 @@ def test_preview_goes_on_with_one_warning_when_the_directory_is_forbidden(
             str(ledger_path), "--reports", str(reports_dir), "--listen", "127.0.0.1:0"]  # fmt: skip
     result = runner.invoke(cli, args)
     assert result.exit_code == 0, result.output
-    assert result.output.count("OMI's agent directory could not be read") == 1
+    # logged (the CLI shows the log on stderr, a job writes it), not echoed a second time
+    assert result.output.count("OMI's agent directory could not be read") == 0
+
+
+def test_preview_says_the_directory_warning_once_on_stderr(simulator, tmp_path):
+    sim, server = simulator
+    sim.faults.directory_fault = "permission_denied"
+    env = dict(os.environ, OMI_BASE_URL=server.url, OMI_API_KEY=API_KEY,
+               OMI_WEBHOOK_SECRET="whsec-directory-test",
+               PYTHONPATH=str(Path(__file__).resolve().parent.parent))  # fmt: skip
+    env.pop("OMI_WEBHOOK_URL", None)
+    args = [sys.executable, "-m", "omi_batch", "preview", write_csv(tmp_path, BAD_ROWS[:1]),
+            "--ledger", str(tmp_path / "ledger.db"), "--reports", str(tmp_path / "reports"),
+            "--listen", "127.0.0.1:0"]  # fmt: skip
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("OMI's agent directory could not be read") == 1, done.stderr
+    assert (
+        "directory_unavailable: OMI's agent directory could not be read (OMI answered 200 "
+        "permission_denied" in done.stderr
+    )

@@ -240,13 +240,6 @@ def load_plan(
             spool.unlink(missing_ok=True)
 
 
-def _directory_warnings(plan) -> None:
-    """The directory check's one warning (it could not read the directory), on stderr."""
-    for warning in plan.warnings:
-        if warning.code == "directory_unavailable":
-            click.echo(f"Warning: {warning}", err=True)
-
-
 def _check_agents(plan) -> None:
     """validate --check-agents: the directory check alone (InputError, exit 2, on problems)."""
     from omi_batch import directory
@@ -334,7 +327,6 @@ def _create_and_preview(session: Any, plan: Any, command: str, check_agents: boo
     batch_id = session.pipeline.create_batch(
         plan, options={"command": command, **pipeline_options()}, check_agents=check_agents
     )
-    _directory_warnings(plan)
     resume_with("preview", "--batch", batch_id, ledger_path=ledger_path,
                 reports_dir=reports_dir, listen=listen)  # fmt: skip
     click.echo(f"Batch {batch_id}: previewing {len(plan.transfers)} row(s)", err=True)

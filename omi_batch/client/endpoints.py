@@ -112,25 +112,39 @@ class OmiClient:
         context: dict | None = None,
     ) -> Iterator[Agent]:
         """Every agent of OMI's directory (those matching ``keyword``), page after page until an
-        empty page. The directory is documented with a Bearer token: in api-key mode the key is
+        empty page; an agent listed twice (an old deleted account beside a new one) comes once
+        per entry. The directory is documented with a Bearer token: in api-key mode the key is
         sent first and, if OMI refuses it there, a token is fetched once and used from then on.
-        ApiError ``directory_too_large`` after ``max_pages`` pages (a bound, not a guess)."""
+        A page that only repeats the items already read ends the list when it is smaller than
+        ``size`` (OMI ignores ``page`` and gave everything at once); a full one raises ApiError
+        ``directory_paging`` (the rest cannot be reached: calling the others missing would be
+        wrong). ApiError ``directory_too_large`` after ``max_pages`` pages (a bound, not a
+        guess)."""
         size = max(1, int(size))
         seen: set[str] = set()
         for page in range(1, max_pages + 1):
             params: dict[str, Any] = {"page": page, "size": size}
             if keyword:
                 params["keyword"] = keyword
-            agents = self.transport.request(
+            items = self.transport.request(
                 "GET", AGENTS_PATH, None, params=params, context=context, parse=_agents_page,
                 auth=self.transport.directory_auth,
                 fallback=self.transport.directory_auth == "api-key",
             )  # fmt: skip
-            fresh = [a for a in agents if a.email not in seen]
-            if not fresh:  # an empty page, or OMI ignoring ``page`` and repeating itself
+            if not items:
                 return
-            seen.update(a.email for a in fresh)
-            yield from fresh
+            fresh = [(key, agent) for key, agent in items if key not in seen]
+            if not fresh:  # OMI ignoring ``page`` and repeating itself
+                if len(items) < size:
+                    return
+                raise ApiError(
+                    None, "directory_paging",
+                    f"page {page} of the agent list repeats the agents of the pages before it "
+                    f"({len(items)} of them): OMI seems to ignore the page parameter, so the "
+                    "rest of the directory cannot be read", endpoint=AGENTS_PATH,
+                )  # fmt: skip
+            seen.update(key for key, _ in fresh)
+            yield from (agent for _, agent in fresh if agent is not None)
         raise ApiError(
             None, "directory_too_large",
             f"more than {max_pages} pages of {size} agents", endpoint=AGENTS_PATH,

@@ -274,39 +274,59 @@ def _token_payload(http_status: int, envelope: dict, secrets: Sequence[str]) -> 
 AGENT_LIST_KEYS = ("items", "data", "content", "docs", "rows", "list", "agents", "records")
 
 
-def _agents_page(http_status: int, envelope: dict, secrets: Sequence[str]) -> list[Agent]:
-    """One directory page, read tolerantly: the items are the payload itself or the first list
-    under a usual key (one level deeper too, e.g. ``payload.data.items``); an item's email is
-    ``identify_info`` or ``email``; items without one are skipped."""
+def _agents_page(
+    http_status: int, envelope: dict, secrets: Sequence[str]
+) -> list[tuple[str, Agent | None]]:
+    """One directory page, read tolerantly, as ``(fingerprint, agent)`` for each of its items:
+    the items are the payload itself or the first list under a usual key (one level deeper
+    too, e.g. ``payload.data.items``; a key that is null is passed over); an item's email is
+    the first of ``identify_info``, ``email``, ``identifyInfo`` that looks like one (agent None
+    when none does). The fingerprint (the item's JSON) tells a page OMI repeats from a new one,
+    also for items without an email."""
     items = _find_list(envelope.get("payload"))
     if items is None:
         raise ApiError(http_status, "bad_payload", "the agent list is not a list")
-    agents = []
+    page: list[tuple[str, Agent | None]] = []
     for item in items:
         if not isinstance(item, dict):
             continue
+        fingerprint = json.dumps(item, sort_keys=True, default=str)
         email = next(
             (
-                item[k]
+                item[k].strip()
                 for k in ("identify_info", "email", "identifyInfo")
-                if isinstance(item.get(k), str)
+                if isinstance(item.get(k), str) and "@" in item[k]
             ),
             None,
         )
-        if not email or "@" not in email:
+        if not email:
+            page.append((fingerprint, None))
             continue
         name = next(
             (item[k] for k in ("name", "full_name", "fullname", "fullName") if item.get(k)), None
         )
-        agents.append(
-            Agent(
-                email=email.strip().lower(),
-                is_active=_flag(item, "is_active", "isActive", "active"),
-                is_deleted=_flag(item, "is_deleted", "isDeleted", "deleted"),
-                name=scrub(str(name), list(secrets)) if name else None,
-            )
-        )
-    return agents
+        status = str(item.get("status") or "").strip().lower()
+        is_active = _flag(item, "is_active", "isActive", "active")
+        if is_active is None and status in _INACTIVE_STATUSES:
+            is_active = False
+        elif is_active is None and status in ("active", "enabled"):
+            is_active = True
+        is_deleted = _flag(item, "is_deleted", "isDeleted", "deleted")
+        if is_deleted is None and status in ("deleted", "removed"):
+            is_deleted = True
+        page.append((fingerprint, Agent(
+            email=email.lower(),
+            is_active=is_active,
+            is_deleted=is_deleted,
+            name=scrub(str(name), list(secrets)) if name else None,
+        )))  # fmt: skip
+    return page
+
+
+# An agent's ``status`` that says it cannot take customers (when no is_active flag says so).
+_INACTIVE_STATUSES = ("inactive", "disabled", "deactivated", "suspended", "locked", "blocked")
+_YES = ("true", "1", "yes", "y")
+_NO = ("false", "0", "no", "n")
 
 
 def _find_list(payload: Any, depth: int = 0) -> list | None:
@@ -315,22 +335,28 @@ def _find_list(payload: Any, depth: int = 0) -> list | None:
     if isinstance(payload, list):
         return payload
     if isinstance(payload, dict) and depth < 2:
+        empty = False
         for key in AGENT_LIST_KEYS:
-            if key in payload:
-                found = _find_list(payload[key], depth + 1)
-                if found is not None:
-                    return found
+            if payload.get(key) is None:
+                empty = empty or key in payload  # ``"data": null``: look at the other keys
+                continue
+            found = _find_list(payload[key], depth + 1)
+            if found is not None:
+                return found
+        if empty:
+            return []
     return None
 
 
 def _flag(item: dict, *names: str) -> bool | None:
-    """A yes/no field, tolerant of 0/1 and "true"/"false"; None when absent or unreadable."""
+    """A yes/no field, tolerant of 0/1, "true"/"false" and "yes"/"no"; None when absent or
+    unreadable."""
     for name in names:
         value = item.get(name)
         if isinstance(value, bool):
             return value
-        if isinstance(value, int) and value in (0, 1):
+        if isinstance(value, int | float) and value in (0, 1):
             return bool(value)
-        if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
-            return value.strip().lower() in ("true", "1")
+        if isinstance(value, str) and value.strip().lower() in (*_YES, *_NO):
+            return value.strip().lower() in _YES
     return None

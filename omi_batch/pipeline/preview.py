@@ -85,8 +85,8 @@ class Previewing(Work):
                 "batch was created (fix the file, or --no-check-agents to skip this check)",
                 problems,
             )
-        for warning in warnings:
-            log.warning("%s", warning.message)
+        for warning in warnings:  # logged once: the CLI shows the log, a job writes it
+            log.warning("%s: %s", warning.code, warning.message)
             plan.warnings.append(warning)
         return warnings
 

@@ -35,6 +35,7 @@ from omi_batch.roster.checks import (
     _RowChecker,
     _scope_of,
     escape,
+    normalized_email,
 )
 from omi_batch.roster.plan import (
     ALIASES,
@@ -55,7 +56,7 @@ from omi_batch.tables import Problem, TableError, open_table
 __all__ = [
     "ALIASES", "BOOLEANS", "FIELDS", "MAX_CELL", "MAX_CONV_IDS_CELL", "MAX_NOTE", "MAX_PROBLEMS",
     "REQUIRED", "SCOPE_ALIASES", "SCOPES", "_FAST_EMAIL", "Plan", "Problem", "Transfer",
-    "_fast_valid", "escape", "read_plan",
+    "_fast_valid", "escape", "normalized_email", "read_plan",
 ]  # fmt: skip
 
 

@@ -298,6 +298,14 @@ def _normalized_email(email: str) -> tuple[str, bool]:
         return email, False
 
 
+def normalized_email(text: str) -> str:
+    """The form two addresses are compared in: stripped, lower case and, for a valid one, as
+    email-validator normalizes it (NFC, one spelling of an internationalized domain), with no
+    DNS; an invalid one is only stripped and lowered. The plan's addresses are in this form."""
+    email = text.strip().lower()
+    return _normalized_email(email)[0].lower()
+
+
 def _valid_email(email: str) -> bool:
     """Email syntax as email-validator sees it, with no DNS. Plain ASCII addresses that are
     surely valid skip email-validator (it costs ~20 µs each; a big file has many)."""
