@@ -6,9 +6,10 @@ Secrets are wrapped in :class:`Secret` so that no ``repr``, log line or exceptio
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from urllib.parse import quote, quote_plus, urlsplit
 
 from omi_batch.errors import ConfigError
 
@@ -126,8 +127,22 @@ def parse_auth(value: str | None) -> str:
 
 
 def scrub(text: str, secrets: list[str]) -> str:
-    """Replace every secret value in ``text`` with ``***``."""
+    """Replace every secret value in ``text`` with ``***``, also as a URL would spell it
+    (the key travels in ``/api/auth``'s query string, and OMI may echo the request)."""
     for value in secrets:
         if value:
-            text = text.replace(value, "***")
+            for spelling in spellings(value):
+                text = text.replace(spelling, "***")
     return text
+
+
+_PERCENT = re.compile(r"%[0-9A-F]{2}")
+
+
+def spellings(value: str) -> list[str]:
+    """``value`` and its URL-encoded spellings (``quote``, ``quote_plus``, lower-case hex),
+    the longest first: every way a secret may come back in an echoed URL."""
+    found = {value}
+    for encoded in (quote(value, safe=""), quote(value), quote_plus(value)):
+        found.update((encoded, _PERCENT.sub(lambda m: m.group(0).lower(), encoded)))
+    return sorted(found, key=len, reverse=True)

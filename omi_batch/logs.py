@@ -55,9 +55,11 @@ class _Secrets:
         text = getattr(value, "value", value)
         if not isinstance(text, str) or len(text.strip()) < _MIN_SECRET:
             return
+        from omi_batch.config import spellings
+
         with self._lock:
             if text not in self.values:
-                self.values = tuple(sorted({*self.values, text}, key=len, reverse=True))
+                self.values = tuple(sorted({*self.values, *spellings(text)}, key=len, reverse=True))
 
     def scrub(self, text: str, batch: str | None = None, row: Any = None) -> str:
         for value in self.values:

@@ -128,3 +128,67 @@ def test_an_unknown_auth_mode_is_a_config_error():
     )
     with pytest.raises(ConfigError):
         OmiClient("http://127.0.0.1:9", Secret(API_KEY), auth="basic")
+
+
+def refusal(status: int, code: str, echo: str = "") -> dict:
+    body = {"status_code": -9999, "message": code, "payload": {"message": echo}}
+    return {"status": status, "body": body}
+
+
+def token_answer(value: str) -> dict:
+    return {"status": 200, "body": {"status_code": 9999, "payload": {"access_token": value}}}
+
+
+def test_a_refused_refresh_is_asked_once_not_once_per_waiting_request(make_simulator):
+    # A refused key must not be tried again by every request that was waiting for the token
+    # (each a refused key call OMI may count towards locking the key).
+    sim, server = make_simulator(auth="bearer", refuse_token_after=1)
+    with OmiClient(server.url, Secret(API_KEY), auth="bearer") as client:
+        preview(client)
+        sim.expire_tokens()
+        for _ in range(3):  # three requests, one after another, each told the token expired
+            with pytest.raises(AuthError) as caught:
+                preview(client)
+            assert caught.value.exit_code == 3 and caught.value.endpoint == AUTH_PATH
+    assert [p for _, p, s in requests_to(sim) if p == AUTH_PATH] == [AUTH_PATH, AUTH_PATH]
+
+
+@pytest.mark.parametrize("key", ["accessToken", "token"])
+def test_the_token_is_read_under_its_other_spellings(make_simulator, key):
+    sim, server = make_simulator(auth="bearer")
+    with OmiClient(server.url, Secret(API_KEY), auth="bearer") as client:
+        sim.script({"status": 200, "body": {"status_code": 9999, "payload": {key: "tk-other"}}})
+        assert preview(client) == sim.count(SOURCE, TARGET)
+    # the scripted token was read and sent (the simulator, not knowing it, said 401), then the
+    # simulator's own; before, the answer was "bad_token: the answer has no access_token"
+    assert requests_to(sim) == [("GET", AUTH_PATH, 200), ("POST", TRANSFER_PATH, 401),
+                                ("GET", AUTH_PATH, 200), ("POST", TRANSFER_PATH, 200)]  # fmt: skip
+
+
+def test_a_token_another_request_fetched_is_scrubbed_from_this_ones_answers(make_simulator):
+    # Request A is retrying a 500 when request B refreshes the token; A's next attempt carries
+    # the new token, and OMI echoes it: A's attempt must not keep it.
+    sim, server = make_simulator(auth="both")
+    new_token = "tk-refreshed-by-another-request-7f3a"
+    attempts: list[Attempt] = []
+
+    def on_attempt(attempt: Attempt) -> None:
+        attempts.append(attempt)
+        if len(attempts) == 2:  # A's first attempt failed: B runs now, refreshing the token
+            preview(client)
+
+    with OmiClient(server.url, Secret(API_KEY), auth="bearer", on_attempt=on_attempt,
+                   sleep=lambda s: None) as client:  # fmt: skip
+        sim.script(
+            token_answer("tk-first-token-0001"),
+            refusal(500, "internal_error"),  # A, attempt 1
+            refusal(401, "token_expired"),  # B, attempt 1
+            token_answer(new_token),  # B's refresh
+            {"status": 200, "body": {"status_code": 9999, "payload": {"updatedRecords": 1}}},
+            refusal(500, "internal_error", f"upstream failed for Bearer {new_token}"),  # A, 2
+            {"status": 200, "body": {"status_code": 9999, "payload": {"updatedRecords": 1}}},
+        )
+        assert preview(client) == 1
+    messages = [a.message or "" for a in attempts]
+    assert any("upstream failed for Bearer ***" in m for m in messages), messages
+    assert not any(new_token in m for m in messages)

@@ -197,17 +197,13 @@ def test_a_limit_above_the_ceiling_is_never_met(make_simulator):
     assert sim.stats["refused"] == 0 and limiter.slow_downs == 0
 
 
-def test_a_rate_limit_fails_the_call_only_after_the_rate_limit_total(make_simulator):
-    sim, server = make_simulator()
+def refused_call(
+    server, policy: RetryPolicy
+) -> tuple[RateLimited, list, FakeTime, AdaptiveLimiter]:
+    """One preview against a simulator scripted to refuse it (429s), on a
+    fake clock: the RateLimited it ends with, its attempts, the clock, the limiter."""
     time = FakeTime()
     limiter = AdaptiveLimiter(ceiling=20, clock=time.clock, sleep=time.sleep)
-    refusal = {
-        "status": 429,
-        "body": {"status_code": -9999, "message": "rate_limit_exceeded", "payload": None},
-        "headers": {"Retry-After": "2"},
-    }
-    sim.script(*[refusal] * 30)
-    policy = RetryPolicy(max_attempts=2, max_total=1, rate_limit_total=10)
     attempts: list = []
     with (
         OmiClient(
@@ -216,7 +212,23 @@ def test_a_rate_limit_fails_the_call_only_after_the_rate_limit_total(make_simula
         pytest.raises(RateLimited) as caught,
     ):
         client.transfer_conversations("a@x.vn", "b@x.vn", preview=True)
-    assert caught.value.kind == "rate_limited" and caught.value.exit_code == 1
+    return caught.value, attempts, time, limiter
+
+
+def too_many(retry_after: str) -> dict:
+    return {
+        "status": 429,
+        "body": {"status_code": -9999, "message": "rate_limit_exceeded", "payload": None},
+        "headers": {"Retry-After": retry_after},
+    }
+
+
+def test_a_rate_limit_fails_the_call_only_after_the_rate_limit_total(make_simulator):
+    sim, server = make_simulator()
+    sim.script(*[too_many("2")] * 30)
+    policy = RetryPolicy(max_attempts=2, max_total=1, rate_limit_total=10)
+    error, attempts, time, _ = refused_call(server, policy)
+    assert error.kind == "rate_limited" and error.exit_code == 1
     assert 3 <= len(attempts) < 30  # more than max_attempts: a 429 is not a row's error
     assert all(a.error == "rate_limited" for a in attempts)
     assert time.slept >= 2.0 * (len(attempts) - 1)  # every Retry-After waited, for all
@@ -248,3 +260,17 @@ def test_a_run_under_a_hidden_limit_succeeds_and_records_each_slow_down_once(
     refused = sim.stats["refused"]
     assert 1 <= len(slowed) <= refused <= 6  # one event per slow-down, never one per refusal
     assert all(e["data"]["rate_after"] < e["data"]["rate_before"] for e in slowed)
+
+
+@pytest.mark.parametrize("retry_after", ["100000", "Wed, 21 Oct 2099 07:28:00 GMT"])
+def test_a_retry_after_past_the_budget_fails_the_call_at_once_and_pauses_no_longer(
+    make_simulator, retry_after
+):
+    # A Retry-After of 27 hours would have frozen every sender that long, silently.
+    sim, server = make_simulator()
+    sim.script(too_many(retry_after))
+    error, attempts, time, limiter = refused_call(server, RetryPolicy(rate_limit_total=300))
+    assert error.kind == "rate_limited"
+    assert len(attempts) == 1 and time.slept < 1  # given up at once: not worth waiting for
+    limiter.acquire()  # the next sender waits out the pause, bounded by the budget
+    assert 299 <= time.slept <= 301

@@ -6,12 +6,13 @@ from __future__ import annotations
 import logging
 import pickle
 import random
+import re
 import socket
 
 import pytest
 from helpers import API_KEY
 
-from omi_batch.client import Attempt, OmiClient, RetryPolicy
+from omi_batch.client import Attempt, AuthError, OmiClient, RetryPolicy
 from omi_batch.config import Secret
 from omi_batch.errors import OmiBatchError
 
@@ -198,3 +199,28 @@ def test_the_key_in_the_token_request_shows_nowhere(make_simulator, caplog):
         for record in caplog.records:
             assert secret not in record.getMessage() and secret not in repr(record.args)
         assert not any(secret in repr(event) for event in sim.events)
+
+
+@pytest.mark.parametrize("spelling", ["quote", "quote_plus", "lower-case hex"])
+def test_the_key_echoed_url_encoded_shows_nowhere(make_simulator, spelling):
+    # The key travels in /api/auth's query string; OMI echoing the request quotes it encoded.
+    from urllib.parse import quote, quote_plus
+
+    key = "k3y+/=abcDEF-with-url-signs"
+    encoded = {"quote": quote(key, safe=""), "quote_plus": quote_plus(key),
+               "lower-case hex": re.sub("%[0-9A-F]{2}", lambda m: m[0].lower(), quote(key, safe=""))}[
+        spelling
+    ]  # fmt: skip
+    sim, server = make_simulator(auth="bearer", api_key=key)
+    body = {"status_code": -9999, "message": "api_key_invalid",
+            "payload": {"message": f"no such key in /api/auth?apiKey={encoded}"}}  # fmt: skip
+    sim.script({"status": 401, "body": body})
+    with (
+        OmiClient(server.url, Secret(key), auth="bearer") as client,
+        pytest.raises(AuthError) as caught,
+    ):
+        client.transfer_conversations("lan.nguyen@example.vn", "minh.tran@example.vn",
+                                      preview=True)  # fmt: skip
+    text = str(caught.value)
+    assert "no such key in /api/auth?apiKey=***" in text, text
+    assert encoded not in text and key not in text

@@ -263,9 +263,13 @@ def _list_payload(http_status: int, envelope: dict, secrets: Sequence[str]) -> l
 
 
 def _token_payload(http_status: int, envelope: dict, secrets: Sequence[str]) -> Secret:
-    """The Bearer token in ``/api/auth``'s payload (``access_token``), as a Secret."""
+    """The Bearer token in ``/api/auth``'s payload (``access_token``; ``accessToken`` or
+    ``token`` too, as other spellings of this API vary), as a Secret."""
     payload = envelope.get("payload")
-    token = payload.get("access_token") if isinstance(payload, dict) else None
+    token = None
+    if isinstance(payload, dict):
+        token = next((payload[k] for k in ("access_token", "accessToken", "token")
+                      if isinstance(payload.get(k), str) and payload[k].strip()), None)  # fmt: skip
     if not isinstance(token, str) or not token.strip():
         raise ApiError(http_status, "bad_token", "the answer has no access_token")
     return Secret(token.strip())

@@ -224,6 +224,7 @@ class Transport:
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._token: Secret | None = None
+        self._token_refused: AuthError | None = None  # OMI refused the key a token: final
         self._token_lock = threading.Lock()
         self.directory_auth = self.auth  # becomes "bearer" if the directory refuses the key
         self._session = _session_for(base_url)
@@ -250,8 +251,22 @@ class Transport:
         """The current Bearer token, fetched now if there is none (one thread fetches)."""
         with self._token_lock:
             if self._token is None:
-                self._token = self._fetch_token(call)
+                self._token = self._fetch_token_once(call)
             return self._token
+
+    def _fetch_token_once(self, call: _Call) -> Secret:
+        """:meth:`_fetch_token` (token lock held), unless OMI already refused the key: then
+        that refusal again, without asking (one refused key call per run, not one per
+        thread)."""
+        refused = self._token_refused
+        if refused is not None:
+            raise AuthError(refused.http_status, refused.code, refused.text,
+                            endpoint=AUTH_PATH)  # fmt: skip
+        try:
+            return self._fetch_token(call)
+        except AuthError as error:
+            self._token_refused = error
+            raise
 
     def _refresh(self, call: _Call) -> None:
         """Forget the token ``call`` was refused with and fetch a new one, unless another
@@ -259,7 +274,7 @@ class Transport:
         with self._token_lock:
             if self._token is None or self._token == call.token:
                 self._token = None
-                self._token = self._fetch_token(call)
+                self._token = self._fetch_token_once(call)
 
     def _fetch_token(self, call: _Call) -> Secret:
         """``GET /api/auth?apiKey=KEY``: the key travels in the query string, so the URL is
@@ -375,7 +390,8 @@ class Transport:
         upcoming = rs.upcoming_sleep or 0.0
         if isinstance(exc, AuthError):  # retryable only for its one token refresh
             return False
-        if isinstance(exc, RateLimited):
+        if isinstance(exc, RateLimited):  # a Retry-After past the budget: give up now
+            upcoming = max(upcoming, exc.retry_after or 0.0)
             return call.limited_for + upcoming > self.retry.rate_limit_total
         if rs.attempt_number - call.free_attempts >= self.retry.max_attempts:
             return True
@@ -392,6 +408,8 @@ class Transport:
     def _headers(self, call: _Call) -> dict[str, str]:
         if call.auth == "bearer":
             call.token = self._bearer(call)
+            if call.token.value not in call.secrets:  # another thread's refresh: scrub it too
+                call.secrets[:] = _longest_first([*call.secrets, call.token.value])
             return {"Authorization": f"Bearer {call.token.value}"}
         if call.auth == "api-key":
             return {"x-api-key": self._api_key.value}
@@ -472,8 +490,11 @@ class Transport:
                     secrets=call.secrets,
                 )
             except RateLimited as exc:
-                if ticket is not None:
-                    self.limiter.refused(ticket, exc.retry_after, str(exc))  # type: ignore[union-attr]
+                if ticket is not None:  # a pause longer than the budget would freeze the run
+                    pause = exc.retry_after
+                    if pause is not None:
+                        pause = min(pause, self.retry.rate_limit_total)
+                    self.limiter.refused(ticket, pause, str(exc))  # type: ignore[union-attr]
                 if not call.limited:
                     call.limited = True
                 call.free_attempts += 1
