@@ -304,13 +304,16 @@ def test_list_messages_sends_page_and_size(client, sim):
 BAD_ANSWERS = [
     # (answer, class, code, what the message says after "OMI answered <status> <code>")
     ({"status": 401, "body": failure("api_key_is_required")}, AuthError, "api_key_is_required",
-     ": no API key was sent (set OMI_API_KEY)"),
+     ": OMI saw no API key: the key was sent in the x-api-key header; if this OMI wants a "
+     "Bearer token instead, set OMI_AUTH=bearer"),
     ({"status": 403, "body": failure("permission_denied")}, AuthError, "permission_denied",
      ": the API key may not do this (check its rights in the OMI web app)"),
     ({"status": 403, "body": "Forbidden"}, AuthError, "not_json",
      ": answer is not JSON: Forbidden"),
     ({"status": 200, "body": failure("token_expired")}, AuthError, "token_expired",
      ": the credential has expired"),
+    ({"status": 200, "body": failure("auth_invalid")}, AuthError, "auth_invalid",
+     ": the credential was not accepted"),
     ({"status": 200, "body": failure(payload={"error": "source_email_required"})}, ApiError,
      "source_email_required", ""),
     ({"status": 200, "body": failure(payload={"message": "Không tìm thấy"})}, ApiError,

@@ -35,6 +35,12 @@ def test_the_api_key_header_alone_is_refused_where_omi_wants_a_token(make_simula
     with OmiClient(server.url, Secret(API_KEY)) as client, pytest.raises(AuthError) as caught:
         preview(client)
     assert caught.value.exit_code == 3 and caught.value.http_status == 401
+    # the key was set and sent: the message says so and names the other mode
+    assert "no API key was sent" not in str(caught.value)
+    assert str(caught.value) == (
+        "OMI answered 401 auth_invalid: the credential was not accepted (the key was sent in the "
+        "x-api-key header; if this OMI wants a Bearer token instead, set OMI_AUTH=bearer)"
+    )
 
 
 def test_a_token_that_expires_mid_run_is_fetched_again_once(make_simulator):

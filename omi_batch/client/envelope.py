@@ -162,6 +162,8 @@ def _auth_hint(code: str | None) -> str:
         return "the API key was refused (check OMI_API_KEY and OMI_BASE_URL)"
     if code == "token_expired":
         return "the credential has expired"
+    if code == "auth_invalid":
+        return "the credential was not accepted"
     return "the API key may not do this (check its rights in the OMI web app)"
 
 

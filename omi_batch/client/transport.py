@@ -167,6 +167,20 @@ class _Call:
         self.fallback = False  # api-key refused here: try a Bearer token once (directory)
 
 
+def _key_header_refused(exc: AuthError) -> AuthError:
+    """A 401 to the ``x-api-key`` header, told with what was sent: OMI's own pages document
+    the header, its own client a Bearer token, so the other mode is the first thing to try."""
+    hint = ("the key was sent in the x-api-key header; if this OMI wants a Bearer token "
+            "instead, set OMI_AUTH=bearer")  # fmt: skip
+    if exc.code == "api_key_is_required":  # "no API key was sent" is not what happened
+        text = f"OMI saw no API key: {hint}"
+    else:
+        text = f"{exc.text} ({hint})" if exc.text else hint
+    refused = AuthError(exc.http_status, exc.code, text, endpoint=exc.endpoint)
+    refused.outcome_unknown, refused.reached = exc.outcome_unknown, exc.reached
+    return refused
+
+
 def _session_for(base_url: str) -> requests.Session:
     """A Session whose environment settings (HTTP(S)_PROXY, NO_PROXY, REQUESTS_CA_BUNDLE /
     CURL_CA_BUNDLE) are read once, here, for ``base_url``, instead of on every request.
@@ -565,6 +579,8 @@ class Transport:
             call.refreshed = call.refresh_pending = True
         elif call.auth == "api-key" and call.fallback:
             call.auth, call.refreshed = "bearer", True  # the first token is fetched next
+        elif call.auth == "api-key" and exc.http_status == 401 and exc.code != "api_key_invalid":
+            return _key_header_refused(exc)  # not "wrong key": perhaps the wrong mode
         else:
             return exc
         call.free_attempts += 1
