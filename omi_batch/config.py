@@ -5,6 +5,7 @@ Secrets are wrapped in :class:`Secret` so that no ``repr``, log line or exceptio
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Mapping
@@ -139,10 +140,11 @@ def scrub(text: str, secrets: list[str]) -> str:
 _PERCENT = re.compile(r"%[0-9A-F]{2}")
 
 
-def spellings(value: str) -> list[str]:
+@functools.lru_cache(maxsize=256)  # scrubbed on every answer: the same few values each time
+def spellings(value: str) -> tuple[str, ...]:
     """``value`` and its URL-encoded spellings (``quote``, ``quote_plus``, lower-case hex),
     the longest first: every way a secret may come back in an echoed URL."""
     found = {value}
     for encoded in (quote(value, safe=""), quote(value), quote_plus(value)):
         found.update((encoded, _PERCENT.sub(lambda m: m.group(0).lower(), encoded)))
-    return sorted(found, key=len, reverse=True)
+    return tuple(sorted(found, key=len, reverse=True))
