@@ -10,9 +10,11 @@ a plan naming at most ``KEYWORD_MAX`` agents searches each by ``keyword`` (one r
 agent when OMI finds it); a bigger plan pages through the whole directory once (one request per
 50 agents, plus the empty page that ends it). An agent a keyword search did not find is looked
 for in the whole directory before it is called missing, since OMI's keyword may match names
-only. If the directory cannot be read (unreachable, refused, ``permission_denied``, an answer
-we cannot read), the check says so in one warning and the run goes on: the preview still
-catches agents OMI does not know.
+only. Addresses are compared in the plan's normalized form (``roster.normalized_email``); an
+agent listed twice counts as its best entry; a directory whose paging cannot be followed (OMI
+repeating a full page) cannot be read. If the directory cannot be read (unreachable, refused,
+``permission_denied``, an answer we cannot read), the check says so in one warning and the run
+goes on: the preview still catches agents OMI does not know.
 """
 
 from __future__ import annotations
