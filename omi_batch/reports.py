@@ -17,6 +17,7 @@ import pandas as pd
 
 from omi_batch.errors import UsageError
 from omi_batch.states import (
+    APPROVED,
     CONVERSATIONS,
     NEEDS_REVIEW,
     PROBLEMS,
@@ -287,9 +288,17 @@ def results_frame(rows: list[dict], head: str | None = None) -> pd.DataFrame:
     return frame
 
 
+# The results report's word for an approved transfer nothing has sent yet ("skipped" alone
+# would read as left out on purpose): a run stopped before it, or execute not run yet.
+NOT_SENT = "approved, not sent yet: omi-batch execute BATCH sends it"
+
+
 def _error(row: dict) -> str:
-    """The transfer's error for the results report; one flagged for review always says so."""
+    """The transfer's error for the results report; one flagged for review always says so,
+    an approved one nothing sent yet says that (:data:`NOT_SENT`)."""
     text = row["error"] or row["preview_error"] or ""
+    if not text and row["state"] == APPROVED:
+        text = NOT_SENT.replace("BATCH", str(row["batch_id"]))
     if row.get("needs_review") and not text.startswith(f"{NEEDS_REVIEW}:"):
         text = review_error(text)
     return text

@@ -733,6 +733,30 @@ def test_a_key_revoked_mid_execute_puts_the_row_back_and_stops(
     assert kinds[-2:] == ["submitted", "submit_refused"] or kinds[-3:-1] == ["submitted", "attempt"]
 
 
+def test_the_results_report_says_an_approved_row_was_not_sent_yet(
+    make_simulator, tmp_path, csv_file, make_stack
+):
+    # "skipped" alone read as left out on purpose, for rows a stopped run never sent.
+    from omi_batch import reports
+    from omi_batch.client import AuthError
+
+    sim, server = make_simulator()
+    stack = make_stack(server, concurrency=1)
+    batch_id = stack.approved(csv_file)
+    sim.script(
+        {"status": 200, "body": {"status_code": 9999, "payload": {"updatedRecords": 1}}},
+        {"status": 401, "body": {"status_code": -9999, "message": "api_key_invalid"}},
+    )  # fmt: skip  (preflight ok, then the first execute is refused)
+    with pytest.raises(AuthError):
+        stack.pipeline.execute(batch_id)
+    frame = reports.results_frame(stack.ledger.rows(batch_id))
+    lines = {r["row"]: (r["status"], r["error"]) for r in frame.to_dict("records")}
+    assert lines[2][0] == "skipped" and lines[2][1].startswith("not started: OMI refused the key")
+    assert {lines[n] for n in lines if n != 2} == {
+        ("skipped", f"approved, not sent yet: omi-batch execute {batch_id} sends it")
+    }
+
+
 # --------------------------------------------------------------------------- resume
 
 
