@@ -290,7 +290,7 @@ def results_frame(rows: list[dict], head: str | None = None) -> pd.DataFrame:
 
 # The results report's word for an approved transfer nothing has sent yet ("skipped" alone
 # would read as left out on purpose): a run stopped before it, or execute not run yet.
-NOT_SENT = "approved, not sent yet: omi-batch execute BATCH sends it"
+NOT_SENT = "approved, not sent yet: omi-batch execute {batch} sends it"
 
 
 def _error(row: dict) -> str:
@@ -298,7 +298,7 @@ def _error(row: dict) -> str:
     an approved one nothing sent yet says that (:data:`NOT_SENT`)."""
     text = row["error"] or row["preview_error"] or ""
     if not text and row["state"] == APPROVED:
-        text = NOT_SENT.replace("BATCH", str(row["batch_id"]))
+        text = NOT_SENT.format(batch=row["batch_id"])
     if row.get("needs_review") and not text.startswith(f"{NEEDS_REVIEW}:"):
         text = review_error(text)
     return text

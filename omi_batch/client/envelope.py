@@ -272,7 +272,7 @@ def _token_payload(http_status: int, envelope: dict, secrets: Sequence[str]) -> 
     if isinstance(payload, dict):
         token = next((payload[k] for k in ("access_token", "accessToken", "token")
                       if isinstance(payload.get(k), str) and payload[k].strip()), None)  # fmt: skip
-    if not isinstance(token, str) or not token.strip():
+    if token is None:
         raise ApiError(http_status, "bad_token", "the answer has no access_token")
     return Secret(token.strip())
 

@@ -313,8 +313,7 @@ class Transport:
                 f"OMI's answer to the token request is not usable: {error.text or error.code}",
                 endpoint=AUTH_PATH,
             ) from None  # fmt: skip
-        call.secrets[:] = _longest_first([*call.secrets, token.value])
-        return token
+        return token  # scrubbed from every answer of the calls that send it (_headers)
 
     # ----------------------------------------------------------------------- machinery
 

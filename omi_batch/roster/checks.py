@@ -302,8 +302,7 @@ def normalized_email(text: str) -> str:
     """The form two addresses are compared in: stripped, lower case and, for a valid one, as
     email-validator normalizes it (NFC, one spelling of an internationalized domain), with no
     DNS; an invalid one is only stripped and lowered. The plan's addresses are in this form."""
-    email = text.strip().lower()
-    return _normalized_email(email)[0].lower()
+    return _normalized_email(text.strip().lower())[0]
 
 
 def _valid_email(email: str) -> bool:
