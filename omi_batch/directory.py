@@ -20,7 +20,7 @@ goes on: the preview still catches agents OMI does not know.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from omi_batch.client import Agent, ApiError, OmiClient
 from omi_batch.roster import Plan, Problem, normalized_email
@@ -35,21 +35,26 @@ PAGE_SIZE = 50
 
 CODES = ("source_not_found", "target_not_found", "target_inactive", "target_deleted")
 WARNING = "directory_unavailable"
+PHASE = "directory"  # what progress bars call the look-up
 
 
 def check_agents(
-    plan: Plan, client: OmiClient, *, context: dict | None = None
+    plan: Plan, client: OmiClient, *, context: dict | None = None, progress: Any = None
 ) -> tuple[list[Problem], list[Problem]]:
     """(problems, warnings) from OMI's agent directory for every row of ``plan``: problems
     carry their row number and one of :data:`CODES`; the one possible warning
     (``directory_unavailable``) means the directory could not be read and nothing was checked.
-    ``context`` goes with every attempt (see ``OmiClient.on_attempt``)."""
+    ``context`` goes with every attempt (see ``OmiClient.on_attempt``). ``progress`` (a
+    ``pipeline.outcome.Progress``) is told of each directory entry read (phase :data:`PHASE`,
+    no total: the directory's size is unknown)."""
     sources, targets = plan.sources(), plan.targets()
     wanted = list(dict.fromkeys([*sources, *targets]))
     if not wanted:
         return [], []
+    if progress is not None:
+        progress.start(PHASE, None)
     try:
-        found = look_up(client, wanted, context=context)
+        found = look_up(client, wanted, context=context, progress=progress)
     except ApiError as error:  # AuthError, TransportError, permission_denied, bad answers
         log.debug("agent directory unavailable: %s", error)
         return [], [
@@ -60,11 +65,18 @@ def check_agents(
                 "not checked there; the preview still catches agents OMI does not know",
             )
         ]
+    finally:
+        if progress is not None:
+            progress.done(PHASE)
     return _problems(plan, found), []
 
 
 def look_up(
-    client: OmiClient, emails: Iterable[str], *, context: dict | None = None
+    client: OmiClient,
+    emails: Iterable[str],
+    *,
+    context: dict | None = None,
+    progress: Any = None,
 ) -> dict[str, Agent]:
     """The directory entries of ``emails``, keyed by the address as the plan spells it
     (:func:`~omi_batch.roster.normalized_email`: lower case, NFC, one spelling of an
@@ -77,18 +89,20 @@ def look_up(
     if len(wanted) <= KEYWORD_MAX:
         for email in sorted(wanted):
             for agent in client.list_agents(keyword=email, size=PAGE_SIZE, context=context):
-                _keep(found, wanted, agent)
+                _keep(found, wanted, agent, progress)
                 if email in found and _rank(found[email]) == 0:
                     break  # no entry can be better than one that takes customers
     missing = wanted - set(found)
     if missing:
         for agent in client.list_agents(size=PAGE_SIZE, context=context):
-            _keep(found, missing, agent)
+            _keep(found, missing, agent, progress)
     return found
 
 
-def _keep(found: dict[str, Agent], wanted: set[str], agent: Agent) -> None:
+def _keep(found: dict[str, Agent], wanted: set[str], agent: Agent, progress: Any = None) -> None:
     """Put ``agent`` in ``found`` if it is one of ``wanted`` and better than the entry there."""
+    if progress is not None:
+        progress.advance(PHASE)
     email = normalized_email(agent.email)
     if email in wanted and (email not in found or _rank(agent) < _rank(found[email])):
         found[email] = agent

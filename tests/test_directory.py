@@ -355,3 +355,78 @@ def test_preview_says_the_directory_warning_once_on_stderr(simulator, tmp_path):
         "directory_unavailable: OMI's agent directory could not be read (OMI answered 200 "
         "permission_denied" in done.stderr
     )
+
+
+class Told:
+    """A progress that keeps what it was told, as (what, phase, total or count)."""
+
+    rate = None
+
+    def __init__(self):
+        self.calls: list[tuple] = []
+
+    def start(self, phase, total):
+        self.calls.append(("start", phase, total))
+
+    def advance(self, phase, n=1):
+        self.calls.append(("advance", phase, n))
+
+    def done(self, phase):
+        self.calls.append(("done", phase))
+
+
+def test_the_directory_look_up_tells_progress_of_each_entry_read(make_simulator, tmp_path):
+    sim, server = make_simulator(auth="both", directory_auth="both")
+    rows = [(email(s), email(t)) for s, t in zip(ACTIVE, ACTIVE[1:], strict=False)]
+    told = Told()
+    with OmiClient(server.url, Secret(API_KEY)) as client:
+        assert directory.check_agents(plan_of(tmp_path, rows), client, progress=told) == ([], [])
+    # the whole directory once: its 15 entries, no total known ahead
+    assert told.calls == [("start", "directory", None), *[("advance", "directory", 1)] * 15,
+                          ("done", "directory")]  # fmt: skip
+
+
+def test_a_directory_that_cannot_be_read_still_ends_its_progress(make_simulator, tmp_path):
+    sim, server = make_simulator(auth="both", directory_auth="both")
+    sim.faults.directory_fault = "permission_denied"
+    told = Told()
+    plan = plan_of(tmp_path, [(email("lan.nguyen"), email("minh.tran"))])
+    with OmiClient(server.url, Secret(API_KEY), sleep=lambda s: None) as client:
+        _, warnings = directory.check_agents(plan, client, progress=told)
+    assert [w.code for w in warnings] == ["directory_unavailable"]
+    assert told.calls == [("start", "directory", None), ("done", "directory")]
+
+
+def test_validate_check_agents_on_a_terminal_shows_the_directory_progress(simulator, tmp_path):
+    """What a person at a terminal sees while the directory is read: a bar counting agents
+    (rich draws it only when stderr is a terminal, so it runs under a pseudo-terminal)."""
+    import pty
+    import select
+
+    sim, server = simulator
+    env = dict(os.environ, OMI_BASE_URL=server.url, OMI_API_KEY=API_KEY, COLUMNS="120",
+               PYTHONPATH=str(Path(__file__).resolve().parent.parent))  # fmt: skip
+    rows = [(email(s), email(t)) for s, t in zip(ACTIVE, ACTIVE[1:], strict=False)]
+    args = [sys.executable, "-m", "omi_batch", "validate", write_csv(tmp_path, rows),
+            "--check-agents"]  # fmt: skip
+    leader, follower = pty.openpty()
+    child = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=follower)
+    os.close(follower)
+    seen = b""
+    try:
+        while True:  # bounded: the child ends (its pty closes) or the 60 s select gives up
+            ready, _, _ = select.select([leader], [], [], 60)
+            if not ready:
+                break
+            try:
+                piece = os.read(leader, 4096)
+            except OSError:  # the child closed the terminal
+                break
+            if not piece:
+                break
+            seen += piece
+    finally:
+        os.close(leader)
+        assert child.wait(timeout=60) == 0, seen
+    text = seen.decode("utf-8", "replace")
+    assert "directory" in text and "15/?" in text and "agents/s" in text, text

@@ -253,7 +253,7 @@ def _check_agents(plan) -> None:
     limiter = AdaptiveLimiter()
     with OmiClient(settings.base_url, settings.api_key, auth=settings.auth,
                    limiter=limiter) as client:  # fmt: skip
-        problems, warnings = directory.check_agents(plan, client)
+        problems, warnings = directory.check_agents(plan, client, progress=progress())
     if problems:
         raise InputError(
             f"{len(problems)} problem(s) in OMI's agent directory: nothing was sent", problems

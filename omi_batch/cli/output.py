@@ -151,11 +151,12 @@ class RichProgress:
         from rich.text import Text
 
         class RowsPerSecond(ProgressColumn):
-            """``12.5 rows/s`` once two rows are done (rich's estimate over the last 30 s)."""
+            """``12.5 rows/s`` once two rows are done (rich's estimate over the last 30 s);
+            ``agents/s`` for the directory check."""
 
             def render(self, task: Any) -> Text:
-                speed = task.finished_speed or task.speed
-                return Text("– rows/s" if speed is None else f"{speed:.1f} rows/s",
+                speed, unit = task.finished_speed or task.speed, task.fields["unit"]
+                return Text(f"– {unit}/s" if speed is None else f"{speed:.1f} {unit}/s",
                             style="progress.data.speed")  # fmt: skip
 
         self._bars = Progress(
@@ -165,10 +166,14 @@ class RichProgress:
         )  # fmt: skip
         self._tasks: dict[str, Any] = {}
 
-    def start(self, phase: str, total: int) -> None:
+    def start(self, phase: str, total: int | None) -> None:
+        from omi_batch.directory import PHASE
+
         if not self._tasks:
             self._bars.start()
-        self._tasks[phase] = self._bars.add_task(phase, total=total, rate=self._rate())
+        unit = "agents" if phase == PHASE else "rows"
+        self._tasks[phase] = self._bars.add_task(phase, total=total, rate=self._rate(),
+                                                 unit=unit)  # fmt: skip
 
     def advance(self, phase: str, n: int = 1) -> None:
         if phase in self._tasks:

@@ -19,7 +19,7 @@ class Progress:
 
     rate: Callable[[], float] | None = None
 
-    def start(self, phase: str, total: int) -> None: ...
+    def start(self, phase: str, total: int | None) -> None: ...  # None: not known ahead
 
     def advance(self, phase: str, n: int = 1) -> None: ...
 

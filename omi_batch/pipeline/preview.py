@@ -77,8 +77,9 @@ class Previewing(Work):
         from omi_batch import directory
 
         problems, warnings = directory.check_agents(
-            plan, self.client, context={"phase": "preflight", "batch_id": None, "row": None}
-        )
+            plan, self.client, context={"phase": "preflight", "batch_id": None, "row": None},
+            progress=self.progress,
+        )  # fmt: skip
         if problems:
             raise InputError(
                 f"{len(problems)} problem(s) in OMI's agent directory: nothing was sent and no "
