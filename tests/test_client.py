@@ -197,6 +197,23 @@ def test_a_bad_count_is_an_api_error(client, sim, attempts, payload, shown):
     ]
 
 
+@pytest.mark.parametrize("payload", [{"count": "n/a"}, {"total": -1}, {"updatedRecords": 2.5}])
+@pytest.mark.parametrize("kind", ["conversations", "tickets"])
+def test_an_execute_answer_is_read_for_its_request_id_whatever_count_it_carries(
+    client, sim, payload, kind
+):
+    """OMI accepted the transfer (202 and its requestId): a count-like field it also sent is
+    no reason to call the row failed, as it is for a preview."""
+    sim.script({"status": 202, "body": envelope({"requestId": "req-7", **payload})})
+    send = client.transfer_tickets if kind == "tickets" else client.transfer_conversations
+    result = send("a@example.com", "b@example.com", preview=False)
+    assert (result.request_id, result.count, result.http_status) == ("req-7", None, 202)
+    sim.script({"status": 200, "body": envelope({"requestId": "req-8", **payload})})
+    with pytest.raises(ApiError) as caught:
+        send("a@example.com", "b@example.com", preview=True)
+    assert caught.value.code == "bad_count"
+
+
 def test_execute_answers_202_and_applies_the_transfer(client, sim):
     source, target = sim.moving_pair()
     before = sim.count(source, target)

@@ -16,7 +16,9 @@ from omi_batch.client.envelope import (
     _dict_payload,
     _list_payload,
     _ticket_result,
+    _tickets_started,
     _transfer_result,
+    _transfer_started,
 )
 from omi_batch.client.errors import ApiError
 from omi_batch.client.transport import Transport
@@ -77,7 +79,8 @@ class OmiClient:
             body["convIds"] = [str(c) for c in conv_ids]
         if callback:
             body["callbackResultConfig"] = callback
-        return self.transport.post(TRANSFER_PATH, body, context=context, parse=_transfer_result)
+        parse = _transfer_result if preview else _transfer_started
+        return self.transport.post(TRANSFER_PATH, body, context=context, parse=parse)
 
     def transfer_tickets(
         self,
@@ -99,8 +102,9 @@ class OmiClient:
         }
         if callback:
             body["callbackResultConfig"] = callback
+        parse = _ticket_result if preview else _tickets_started
         return self.transport.post(
-            TICKET_PATH, body, context=context, parse=_ticket_result, denied=TICKETS_DENIED
+            TICKET_PATH, body, context=context, parse=parse, denied=TICKETS_DENIED
         )
 
     def list_agents(

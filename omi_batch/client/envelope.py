@@ -196,15 +196,31 @@ def _ticket_result(http_status: int, envelope: dict, secrets: Sequence[str]) -> 
     return _any_transfer_result(http_status, envelope, secrets, TICKET_PATH)
 
 
+def _transfer_started(http_status: int, envelope: dict, secrets: Sequence[str]) -> TransferResult:
+    return _any_transfer_result(http_status, envelope, secrets, TRANSFER_PATH, preview=False)
+
+
+def _tickets_started(http_status: int, envelope: dict, secrets: Sequence[str]) -> TransferResult:
+    return _any_transfer_result(http_status, envelope, secrets, TICKET_PATH, preview=False)
+
+
 def _any_transfer_result(
-    http_status: int, envelope: dict, secrets: Sequence[str], endpoint: str
-) -> TransferResult:
+    http_status: int, envelope: dict, secrets: Sequence[str], endpoint: str, *,
+    preview: bool = True,
+) -> TransferResult:  # fmt: skip
+    """A transfer's answer. A preview's count must be readable (``bad_count`` otherwise); an
+    execute's answer is read for its ``requestId`` only: OMI accepted the transfer, and a
+    count-like field there that is not a whole number (``"count": "n/a"``) is no reason to
+    call the row failed (its result comes by callback), so such a count is left out."""
     payload = envelope.get("payload")
     try:
         count = read_count(payload)
     except ApiError as exc:
-        text = scrub(exc.text, list(secrets))
-        raise ApiError(http_status, exc.code, text, endpoint=endpoint) from None
+        if not preview:
+            count = None
+        else:
+            text = scrub(exc.text, list(secrets))
+            raise ApiError(http_status, exc.code, text, endpoint=endpoint) from None
     request_id = _request_id(payload)
     if request_id is not None:  # an id is taken from the answer too: never let it carry a secret
         request_id = scrub(request_id, list(secrets))
