@@ -115,6 +115,7 @@ def key(row: Mapping[str, Any]) -> tuple[int, str]:
 # take conversations an earlier ``conv_ids`` row was meant to route elsewhere.
 HOLDING = (FAILED, PREVIEW_FAILED, UNCONFIRMED, SUBMITTED)
 HELD = "held"  # the audit event of a held row, and the first word of its error text
+ACCEPTED = "accepted"  # the audit event that stores an execute's 202 (with its request id if any)
 
 
 def holds(row: Mapping[str, Any]) -> bool:

@@ -216,6 +216,32 @@ def test_a_success_arriving_before_its_202_is_stored_is_held_then_applied(ledger
     assert Spool(spool_path(ledger_path)).count() == 0
 
 
+def test_a_success_whose_202_was_stored_without_a_request_id_is_applied_not_held(
+    ledger, receiver
+):
+    """OMI's 202 carried no requestId (or one under a name we do not read): once that 202 is
+    stored, the row's SUCCESS is applied at once, not held for the whole wait."""
+    batch = make_batch(ledger, rows=1, request_ids=False)
+    ledger.record_step(batch, 2, event="accepted")  # the 202, stored as execute stores it
+    answer = send(receiver, batch, 2, result("req-unseen"))
+    assert (answer.status_code, answer.json()) == (200, {"verdict": "applied"})
+    assert ledger.row(batch, 2)["state"] == "succeeded"
+
+
+def test_a_row_submitted_again_after_a_202_holds_a_success_until_its_new_202(
+    ledger, ledger_path
+):
+    batch = make_batch(ledger, rows=1, request_ids=False)
+    ledger.record_step(batch, 2, event="accepted")  # the first submission's 202
+    ledger.record_step(batch, 2, state="submitted", expect=["submitted"], event="resubmitted")
+    with start(make_app(ledger, SECRET, hold_retry=0.1), "127.0.0.1", 0) as server:
+        answer = send(server, batch, 2, result("req-2"))
+        assert (answer.status_code, answer.json()) == (200, {"verdict": "held"})
+        ledger.record_step(batch, 2, event="accepted")  # the new submission's 202
+        assert wait_until(lambda: ledger.row(batch, 2)["state"] == "succeeded")
+    assert Spool(spool_path(ledger_path)).count() == 0
+
+
 # --------------------------------------------------------------------------- 11: idle connections
 
 

@@ -4,12 +4,13 @@ counted already), and the verdict with the row changes it brings."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
 from omi_batch.ledger.hashing import now
 from omi_batch.ledger.store import Tx
-from omi_batch.states import TICKETS, base_phase, kind_of, phase_of
+from omi_batch.states import ACCEPTED, CONVERSATIONS, TICKETS, base_phase, kind_of, phase_of
 from omi_batch.verdicts import (
     NOT_ACCEPTED,
     REFUSED,
@@ -88,7 +89,7 @@ def judge(
             verdict, changes = "unexpected", foreign_request(current, str(theirs))
             extra = {"reason": "not a request of this row", "row_requests": sorted(given)}
         elif (result.get("status") == "SUCCESS" and not given and may_hold
-              and current["state"] == "submitted"):  # fmt: skip
+              and current["state"] == "submitted" and not accepted(tx, current)):  # fmt: skip
             verdict = HELD  # its row's 202 is not stored yet: nothing written, tried later
         else:
             verdict, changes, extra = judge_execute(
@@ -96,6 +97,27 @@ def judge(
                 counted=counted(tx, batch_id, row, phase),
             )  # fmt: skip
     return current, verdict, changes, extra
+
+
+def accepted(tx: Tx, current: Mapping[str, Any]) -> bool:
+    """Whether the 202 of the row's latest submission is stored: an ``accepted`` event after
+    the event that made it ``submitted``. A SUCCESS for a row with no request id is held only
+    while it is not, so a 202 that carried no request id (or one under a name we do not read)
+    does not hold its callback for the whole wait. Read newest first (``+`` keeps SQLite off
+    the batch index, on the events' id order), so it stops at the row's last few events."""
+    found = tx.execute(
+        'SELECT kind, data FROM events WHERE +batch_id = ? AND +"row" = ? ORDER BY id DESC',
+        (current["batch_id"], current["row"]),
+    )
+    for event, data in found:
+        facts = json.loads(data)
+        if facts.get("kind", CONVERSATIONS) != current["kind"]:
+            continue
+        if event == ACCEPTED:
+            return True
+        if facts.get("to") == "submitted":
+            return False
+    return False
 
 
 def is_duplicate(tx: Tx, key: tuple) -> bool:

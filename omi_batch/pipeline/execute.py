@@ -16,6 +16,7 @@ from omi_batch.pipeline.outcome import BatchLock, NothingApproved, Summary
 from omi_batch.pipeline.preview import Previewing
 from omi_batch.pipeline.work import now_iso
 from omi_batch.states import (
+    ACCEPTED,
     APPROVED,
     CONVERSATIONS,
     DECIDED,
@@ -218,7 +219,7 @@ class Executing(Previewing):
             # e.g. permission_denied on tickets: this transfer fails, the run goes on
             return self._settle(batch_id, row, "failed", str(error))
         # Nothing waits on the 202 but the callback: it joins the callback's commit, or the next.
-        self._step(batch_id, number, event="accepted", phase=phase_of(kind, "execute"),
+        self._step(batch_id, number, event=ACCEPTED, phase=phase_of(kind, "execute"),
                    kind=kind, soon=True,
                    **({"request_id": result.request_id} if result.request_id else {}))  # fmt: skip
         if ahead is not None and has_callback:
