@@ -243,6 +243,48 @@ def test_a_held_row_runs_once_its_blocker_is_reconciled_and_is_no_longer_held(
     assert (row["state"], row["held_by"], row["error"]) == ("succeeded", None, None)
 
 
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        ({"status": "SUCCESS", "payload": {"updatedRecords": "5"}},
+         'needs review: updatedRecords is not a count ("5"); no callback within 3 s could be '
+         "applied: 1 came, kept in the ledger (unexpected)"),
+        ({"status": "COMPLETED", "payload": {"updatedRecords": 5}},
+         "no callback within 3 s could be applied: 1 came, kept in the ledger (unexpected)"),
+        ({"request_id": "snake", "status": "SUCCESS"},
+         "no callback within 3 s could be applied: 1 came, kept in the ledger "
+         "(refused:no_request_id)"),
+    ],
+)  # fmt: skip
+def test_a_row_left_unconfirmed_says_which_callbacks_came_and_keeps_their_review_note(
+    make_simulator, tmp_path, csv_file, make_stack, body, error
+):
+    """A callback came for the row but could not be applied: its row says so, and a review
+    note it left stays, instead of a bare "no callback within N s"."""
+    import threading
+
+    from helpers import send
+
+    sim, server = make_simulator(faults=Faults(drop_callbacks=1.0))  # OMI's own never comes
+    stack = make_stack(server, wait=3)
+    batch_id = stack.pipeline.create_batch(read_plan(csv_file, limit=1))
+    stack.pipeline.preview(batch_id)
+    stack.pipeline.approve(batch_id, approve_all=True)
+
+    def deliver() -> None:  # as OMI would, once the row's 202 is stored
+        if wait_until(lambda: stack.ledger.row(batch_id, 2)["request_id"] is not None):
+            given = stack.ledger.row(batch_id, 2)["request_id"]
+            send(stack.receiver, batch_id, 2, body if "request_id" in body else
+                 {"requestId": given, **body})  # fmt: skip
+
+    sender = threading.Thread(target=deliver)
+    sender.start()
+    stack.pipeline.execute(batch_id)
+    sender.join(timeout=30)
+    row = stack.ledger.row(batch_id, 2)
+    assert (row["state"], row["error"]) == ("unconfirmed", error)
+
+
 # --------------------------------------------------------------------------- preview
 
 

@@ -216,9 +216,7 @@ def test_a_success_arriving_before_its_202_is_stored_is_held_then_applied(ledger
     assert Spool(spool_path(ledger_path)).count() == 0
 
 
-def test_a_success_whose_202_was_stored_without_a_request_id_is_applied_not_held(
-    ledger, receiver
-):
+def test_a_success_whose_202_was_stored_without_a_request_id_is_applied_not_held(ledger, receiver):
     """OMI's 202 carried no requestId (or one under a name we do not read): once that 202 is
     stored, the row's SUCCESS is applied at once, not held for the whole wait."""
     batch = make_batch(ledger, rows=1, request_ids=False)
@@ -228,9 +226,7 @@ def test_a_success_whose_202_was_stored_without_a_request_id_is_applied_not_held
     assert ledger.row(batch, 2)["state"] == "succeeded"
 
 
-def test_a_row_submitted_again_after_a_202_holds_a_success_until_its_new_202(
-    ledger, ledger_path
-):
+def test_a_row_submitted_again_after_a_202_holds_a_success_until_its_new_202(ledger, ledger_path):
     batch = make_batch(ledger, rows=1, request_ids=False)
     ledger.record_step(batch, 2, event="accepted")  # the first submission's 202
     ledger.record_step(batch, 2, state="submitted", expect=["submitted"], event="resubmitted")

@@ -260,6 +260,16 @@ class Callbacks:
         found = self._query(sql + " ORDER BY id LIMIT 1", params)
         return decode_callback(found[0]) if found else None
 
+    def verdicts_since(self, batch_id: str, row: int, phase: str, since: str | None) -> list[str]:
+        """The verdicts of the callbacks stored for that row and phase at or after ``since``
+        (a ledger time; every one when None), in the order received, refused ones too."""
+        found = self._query(
+            'SELECT verdict FROM callbacks WHERE batch_id = ? AND "row" = ? AND phase = ? '
+            "AND received_at >= ? ORDER BY id",
+            (batch_id, int(row), phase, since or ""),
+        )
+        return [c["verdict"] for c in found]
+
     def callbacks(self, batch_id: str | None = None) -> list[dict]:
         """Every stored callback (of one batch, if given), in the order received."""
         if batch_id is None:

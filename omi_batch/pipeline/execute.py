@@ -21,6 +21,7 @@ from omi_batch.states import (
     CONVERSATIONS,
     DECIDED,
     HELD,
+    NEEDS_REVIEW,
     STARTED,
     TICKETS,
     TO_EXECUTE,
@@ -234,7 +235,7 @@ class Executing(Previewing):
             return done
         if self._stop.is_set():  # interrupted: the row stays submitted; a re-run resumes it
             return self.ledger.row(batch_id, number, kind)
-        return self._settle(batch_id, row, "unconfirmed", f"no callback within {self.wait:g} s")
+        return self._settle(batch_id, row, "unconfirmed", self._no_callback(batch_id, row))
 
     def _unsubmit(self, batch_id: str, row: dict, error: str) -> None:
         """OMI surely started nothing: put the row back where it was before this submit."""
@@ -252,9 +253,25 @@ class Executing(Previewing):
         row = self.ledger.row(batch_id, number, kind)
         return row if row["state"] != "submitted" else None
 
-    def _settle(self, batch_id: str, row: dict, state: str, error: str) -> dict:
-        """Move a submitted transfer to ``state`` unless a callback decided it meanwhile."""
+    def _no_callback(self, batch_id: str, row: dict) -> str:
+        """Why a submitted row is left unconfirmed after the wait: no callback came, or those
+        that came (refused, or kept without being applied) are named by their verdicts."""
+        text = f"no callback within {self.wait:g} s"
         number, kind = row["row"], row["kind"]
+        since = self.ledger.row(batch_id, number, kind)["submitted_at"]
+        came = self.ledger.verdicts_since(batch_id, number, phase_of(kind, "execute"), since)
+        if came:
+            text = (f"no callback within {self.wait:g} s could be applied: {len(came)} came, "
+                    f"kept in the ledger ({', '.join(dict.fromkeys(came))})")  # fmt: skip
+        return text
+
+    def _settle(self, batch_id: str, row: dict, state: str, error: str) -> dict:
+        """Move a submitted transfer to ``state`` unless a callback decided it meanwhile. A
+        review note a callback left in the row's error (``needs review: …``) is kept first."""
+        number, kind = row["row"], row["kind"]
+        before = self.ledger.row(batch_id, number, kind)["error"] or ""
+        if before.startswith(f"{NEEDS_REVIEW}:"):
+            error = f"{before}; {error}"
         done = {"completed_at": now_iso()} if state == "failed" else {}
         try:
             self._step(batch_id, number, state=state, event=state, expect=["submitted"],
