@@ -285,6 +285,31 @@ def test_a_row_left_unconfirmed_says_which_callbacks_came_and_keeps_their_review
     assert (row["state"], row["error"]) == ("unconfirmed", error)
 
 
+def test_a_transfer_applied_by_an_attempt_whose_answer_was_lost_counts_what_it_moved(
+    make_simulator, tmp_path, csv_file, make_stack
+):
+    """OMI applied the first attempt but its answer was lost (reset); the retry moved nothing
+    more. The first attempt's SUCCESS names a request id we were never given: it is this
+    row's all the same (what it moved counts, nothing flagged), and the run does not end with
+    it left in the spool."""
+    sim, server = make_simulator()
+    stack = make_stack(server, wait=10)
+    batch_id = stack.pipeline.create_batch(read_plan(csv_file, limit=1))
+    stack.pipeline.preview(batch_id)
+    stack.pipeline.approve(batch_id, approve_all=True)
+    previewed = stack.ledger.row(batch_id, 2)["conversations_previewed"]
+    assert previewed > 0
+    sim.script({"apply": True}, {"apply": True, "reset": True})  # the preflight; then lost
+    stack.pipeline.execute(batch_id)
+    row = stack.ledger.row(batch_id, 2)
+    assert (row["state"], row["updated_records"], row["needs_review"], row["error"]) == (
+        "succeeded", previewed, False, None)  # fmt: skip
+    assert execute_requests(sim)[2] == 2
+    verdicts = sorted(c["verdict"] for c in stack.ledger.callbacks(batch_id))
+    assert verdicts == ["applied", "confirmed"]
+    assert Spool(spool_path(tmp_path / "ledger.db")).count() == 0
+
+
 # --------------------------------------------------------------------------- preview
 
 

@@ -84,8 +84,9 @@ def judge(
         if (
             result.get("status") == "SUCCESS"
             and theirs not in given
-            and (given or names_another_row(tx, current, theirs))
-        ):
+            and (names_another_row(tx, current, theirs)
+                 or (given and not unanswered_attempt(tx, current)))
+        ):  # fmt: skip
             verdict, changes = "unexpected", foreign_request(current, str(theirs))
             extra = {"reason": "not a request of this row", "row_requests": sorted(given)}
         elif (result.get("status") == "SUCCESS" and not given and may_hold
@@ -97,6 +98,19 @@ def judge(
                 counted=counted(tx, batch_id, row, phase),
             )  # fmt: skip
     return current, verdict, changes, extra
+
+
+def unanswered_attempt(tx: Tx, current: Mapping[str, Any]) -> bool:
+    """Whether an execute attempt of the row may have been applied without telling us its
+    request id (a timeout or reset after sending, a 5xx): a SUCCESS naming a request id we were
+    never given (and no other transfer was) is then most likely that attempt's own, and counts
+    for the row like any other of its requests, instead of being called another's."""
+    found = tx.one(
+        'SELECT id FROM attempts WHERE batch_id = ? AND "row" = ? AND phase = ? '
+        "AND outcome_unknown = 1 LIMIT 1",
+        (current["batch_id"], current["row"], execute_phase(current)),
+    )
+    return found is not None
 
 
 def accepted(tx: Tx, current: Mapping[str, Any]) -> bool:

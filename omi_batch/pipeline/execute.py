@@ -4,7 +4,9 @@ settling what never came, reconcile, and the result reports."""
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,8 @@ from omi_batch.states import (
     phase_of,
     uncovered_by,
 )
+
+SPOOL_SETTLE = 5.0  # seconds execute waits at its end for the batch's callbacks in the spool
 
 
 class Executing(Previewing):
@@ -109,7 +113,28 @@ class Executing(Previewing):
         self._pool("execute", len(rows), [
             lambda: self._execute_groups(batch_id, _Ahead(feed, lock)) for _ in range(workers)
         ])  # fmt: skip
+        self._await_spool(batch_id)
         return Summary(batch_id, counts=count_states(self.ledger.rows(batch_id)))
+
+    def _await_spool(self, batch_id: str) -> None:
+        """Wait (at most :data:`SPOOL_SETTLE` seconds) until the receiver's spool holds no
+        callback of the batch: one held until its row's 202 was stored (the first attempt's,
+        whose answer was lost, after the retry's own was applied) is applied within a second
+        or so, and the reports must count what it moved, not end with it left behind."""
+        from omi_batch.spool import Spool, spool_path
+
+        spool = Spool(spool_path(self.ledger.path))
+        try:
+            deadline = time.monotonic() + SPOOL_SETTLE
+            while not self._stop.is_set() and time.monotonic() < deadline:
+                if not any(e.callback.get("batch_id") == batch_id
+                           for e in spool.pending(10_000, due=False)):  # fmt: skip
+                    return
+                time.sleep(0.05)
+        except (OSError, sqlite3.Error):  # a spool we cannot read: the receiver's to apply
+            return
+        finally:
+            spool.close()
 
     def _execute_groups(self, batch_id: str, ahead: _Ahead) -> None:
         """One worker of execute: source after source from the shared feed, until none is
