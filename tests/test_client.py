@@ -152,6 +152,8 @@ def test_async_preview_returns_only_a_request_id(make_simulator):
         ({"total": 0}, 0),
         ({"count": 6}, 6),
         ({"updatedRecords": None, "total": 3}, 3),
+        ({"updatedRecords": 0, "totalRecords": 5}, 5),  # they differ: the largest
+        ({"total": 7, "count": 2}, 7),
         (9, 9),
         ({"requestId": "r-2"}, None),
         (None, None),

@@ -672,6 +672,29 @@ def test_reconcile_keeps_a_row_unconfirmed_while_something_is_left_to_move(
     )
 
 
+def test_reconcile_is_not_fooled_by_a_zero_beside_a_count_still_to_move(
+    make_simulator, tmp_path, csv_file, make_stack
+):
+    """A preview answer giving ``updatedRecords: 0`` beside ``totalRecords: 5``: five are
+    still to move, so the row is not verified."""
+    sim, server = make_simulator()
+    stack = make_stack(server, wait=0.2)
+    batch_id = stack.pipeline.create_batch(read_plan(csv_file, limit=1))
+    stack.pipeline.preview(batch_id)
+    stack.pipeline.approve(batch_id, approve_all=True)
+    sim.script({"apply": True}, {"status": 202, "body": {"instance_id": "stg", "status_code": 9999,
+                                                         "payload": {"requestId": "never-done"}}})  # fmt: skip
+    stack.pipeline.execute(batch_id)
+    assert stack.ledger.row(batch_id, 2)["state"] == "unconfirmed"
+    both = {"updatedRecords": 0, "totalRecords": 5, "requestId": "p-1"}
+    sim.script({"apply": True}, {"body": {"instance_id": "stg", "status_code": 9999,
+                                          "payload": both}})  # fmt: skip
+    stack.pipeline.reconcile(batch_id)
+    row = stack.ledger.row(batch_id, 2)
+    assert (row["state"], row["error"]) == (
+        "unconfirmed", "reconcile: 5 conversation(s) still to move")  # fmt: skip
+
+
 def test_without_a_webhook_execute_still_runs_and_rows_end_unconfirmed(
     runner, env, csv_file, ledger_path, reports_dir
 ):

@@ -174,18 +174,22 @@ COUNT_FIELDS = ("updatedRecords", "totalRecords", "total", "count")
 def read_count(payload: Any) -> int | None:
     """The preview count in a transfer's payload by the one count rule (``whole_count``), or
     None when there is none (it will come by callback). Raises ApiError("bad_count") for a
-    negative or non-integer count."""
+    negative or non-integer count. When several of :data:`COUNT_FIELDS` are given and differ
+    (``updatedRecords: 0`` beside ``totalRecords: 5``), the largest is the count: a preview
+    must never say less is left than OMI said, or reconcile would call a row done that is
+    not."""
     if isinstance(payload, dict):
-        value = next((payload[k] for k in COUNT_FIELDS if payload.get(k) is not None), None)
+        values = [payload[k] for k in COUNT_FIELDS if payload.get(k) is not None]
     else:
-        value = payload
-    if value is None:
-        return None
-    count = whole_count(value)
-    if count is None:
-        shown = json.dumps(value, ensure_ascii=False)[:40]
-        raise ApiError(None, "bad_count", f"the count is not a whole number >= 0: {shown}")
-    return count
+        values = [] if payload is None else [payload]
+    counts = []
+    for value in values:
+        count = whole_count(value)
+        if count is None:
+            shown = json.dumps(value, ensure_ascii=False)[:40]
+            raise ApiError(None, "bad_count", f"the count is not a whole number >= 0: {shown}")
+        counts.append(count)
+    return max(counts) if counts else None
 
 
 def _transfer_result(http_status: int, envelope: dict, secrets: Sequence[str]) -> TransferResult:
