@@ -310,6 +310,29 @@ def test_a_transfer_applied_by_an_attempt_whose_answer_was_lost_counts_what_it_m
     assert Spool(spool_path(tmp_path / "ledger.db")).count() == 0
 
 
+def test_callbacks_of_attempts_that_all_timed_out_decide_the_row_before_the_reports(
+    make_simulator, tmp_path, csv_file, make_stack
+):
+    """Every attempt timed out, yet OMI applied them and called back: the row ends
+    succeeded (late) with what moved, not unconfirmed with its callbacks left in the spool."""
+    from helpers import FAST_RETRY
+
+    sim, server = make_simulator()
+    stack = make_stack(server, wait=10, timeout=0.5)
+    batch_id = stack.pipeline.create_batch(read_plan(csv_file, limit=1))
+    stack.pipeline.preview(batch_id)
+    stack.pipeline.approve(batch_id, approve_all=True)
+    previewed = stack.ledger.row(batch_id, 2)["conversations_previewed"]
+    slow = {"apply": True, "delay": 1.5}  # applied, called back, answered too late
+    sim.script({"apply": True}, *[slow] * FAST_RETRY.max_attempts)
+    stack.pipeline.execute(batch_id)
+    row = stack.ledger.row(batch_id, 2)
+    assert (row["state"], row["updated_records"], row["verified_by"]) == (
+        "succeeded", previewed, "callback")  # fmt: skip
+    assert "late" in {c["verdict"] for c in stack.ledger.callbacks(batch_id)}
+    assert Spool(spool_path(tmp_path / "ledger.db")).count() == 0
+
+
 # --------------------------------------------------------------------------- preview
 
 
