@@ -19,11 +19,11 @@ from omi_batch.errors import UsageError
 from omi_batch.states import (
     APPROVED,
     CONVERSATIONS,
-    NEEDS_REVIEW,
     PROBLEMS,
+    SUCCEEDED,
     TICKETS,
     result_status,
-    review_error,
+    shown_error,
 )
 
 PREVIEW_COLUMNS = [
@@ -240,10 +240,27 @@ def summary_line(batch_id: str, rows: list[dict]) -> str:
         parts.append(f"{failed} failed {'its' if failed == 1 else 'their'} preview")
     word = "conversation" if moved == 1 else "conversations"
     if not tickets:
-        return f"Batch {batch_id}: {', '.join(parts)}; {moved} {word} moved."
+        return f"Batch {batch_id}: {', '.join(parts)}; {moved} {word} moved.{_caveats(rows)}"
     count = sum(r["updated_records"] or 0 for r in tickets)
     what = f"{moved} {word} and {count} {'ticket' if count == 1 else 'tickets'}"
-    return f"Batch {batch_id}: {', '.join(parts)}; {what} moved."
+    return f"Batch {batch_id}: {', '.join(parts)}; {what} moved.{_caveats(rows)}"
+
+
+def _caveats(rows: list[dict]) -> str:
+    """What the summary's figures cannot say: rows verified by a preview (how much they moved
+    is not known, so it is not in the sum) and rows a person must review (conflicting
+    callbacks), each told in the results report's error."""
+    said = []
+    verified = {r["row"] for r in rows if r["state"] == SUCCEEDED and r["updated_records"] is None}
+    if verified:
+        one = len(verified) == 1
+        said.append(f"{len(verified)} {'row' if one else 'rows'} verified by preview: what "
+                    f"{'it' if one else 'they'} moved is not known, so not counted")  # fmt: skip
+    review = {r["row"] for r in rows if r.get("needs_review")}
+    if review:
+        said.append(f"{len(review)} {'row needs' if len(review) == 1 else 'rows need'} review "
+                    "(conflicting callbacks): see the results report's error")  # fmt: skip
+    return "".join(f" {text[0].upper()}{text[1:]}." for text in said)
 
 
 def results_frame(rows: list[dict], head: str | None = None) -> pd.DataFrame:
@@ -296,11 +313,9 @@ NOT_SENT = "approved, not sent yet: omi-batch execute {batch} sends it"
 def _error(row: dict) -> str:
     """The transfer's error for the results report; one flagged for review always says so,
     an approved one nothing sent yet says that (:data:`NOT_SENT`)."""
-    text = row["error"] or row["preview_error"] or ""
+    text = shown_error(row)
     if not text and row["state"] == APPROVED:
         text = NOT_SENT.format(batch=row["batch_id"])
-    if row.get("needs_review") and not text.startswith(f"{NEEDS_REVIEW}:"):
-        text = review_error(text)
     return text
 
 

@@ -190,6 +190,15 @@ def review_error(before: str | None, what: str | None = None) -> str:
     return text
 
 
+def shown_error(row: Mapping[str, Any]) -> str:
+    """A row's error as reports and tables show it: its execute error, else its preview's; a
+    row flagged for review always says so (a later callback may have cleared the text)."""
+    text = row["error"] or row["preview_error"] or ""
+    if row.get("needs_review") and not text.startswith(f"{NEEDS_REVIEW}:"):
+        text = review_error(text)
+    return text
+
+
 def result_status(row: Mapping[str, Any]) -> str:
     """The results report's one word for a row (the same word `status` shows)."""
     state = row["state"]

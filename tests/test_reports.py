@@ -31,3 +31,28 @@ def test_the_targets_report_sums_per_target_joins_its_sources_and_puts_the_busie
     assert list(reports.targets_frame(rows).columns) == ["target_email", "sources", "conversations"]
     assert list(reports.targets_frame([_row("a@x.vn", "t@x.vn", None)], moved=True).columns) == [
         "target_email", "sources", "conversations", "moved"]  # fmt: skip
+
+
+def test_the_summary_line_says_what_its_figures_cannot_count(ledger):
+    """Rows verified by a preview moved an unknown amount (not in the sum), and a row flagged
+    for review is named, so an all-succeeded line never hides why the exit code is 1."""
+    from helpers import make_batch
+
+    batch = make_batch(ledger, rows=3)
+    ledger.record_step(batch, 2, state="succeeded", event="t", expect=["submitted"],
+                       updated_records=5, verified_by="callback")  # fmt: skip
+    ledger.record_step(batch, 3, state="succeeded", event="t", expect=["submitted"],
+                       verified_by="preview")  # fmt: skip
+    ledger.record_step(batch, 4, state="succeeded", event="t", expect=["submitted"],
+                       updated_records=2, verified_by="callback")  # fmt: skip
+    ledger.update_row(batch, 4, event="t", needs_review=1, error=None)
+    assert reports.summary_line(batch, ledger.rows(batch)) == (
+        f"Batch {batch}: 3 rows succeeded, 0 failed, 0 unconfirmed, 0 skipped; 7 conversations "
+        "moved. 1 row verified by preview: what it moved is not known, so not counted. 1 row "
+        "needs review (conflicting callbacks): see the results report's error."
+    )
+    assert reports.summary_line(batch, ledger.rows(batch)[:1]).endswith("; 5 conversations moved.")
+    [flagged] = [r for r in ledger.rows(batch) if r["row"] == 4]
+    assert reports.results_frame([flagged])["error"].tolist() == [
+        "needs review: conflicting callbacks"
+    ]

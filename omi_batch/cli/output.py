@@ -215,11 +215,11 @@ def row_label(row: dict) -> str:
 
 def print_results(rows: list[dict]) -> None:
     """The results of a batch's rows, as a table on stdout."""
-    from omi_batch.states import result_status
+    from omi_batch.states import result_status, shown_error
 
     table(["row", "source", "target", "previewed", "status", "updated", "error"],
           [[row_label(r)[4:], r["source_email"], r["target_email"], r["conversations_previewed"],
-            result_status(r), r["updated_records"], r["error"] or r["preview_error"] or ""]
+            result_status(r), r["updated_records"], shown_error(r)]
            for r in rows], right=("row", "previewed", "updated"))  # fmt: skip
 
 
