@@ -38,9 +38,9 @@ def test_every_command_has_help_and_an_example(runner, path, command):
     result = runner.invoke(cli, [*path, "--help"])
     assert result.exit_code == 0, result.output
     assert command.help, f"{' '.join(path)} has no help"
+    assert "Example:" in result.output  # a group too: how its commands are called
+    assert "omi-batch " + " ".join(path) in result.output
     if not isinstance(command, click.Group):
-        assert "Example:" in result.output
-        assert "omi-batch " + " ".join(path) in result.output
         for param in command.params:
             if isinstance(param, click.Option):
                 assert param.help, f"{' '.join(path)} {param.opts[0]} has no help"

@@ -14,7 +14,12 @@ from omi_batch.cli.output import tell
 
 @click.group()
 def job() -> None:
-    """Scheduled pipeline jobs (see jobs/)."""
+    """Scheduled pipeline jobs (see jobs/).
+
+    \b
+    Example:
+        omi-batch job run jobs/offboarding.toml
+    """
 
 
 @job.command("run")

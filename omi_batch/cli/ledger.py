@@ -12,7 +12,13 @@ from omi_batch.cli.options import ledger_option
 
 @click.group("ledger")
 def ledger_group() -> None:
-    """Check and export the audit ledger."""
+    """Check and export the audit ledger.
+
+    \b
+    Example:
+        omi-batch ledger verify --ledger data/ledger.db
+        omi-batch ledger export 20261125-093000-ab12 > trail.jsonl
+    """
 
 
 @ledger_group.command("verify")

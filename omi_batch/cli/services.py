@@ -22,7 +22,12 @@ from omi_batch.cli.options import (
 
 @click.group()
 def webhook() -> None:
-    """The webhook receiver: where OMI reports each transfer's result."""
+    """The webhook receiver: where OMI reports each transfer's result.
+
+    \b
+    Example:
+        OMI_WEBHOOK_SECRET=... omi-batch webhook serve --port 8080
+    """
 
 
 @webhook.command("serve")
@@ -82,7 +87,12 @@ def webhook_serve(host: str, port: int, threads: int, with_metrics: bool, ledger
 
 @click.group()
 def simulator() -> None:
-    """The built-in OMI simulator, for demos and tests. Never talks to the real OMI."""
+    """The built-in OMI simulator, for demos and tests. Never talks to the real OMI.
+
+    \b
+    Example:
+        omi-batch simulator serve --port 0
+    """
 
 
 @simulator.command("serve")
