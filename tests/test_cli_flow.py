@@ -237,6 +237,22 @@ def test_preview_batch_previews_again_only_the_rows_that_need_it(
     assert only_batch(ledger_path) == batch_id
 
 
+def test_preview_batch_says_the_approvals_it_withdraws(
+    runner, omi, monkeypatch, departures, ledger_path, reports_dir
+):
+    sim, server = omi
+    batch_id = previewed_batch(runner, monkeypatch, server, ledger_path, reports_dir, departures)
+    assert invoke(runner, "approve", batch_id, "--all", "--ledger", ledger_path).exit_code == 0
+    result = invoke(runner, "preview", "--batch", batch_id, "--max-age", "0", *FAST,
+                    *where(ledger_path, reports_dir))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert (
+        "Warning: 5 approved row(s) previewed again must be approved again (the counts may have "
+        "changed): their approvals are withdrawn"
+    ) in result.stderr
+    assert {r["state"] for r in rows_of(ledger_path)} == {"previewed"}
+
+
 def test_preview_needs_either_a_file_or_a_batch(runner, env, departures, ledger_path, reports_dir):
     result = invoke(runner, "preview", *where(ledger_path, reports_dir))
     assert result.exit_code == 2
@@ -430,10 +446,12 @@ def test_cancel_abandons_a_batch_that_will_not_be_run(
         assert {r["state"] for r in ledger.rows(batch_id)} == {"cancelled"}
     assert invoke(runner, "ledger", "verify", "--ledger", ledger_path).exit_code == 0
     for args in (["approve", batch_id, "--all"],
-                 ["execute", batch_id, "--yes", *FAST, "--reports", reports_dir]):  # fmt: skip
+                 ["execute", batch_id, "--yes", *FAST, "--reports", reports_dir],
+                 ["preview", "--batch", batch_id, *FAST, "--reports", reports_dir]):  # fmt: skip
         result = invoke(runner, *args, "--ledger", ledger_path)
         assert result.exit_code == 2, args
         assert f"Error: batch {batch_id} was cancelled" in result.stderr
+        assert "previewing" not in result.stderr  # refused before anything is said to run
     assert sum(transfers(sim, preview=False).values()) == 0
 
 

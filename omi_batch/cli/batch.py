@@ -338,16 +338,23 @@ def _preview_batch(batch_id: str, max_age: float, ledger_path: str, reports_dir:
                    listen: str | None, as_json: bool) -> None:  # fmt: skip
     """`preview --batch`: the rows of an existing batch that need a preview, previewed again."""
     from omi_batch.pipeline import rows_to_preview
+    from omi_batch.states import APPROVED
 
     with _session(ledger_path, listen=listen) as session:
         before = session.ledger.rows(batch_id)
         for warning in session.ledger.batch(batch_id).get("warnings") or []:
             where = f"row {warning['row']}: " if warning.get("row") is not None else ""
             click.echo(f"Warning: {where}{warning['code']}: {warning['message']}", err=True)
+        session.ledger.refuse_cancelled(batch_id)  # before saying anything is previewed
         due = rows_to_preview(before, max_age)
         resume_with("preview", "--batch", batch_id, ledger_path=ledger_path,
                     reports_dir=reports_dir, listen=listen)  # fmt: skip
         click.echo(f"Batch {batch_id}: previewing {len(due)} row(s) again", err=True)
+        approved = {r["row"] for r in due if r["state"] == APPROVED}
+        if approved:
+            click.echo(f"Warning: {len(approved)} approved row(s) previewed again must be "
+                       "approved again (the counts may have changed): their approvals are "
+                       "withdrawn", err=True)  # fmt: skip
         session.pipeline.preview_again(batch_id, due)
         summary = session.pipeline.preview_summary(batch_id, reports_dir, replace=before)
         rows = session.ledger.rows(batch_id)
