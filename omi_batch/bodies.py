@@ -63,9 +63,33 @@ def _escape_surrogates(value: Any) -> Any:
     return value
 
 
+# A callback's fields by their spelling folded (case, ``_`` and ``-`` dropped): OMI documents
+# ``requestId``, ``status``, ``payload.updatedRecords``; the 202 is read as ``request_id`` too,
+# so a callback spelled ``request_id`` / ``RequestId`` / ``Payload.UpdatedRecords`` is read.
+FIELDS = {f.lower(): f for f in ("requestId", "requestTimeMs", "action", "status",
+                                 "responseTimeMs", "payload")}  # fmt: skip
+PAYLOAD_FIELDS = {"updatedrecords": "updatedRecords"}
+
+
+def _canonical(fields: dict, names: dict[str, str]) -> dict:
+    """``fields`` with each known field under its documented name too, when only another
+    spelling of it was sent (the documented one wins when both are)."""
+    found = dict(fields)
+    for key, value in fields.items():
+        name = (
+            names.get(key.replace("_", "").replace("-", "").lower())
+            if isinstance(key, str)
+            else None
+        )
+        if name is not None and name not in fields:
+            found[name] = value
+    return found
+
+
 def parse_body(raw: bytes, *, max_depth: int = MAX_DEPTH) -> dict:
-    """A callback body as a dict with a non-blank string ``requestId``; BodyError otherwise
-    (``too_deep``, ``bad_json``, ``no_request_id``). Its text is safe to store as UTF-8."""
+    """A callback body as a dict with a non-blank string ``requestId`` (other spellings of the
+    documented fields read as them, see :data:`FIELDS`); BodyError otherwise (``too_deep``,
+    ``bad_json``, ``no_request_id``). Its text is safe to store as UTF-8."""
     if too_deep(raw, max_depth):
         raise BodyError("too_deep")
     try:
@@ -76,6 +100,9 @@ def parse_body(raw: bytes, *, max_depth: int = MAX_DEPTH) -> dict:
         raise BodyError("bad_json")
     if _SURROGATE_ESCAPE.search(raw):
         body = _escape_surrogates(body)
+    body = _canonical(body, FIELDS)
+    if isinstance(body.get("payload"), dict):
+        body["payload"] = _canonical(body["payload"], PAYLOAD_FIELDS)
     request_id = body.get("requestId")
     if not isinstance(request_id, str) or not request_id.strip():
         raise BodyError("no_request_id")

@@ -174,6 +174,32 @@ def test_an_updated_records_that_is_no_count_is_kept_flagged_and_not_applied(
     assert ledger.verify().ok
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"request_id": "req-2", "Status": "SUCCESS", "Payload": {"updated_records": 4}},
+        {"RequestId": "req-2", "status": "SUCCESS", "payload": {"UpdatedRecords": 4}},
+        {"requestID": "req-2", "STATUS": "success", "payload": {"updated-records": 4}},
+    ],
+)
+def test_a_callback_spelling_its_fields_another_way_is_read(ledger, receiver, body):
+    batch = make_batch(ledger, rows=1)
+    answer = send(receiver, batch, 2, body)
+    assert (answer.status_code, answer.json()) == (200, {"verdict": "applied"})
+    row = ledger.row(batch, 2)
+    assert (row["state"], row["updated_records"]) == ("succeeded", 4)
+    [kept] = ledger.callbacks(batch)
+    assert json.loads(kept["raw_body"]) == body  # stored as it came
+
+
+def test_the_documented_spelling_wins_when_both_are_sent(ledger, receiver):
+    batch = make_batch(ledger, rows=1)
+    body = {"requestId": "req-2", "request_id": "req-9", "status": "SUCCESS",
+            "payload": {"updatedRecords": 2, "updated_records": 8}}  # fmt: skip
+    assert send(receiver, batch, 2, body).json() == {"verdict": "applied"}
+    assert ledger.row(batch, 2)["updated_records"] == 2
+
+
 def test_a_lone_surrogate_in_a_callback_is_stored_escaped(ledger, receiver):
     batch = make_batch(ledger, rows=1)
     raw = b'{"requestId": "req-2", "status": "ERROR", "payload": {"message": "bad \\ud800"}}'
