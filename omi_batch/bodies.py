@@ -71,7 +71,7 @@ FIELDS = {f.lower(): f for f in ("requestId", "requestTimeMs", "action", "status
 PAYLOAD_FIELDS = {"updatedrecords": "updatedRecords"}
 
 
-def _canonical(fields: dict, names: dict[str, str]) -> dict:
+def canonical_fields(fields: dict, names: dict[str, str]) -> dict:
     """``fields`` with each known field under its documented name too, when only another
     spelling of it was sent (the documented one wins when both are)."""
     found = dict(fields)
@@ -100,9 +100,9 @@ def parse_body(raw: bytes, *, max_depth: int = MAX_DEPTH) -> dict:
         raise BodyError("bad_json")
     if _SURROGATE_ESCAPE.search(raw):
         body = _escape_surrogates(body)
-    body = _canonical(body, FIELDS)
+    body = canonical_fields(body, FIELDS)
     if isinstance(body.get("payload"), dict):
-        body["payload"] = _canonical(body["payload"], PAYLOAD_FIELDS)
+        body["payload"] = canonical_fields(body["payload"], PAYLOAD_FIELDS)
     request_id = body.get("requestId")
     if not isinstance(request_id, str) or not request_id.strip():
         raise BodyError("no_request_id")

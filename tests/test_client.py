@@ -199,6 +199,14 @@ def test_a_bad_count_is_an_api_error(client, sim, attempts, payload, shown):
     ]
 
 
+@pytest.mark.parametrize("key", ["requestId", "request_id", "RequestId", "requestID"])
+def test_an_execute_answer_gives_its_request_id_under_any_spelling(client, sim, attempts, key):
+    sim.script({"status": 202, "body": envelope({key: "req-5"})})
+    result = client.transfer_conversations("a@example.com", "b@example.com", preview=False)
+    assert result.request_id == "req-5"
+    assert [a.request_id for a in attempts] == ["req-5"]
+
+
 @pytest.mark.parametrize("payload", [{"count": "n/a"}, {"total": -1}, {"updatedRecords": 2.5}])
 @pytest.mark.parametrize("kind", ["conversations", "tickets"])
 def test_an_execute_answer_is_read_for_its_request_id_whatever_count_it_carries(
