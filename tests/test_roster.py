@@ -516,3 +516,167 @@ def test_a_retry_report_reads_back_with_its_formula_escapes_undone(tmp_path):
     (transfer,) = read_plan(path).transfers
     assert transfer.conv_ids == ("-c1", "=c2")
     assert transfer.note == "=SUM(A1)"
+
+
+# --------------------------------------------------------------------------- conv_ids separators
+
+
+@pytest.mark.parametrize(
+    ("cell", "conv_ids"),
+    [
+        ("a, b", ("a", "b")),
+        ("a,b", ("a", "b")),
+        ("a;b,c", ("a", "b", "c")),
+        ("a,,b", ("a", "b")),
+        ("a;;b", ("a", "b")),
+        ("a,b,", ("a", "b")),
+        (",a , b;", ("a", "b")),
+        ("a | b, a", ("a", "b")),
+    ],
+)
+def test_conv_ids_are_separated_by_commas_too(tmp_path, cell, conv_ids):
+    path = write_csv(tmp_path / "ids.csv", [HEADER, [A, B, cell, ""]])
+    assert as_tuples(read_plan(path)) == [(2, A, B, (), conv_ids, False, "")]
+
+
+def test_the_reviewers_comma_separated_row_gives_two_conversations(tmp_path):
+    path = tmp_path / "comma.csv"
+    path.write_text(
+        "source_email,target_email,conv_ids,replace_existing_members\n"
+        'thu.dang@example.vn,khoa.duong@example.vn,"6a5706ec81a0ba056ce9da66, '
+        '6a642d7c6b3e8c80507e30fe",true\n',
+        encoding="utf-8",
+    )
+    assert as_tuples(read_plan(path)) == [
+        (
+            2,
+            "thu.dang@example.vn",
+            "khoa.duong@example.vn",
+            (),
+            ("6a5706ec81a0ba056ce9da66", "6a642d7c6b3e8c80507e30fe"),
+            True,
+            "",
+        )
+    ]
+
+
+def test_a_number_excel_wrote_with_a_decimal_comma_is_refused_whole(tmp_path):
+    path = write_csv(tmp_path / "ids.csv", [HEADER, [A, B, "c1;6,92E+23", ""]])
+    (problem,) = problems_of(path)
+    assert (problem.row, problem.code) == (2, "scientific_conv_id")
+    assert problem.message.startswith("conv_ids has '6,92E+23'; Excel turned")
+
+
+# --------------------------------------------------------------------------- what Excel hides
+
+
+def hiding_workbook(path: Path, sheets: list[tuple[str, str, list[list]]]) -> Path:
+    """A workbook of (title, state, rows) sheets; the first visible one is the active one."""
+    book = openpyxl.Workbook()
+    book.remove(book.active)
+    for title, state, rows in sheets:
+        sheet = book.create_sheet(title)
+        sheet.sheet_state = state
+        for cells in rows:
+            sheet.append(cells)
+    book.active = next(i for i, (_, state, _) in enumerate(sheets) if state == "visible")
+    book.save(path)
+    return path
+
+
+LAN, HONG = "lan.nguyen@example.vn", "hong.le@example.vn"
+THU, KHOA = "thu.dang@example.vn", "khoa.duong@example.vn"
+
+
+@pytest.mark.parametrize("state", ["hidden", "veryHidden"])
+def test_a_hidden_first_sheet_is_not_read(tmp_path, state):
+    path = hiding_workbook(
+        tmp_path / "hidden_sheet.xlsx",
+        [
+            ("Hidden", state, [["source_email", "target_email"], [THU, KHOA]]),
+            ("Visible", "visible", [["source_email", "target_email"], [LAN, HONG]]),
+        ],
+    )
+    plan = read_plan(path)
+    assert as_tuples(plan) == [(2, LAN, HONG, (), (), False, "")]
+    assert [str(w) for w in plan.warnings] == [
+        "extra_sheets: only the sheet 'Visible' was read; the hidden sheet 'Hidden' was left out"
+    ]
+
+
+def test_hidden_sheets_after_the_one_read_are_named_as_left_out(tmp_path):
+    path = hiding_workbook(
+        tmp_path / "departures.xlsx",
+        [
+            ("Danh sách", "visible", [["source", "target"], [LAN, HONG]]),
+            ("Cũ", "hidden", [["source", "target"], [THU, KHOA]]),
+            ("Tra cứu", "veryHidden", [["anything"]]),
+        ],
+    )
+    plan = read_plan(path)
+    assert as_tuples(plan) == [(2, LAN, HONG, (), (), False, "")]
+    assert [str(w) for w in plan.warnings] == [
+        "extra_sheets: only the first sheet, 'Danh sách', was read; the hidden sheets 'Cũ' "
+        "and 'Tra cứu' were left out"
+    ]
+
+
+def test_a_hidden_sheet_is_read_only_when_no_visible_sheet_has_the_columns(tmp_path):
+    path = hiding_workbook(
+        tmp_path / "departures.xlsx",
+        [
+            ("Hướng dẫn", "visible", [["Điền danh sách vào sheet Data"]]),
+            ("Data", "hidden", [["source_email", "target_email"], [THU, KHOA]]),
+        ],
+    )
+    plan = read_plan(path)
+    assert as_tuples(plan) == [(2, THU, KHOA, (), (), False, "")]
+    assert [str(w) for w in plan.warnings] == [
+        "extra_sheets: only the sheet 'Data' was read, and it is hidden in Excel: no visible "
+        "sheet has the columns"
+    ]
+
+
+def test_rows_excel_hides_are_read_and_named(tmp_path):
+    path = tmp_path / "hidden_row.xlsx"
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.append(["source_email", "target_email", "note"])
+    for number in range(2, 9):
+        sheet.append([f"a{number}@acme.vn", "t@acme.vn", f"row {number}"])
+    sheet.append([None, None, None])  # row 9: blank, hidden: nothing read, nothing named
+    sheet.auto_filter.ref = "A1:C9"
+    for number in (1, 3, 5, 6, 7, 9):  # the header and blank rows are not named
+        sheet.row_dimensions[number].hidden = True
+    book.save(path)
+    plan = read_plan(path)
+    assert as_tuples(plan) == [
+        (n, f"a{n}@acme.vn", "t@acme.vn", (), (), False, f"row {n}") for n in range(2, 9)
+    ]
+    assert [str(w) for w in plan.warnings] == [
+        "hidden_rows: rows 3 and 5-7 are hidden in Excel (hidden or filtered out) but were "
+        "read like the others"
+    ]
+
+
+def test_one_hidden_row_is_named_alone_and_many_are_summed_up(tmp_path):
+    def warnings_of(hidden: list[int]) -> list[str]:
+        path = tmp_path / "rows.xlsx"
+        book = openpyxl.Workbook()
+        sheet = book.active
+        sheet.append(["source", "target"])
+        for number in range(2, 40):
+            sheet.append([f"a{number}@acme.vn", "t@acme.vn"])
+        for number in hidden:
+            sheet.row_dimensions[number].hidden = True
+        book.save(path)
+        return [str(w) for w in read_plan(path).warnings]
+
+    assert warnings_of([3]) == [
+        "hidden_rows: row 3 is hidden in Excel (hidden or filtered out) but was read like the "
+        "others"
+    ]
+    assert warnings_of([*range(2, 25, 2), 25]) == [
+        "hidden_rows: rows 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, … (13 rows in all) are hidden in "
+        "Excel (hidden or filtered out) but were read like the others"
+    ]

@@ -15,7 +15,10 @@ Problem codes. The file: ``too_big``, ``empty_file``, ``binary_file``, ``bad_enc
 ``source_is_target``, ``bad_boolean``, ``bad_scope``, ``scientific_conv_id``,
 ``tickets_with_conv_ids``. Between rows: ``duplicate_conversation``, ``two_catch_alls``,
 ``two_ticket_rows``, ``split_chain``, ``cycle``. Warning codes: ``duplicate_row``, ``chain``, ``shared_split``, ``unknown_column``,
-``extra_sheets``.
+``extra_sheets``, ``hidden_rows``.
+
+In an .xlsx, a hidden sheet is not read while a visible one has the columns, and rows Excel hides
+(hidden or filtered out) are read like the others and named in a warning (see :mod:`.sheets`).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from omi_batch.errors import InputError, UsageError
 from omi_batch.roster.between import _resolve
 from omi_batch.roster.checks import (
     _FAST_EMAIL,
+    _blank,
     _fast_valid,
     _has_roster_columns,
     _map_columns,
@@ -51,6 +55,7 @@ from omi_batch.roster.plan import (
     Plan,
     Transfer,
 )
+from omi_batch.roster.sheets import hidden_rows_warning, look_into
 from omi_batch.tables import Problem, TableError, open_table
 
 __all__ = [
@@ -103,17 +108,28 @@ def _refuse(name: str, problems: _Problems | Sequence[Problem]) -> InputError:
 
 def _read_plan(path: Path, limit: int | None, default_scope: str, problems: _Problems) -> Plan:
     name = path.name
-    with open_table(path, wanted=_has_roster_columns) as table:
+    workbook = look_into(path)
+    sheet_name = workbook.choose(_has_roster_columns) if workbook else None
+    with open_table(path, sheet_name=sheet_name, wanted=_has_roster_columns) as table:
         columns, header_problems, warnings = _map_columns(table)
         warnings = table.warnings + warnings
+        hidden: frozenset[int] = frozenset()
+        if workbook is not None:
+            warnings = workbook.sheet_warnings(warnings, table.sheet)
+            hidden = workbook.hidden_rows(table.sheet)
         if header_problems:
             for problem in header_problems:
                 problems.add(problem)
             raise _refuse(name, problems)
         checker = _RowChecker(columns, table, problems, default_scope)
+        hidden_read: list[int] = []
         for number, cells in table.rows:
             checker.check(number, cells)
+            if hidden and number in hidden and not _blank(cells):
+                hidden_read.append(number)
         sha256 = table.sha256
+    if hidden_read:
+        warnings.append(hidden_rows_warning(hidden_read))
     if checker.input_rows == 0:
         problems.add(Problem(None, "no_rows", "the file has a header but no rows"))
         raise _refuse(name, problems)

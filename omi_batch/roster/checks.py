@@ -272,10 +272,16 @@ class _RowChecker:
 
 
 def _split_conv_ids(cell: str) -> tuple[str, ...]:
-    """Conversation ids separated by ; | or spaces, each once, in the order given."""
+    """Conversation ids separated by , ; | or spaces, each once, in the order given; empty
+    pieces (``a;;b``, ``a,,b``, a trailing comma) are dropped."""
     if not cell:
         return ()
-    return tuple(dict.fromkeys(i for i in CONV_ID_SEPARATORS.split(cell) if i))
+    ids = (
+        conv_id
+        for piece in CONV_ID_SEPARATORS.split(cell)
+        for conv_id in ((piece,) if "," in piece and is_scientific(piece) else piece.split(","))
+    )
+    return tuple(dict.fromkeys(i for i in ids if i))
 
 
 _FAST_EMAIL = re.compile(

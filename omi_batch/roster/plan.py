@@ -52,6 +52,8 @@ BOOLEANS = {
     "yes": True,
     "1": True,
 }
+# conv_ids are separated by `,` `;` `|` or spaces (an id holds none of them). These are all but the
+# comma, split after them, so a number Excel wrote with a decimal comma (6,92E+23) stays whole.
 CONV_ID_SEPARATORS = re.compile(r"[;|\s]+")
 
 
