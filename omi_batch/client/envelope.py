@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from omi_batch.bodies import FIELDS, canonical_fields
 from omi_batch.client.errors import ApiError, AuthError, RateLimited, ServerError
 from omi_batch.client.values import Agent, TransferResult
 from omi_batch.config import Secret, scrub
@@ -232,8 +233,10 @@ def _any_transfer_result(
 
 
 def _request_id(payload: Any) -> str | None:
+    """The answer's ``requestId``, under any spelling a callback's is read (``request_id``,
+    ``RequestId``, ``requestID``: ``bodies.FIELDS``)."""
     if isinstance(payload, dict):
-        value = payload.get("requestId", payload.get("request_id"))
+        value = canonical_fields(payload, FIELDS).get("requestId")
         if value is not None and value != "":
             return str(value)
     return None
