@@ -34,9 +34,6 @@ PREVIEW_COLUMNS = [
 # The cells of a preview report a person may change: everything else must still match the
 # ledger when the report comes back to `approve`.
 EDITABLE_COLUMNS = ("approved", "note")
-# Columns an edited preview report must still have for `approve` to trust it.
-REQUIRED_COLUMNS = ("batch", "row", "source_email", "target_email", "conv_ids",
-                    "replace_existing_members", "approved")  # fmt: skip
 TARGETS_COLUMNS = ["target_email", "sources", "conversations"]
 MOVED_COLUMN = "moved"  # added to the targets report once rows were executed
 RESULTS_COLUMNS = [

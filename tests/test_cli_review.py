@@ -18,8 +18,10 @@ from pathlib import Path
 import pytest
 from helpers import (
     FAST,
+    SAMPLE,
     SAMPLE_TEXT,
     UNKNOWN,
+    departures_csv,
     fail_preview,
     invoke,
     read_report,
@@ -318,3 +320,82 @@ def test_preview_report_shows_a_shared_split_warning_on_the_conv_ids_row(
     assert warning, result.stderr
     rows = {int(r["row"]): r for r in read_report(reports_dir / f"{batch_id}-preview.csv")}
     assert rows[4]["warnings"] == warning.group(1)
+
+
+# --------------------------------------------------------------------------- deleted columns
+
+# Rows 2-7 of the sample: row 7 (tuan.ho, scope=both) moves tickets too.
+WITH_TICKETS = "".join(SAMPLE.read_text(encoding="utf-8").splitlines(keepends=True)[:7])
+
+
+def deleted_columns_refusal(name: str, batch_id: str, columns: list[str]) -> str:
+    them = "it" if len(columns) == 1 else "them"
+    return (
+        f"Error: {name} has no column {', '.join(columns)}: the preview report of batch "
+        f"{batch_id} was written with {them}, and approve takes a report only with every column "
+        "it was written with (it records only the approved and note cells); nothing was "
+        "approved\n"
+    )
+
+
+def without(rows: list[dict], columns: list[str]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in columns} for r in rows]
+
+
+@pytest.mark.parametrize(
+    "columns",
+    [["conversations"], ["tickets"], ["scope"], ["warnings"], ["preview_status"], ["error"],
+     ["note"], ["conversations", "warnings"]],
+)  # fmt: skip
+def test_approve_refuses_a_report_whose_column_was_deleted_naming_it(
+    runner, ledger_path, tmp_path, columns, previewed
+):
+    batch_id, path = previewed
+    rows = without(mark(read_report(path), dict.fromkeys(range(2, 7), "yes")), columns)
+    edited = write_report(tmp_path / "approved.csv", rows)
+    result = invoke(runner, "approve", batch_id, "--report", edited, "--ledger", ledger_path)
+    assert result.exit_code == 2, result.output
+    assert result.stderr == deleted_columns_refusal("approved.csv", batch_id, columns)
+    assert set(states(ledger_path, batch_id).values()) == {"previewed"}
+
+
+def test_a_batch_that_moves_tickets_needs_its_scope_and_tickets_columns(
+    runner, env, tmp_path, ledger_path, reports_dir
+):
+    batch_id, path = preview(runner, ledger_path, reports_dir,
+                             departures_csv(tmp_path, WITH_TICKETS))  # fmt: skip
+    rows = without(mark(read_report(path), dict.fromkeys(range(2, 8), "yes")), ["scope", "tickets"])
+    edited = write_report(tmp_path / "approved.csv", rows)
+    result = invoke(runner, "approve", batch_id, "--report", edited, "--ledger", ledger_path)
+    assert result.exit_code == 2, result.output
+    assert result.stderr == deleted_columns_refusal("approved.csv", batch_id, ["scope", "tickets"])
+    assert set(states(ledger_path, batch_id).values()) == {"previewed"}
+
+
+def test_a_report_from_before_tickets_is_still_taken_for_a_batch_without_tickets(
+    runner, ledger_path, tmp_path, previewed
+):
+    """omi-batch wrote the preview report without ``scope`` and ``tickets`` before tickets
+    moved (#15): a batch moving none may come back in that form."""
+    batch_id, path = previewed
+    rows = without(mark(read_report(path), {2: "yes", 3: "yes"}), ["scope", "tickets"])
+    edited = write_report(tmp_path / "approved.csv", rows)
+    result = invoke(runner, "approve", batch_id, "--report", edited, "--ledger", ledger_path)
+    assert result.exit_code == 0, result.output
+    assert f"Batch {batch_id}: 2 row(s) approved, 3 skipped." in result.stderr
+
+
+def test_approve_takes_a_report_with_columns_added_and_reordered_and_emails_in_capitals(
+    runner, ledger_path, tmp_path, previewed
+):
+    batch_id, path = previewed
+    rows = mark(read_report(path), {2: "yes", 3: "yes"})
+    order = ["comment", *reversed(list(rows[0]))]
+    for r in rows:
+        r["comment"] = "checked by HR"
+        r["source_email"] = r["source_email"].upper()
+    rows = [{column: r[column] for column in order} for r in rows]
+    edited = write_report(tmp_path / "approved.csv", rows)
+    result = invoke(runner, "approve", batch_id, "--report", edited, "--ledger", ledger_path)
+    assert result.exit_code == 0, result.output
+    assert f"Batch {batch_id}: 2 row(s) approved, 3 skipped." in result.stderr

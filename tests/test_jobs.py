@@ -6,6 +6,7 @@ import csv
 import fcntl
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -155,7 +156,10 @@ BAD_JOB_FILES = [
     ),
     (
         '[omi]\napi_key_env = "OMI API KEY"\n',
-        "omi.api_key_env must be the name of an environment variable, not 'OMI API KEY'",
+        "omi.api_key_env does not look like the name of an environment variable (upper case "
+        "letters, digits and _, not starting with a digit) and may be the secret itself, so it is "
+        "not shown; keep the OMI API key in the environment and name its variable there (e.g. "
+        "OMI_API_KEY)",
     ),
     ("REVIEW:work/inbox", "folders.review and folders.inbox are the same folder"),
     ("LEDGER:", "ledger must be a non-empty string, not ''"),
@@ -307,6 +311,71 @@ def test_missing_configuration_is_named_and_exits_3(tmp_path, runner, env, extra
     assert result.exit_code == 3
     assert result.output == f"Error: {message}\n"
     assert not (tmp_path / "work").exists()  # nothing was changed
+
+
+# A key pasted where a job file names the variable that holds it: never shown, whatever its shape.
+NOT_SHOWN = ("does not look like the name of an environment variable (upper case letters, "
+             "digits and _, not starting with a digit) and may be the secret itself, so it is not "
+             "shown")  # fmt: skip
+PASTED = [
+    ('[omi]\napi_key_env = "demo-key-1234567890abcdef"\n', {}, 2,
+     f"offboarding.toml: omi.api_key_env {NOT_SHOWN}; keep the OMI API key in the environment "
+     "and name its variable there (e.g. OMI_API_KEY)"),
+    ('[omi]\nwebhook_secret_env = "demo-secret-0011223344556677"\n', {}, 2,
+     f"offboarding.toml: omi.webhook_secret_env {NOT_SHOWN}; keep the webhook secret in the "
+     "environment and name its variable there (e.g. OMI_WEBHOOK_SECRET)"),
+    ('[omi]\napi_key_env = "sk_live_51HxAbCdEf"\n', {}, 3,
+     f"omi.api_key_env in offboarding.toml {NOT_SHOWN}; no variable of that name is set: keep "
+     "the OMI API key in the environment and name its variable there (e.g. OMI_API_KEY)"),
+    ('[omi]\nwebhook_secret_env = "whsec_live_Abc"\n', {"OMI_WEBHOOK_URL": "https://hooks.example.vn"},
+     3, f"omi.webhook_secret_env in offboarding.toml {NOT_SHOWN}; no variable of that name is set: "
+     "keep the webhook secret in the environment and name its variable there (e.g. "
+     "OMI_WEBHOOK_SECRET)"),
+    ('NO_LISTEN[omi]\nwebhook_secret_env = "whsec_live_Abc"\n',
+     {"OMI_WEBHOOK_URL": "https://hooks.example.vn"}, 3,
+     f"omi.webhook_secret_env in offboarding.toml {NOT_SHOWN}; no variable of that name is set: "
+     "keep the webhook secret in the environment and name its variable there (e.g. "
+     "OMI_WEBHOOK_SECRET)"),
+    ('notify = ["json://hooks.example.vn/x?token=${sk-live-51HxAbCdEf}"]\n', {}, 2,
+     "offboarding.toml: notify: notification URL json://hooks.example.vn/…: a ${…} reference "
+     f"{NOT_SHOWN}; write ${{NAME}}, NAME the variable that holds the secret"),
+    ('notify = ["json://hooks.example.vn/x?token=${sk_live_51HxAbCdEf}"]\n', {}, 3,
+     f"a notification URL of job offboarding names with ${{…}} a variable that {NOT_SHOWN}; no "
+     "variable of that name is set (notify in offboarding.toml)"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("extra, env, code, message", PASTED)
+def test_a_secret_pasted_for_a_variables_name_is_never_shown(
+    tmp_path, runner, extra, env, code, message
+):
+    value = re.search(r"(?:_env = \"|\$\{)([^\"}]+)", extra).group(1)
+    if extra.startswith("NO_LISTEN"):
+        text = minimal(extra.removeprefix("NO_LISTEN"))
+    elif extra.startswith("notify"):
+        text = minimal('[run]\nlisten = "127.0.0.1:0"\n', top=extra)
+    else:
+        text = minimal('[run]\nlisten = "127.0.0.1:0"\n' + extra)
+    path = tmp_path / "offboarding.toml"
+    path.write_text(text)
+    blank = {name: None for name in ("OMI_WEBHOOK_URL", "OMI_WEBHOOK_SECRET", value)}
+    configured = {"OMI_BASE_URL": "http://127.0.0.1:9", "OMI_API_KEY": "k"}
+    result = runner.invoke(cli, ["job", "run", str(path)], env={**blank, **configured, **env})
+    assert result.exit_code == code, result.output
+    assert result.stderr == f"Error: {message}\n"
+    assert value not in result.stdout + result.stderr + result.output
+    assert not (tmp_path / "work").exists()  # nothing was changed
+
+
+def test_a_variables_name_in_upper_case_is_still_named(tmp_path, runner):
+    path = tmp_path / "offboarding.toml"
+    path.write_text(minimal('[run]\nlisten = "127.0.0.1:0"\n',
+                            top='notify = ["json://hooks.example.vn/x?token=${HOOK_TOKEN}"]\n'))  # fmt: skip
+    env = {"OMI_BASE_URL": "http://127.0.0.1:9", "OMI_API_KEY": "k", "HOOK_TOKEN": None}
+    result = runner.invoke(cli, ["job", "run", str(path)], env=env)
+    assert result.exit_code == 3, result.output
+    assert result.stderr == ("Error: HOOK_TOKEN is not set: a notification URL of job offboarding "
+                             "reads a secret from it (notify in offboarding.toml)\n")  # fmt: skip
 
 
 # --------------------------------------------------------------------------- ticks

@@ -434,3 +434,50 @@ def test_a_table_is_written_as_openpyxls_own_append_would_write_it(tmp_path, mon
     monkeypatch.setattr(sheets, "_take_cells_as_they_are", lambda sheet: None)
     assert written("plain.xlsx") == fast
     assert b"why it failed" in fast["xl/comments/comment1.xml"]
+
+
+def test_a_workbook_whose_column_was_deleted_is_refused_naming_it(runner, review, ledger_path):
+    path, batch_id, _ = review
+    book = openpyxl.load_workbook(path)
+    sheet = book["Review"]
+    for n, line in by_row(sheet).items():
+        line["approved"].value = "" if n == FAILED_ROW else "yes"
+    header = [c.value for c in sheet[1]]
+    sheet.delete_cols(header.index("conversations") + 1)  # unprotected, then deleted
+    edited = path.with_name(f"{batch_id}-review-signed.xlsx")
+    book.save(edited)
+    result = invoke(runner, "approve", batch_id, "--report", edited, "--ledger", ledger_path)
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (
+        f"Error: {edited.name} has no column conversations: the preview report of batch "
+        f"{batch_id} was written with it, and approve takes a report only with every column it "
+        "was written with (it records only the approved and note cells); nothing was approved\n"
+    )
+    with Ledger(ledger_path) as ledger:
+        assert ledger.rows(batch_id, ["approved"]) == []
+
+
+def test_a_workbook_with_a_column_added_columns_reordered_and_its_sheet_renamed_and_moved_is_read(
+    runner, review, ledger_path
+):
+    path, batch_id, _ = review
+    book = openpyxl.load_workbook(path)
+    sheet = book["Review"]
+    for n in (2, 3):
+        by_row(sheet)[n]["approved"].value = "yes"
+    lines = table(sheet)
+    for index, line in enumerate(lines, start=1):  # every column in reverse, then one more
+        for column, value in enumerate([*reversed(line), "ok" if index > 1 else "comment"], 1):
+            sheet.cell(index, column).value = value
+    header = [c.value for c in sheet[1]]
+    note = sheet.cell(2, header.index("note") + 1)
+    note.value = f"{note.value} (checked)"
+    target = sheet.cell(3, header.index("target_email") + 1)
+    target.value = target.value.upper()
+    sheet.title = "Sheet1"
+    book.move_sheet("Sheet1", offset=2)
+    edited = path.with_name(f"{batch_id}-review-signed.xlsx")
+    book.save(edited)
+    result = invoke(runner, "approve", batch_id, "--report", edited, "--ledger", ledger_path)
+    assert result.exit_code == 0, result.output
+    assert f"Batch {batch_id}: 2 row(s) approved, 4 skipped." in result.stderr

@@ -30,6 +30,20 @@ BATCH_ID = re.compile(r"^(\d{8}-\d{6}-[0-9a-f]{4})(?:-|\.|$)")
 OPEN_STATES = ("planned", "previewed", "approved", "submitted")
 PROBLEM_STATUSES = PROBLEMS
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# The names a message may show: anything else a setting naming a secret's variable holds may be
+# the secret itself, pasted in the wrong place.
+_CONVENTIONAL_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+_REFERENCE = re.compile(r"\$\{([^}]*)\}")
+NOT_SHOWN = (
+    "does not look like the name of an environment variable (upper case letters, digits and _, "
+    "not starting with a digit) and may be the secret itself, so it is not shown"
+)
+# The settings that name a secret's variable (``notify``'s ``${NAME}`` references aside): the
+# variable each names by default, and the secret it holds.
+SECRET_VARIABLES = {
+    "omi.api_key_env": ("OMI_API_KEY", "the OMI API key"),
+    "omi.webhook_secret_env": ("OMI_WEBHOOK_SECRET", "the webhook secret"),
+}
 _TOKEN = re.compile(r"[A-Za-z0-9_+~-]{16,}")
 _CREDENTIAL_WORDS = ("key", "secret", "token", "password", "passwd", "credential", "auth")
 _IGNORED_PREFIXES = (".", "~$")  # hidden files, Excel's lock files
@@ -134,12 +148,15 @@ class Job:
         )
 
     def check_settings(self, settings: Settings, env: Mapping[str, str] | None = None) -> None:
-        """ConfigError (exit 3) naming the first missing variable this job needs."""
+        """ConfigError (exit 3) naming the first missing variable this job needs (a name that
+        may be a secret pasted in its place is not shown: see :func:`shows_name`)."""
         if not settings.base_url:
             raise ConfigError(
                 f"OMI_BASE_URL is not set: use {PRODUCTION_URL} (or {STAGING_URL} for "
                 f"staging), or set omi.base_url in {self.path.name}"
             )
+        if not settings.api_key and not shows_name(self.api_key_env):
+            raise self._unset("omi.api_key_env")
         if not settings.api_key:
             raise ConfigError(
                 f"{self.api_key_env} is not set: job {self.name} reads the OMI API key from it "
@@ -147,6 +164,11 @@ class Job:
                 "(Account > Settings > API management)"
             )
         settings.require_api()
+        # A receiver at OMI_WEBHOOK_URL checks callbacks with the secret (without that URL a
+        # listening tick makes a one-off secret, and a tick without either is told so below).
+        hidden = not shows_name(self.webhook_secret_env)
+        if settings.webhook_url and not settings.webhook_secret and hidden:
+            raise self._unset("omi.webhook_secret_env")
         if self.listen is not None and settings.webhook_url and not settings.webhook_secret:
             raise ConfigError(
                 f"{self.webhook_secret_env} is not set: callbacks go to OMI_WEBHOOK_URL, whose "
@@ -168,10 +190,28 @@ class Job:
             from omi_batch.notify import missing_variables
 
             missing = missing_variables(self.notify, os.environ if env is None else env)
+            if missing and not shows_name(missing[0]):
+                raise ConfigError(f"a notification URL of job {self.name} names with ${{…}} a "
+                                  f"variable that {NOT_SHOWN}; no variable of that name is set "
+                                  f"(notify in {self.path.name})")  # fmt: skip
             if missing:
                 raise ConfigError(f"{missing[0]} is not set: a notification URL of job "
                                   f"{self.name} reads a secret from it (notify in "
                                   f"{self.path.name})")  # fmt: skip
+
+    def _unset(self, key: str) -> ConfigError:
+        """The variable ``key`` names is not set, and its name is not to be shown."""
+        example, what = SECRET_VARIABLES[key]
+        return ConfigError(f"{key} in {self.path.name} {NOT_SHOWN}; no variable of that name is "
+                           f"set: keep {what} in the environment and name its variable there "
+                           f"(e.g. {example})")  # fmt: skip
+
+
+def shows_name(name: object) -> bool:
+    """True when a message may show ``name``, a variable a job file names for a secret: a
+    conventional name (``OMI_API_KEY``), not something that may be the secret itself."""
+    conventional = isinstance(name, str) and bool(_CONVENTIONAL_NAME.match(name))
+    return conventional and not looks_like_secret(name)
 
 
 def load_job(path: str | os.PathLike) -> Job:
@@ -404,6 +444,12 @@ def _check_value(key: str, value: Any, where: str) -> Any:
             raise UsageError(f"{where}: notify must be a list of notification URLs "
                              '(e.g. notify = ["mailto://…"])')  # fmt: skip
         for url in value:
+            if any(not _ENV_NAME.match(name) for name in _REFERENCE.findall(url)):
+                from omi_batch.notify import redact
+
+                raise UsageError(f"{where}: notify: notification URL {redact(url)}: a ${{…}} "
+                                 f"reference {NOT_SHOWN}; write ${{NAME}}, NAME the variable "
+                                 "that holds the secret")  # fmt: skip
             try:
                 check_url(url)
             except UsageError as error:
@@ -423,7 +469,9 @@ def _check_value(key: str, value: Any, where: str) -> Any:
         return value
     if kind == "env":
         if not isinstance(value, str) or not _ENV_NAME.match(value):
-            raise bad("the name of an environment variable")
+            example, what = SECRET_VARIABLES[key]
+            raise UsageError(f"{where}: {key} {NOT_SHOWN}; keep {what} in the environment and "
+                             f"name its variable there (e.g. {example})")  # fmt: skip
         return value
     raise AssertionError(kind)  # pragma: no cover
 

@@ -18,6 +18,7 @@ from omi_batch.states import (
     PREVIEW_FAILED,
     PREVIEWED,
     SKIPPED,
+    TICKETS,
     covers,
 )
 
@@ -44,14 +45,20 @@ def approvals_from_report(
     batch_id: str, rows: dict[int, dict], path: Path, warnings: list, notes: list[str]
 ) -> tuple[list[int], list[int]]:
     """(approved rows, skipped rows) that the preview report at ``path`` asks for, checked
-    against the ledger's ``rows`` and the batch's ``warnings``: InputError (nothing approved)
-    when a cell other than approved/note changed or a row cannot be approved; ``notes`` gets
-    a line for every row left as it was."""
+    against the ledger's ``rows`` and the batch's ``warnings``: UsageError (nothing approved)
+    when a column the report was written with is missing (see :func:`written_columns`),
+    InputError when a cell other than approved/note changed or a row cannot be approved;
+    ``notes`` gets a line for every row left as it was."""
     entries = reports.read_approvals(path)
-    missing = [c for c in reports.REQUIRED_COLUMNS if entries and c not in entries[0]["cells"]]
+    transfers = [t for line in rows.values() for t in line.get("transfers", {0: line}).values()]
+    expected = reports.expected_cells(transfers, warnings)
+    given = set(entries[0]["cells"]) if entries else set()
+    missing = [c for c in written_columns(transfers, expected, given) if entries and c not in given]
     if missing:
-        raise UsageError(f"{path.name} is not a preview report of batch {batch_id}: no "
-                         f"column {', '.join(missing)}; nothing was approved")  # fmt: skip
+        raise UsageError(f"{path.name} has no column {', '.join(missing)}: the preview report of "
+                         f"batch {batch_id} was written with {_them(missing)}, and approve takes "
+                         "a report only with every column it was written with (it records only "
+                         "the approved and note cells); nothing was approved")  # fmt: skip
     named = {e["cells"].get("batch", "") for e in entries}
     others = sorted(named - {batch_id, ""})
     if others:
@@ -60,9 +67,6 @@ def approvals_from_report(
     if entries and named == {""}:
         raise UsageError(f"{path.name} names no batch in its batch column: nothing was "
                          f"approved (the preview report of batch {batch_id} names it)")  # fmt: skip
-    expected = reports.expected_cells(
-        [t for line in rows.values() for t in line.get("transfers", {0: line}).values()], warnings
-    )
     mismatches: list[str] = []
     refusals: list[str] = []
     chosen: list[int] = []
@@ -118,6 +122,27 @@ def approvals_from_report(
     return chosen, skipped
 
 
+# The columns the preview report had before it showed tickets (#15): a batch of that time could
+# not move tickets, so for a batch without a ticket transfer a report lacking both is an older
+# omi-batch's, not an edited one.
+_TICKET_COLUMNS = ("scope", "tickets")
+
+
+def written_columns(
+    transfers: Iterable[dict], expected: dict[int, dict[str, str]], given: Iterable[str] = ()
+) -> list[str]:
+    """The columns the batch's preview report was written with: every column of the preview
+    report (``expected``, see ``reports.expected_cells``), less ``scope`` and ``tickets`` when the
+    batch moves no tickets and ``given`` (the returned report's columns) has neither, as the
+    report of an omi-batch from before tickets had."""
+    columns = list(next(iter(expected.values()), {})) or list(reports.PREVIEW_COLUMNS)
+    given = set(given)
+    moves_tickets = any((t.get("kind") or CONVERSATIONS) == TICKETS for t in transfers)
+    if not moves_tickets and not given.intersection(_TICKET_COLUMNS):
+        columns = [c for c in columns if c not in _TICKET_COLUMNS]
+    return columns
+
+
 def uncovered_catch_alls(
     rows: Iterable[dict], chosen: Iterable[int] = (), skipped: Iterable[int] = ()
 ) -> list[tuple[dict, dict]]:
@@ -170,6 +195,10 @@ def _uncovered(catch_all: dict, blocker: dict, batch_id: str) -> str:
             f"{blocker['target_email']}) {why}: OMI cannot leave conversations out of a "
             f"transfer, so row {n} would move those {what} to {catch_all['target_email']} too; "
             f"{fix}")  # fmt: skip
+
+
+def _them(columns: list[str]) -> str:
+    return "it" if len(columns) == 1 else "them"
 
 
 def _plural(count: int, word: str) -> str:
