@@ -251,7 +251,7 @@ def test_a_held_row_runs_once_its_blocker_is_reconciled_and_is_no_longer_held(
          "applied: 1 came, kept in the ledger (unexpected)"),
         ({"status": "COMPLETED", "payload": {"updatedRecords": 5}},
          "no callback within 3 s could be applied: 1 came, kept in the ledger (unexpected)"),
-        ({"request_id": "snake", "status": "SUCCESS"},
+        ({"requestId": None, "status": "SUCCESS"},
          "no callback within 3 s could be applied: 1 came, kept in the ledger "
          "(refused:no_request_id)"),
     ],
@@ -274,7 +274,7 @@ def test_a_row_left_unconfirmed_says_which_callbacks_came_and_keeps_their_review
     def deliver() -> None:  # as OMI would, once the row's 202 is stored
         if wait_until(lambda: stack.ledger.row(batch_id, 2)["request_id"] is not None):
             given = stack.ledger.row(batch_id, 2)["request_id"]
-            send(stack.receiver, batch_id, 2, body if "request_id" in body else
+            send(stack.receiver, batch_id, 2, body if "requestId" in body else
                  {"requestId": given, **body})  # fmt: skip
 
     sender = threading.Thread(target=deliver)
