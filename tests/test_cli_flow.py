@@ -253,6 +253,31 @@ def test_preview_batch_says_the_approvals_it_withdraws(
     assert {r["state"] for r in rows_of(ledger_path)} == {"previewed"}
 
 
+def test_preview_batch_replaces_an_untouched_workbook_and_keeps_an_edited_one(
+    runner, omi, monkeypatch, departures, ledger_path, reports_dir
+):
+    import openpyxl
+
+    sim, server = omi
+    batch_id = previewed_batch(runner, monkeypatch, server, ledger_path, reports_dir, departures)
+    book = Path(reports_dir) / f"{batch_id}-review.xlsx"
+    again = ["preview", "--batch", batch_id, "--max-age", "0", *FAST,
+             *where(ledger_path, reports_dir)]  # fmt: skip
+    result = invoke(runner, *again)
+    assert result.exit_code == 0, result.output
+    assert f"--report {book}\n" in result.stderr  # untouched: the same name, written anew
+    assert sorted(p.name for p in Path(reports_dir).glob("*-review*.xlsx")) == [book.name]
+    workbook = openpyxl.load_workbook(book)
+    sheet = workbook["Review"]
+    column = [c.value for c in sheet[1]].index("approved") + 1
+    sheet.cell(row=2, column=column, value="yes")  # a person's work
+    workbook.save(book)
+    result = invoke(runner, *again)
+    assert result.exit_code == 0, result.output
+    assert f"--report {book.with_name(f'{batch_id}-review-2.xlsx')}\n" in result.stderr
+    assert openpyxl.load_workbook(book)["Review"].cell(row=2, column=column).value == "yes"
+
+
 def test_preview_needs_either_a_file_or_a_batch(runner, env, departures, ledger_path, reports_dir):
     result = invoke(runner, "preview", *where(ledger_path, reports_dir))
     assert result.exit_code == 2

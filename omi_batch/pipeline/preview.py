@@ -260,7 +260,8 @@ class Previewing(Work):
         """The preview and targets CSV reports, and the review workbook beside them. Neither
         review file a person may have edited is overwritten (see
         ``reports.write_preview_reports``): an existing workbook is kept, or, after a new
-        preview (``replace`` the rows before it), the new one gets a new name."""
+        preview (``replace`` the rows before it), replaced when untouched (:func:`_edited`),
+        else the new one gets a new name."""
         from omi_batch import workbook
 
         info = self.ledger.batch(batch_id)
@@ -271,11 +272,34 @@ class Previewing(Work):
             if replace is False:
                 written["review_xlsx"] = book
                 return written
-            book = reports.free_report_path(book)
+            if _edited(book, replace, info.get("warnings") or []):
+                book = reports.free_report_path(book)
         written["review_xlsx"] = workbook.write_review_workbook(
             rows, info, book, max_age_hours=max_age_hours
         )
         return written
+
+
+def _edited(book: Path, before: list[dict], warnings: list) -> bool:
+    """Whether the review workbook ``book``, written for the rows ``before``, may hold a
+    person's work: a cell that no longer says what was written, an approval or a note typed,
+    a row added or removed, or a file that cannot be read. An untouched one is replaced in
+    place by a new preview, as an untouched preview report is."""
+    try:
+        entries = reports.read_approvals(book)
+    except Exception:  # openpyxl raises many kinds: kept, as anything not known untouched
+        return True
+    expected = reports.expected_cells(before, warnings)
+    if sorted(e["row"] for e in entries) != sorted(expected):
+        return True
+    for entry in entries:
+        ours, theirs = expected[entry["row"]], entry["cells"]
+        if reports.changed_cells(theirs, ours):
+            return True
+        for column in reports.EDITABLE_COLUMNS:
+            if (theirs.get(column) or "").strip() != (ours.get(column) or "").strip():
+                return True
+    return False
 
 
 def rows_to_preview(
