@@ -399,3 +399,23 @@ def test_approve_takes_a_report_with_columns_added_and_reordered_and_emails_in_c
     result = invoke(runner, "approve", batch_id, "--report", edited, "--ledger", ledger_path)
     assert result.exit_code == 0, result.output
     assert f"Batch {batch_id}: 2 row(s) approved, 3 skipped." in result.stderr
+
+
+@pytest.mark.parametrize(("marks", "warned"), [({2: "yes", 3: "no"}, True),
+                                               ({2: "yes", 3: "yes"}, False)])  # fmt: skip
+def test_approving_a_row_sent_on_through_a_chain_without_its_link_is_told(
+    runner, ledger_path, tmp_path, previewed, marks, warned
+):
+    """Row 2 (lan → minh) goes to hong via minh, who leaves in row 3 (minh → hong): with row
+    3 not approved, minh may stay, yet lan's conversations go past him: approve says so."""
+    batch_id, path = previewed
+    edited = write_report(tmp_path / "approved.csv", mark(read_report(path), marks))
+    result = invoke(runner, "approve", batch_id, "--report", edited, "--ledger", ledger_path)
+    assert result.exit_code == 0, result.output
+    warning = (
+        "Warning: row 2 goes to hong.le@example.vn via minh.tran@example.vn, who leaves too in "
+        "row 3, but row 3 is not approved: if minh.tran@example.vn stays, row 2's conversations "
+        "still go to hong.le@example.vn; approve row 3 too, or move row 2 to a new file with "
+        "minh.tran@example.vn as its target\n"
+    )
+    assert (warning in result.stderr) == warned, result.stderr

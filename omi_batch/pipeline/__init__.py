@@ -21,6 +21,7 @@ from omi_batch.errors import UsageError
 from omi_batch.pipeline.approvals import (
     approval_lines,
     approvals_from_report,
+    broken_chains,
     uncovered_catch_alls,
     why_not,
 )
@@ -49,7 +50,7 @@ from omi_batch.states import (
 __all__ = [
     "BatchBusy", "BatchLock", "EndpointMissing", "NothingApproved", "Pipeline", "Progress",
     "Summary", "Unreachable", "now_iso", "rows_to_preview",
-    "uncovered_catch_alls", "who",
+    "broken_chains", "uncovered_catch_alls", "who",
 ]  # fmt: skip
 
 
@@ -92,6 +93,7 @@ class Pipeline(Executing):
             chosen, skipped = approvals_from_report(batch_id, rows, Path(report_file), warnings,
                                                     notes)  # fmt: skip
             how = f"report {Path(report_file).name}"
+        notes.extend(broken_chains(rows, chosen))
         wanted = (PREVIEWED,) if approve_all else APPROVABLE
         stale = stale_rows([t for n in chosen for t in rows[n]["transfers"].values()
                             if t["state"] in wanted], max_age_hours, now)  # fmt: skip

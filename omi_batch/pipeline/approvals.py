@@ -143,6 +143,28 @@ def written_columns(
     return columns
 
 
+def broken_chains(rows: dict[int, dict], chosen: Iterable[int]) -> list[str]:
+    """A line for each approved row sent on through a chain (A → B while B leaves too, so A's
+    conversations go to B's target) whose link's own row is not approved: the agent the file
+    named as the target stays, yet the row moves the conversations past them. Told, not
+    refused (the agent may leave in a later batch); the fix is named."""
+    chosen = set(chosen)
+    ends = {APPROVED, *DECIDED}
+    said = []
+    for number in sorted(chosen):
+        line = rows[number]
+        for agent in line.get("via") or []:
+            links = [m for m, other in rows.items()
+                     if other["source_email"] == agent and m != number]  # fmt: skip
+            if links and not any(m in chosen or rows[m]["state"] in ends for m in links):
+                said.append(f"Warning: row {number} goes to {line['target_email']} via {agent}, "
+                            f"who leaves too in row {links[0]}, but row {links[0]} is not "
+                            f"approved: if {agent} stays, row {number}'s conversations still go "
+                            f"to {line['target_email']}; approve row {links[0]} too, or move row "
+                            f"{number} to a new file with {agent} as its target")  # fmt: skip
+    return said
+
+
 def uncovered_catch_alls(
     rows: Iterable[dict], chosen: Iterable[int] = (), skipped: Iterable[int] = ()
 ) -> list[tuple[dict, dict]]:
