@@ -511,7 +511,7 @@ def test_a_stale_preview_must_be_refreshed_before_approval(runner, previewed, le
     result = invoke(runner, "approve", batch_id, "--all", "--max-age", "0", "--ledger", ledger_path)
     assert result.exit_code == 2
     assert result.stderr == (
-        "Error: the preview of row 2 is older than --max-age 0 h: preview it again "
+        "Error: the preview of rows 2, 3, 4 and 2 more is older than --max-age 0 h: preview it again "
         f"(omi-batch preview --batch {batch_id}) and approve again\n"
     )
     with Ledger(ledger_path) as ledger:

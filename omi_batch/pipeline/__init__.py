@@ -99,7 +99,8 @@ class Pipeline(Executing):
                             if t["state"] in wanted], max_age_hours, now)  # fmt: skip
         if stale:
             raise UsageError(
-                f"the preview of row {stale[0]} is older than --max-age {max_age_hours:g} h: "
+                f"the preview of {_rows_named(stale)} is older than --max-age "
+                f"{max_age_hours:g} h: "
                 f"preview it again (omi-batch preview --batch {batch_id}) and approve again"
             )
         if not chosen and not skipped:
@@ -119,6 +120,16 @@ class Pipeline(Executing):
                      if t["state"] in APPROVABLE]  # fmt: skip
         self.ledger.approve(batch_id, approve=approve, skip=skip, by=who(), how=how)
         return chosen, skipped
+
+
+def _rows_named(numbers: list[int]) -> str:
+    """``row 2``, ``rows 2 and 3``, ``rows 2, 3, 4 and 2 more``: a short list of rows."""
+    numbers = sorted(set(numbers))
+    if len(numbers) == 1:
+        return f"row {numbers[0]}"
+    if len(numbers) <= 4:
+        return f"rows {', '.join(map(str, numbers[:-1]))} and {numbers[-1]}"
+    return f"rows {', '.join(map(str, numbers[:3]))} and {len(numbers) - 3} more"
 
 
 def _states(line: dict) -> set[str]:
