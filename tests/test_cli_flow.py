@@ -248,7 +248,7 @@ def test_preview_batch_says_the_approvals_it_withdraws(
     assert result.exit_code == 0, result.output
     assert (
         "Warning: 5 approved row(s) previewed again must be approved again (the counts may have "
-        "changed): their approvals are withdrawn"
+        "changed): their approvals were withdrawn"
     ) in result.stderr
     assert {r["state"] for r in rows_of(ledger_path)} == {"previewed"}
 

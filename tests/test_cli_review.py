@@ -414,8 +414,19 @@ def test_approving_a_row_sent_on_through_a_chain_without_its_link_is_told(
     assert result.exit_code == 0, result.output
     warning = (
         "Warning: row 2 goes to hong.le@example.vn via minh.tran@example.vn, who leaves too in "
-        "row 3, but row 3 is not approved: if minh.tran@example.vn stays, row 2's conversations "
+        "row 3, but row 3 is not approved: if minh.tran@example.vn stays, the conversations "
         "still go to hong.le@example.vn; approve row 3 too, or move row 2 to a new file with "
-        "minh.tran@example.vn as its target\n"
+        "minh.tran@example.vn as the target\n"
     )
     assert (warning in result.stderr) == warned, result.stderr
+
+
+def test_skipping_a_chains_link_approved_before_is_told_too(
+    runner, ledger_path, tmp_path, previewed
+):
+    batch_id, path = previewed
+    assert invoke(runner, "approve", batch_id, "--all", "--ledger", ledger_path).exit_code == 0
+    edited = write_report(tmp_path / "approved.csv", mark(read_report(path), {2: "yes", 3: "no"}))
+    result = invoke(runner, "approve", batch_id, "--report", edited, "--ledger", ledger_path)
+    assert result.exit_code == 0, result.output
+    assert "Warning: row 2 goes to hong.le@example.vn via minh.tran@example.vn" in result.stderr

@@ -154,6 +154,7 @@ def test_async_preview_returns_only_a_request_id(make_simulator):
         ({"updatedRecords": None, "total": 3}, 3),
         ({"updatedRecords": 0, "totalRecords": 5}, 5),  # they differ: the largest
         ({"total": 7, "count": 2}, 7),
+        ({"updatedRecords": 3, "total": "3"}, 3),  # a good one beside one that is not: the good
         (9, 9),
         ({"requestId": "r-2"}, None),
         (None, None),

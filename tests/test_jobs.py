@@ -339,6 +339,9 @@ PASTED = [
     ('notify = ["json://hooks.example.vn/x?token=${sk-live-51HxAbCdEf}"]\n', {}, 2,
      "offboarding.toml: notify: notification URL json://hooks.example.vn/…: a ${…} reference "
      f"{NOT_SHOWN}; write ${{NAME}}, NAME the variable that holds the secret"),
+    ('notify = ["slack://${xoxb-1234-5678-abcdefghijkl}/#general"]\n', {}, 2,
+     "offboarding.toml: notify: notification URL slack://${…}/…: a ${…} reference "
+     f"{NOT_SHOWN}; write ${{NAME}}, NAME the variable that holds the secret"),
     ('notify = ["json://hooks.example.vn/x?token=${sk_live_51HxAbCdEf}"]\n', {}, 3,
      f"a notification URL of job offboarding names with ${{…}} a variable that {NOT_SHOWN}; no "
      "variable of that name is set (notify in offboarding.toml)"),

@@ -49,9 +49,12 @@ def test_the_summary_line_says_what_its_figures_cannot_count(ledger):
     assert reports.summary_line(batch, ledger.rows(batch)) == (
         f"Batch {batch}: 3 rows succeeded, 0 failed, 0 unconfirmed, 0 skipped; 7 conversations "
         "moved. 1 row verified by preview: what it moved is not known, so not counted. 1 row "
-        "needs review (conflicting callbacks): see the results report's error."
+        "needs review: see the results report's error."
     )
     assert reports.summary_line(batch, ledger.rows(batch)[:1]).endswith("; 5 conversations moved.")
+    ledger.update_row(batch, 3, event="t", verified_by="callback")  # a SUCCESS without a count
+    assert "1 row confirmed by a callback without a count: what it moved is not counted." in (
+        reports.summary_line(batch, ledger.rows(batch)))  # fmt: skip
     [flagged] = [r for r in ledger.rows(batch) if r["row"] == 4]
     assert reports.results_frame([flagged])["error"].tolist() == [
         "needs review: conflicting callbacks"

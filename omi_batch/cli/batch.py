@@ -350,12 +350,12 @@ def _preview_batch(batch_id: str, max_age: float, ledger_path: str, reports_dir:
         resume_with("preview", "--batch", batch_id, ledger_path=ledger_path,
                     reports_dir=reports_dir, listen=listen)  # fmt: skip
         click.echo(f"Batch {batch_id}: previewing {len(due)} row(s) again", err=True)
-        approved = {r["row"] for r in due if r["state"] == APPROVED}
-        if approved:
-            click.echo(f"Warning: {len(approved)} approved row(s) previewed again must be "
-                       "approved again (the counts may have changed): their approvals are "
-                       "withdrawn", err=True)  # fmt: skip
         session.pipeline.preview_again(batch_id, due)
+        approved = {r["row"] for r in due if r["state"] == APPROVED}
+        if approved:  # said once they are: a refused key or a dead OMI changes nothing
+            click.echo(f"Warning: {len(approved)} approved row(s) previewed again must be "
+                       "approved again (the counts may have changed): their approvals were "
+                       "withdrawn", err=True)  # fmt: skip
         summary = session.pipeline.preview_summary(batch_id, reports_dir, replace=before)
         rows = session.ledger.rows(batch_id)
     _preview_done(batch_id, rows, summary, as_json)

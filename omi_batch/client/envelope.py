@@ -175,21 +175,18 @@ COUNT_FIELDS = ("updatedRecords", "totalRecords", "total", "count")
 def read_count(payload: Any) -> int | None:
     """The preview count in a transfer's payload by the one count rule (``whole_count``), or
     None when there is none (it will come by callback). Raises ApiError("bad_count") for a
-    negative or non-integer count. When several of :data:`COUNT_FIELDS` are given and differ
-    (``updatedRecords: 0`` beside ``totalRecords: 5``), the largest is the count: a preview
-    must never say less is left than OMI said, or reconcile would call a row done that is
-    not."""
+    negative or non-integer count when no field holds a good one. When several of
+    :data:`COUNT_FIELDS` hold a good count and they differ (``updatedRecords: 0`` beside
+    ``totalRecords: 5``), the largest is the count: a preview must never say less is left than
+    OMI said, or reconcile would call a row done that is not."""
     if isinstance(payload, dict):
         values = [payload[k] for k in COUNT_FIELDS if payload.get(k) is not None]
     else:
         values = [] if payload is None else [payload]
-    counts = []
-    for value in values:
-        count = whole_count(value)
-        if count is None:
-            shown = json.dumps(value, ensure_ascii=False)[:40]
-            raise ApiError(None, "bad_count", f"the count is not a whole number >= 0: {shown}")
-        counts.append(count)
+    counts = [c for c in map(whole_count, values) if c is not None]
+    if values and not counts:
+        shown = json.dumps(values[0], ensure_ascii=False)[:40]
+        raise ApiError(None, "bad_count", f"the count is not a whole number >= 0: {shown}")
     return max(counts) if counts else None
 
 

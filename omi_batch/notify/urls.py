@@ -33,12 +33,14 @@ def variables(url: str) -> list[str]:
 
 
 def redact(url: str) -> str:
-    """The URL as it may be shown: its scheme and host, every other part left out."""
+    """The URL as it may be shown: its scheme and host, every other part left out; a
+    ``${…}`` reference in the host is not shown either (a token pasted there, as a Slack or
+    Discord URL puts its token where a host goes, would be the secret itself)."""
     match = _SCHEME.match(url)
     if not match:
         return "'<not a URL>'"
     netloc = re.split(r"[/?#]", url[match.end() :], maxsplit=1)[0]
-    host = netloc.rpartition("@")[2]
+    host = re.sub(r"\$\{[^}]*\}?", "${…}", netloc.rpartition("@")[2])
     return f"{match.group(1)}://{host}/…" if host else f"{match.group(1)}://…"
 
 

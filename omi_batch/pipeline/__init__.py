@@ -19,6 +19,7 @@ from pathlib import Path
 
 from omi_batch.errors import UsageError
 from omi_batch.pipeline.approvals import (
+    _rows_named,
     approval_lines,
     approvals_from_report,
     broken_chains,
@@ -93,7 +94,7 @@ class Pipeline(Executing):
             chosen, skipped = approvals_from_report(batch_id, rows, Path(report_file), warnings,
                                                     notes)  # fmt: skip
             how = f"report {Path(report_file).name}"
-        notes.extend(broken_chains(rows, chosen))
+        notes.extend(broken_chains(rows, chosen, skipped))
         wanted = (PREVIEWED,) if approve_all else APPROVABLE
         stale = stale_rows([t for n in chosen for t in rows[n]["transfers"].values()
                             if t["state"] in wanted], max_age_hours, now)  # fmt: skip
@@ -120,16 +121,6 @@ class Pipeline(Executing):
                      if t["state"] in APPROVABLE]  # fmt: skip
         self.ledger.approve(batch_id, approve=approve, skip=skip, by=who(), how=how)
         return chosen, skipped
-
-
-def _rows_named(numbers: list[int]) -> str:
-    """``row 2``, ``rows 2 and 3``, ``rows 2, 3, 4 and 2 more``: a short list of rows."""
-    numbers = sorted(set(numbers))
-    if len(numbers) == 1:
-        return f"row {numbers[0]}"
-    if len(numbers) <= 4:
-        return f"rows {', '.join(map(str, numbers[:-1]))} and {numbers[-1]}"
-    return f"rows {', '.join(map(str, numbers[:3]))} and {len(numbers) - 3} more"
 
 
 def _states(line: dict) -> set[str]:

@@ -143,26 +143,47 @@ def written_columns(
     return columns
 
 
-def broken_chains(rows: dict[int, dict], chosen: Iterable[int]) -> list[str]:
-    """A line for each approved row sent on through a chain (A → B while B leaves too, so A's
-    conversations go to B's target) whose link's own row is not approved: the agent the file
-    named as the target stays, yet the row moves the conversations past them. Told, not
-    refused (the agent may leave in a later batch); the fix is named."""
-    chosen = set(chosen)
-    ends = {APPROVED, *DECIDED}
+def broken_chains(
+    rows: dict[int, dict], chosen: Iterable[int], skipped: Iterable[int] = ()
+) -> list[str]:
+    """A line for each agent an approved row is sent on through (A → B while B leaves too, so
+    A's conversations go to B's target) whose own catch-all row will not run (not approved,
+    or ``skipped`` now): B may stay, yet the rows move the conversations past B. Told, not
+    refused (B may leave in a later batch); the fix is named. One line per such link row,
+    naming the rows sent through it."""
+    after = {n: line["state"] for n, line in rows.items()}
+    after.update(dict.fromkeys(chosen, APPROVED))
+    after.update(dict.fromkeys(skipped, SKIPPED))
+    links: dict[str, int] = {}  # the agent's own catch-all row: the one a chain goes through
+    for number, line in sorted(rows.items()):
+        if not line.get("conv_ids") and CONVERSATIONS in line.get("transfers", {CONVERSATIONS: 0}):
+            links.setdefault(line["source_email"], number)
+    through: dict[tuple[str, int], list[int]] = {}
+    for number in sorted(set(chosen)):
+        for agent in rows[number].get("via") or []:
+            link = links.get(agent)
+            if link is not None and link != number and after[link] not in (APPROVED, *DECIDED):
+                through.setdefault((agent, link), []).append(number)
     said = []
-    for number in sorted(chosen):
-        line = rows[number]
-        for agent in line.get("via") or []:
-            links = [m for m, other in rows.items()
-                     if other["source_email"] == agent and m != number]  # fmt: skip
-            if links and not any(m in chosen or rows[m]["state"] in ends for m in links):
-                said.append(f"Warning: row {number} goes to {line['target_email']} via {agent}, "
-                            f"who leaves too in row {links[0]}, but row {links[0]} is not "
-                            f"approved: if {agent} stays, row {number}'s conversations still go "
-                            f"to {line['target_email']}; approve row {links[0]} too, or move row "
-                            f"{number} to a new file with {agent} as its target")  # fmt: skip
+    for (agent, link), numbers in through.items():
+        target = rows[numbers[0]]["target_email"]
+        sent = _rows_named(numbers)
+        verb = "goes" if len(numbers) == 1 else "go"
+        said.append(f"Warning: {sent} {verb} to {target} via {agent}, who leaves too in row "
+                    f"{link}, but row {link} is not approved: if {agent} stays, the "
+                    f"conversations still go to {target}; approve row {link} too, or move "
+                    f"{sent} to a new file with {agent} as the target")  # fmt: skip
     return said
+
+
+def _rows_named(numbers: list[int]) -> str:
+    """``row 2``, ``rows 2 and 3``, ``rows 2, 3, 4 and 2 more``: a short list of rows."""
+    numbers = sorted(set(numbers))
+    if len(numbers) == 1:
+        return f"row {numbers[0]}"
+    if len(numbers) <= 4:
+        return f"rows {', '.join(map(str, numbers[:-1]))} and {numbers[-1]}"
+    return f"rows {', '.join(map(str, numbers[:3]))} and {len(numbers) - 3} more"
 
 
 def uncovered_catch_alls(
