@@ -162,3 +162,21 @@ def test_verify_as_a_real_command(filled):
         f"Ledger intact: 5 events, head {head[:16]}\n",
         "",
     )
+
+
+def test_status_json_says_which_rows_need_review_and_why(runner, ledger_path):
+    from helpers import make_batch
+
+    with Ledger(ledger_path) as ledger:
+        batch = make_batch(ledger, rows=2)
+        ledger.record_step(batch, 2, state="succeeded", event="t", expect=["submitted"],
+                           updated_records=4, verified_by="callback")  # fmt: skip
+        ledger.update_row(batch, 2, event="t", needs_review=1, error=None)
+    result = runner.invoke(cli, ["status", batch, "--json", "--ledger", str(ledger_path)])
+    assert result.exit_code == 0, result.output
+    rows = {r["row"]: r for r in json.loads(result.stdout)["rows"]}
+    assert (rows[2]["needs_review"], rows[2]["error"]) == (
+        True,
+        "needs review: conflicting callbacks",
+    )
+    assert "needs_review" not in rows[3] and "error" not in rows[3]

@@ -269,7 +269,7 @@ def exit_for(rows: list[dict], approved_only: bool = True) -> None:
 def batch_json(ledger: Any, batch_id: str, rows: list[dict]) -> dict:
     """One batch as `status BATCH --json` prints it (PRODUCT.md's shape)."""
     from omi_batch.batches import counts, state_of
-    from omi_batch.states import row_word
+    from omi_batch.states import row_word, shown_error
 
     info = ledger.batch(batch_id)
     return {
@@ -282,7 +282,9 @@ def batch_json(ledger: Any, batch_id: str, rows: list[dict]) -> dict:
              "request_id": r["request_id"],
              "conversations_previewed": r["conversations_previewed"],
              "updated_records": r["updated_records"],
-             **({"kind": r["kind"]} if r["kind"] != "conversations" else {})}
+             **({"kind": r["kind"]} if r["kind"] != "conversations" else {}),
+             **({"needs_review": True, "error": shown_error(r)} if r.get("needs_review")
+                else {})}
             for r in rows
         ],
     }  # fmt: skip
