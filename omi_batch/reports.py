@@ -247,23 +247,20 @@ def _caveats(rows: list[dict]) -> str:
     """What the summary's figures cannot say: rows verified by a preview or confirmed by a
     callback without a count (how much they moved is not known, so it is not in the sum) and
     rows a person must review (what for is in the results report's error)."""
-    said = []
     unknown = [r for r in rows if r["state"] == SUCCEEDED and r["updated_records"] is None]
     verified = {r["row"] for r in unknown if r.get("verified_by") == "preview"}
-    if verified:
-        one = len(verified) == 1
-        said.append(f"{len(verified)} {'row' if one else 'rows'} verified by preview: what "
-                    f"{'it' if one else 'they'} moved is not known, so not counted")  # fmt: skip
     uncounted = {r["row"] for r in unknown} - verified  # a SUCCESS callback without a count
-    if uncounted:
-        one = len(uncounted) == 1
-        said.append(f"{len(uncounted)} {'row' if one else 'rows'} confirmed by a callback "
-                    f"without a count: what {'it' if one else 'they'} moved is not counted")  # fmt: skip
     review = {r["row"] for r in rows if r.get("needs_review")}
-    if review:
-        said.append(f"{len(review)} {'row needs' if len(review) == 1 else 'rows need'} review: "
-                    "see the results report's error")  # fmt: skip
-    return "".join(f" {text[0].upper()}{text[1:]}." for text in said)
+    said = [
+        (verified, "row verified by preview: what it moved is not known, so not counted",
+         "rows verified by preview: what they moved is not known, so not counted"),
+        (uncounted, "row confirmed by a callback without a count: what it moved is not counted",
+         "rows confirmed by a callback without a count: what they moved is not counted"),
+        (review, "row needs review: see the results report's error",
+         "rows need review: see the results report's error"),
+    ]  # fmt: skip
+    return "".join(f" {len(found)} {one if len(found) == 1 else many}."
+                   for found, one, many in said if found)  # fmt: skip
 
 
 def results_frame(rows: list[dict], head: str | None = None) -> pd.DataFrame:

@@ -131,6 +131,16 @@ class Spool:
             entries.append(Entry(entry_id, receipt, received_at, tries, callback))
         return entries
 
+    def waiting_for(self, batch_id: str) -> int:
+        """How many entries of the batch ``batch_id`` wait, held or not (0 with no spool)."""
+        if not self.path.exists():
+            return 0
+        found = self._conn().execute(
+            "SELECT count(*) FROM spool WHERE json_extract(callback, '$.batch_id') = ?",
+            (batch_id,),
+        )
+        return int(found.fetchone()[0])
+
     def count(self) -> int:
         """How many entries wait (0 when there is no spool file)."""
         if not self.path.exists():

@@ -248,9 +248,10 @@ class Stack:
         self.receiver = self.session.receiver
         self.pipeline = self.session.pipeline
 
-    def approved(self, csv_path) -> str:
-        """A batch of ``csv_path``, previewed, every row that previewed ok approved."""
-        batch_id = self.pipeline.create_batch(read_plan(csv_path))
+    def approved(self, csv_path, limit: int | None = None) -> str:
+        """A batch of ``csv_path`` (its first ``limit`` rows), previewed, every row that
+        previewed ok approved."""
+        batch_id = self.pipeline.create_batch(read_plan(csv_path, limit=limit))
         self.pipeline.preview(batch_id)
         self.pipeline.approve(batch_id, approve_all=True)
         return batch_id

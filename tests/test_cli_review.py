@@ -87,6 +87,12 @@ def mark(rows: list[dict], approved: dict[int, str]) -> list[dict]:
     return rows
 
 
+def approve_edited(runner, ledger_path, tmp_path, batch_id: str, rows: list[dict]):
+    """``approve BATCH --report`` with ``rows`` saved as a person's edited report."""
+    edited = write_report(tmp_path / "approved.csv", rows)
+    return invoke(runner, "approve", batch_id, "--report", edited, "--ledger", ledger_path)
+
+
 def states(ledger_path, batch_id) -> dict[int, str]:
     with Ledger(ledger_path) as ledger:
         return {r["row"]: r["state"] for r in ledger.rows(batch_id)}
@@ -113,8 +119,7 @@ def test_approving_a_catch_all_without_its_conv_ids_row_is_refused_naming_both(
     rows = mark(read_report(path), {5: "yes"})
     if how == "deleted from the report":
         rows = [r for r in rows if r["row"] != "4"]
-    edited = write_report(tmp_path / "approved.csv", rows)
-    result = invoke(runner, "approve", batch_id, "--report", edited, "--ledger", ledger_path)
+    result = approve_edited(runner, ledger_path, tmp_path, batch_id, rows)
     assert result.exit_code == 2, result.output
     assert (
         "row 5 (bao.pham@example.vn → anh.vu@example.vn, all the other conversations) is "
@@ -130,8 +135,9 @@ def test_approving_both_rows_of_a_split_source_is_accepted(
     runner, ledger_path, tmp_path, previewed
 ):
     batch_id, path = previewed
-    edited = write_report(tmp_path / "approved.csv", mark(read_report(path), {4: "yes", 5: "yes"}))
-    result = invoke(runner, "approve", batch_id, "--report", edited, "--ledger", ledger_path)
+    result = approve_edited(
+        runner, ledger_path, tmp_path, batch_id, mark(read_report(path), {4: "yes", 5: "yes"})
+    )
     assert result.exit_code == 0, result.output
     assert states(ledger_path, batch_id)[4] == states(ledger_path, batch_id)[5] == "approved"
 
@@ -174,8 +180,7 @@ def test_filling_yes_down_onto_a_row_that_failed_its_preview_says_which_row_to_c
     invoke(runner, "report", batch_id, "--ledger", ledger_path, "--reports", tmp_path / "again")
     rows = mark(read_report(tmp_path / "again" / f"{batch_id}-preview.csv"),
                 dict.fromkeys(range(2, 7), "yes"))  # fmt: skip
-    edited = write_report(tmp_path / "approved.csv", rows)
-    result = invoke(runner, "approve", batch_id, "--report", edited, "--ledger", ledger_path)
+    result = approve_edited(runner, ledger_path, tmp_path, batch_id, rows)
     assert result.exit_code == 2, result.output
     assert (
         f"row 6 failed its preview ({UNKNOWN}), so it cannot be approved: clear row 6's "
@@ -221,8 +226,7 @@ def test_approve_refuses_a_changed_cell_it_cannot_honour_naming_the_row(
     batch_id, path = previewed
     rows = mark(read_report(path), {4: "yes", 5: "yes"})
     rows[2][column] = value  # row 4
-    edited = write_report(tmp_path / "approved.csv", rows)
-    result = invoke(runner, "approve", batch_id, "--report", edited, "--ledger", ledger_path)
+    result = approve_edited(runner, ledger_path, tmp_path, batch_id, rows)
     assert result.exit_code == 2, result.output
     assert (
         f"row 4: {column} is {value!r} in the report but {was!r} in the ledger: approve records "
@@ -238,8 +242,7 @@ def test_approve_keeps_an_edited_note_and_an_excel_upper_case_boolean(
     rows = mark(read_report(path), {4: "yes", 5: "yes"})
     rows[2]["note"] = "checked with Mai"
     rows[2]["replace_existing_members"] = "TRUE"  # Excel upper-cases a boolean it opened
-    edited = write_report(tmp_path / "approved.csv", rows)
-    result = invoke(runner, "approve", batch_id, "--report", edited, "--ledger", ledger_path)
+    result = approve_edited(runner, ledger_path, tmp_path, batch_id, rows)
     assert result.exit_code == 0, result.output
     assert f"Batch {batch_id}: 2 row(s) approved, 3 skipped." in result.stderr
 
@@ -352,8 +355,7 @@ def test_approve_refuses_a_report_whose_column_was_deleted_naming_it(
 ):
     batch_id, path = previewed
     rows = without(mark(read_report(path), dict.fromkeys(range(2, 7), "yes")), columns)
-    edited = write_report(tmp_path / "approved.csv", rows)
-    result = invoke(runner, "approve", batch_id, "--report", edited, "--ledger", ledger_path)
+    result = approve_edited(runner, ledger_path, tmp_path, batch_id, rows)
     assert result.exit_code == 2, result.output
     assert result.stderr == deleted_columns_refusal("approved.csv", batch_id, columns)
     assert set(states(ledger_path, batch_id).values()) == {"previewed"}
@@ -365,8 +367,7 @@ def test_a_batch_that_moves_tickets_needs_its_scope_and_tickets_columns(
     batch_id, path = preview(runner, ledger_path, reports_dir,
                              departures_csv(tmp_path, WITH_TICKETS))  # fmt: skip
     rows = without(mark(read_report(path), dict.fromkeys(range(2, 8), "yes")), ["scope", "tickets"])
-    edited = write_report(tmp_path / "approved.csv", rows)
-    result = invoke(runner, "approve", batch_id, "--report", edited, "--ledger", ledger_path)
+    result = approve_edited(runner, ledger_path, tmp_path, batch_id, rows)
     assert result.exit_code == 2, result.output
     assert result.stderr == deleted_columns_refusal("approved.csv", batch_id, ["scope", "tickets"])
     assert set(states(ledger_path, batch_id).values()) == {"previewed"}
@@ -379,8 +380,7 @@ def test_a_report_from_before_tickets_is_still_taken_for_a_batch_without_tickets
     moved (#15): a batch moving none may come back in that form."""
     batch_id, path = previewed
     rows = without(mark(read_report(path), {2: "yes", 3: "yes"}), ["scope", "tickets"])
-    edited = write_report(tmp_path / "approved.csv", rows)
-    result = invoke(runner, "approve", batch_id, "--report", edited, "--ledger", ledger_path)
+    result = approve_edited(runner, ledger_path, tmp_path, batch_id, rows)
     assert result.exit_code == 0, result.output
     assert f"Batch {batch_id}: 2 row(s) approved, 3 skipped." in result.stderr
 
@@ -395,8 +395,7 @@ def test_approve_takes_a_report_with_columns_added_and_reordered_and_emails_in_c
         r["comment"] = "checked by HR"
         r["source_email"] = r["source_email"].upper()
     rows = [{column: r[column] for column in order} for r in rows]
-    edited = write_report(tmp_path / "approved.csv", rows)
-    result = invoke(runner, "approve", batch_id, "--report", edited, "--ledger", ledger_path)
+    result = approve_edited(runner, ledger_path, tmp_path, batch_id, rows)
     assert result.exit_code == 0, result.output
     assert f"Batch {batch_id}: 2 row(s) approved, 3 skipped." in result.stderr
 
@@ -409,8 +408,7 @@ def test_approving_a_row_sent_on_through_a_chain_without_its_link_is_told(
     """Row 2 (lan → minh) goes to hong via minh, who leaves in row 3 (minh → hong): with row
     3 not approved, minh may stay, yet lan's conversations go past him: approve says so."""
     batch_id, path = previewed
-    edited = write_report(tmp_path / "approved.csv", mark(read_report(path), marks))
-    result = invoke(runner, "approve", batch_id, "--report", edited, "--ledger", ledger_path)
+    result = approve_edited(runner, ledger_path, tmp_path, batch_id, mark(read_report(path), marks))
     assert result.exit_code == 0, result.output
     warning = (
         "Warning: row 2 goes to hong.le@example.vn via minh.tran@example.vn, who leaves too in "
@@ -426,7 +424,8 @@ def test_skipping_a_chains_link_approved_before_is_told_too(
 ):
     batch_id, path = previewed
     assert invoke(runner, "approve", batch_id, "--all", "--ledger", ledger_path).exit_code == 0
-    edited = write_report(tmp_path / "approved.csv", mark(read_report(path), {2: "yes", 3: "no"}))
-    result = invoke(runner, "approve", batch_id, "--report", edited, "--ledger", ledger_path)
+    result = approve_edited(
+        runner, ledger_path, tmp_path, batch_id, mark(read_report(path), {2: "yes", 3: "no"})
+    )
     assert result.exit_code == 0, result.output
     assert "Warning: row 2 goes to hong.le@example.vn via minh.tran@example.vn" in result.stderr

@@ -267,9 +267,7 @@ def test_a_row_left_unconfirmed_says_which_callbacks_came_and_keeps_their_review
 
     sim, server = make_simulator(faults=Faults(drop_callbacks=1.0))  # OMI's own never comes
     stack = make_stack(server, wait=3)
-    batch_id = stack.pipeline.create_batch(read_plan(csv_file, limit=1))
-    stack.pipeline.preview(batch_id)
-    stack.pipeline.approve(batch_id, approve_all=True)
+    batch_id = stack.approved(csv_file, limit=1)
 
     def deliver() -> None:  # as OMI would, once the row's 202 is stored
         if wait_until(lambda: stack.ledger.row(batch_id, 2)["request_id"] is not None):
@@ -294,9 +292,7 @@ def test_a_transfer_applied_by_an_attempt_whose_answer_was_lost_counts_what_it_m
     it left in the spool."""
     sim, server = make_simulator()
     stack = make_stack(server, wait=10)
-    batch_id = stack.pipeline.create_batch(read_plan(csv_file, limit=1))
-    stack.pipeline.preview(batch_id)
-    stack.pipeline.approve(batch_id, approve_all=True)
+    batch_id = stack.approved(csv_file, limit=1)
     previewed = stack.ledger.row(batch_id, 2)["conversations_previewed"]
     assert previewed > 0
     sim.script({"apply": True}, {"apply": True, "reset": True})  # the preflight; then lost
@@ -319,9 +315,7 @@ def test_callbacks_of_attempts_that_all_timed_out_decide_the_row_before_the_repo
 
     sim, server = make_simulator()
     stack = make_stack(server, wait=10, timeout=0.5)
-    batch_id = stack.pipeline.create_batch(read_plan(csv_file, limit=1))
-    stack.pipeline.preview(batch_id)
-    stack.pipeline.approve(batch_id, approve_all=True)
+    batch_id = stack.approved(csv_file, limit=1)
     previewed = stack.ledger.row(batch_id, 2)["conversations_previewed"]
     slow = {"apply": True, "delay": 1.5}  # applied, called back, answered too late
     sim.script({"apply": True}, *[slow] * FAST_RETRY.max_attempts)
@@ -608,9 +602,7 @@ def test_a_row_sent_again_after_no_answer_has_both_requests_kept_and_one_result(
 ):
     sim, server = make_simulator(faults=Faults(duplicate_callbacks=1.0))
     stack = make_stack(server, wait=1.5, timeout=0.3)
-    batch_id = stack.pipeline.create_batch(read_plan(csv_file, limit=1))
-    stack.pipeline.preview(batch_id)
-    stack.pipeline.approve(batch_id, approve_all=True)
+    batch_id = stack.approved(csv_file, limit=1)
     # Execute's preflight preview is answered for real; OMI applies the execute but answers
     # after --timeout: the row is sent again.
     sim.script({"apply": True}, {"apply": True, "delay": 1.0})
@@ -672,19 +664,20 @@ def test_reconcile_never_turns_a_failed_row_into_a_success(
     assert_honest(stack.ledger, batch_id)
 
 
+# An execute OMI accepts (202) but never does and never calls back about.
+NEVER_DONE = {"status": 202, "body": {"instance_id": "stg", "status_code": 9999,
+                                      "payload": {"requestId": "never-done"}}}  # fmt: skip
+
+
 def test_reconcile_keeps_a_row_unconfirmed_while_something_is_left_to_move(
     make_simulator, tmp_path, csv_file, make_stack
 ):
     sim, server = make_simulator()
     stack = make_stack(server, wait=0.2)
-    plan = read_plan(csv_file, limit=1)
-    batch_id = stack.pipeline.create_batch(plan)
-    stack.pipeline.preview(batch_id)
-    stack.pipeline.approve(batch_id, approve_all=True)
+    batch_id = stack.approved(csv_file, limit=1)
     # Execute's preflight preview is answered for real; OMI accepts the transfer but never
     # does it, and never calls back.
-    sim.script({"apply": True}, {"status": 202, "body": {"instance_id": "stg", "status_code": 9999,
-                                                         "payload": {"requestId": "never-done"}}})  # fmt: skip
+    sim.script({"apply": True}, NEVER_DONE)
     stack.pipeline.execute(batch_id)
     assert stack.ledger.row(batch_id, 2)["state"] == "unconfirmed"
     stack.pipeline.reconcile(batch_id)
@@ -702,11 +695,8 @@ def test_reconcile_is_not_fooled_by_a_zero_beside_a_count_still_to_move(
     still to move, so the row is not verified."""
     sim, server = make_simulator()
     stack = make_stack(server, wait=0.2)
-    batch_id = stack.pipeline.create_batch(read_plan(csv_file, limit=1))
-    stack.pipeline.preview(batch_id)
-    stack.pipeline.approve(batch_id, approve_all=True)
-    sim.script({"apply": True}, {"status": 202, "body": {"instance_id": "stg", "status_code": 9999,
-                                                         "payload": {"requestId": "never-done"}}})  # fmt: skip
+    batch_id = stack.approved(csv_file, limit=1)
+    sim.script({"apply": True}, NEVER_DONE)
     stack.pipeline.execute(batch_id)
     assert stack.ledger.row(batch_id, 2)["state"] == "unconfirmed"
     both = {"updatedRecords": 0, "totalRecords": 5, "requestId": "p-1"}

@@ -14,6 +14,7 @@ def callback(receipt: str, row: int = 2) -> dict:
 def test_spooled_callbacks_come_back_in_order_from_a_new_spool_object(ledger_path):
     spool = Spool(spool_path(ledger_path))
     assert spool.pending() == [] and spool.count() == 0
+    assert spool.waiting_for("20261201-000000-abcd") == 0
     assert not spool.exists()  # nothing spooled: no file
     for number in (2, 3, 4):
         spool.put(callback(f"k{number}", number))
@@ -27,3 +28,5 @@ def test_spooled_callbacks_come_back_in_order_from_a_new_spool_object(ledger_pat
     assert [e.receipt for e in again.pending()] == ["k4"]
     assert [e.receipt for e in again.pending(due=False)] == ["k3", "k4"]
     assert again.count() == 2
+    assert again.waiting_for("20261201-000000-abcd") == 2  # held ones too
+    assert again.waiting_for("20261201-000000-ffff") == 0

@@ -15,10 +15,7 @@ from omi_batch.client.envelope import (
     _channel,
     _dict_payload,
     _list_payload,
-    _ticket_result,
-    _tickets_started,
-    _transfer_result,
-    _transfer_started,
+    transfer_parser,
 )
 from omi_batch.client.errors import ApiError
 from omi_batch.client.transport import Transport
@@ -79,7 +76,7 @@ class OmiClient:
             body["convIds"] = [str(c) for c in conv_ids]
         if callback:
             body["callbackResultConfig"] = callback
-        parse = _transfer_result if preview else _transfer_started
+        parse = transfer_parser(TRANSFER_PATH, preview=preview)
         return self.transport.post(TRANSFER_PATH, body, context=context, parse=parse)
 
     def transfer_tickets(
@@ -102,7 +99,7 @@ class OmiClient:
         }
         if callback:
             body["callbackResultConfig"] = callback
-        parse = _ticket_result if preview else _tickets_started
+        parse = transfer_parser(TICKET_PATH, preview=preview)
         return self.transport.post(
             TICKET_PATH, body, context=context, parse=parse, denied=TICKETS_DENIED
         )

@@ -4,10 +4,11 @@ an error, and the payload readers (rooms, messages, tokens, directory pages)."""
 from __future__ import annotations
 
 import email.utils
+import functools
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -190,37 +191,25 @@ def read_count(payload: Any) -> int | None:
     return max(counts) if counts else None
 
 
-def _transfer_result(http_status: int, envelope: dict, secrets: Sequence[str]) -> TransferResult:
-    return _any_transfer_result(http_status, envelope, secrets, TRANSFER_PATH)
+def transfer_parser(endpoint: str, *, preview: bool) -> Callable[..., TransferResult]:
+    """How the answer of a transfer to ``endpoint`` is read (``parse`` of ``Transport.post``):
+    see :func:`_transfer_result`."""
+    return functools.partial(_transfer_result, endpoint=endpoint, preview=preview)
 
 
-def _ticket_result(http_status: int, envelope: dict, secrets: Sequence[str]) -> TransferResult:
-    return _any_transfer_result(http_status, envelope, secrets, TICKET_PATH)
-
-
-def _transfer_started(http_status: int, envelope: dict, secrets: Sequence[str]) -> TransferResult:
-    return _any_transfer_result(http_status, envelope, secrets, TRANSFER_PATH, preview=False)
-
-
-def _tickets_started(http_status: int, envelope: dict, secrets: Sequence[str]) -> TransferResult:
-    return _any_transfer_result(http_status, envelope, secrets, TICKET_PATH, preview=False)
-
-
-def _any_transfer_result(
-    http_status: int, envelope: dict, secrets: Sequence[str], endpoint: str, *,
-    preview: bool = True,
-) -> TransferResult:  # fmt: skip
+def _transfer_result(
+    http_status: int, envelope: dict, secrets: Sequence[str], *, endpoint: str, preview: bool
+) -> TransferResult:
     """A transfer's answer. A preview's count must be readable (``bad_count`` otherwise); an
-    execute's answer is read for its ``requestId`` only: OMI accepted the transfer, and a
-    count-like field there that is not a whole number (``"count": "n/a"``) is no reason to
-    call the row failed (its result comes by callback), so such a count is left out."""
+    execute's answer is read for its ``requestId`` only: OMI accepted the transfer, its result
+    comes by callback, and a count-like field there (``"count": "n/a"``) is no reason to call
+    the row failed."""
     payload = envelope.get("payload")
-    try:
-        count = read_count(payload)
-    except ApiError as exc:
-        if not preview:
-            count = None
-        else:
+    count = None
+    if preview:
+        try:
+            count = read_count(payload)
+        except ApiError as exc:
             text = scrub(exc.text, list(secrets))
             raise ApiError(http_status, exc.code, text, endpoint=endpoint) from None
     request_id = _request_id(payload)

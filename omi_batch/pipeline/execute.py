@@ -126,9 +126,8 @@ class Executing(Previewing):
         spool = Spool(spool_path(self.ledger.path))
         try:
             deadline = time.monotonic() + SPOOL_SETTLE
-            while not self._stop.is_set() and time.monotonic() < deadline:
-                if not any(e.callback.get("batch_id") == batch_id
-                           for e in spool.pending(10_000, due=False)):  # fmt: skip
+            while spool.waiting_for(batch_id) and not self._stop.is_set():
+                if time.monotonic() >= deadline:
                     return
                 time.sleep(0.05)
         except (OSError, sqlite3.Error):  # a spool we cannot read: the receiver's to apply
@@ -260,7 +259,8 @@ class Executing(Previewing):
             return done
         if self._stop.is_set():  # interrupted: the row stays submitted; a re-run resumes it
             return self.ledger.row(batch_id, number, kind)
-        return self._settle(batch_id, row, "unconfirmed", self._no_callback(batch_id, row))
+        current = self.ledger.row(batch_id, number, kind)
+        return self._settle(batch_id, row, "unconfirmed", self._no_callback(current), current)
 
     def _unsubmit(self, batch_id: str, row: dict, error: str) -> None:
         """OMI surely started nothing: put the row back where it was before this submit."""
@@ -278,23 +278,28 @@ class Executing(Previewing):
         row = self.ledger.row(batch_id, number, kind)
         return row if row["state"] != "submitted" else None
 
-    def _no_callback(self, batch_id: str, row: dict) -> str:
-        """Why a submitted row is left unconfirmed after the wait: no callback came, or those
-        that came (refused, or kept without being applied) are named by their verdicts."""
+    def _no_callback(self, current: dict) -> str:
+        """Why the submitted row ``current`` (as stored now) is left unconfirmed after the
+        wait: no callback came, or those that came since its submission (refused, or kept
+        without being applied) are named by their verdicts."""
         text = f"no callback within {self.wait:g} s"
-        number, kind = row["row"], row["kind"]
-        since = self.ledger.row(batch_id, number, kind)["submitted_at"]
-        came = self.ledger.verdicts_since(batch_id, number, phase_of(kind, "execute"), since)
+        came = self.ledger.verdicts_since(current["batch_id"], current["row"],
+                                          phase_of(current["kind"], "execute"),
+                                          current["submitted_at"])  # fmt: skip
         if came:
             text = (f"no callback within {self.wait:g} s could be applied: {len(came)} came, "
                     f"kept in the ledger ({', '.join(dict.fromkeys(came))})")  # fmt: skip
         return text
 
-    def _settle(self, batch_id: str, row: dict, state: str, error: str) -> dict:
+    def _settle(
+        self, batch_id: str, row: dict, state: str, error: str, current: dict | None = None
+    ) -> dict:
         """Move a submitted transfer to ``state`` unless a callback decided it meanwhile. A
-        review note a callback left in the row's error (``needs review: …``) is kept first."""
+        review note a callback left in the row's error (``needs review: …``) is kept first;
+        ``current``: the row as just read, if the caller has it."""
         number, kind = row["row"], row["kind"]
-        before = self.ledger.row(batch_id, number, kind)["error"] or ""
+        current = current or self.ledger.row(batch_id, number, kind)
+        before = current["error"] or ""
         if before.startswith(f"{NEEDS_REVIEW}:"):
             error = f"{before}; {error}"
         done = {"completed_at": now_iso()} if state == "failed" else {}
